@@ -1,0 +1,3 @@
+from matl_keras.cli import run
+
+run()

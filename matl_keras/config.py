@@ -1,0 +1,212 @@
+"""Gin configuration: which functions are configurable, strict parsing.
+
+Model and layer code never reads gin. The top-level entry points are made
+configurable here, in one place, with `gin.external_configurable`; plugins are
+registered under their entry-point name (and `<group>.<name>`) when they are
+loaded, so `image_folder.root = "/data/x"` works for any installed plugin.
+
+Plugins are loaded lazily: before parsing, the gin text (files, their
+`include`s and `--gin_param` bindings) is scanned for plugin names, and only
+the plugins it mentions are imported.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import gin
+
+from matl_keras.errors import ConfigError
+
+_REGISTERED_PLUGINS: dict[tuple[str, str], Any] = {}
+_CORE: dict[str, Any] = {}
+
+
+def register_plugin(info: Any) -> None:
+    """Makes a loaded plugin class configurable as `name` and `group.name`."""
+    key = (info.group, info.name)
+    if key in _REGISTERED_PLUGINS:
+        info.obj._matl_gin_configurable = _REGISTERED_PLUGINS[key]
+        return
+    configurable = gin.external_configurable(
+        info.obj, name=info.name, module=info.group
+    )
+    _REGISTERED_PLUGINS[key] = configurable
+    # `Registry.create` instantiates through gin so bindings apply there too.
+    info.obj._matl_gin_configurable = configurable
+
+
+def register_core() -> None:
+    """Registers the core's top-level functions with gin (idempotent)."""
+    if _CORE:
+        return
+    from matl_keras.models.resnet import resnet_backbone
+    from matl_keras.training import jobs
+    from matl_keras.training import optimizers
+    from matl_keras.training import supervised
+
+    for name, fn in (
+        ("job", jobs.job),
+        ("train", supervised.train),
+        ("resnet_backbone", resnet_backbone.ResNetBackbone),
+        ("sgd", optimizers.sgd),
+    ):
+        _CORE[name] = gin.external_configurable(fn, name=name)
+
+
+def configured(name: str) -> Any:
+    """The gin-configurable version of core function `name`."""
+    register_core()
+    return _CORE[name]
+
+
+_INCLUDE = re.compile(r"""^\s*include\s+['"]([^'"]+)['"]""", re.MULTILINE)
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _strip_comments(text: str) -> str:
+    return "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+
+
+def _read_gin_texts(path: str, seen: set[str], flag: str) -> list[str]:
+    """Text of a gin file and (best effort) of the files it includes."""
+    resolved = _resolve(path)
+    if resolved is None:
+        raise ConfigError(
+            f"{flag}: gin file not found: {path!r} (looked in the current "
+            f"directory {os.getcwd()!r} and the gin search paths)"
+        )
+    if resolved in seen:
+        return []
+    seen.add(resolved)
+    with open(resolved) as f:
+        text = _strip_comments(f.read())
+    texts = [text]
+    for include in _INCLUDE.findall(text):
+        if _resolve(include) is not None:
+            texts += _read_gin_texts(include, seen, flag)
+    return texts
+
+
+def _resolve(path: str) -> str | None:
+    if os.path.isfile(path):
+        return os.path.abspath(path)
+    for prefix in gin.config._LOCATION_PREFIXES:  # noqa: SLF001
+        candidate = os.path.join(prefix, path)
+        if os.path.isfile(candidate):
+            return os.path.abspath(candidate)
+    return None
+
+
+def add_search_path(path: str) -> None:
+    """Lets `include` find files relative to `path` (once per path)."""
+    if path not in gin.config._LOCATION_PREFIXES:  # noqa: SLF001
+        gin.add_config_file_search_path(path)
+
+
+def load_plugins_named_in(texts: Sequence[str], registry: Any) -> None:
+    """Imports the plugins whose names occur in `texts`.
+
+    Failures are not raised here: gin then reports the name as unknown and
+    `parse` replaces that message by the plugin's own error.
+    """
+    from matl_keras.errors import PluginError
+    from matl_keras.registry import GROUPS
+
+    words = set()
+    for text in texts:
+        words.update(_WORD.findall(text))
+    for group in GROUPS:
+        for name in registry.names(group):
+            if name in words:
+                try:
+                    registry.load(group, name)
+                except PluginError:
+                    pass
+
+
+def parse(
+    gin_files: Sequence[str],
+    gin_bindings: Sequence[str],
+    registry: Any,
+) -> None:
+    """Parses gin files and bindings strictly.
+
+    Raises:
+        ConfigError: a missing file, a syntax error, an unknown configurable
+            or parameter; the message names it and where it came from.
+    """
+    register_core()
+    for path in gin_files:
+        # `include 'datasets/x.gin'` inside gin/finetune.gin resolves
+        # relative to the including file's folder as well.
+        add_search_path(os.path.dirname(os.path.abspath(path)))
+    texts: list[str] = []
+    seen: set[str] = set()
+    for path in gin_files:
+        texts += _read_gin_texts(path, seen, "--gin_file")
+    texts += [_strip_comments(b) for b in gin_bindings]
+    load_plugins_named_in(texts, registry)
+    try:
+        gin.parse_config_files_and_bindings(
+            list(gin_files), list(gin_bindings), skip_unknown=False
+        )
+    except Exception as e:  # gin raises ValueError, SyntaxError, IOError...
+        raise ConfigError(_gin_message(e, registry)) from e
+
+
+def _gin_message(error: Exception, registry: Any) -> str:
+    from matl_keras.registry import GROUPS
+
+    message = str(error).strip()
+    unknown = re.search(
+        r"No configurable matching (?:reference )?'@?([^'()]+)", message
+    )
+    if unknown:
+        name = unknown.group(1).split(".")[-1]
+        for group in GROUPS:
+            info = registry.infos(group).get(name)
+            if info is not None and info.status == "error":
+                from matl_keras.registry import _broken_message
+
+                return _broken_message(info)
+        known = sorted(
+            {n.split(".")[-1] for n, _ in gin.config._REGISTRY.items()}  # noqa
+            | {n for g in GROUPS for n in registry.names(g)}
+        )
+        close = [k for k in known if _similar(name, k)]
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        where = _location(message)
+        return (
+            f"gin: unknown configurable {unknown.group(1)!r}{where}.{hint} "
+            "Run `matl-keras plugins` to list installed plugins."
+        )
+    first = message.splitlines()[0] if message else type(error).__name__
+    return f"gin: {first}{_location(message)}"
+
+
+def _location(message: str) -> str:
+    match = re.search(r'In (?:file|bindings string) "?([^"\n]+)"?, line (\d+)', message)
+    if match:
+        return f" (in {match.group(1)}, line {match.group(2)})"
+    return ""
+
+
+def _similar(a: str, b: str) -> bool:
+    import difflib
+
+    return difflib.SequenceMatcher(None, a, b).ratio() > 0.75
+
+
+def save_config(workdir: str, filename: str, operative: bool) -> str:
+    """Writes the (operative) gin config to `workdir/filename`."""
+    text = gin.operative_config_str() if operative else gin.config_str()
+    path = os.path.join(workdir, filename)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path

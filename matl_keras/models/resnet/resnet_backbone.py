@@ -1,0 +1,214 @@
+"""Functional ResNets (He et al. 2016) for depths 18, 34, 50 and 101.
+
+ResNet-50/101 follow `keras.applications.ResNet50/101` exactly: the same
+layers, layer names (`conv1_conv`, `conv2_block1_1_conv`, ...), biases and
+BatchNormalization epsilon, so their weights files map onto these models
+layer by layer. ResNet-18/34 use basic blocks with the same naming scheme.
+Stages are called `conv2`..`conv5` as in keras.applications; the paper calls
+them res2..res5.
+
+Paper: https://arxiv.org/abs/1512.03385
+"""
+
+import keras
+from keras import layers
+
+from matl_keras.layers.input_normalization import InputNormalization
+
+# depth -> (block type, blocks per stage conv2..conv5)
+DEPTHS = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+}
+STAGES = ("conv2", "conv3", "conv4", "conv5")
+_STAGE_FILTERS = (64, 128, 256, 512)
+_BN_EPSILON = 1.001e-5  # keras.applications' value.
+
+
+def scaled_filters(filters, width_multiplier):
+    """Channel count scaled by `width_multiplier`, a multiple of 8."""
+    if width_multiplier == 1.0:
+        return filters
+    return max(8, int(filters * width_multiplier + 4) // 8 * 8)
+
+
+# Moving-statistics momentum of every BatchNormalization. keras.applications
+# uses Keras' default 0.99; with 0.9 (PyTorch's default) the statistics
+# settle within tens of steps, which short fine-tuning runs on a few hundred
+# images need. It is not a weight: weights files load either way.
+BN_MOMENTUM = 0.9
+
+
+def _bn(name):
+    return layers.BatchNormalization(
+        axis=-1, momentum=BN_MOMENTUM, epsilon=_BN_EPSILON, name=name
+    )
+
+
+def apply_bottleneck_block(x, filters, stride, conv_shortcut, name):
+    """keras.applications' `block1`: 1x1 (strided) -> 3x3 -> 1x1 (x4)."""
+    if conv_shortcut:
+        shortcut = layers.Conv2D(
+            4 * filters, 1, strides=stride, name=f"{name}_0_conv"
+        )(x)
+        shortcut = _bn(f"{name}_0_bn")(shortcut)
+    else:
+        shortcut = x
+    x = layers.Conv2D(filters, 1, strides=stride, name=f"{name}_1_conv")(x)
+    x = _bn(f"{name}_1_bn")(x)
+    x = layers.Activation("relu", name=f"{name}_1_relu")(x)
+    x = layers.Conv2D(filters, 3, padding="same", name=f"{name}_2_conv")(x)
+    x = _bn(f"{name}_2_bn")(x)
+    x = layers.Activation("relu", name=f"{name}_2_relu")(x)
+    x = layers.Conv2D(4 * filters, 1, name=f"{name}_3_conv")(x)
+    x = _bn(f"{name}_3_bn")(x)
+    x = layers.Add(name=f"{name}_add")([shortcut, x])
+    return layers.Activation("relu", name=f"{name}_out")(x)
+
+
+def apply_basic_block(x, filters, stride, conv_shortcut, name):
+    """Two 3x3 convolutions (ResNet-18/34)."""
+    if conv_shortcut:
+        shortcut = layers.Conv2D(
+            filters, 1, strides=stride, use_bias=False, name=f"{name}_0_conv"
+        )(x)
+        shortcut = _bn(f"{name}_0_bn")(shortcut)
+    else:
+        shortcut = x
+    x = layers.Conv2D(
+        filters,
+        3,
+        strides=stride,
+        padding="same",
+        use_bias=False,
+        name=f"{name}_1_conv",
+    )(x)
+    x = _bn(f"{name}_1_bn")(x)
+    x = layers.Activation("relu", name=f"{name}_1_relu")(x)
+    x = layers.Conv2D(
+        filters, 3, padding="same", use_bias=False, name=f"{name}_2_conv"
+    )(x)
+    x = _bn(f"{name}_2_bn")(x)
+    x = layers.Add(name=f"{name}_add")([shortcut, x])
+    return layers.Activation("relu", name=f"{name}_out")(x)
+
+
+def apply_stem(x, width_multiplier):
+    """7x7/2 convolution and 3x3/2 max-pool (keras.applications names)."""
+    x = layers.ZeroPadding2D(padding=((3, 3), (3, 3)), name="conv1_pad")(x)
+    x = layers.Conv2D(
+        scaled_filters(64, width_multiplier), 7, strides=2, name="conv1_conv"
+    )(x)
+    x = _bn("conv1_bn")(x)
+    x = layers.Activation("relu", name="conv1_relu")(x)
+    x = layers.ZeroPadding2D(padding=((1, 1), (1, 1)), name="pool1_pad")(x)
+    return layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
+
+
+@keras.saving.register_keras_serializable(package="matl_keras")
+class ResNetBackbone(keras.Model):
+    """A ResNet feature extractor as a functional Keras model.
+
+    Input: float RGB images in [0, 1], `(batch, image_size, image_size, 3)`;
+    the model normalizes them itself (`InputNormalization`). Output: the
+    last stage's feature map `(batch, image_size / 32, image_size / 32, C)`.
+    `pyramid_outputs` maps `"P2"`..`"P5"` to each stage's output.
+
+    Args:
+        depth: int. 18, 34, 50 or 101.
+        width_multiplier: float. Scales every channel count (1.0 is the
+            standard ResNet; 0.25 makes a CPU-sized model).
+        image_size: int or None. Input side; None accepts any size.
+        normalization: str. Input normalization mode (`"caffe"` matches
+            keras.applications' ImageNet weights).
+        name: str. Model name.
+
+    Example:
+    ```python
+    backbone = ResNetBackbone(depth=18, width_multiplier=0.25, image_size=64)
+    features = backbone(np.zeros((2, 64, 64, 3), "float32"))  # (2, 2, 2, 128)
+    ```
+    """
+
+    def __init__(
+        self,
+        depth=50,
+        width_multiplier=1.0,
+        image_size=None,
+        normalization="caffe",
+        name="resnet",
+        **kwargs,
+    ):
+        if depth not in DEPTHS:
+            raise ValueError(
+                f"`depth` must be one of {sorted(DEPTHS)}. Received: "
+                f"depth={depth!r}"
+            )
+        if not width_multiplier > 0:
+            raise ValueError(
+                "`width_multiplier` must be positive. Received: "
+                f"width_multiplier={width_multiplier!r}"
+            )
+        if image_size is not None and image_size < 32:
+            raise ValueError(
+                "`image_size` must be at least 32 (the network downsamples "
+                f"by 32). Received: image_size={image_size!r}"
+            )
+
+        # === Functional Model ===
+        block_type, blocks = DEPTHS[depth]
+        apply_block = (
+            apply_bottleneck_block
+            if block_type == "bottleneck"
+            else apply_basic_block
+        )
+        inputs = keras.Input(shape=(image_size, image_size, 3), name="images")
+        x = InputNormalization(normalization, name="input_normalization")(
+            inputs
+        )
+        x = apply_stem(x, width_multiplier)
+        pyramid_outputs = {}
+        for stage_index, (stage, num_blocks) in enumerate(zip(STAGES, blocks)):
+            filters = scaled_filters(
+                _STAGE_FILTERS[stage_index], width_multiplier
+            )
+            for block in range(num_blocks):
+                first = block == 0
+                stride = 2 if first and stage_index > 0 else 1
+                # A bottleneck's first block always projects (64 -> 256
+                # channels); a basic block only when it changes shape.
+                conv_shortcut = first and (
+                    block_type == "bottleneck" or stage_index > 0
+                )
+                x = apply_block(
+                    x,
+                    filters,
+                    stride,
+                    conv_shortcut,
+                    name=f"{stage}_block{block + 1}",
+                )
+            pyramid_outputs[f"P{stage_index + 2}"] = x
+        super().__init__(inputs=inputs, outputs=x, name=name, **kwargs)
+
+        # === Config ===
+        self.depth = depth
+        self.width_multiplier = width_multiplier
+        self.image_size = image_size
+        self.normalization = normalization
+        self.pyramid_outputs = pyramid_outputs
+
+    def get_config(self):
+        return {
+            "depth": self.depth,
+            "width_multiplier": self.width_multiplier,
+            "image_size": self.image_size,
+            "normalization": self.normalization,
+            "name": self.name,
+            "trainable": self.trainable,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

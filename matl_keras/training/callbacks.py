@@ -1,0 +1,65 @@
+"""Keras callbacks of the supervised stage."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+from absl import logging
+
+from matl_keras.evaluation import metrics as metrics_lib
+
+
+class ValidationMetrics(keras.callbacks.Callback):
+    """Scores the validation split after every epoch.
+
+    Adds `val_accuracy`, `val_f1`, `val_auc`, `val_loss` (exact, see
+    `matl_keras.evaluation.metrics`) to the epoch logs, so CSVLogger,
+    TensorBoard and the progress bar (which Keras adds last) show them.
+
+    Args:
+        data: tf.data.Dataset. Batches of `(images, labels)`.
+        positive_index: int or None. Positive class of a binary task.
+    """
+
+    def __init__(self, data, positive_index=None):
+        super().__init__()
+        self.data = data
+        self.positive_index = positive_index
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        labels, probs = [], []
+        for images, batch_labels in self.data:
+            probs.append(np.asarray(self.model(images, training=False)))
+            labels.append(np.asarray(batch_labels))
+        scores = metrics_lib.classification_metrics(
+            np.concatenate(labels), np.concatenate(probs), self.positive_index
+        )
+        for key in ("accuracy", "f1", "auc", "loss"):
+            logs[f"val_{key}"] = scores[key]
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stops training at the first non-finite loss and remembers where."""
+
+    def __init__(self):
+        super().__init__()
+        self.failed_at = None
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.failed_at = (self._epoch + 1, batch + 1, float(loss))
+            logging.error(
+                "non-finite loss %s at epoch %d step %d; stopping",
+                loss,
+                self._epoch + 1,
+                batch + 1,
+            )
+            self.model.stop_training = True

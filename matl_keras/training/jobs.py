@@ -1,0 +1,20 @@
+"""The job a gin file runs when `matl-keras` gets no command."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from matl_keras.errors import ConfigError
+
+
+def job(fn: Callable[..., object] | None = None) -> Callable[..., object]:
+    """Returns the configured job function (gin: `job.fn = @train`).
+
+    The CLI calls it with `workdir=`.
+    """
+    if fn is None:
+        raise ConfigError(
+            "no job is configured: a --gin_file must bind `job.fn` "
+            "(e.g. `job.fn = @train`, as gin/finetune.gin does)"
+        )
+    return fn

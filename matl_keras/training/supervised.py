@@ -1,0 +1,277 @@
+"""The supervised stage: train a ResNet classifier on a labelled dataset.
+
+Writes into the workdir: `config.gin` (at start), `run.json` (state, config
+hash, versions, class counts, throughput), `logs/` (TensorBoard),
+`history.csv`, `backup/` (while running; resumes a killed run),
+`model.keras`, `backbone.weights.h5`, `metrics.json` and
+`operative_config.gin` (at the end).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Any
+
+import gin
+import keras
+from absl import logging
+
+from matl_keras import registry as registry_lib
+from matl_keras.data import pipeline
+from matl_keras.data.dataset import Dataset
+from matl_keras.errors import ConfigError
+from matl_keras.errors import MatlError
+from matl_keras.evaluation import metrics as metrics_lib
+from matl_keras.evaluation.evaluator import EvalContext
+from matl_keras.evaluation.evaluator import Evaluator
+from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
+from matl_keras.models.resnet.resnet_image_classifier import (
+    build_image_classifier,
+)
+from matl_keras.training import callbacks as callbacks_lib
+from matl_keras.training import optimizers
+from matl_keras.training import strategies
+from matl_keras.training import workdir as workdir_lib
+
+
+def _resolve_dataset(dataset: Dataset | str | None) -> Dataset:
+    if dataset is None:
+        raise ConfigError(
+            "no dataset: bind `train.dataset` (e.g. CT_DATA = @synthetic_ct())"
+        )
+    if isinstance(dataset, str):
+        dataset = registry_lib.default_registry().create("datasets", dataset)
+    if not isinstance(dataset, Dataset):
+        raise ConfigError(
+            "`train.dataset` must be a dataset plugin instance or name. "
+            f"Received: {dataset!r}"
+        )
+    return dataset
+
+
+def _resolve_evaluators(evaluators: Sequence[Evaluator | str]):
+    resolved = []
+    for evaluator in evaluators:
+        if isinstance(evaluator, str):
+            evaluator = registry_lib.default_registry().create(
+                "evaluators", evaluator
+            )
+        if not isinstance(evaluator, Evaluator):
+            raise ConfigError(
+                "`train.evaluators` must hold evaluator plugins or names. "
+                f"Received: {evaluator!r}"
+            )
+        resolved.append(evaluator)
+    return resolved
+
+
+def evaluate(model, split_data, split, dataset, evaluators, workdir=None):
+    """Runs `evaluators` on one split; returns `{metric: value}`."""
+    context = EvalContext(
+        model=model,
+        data=split_data,
+        split=split,
+        class_names=tuple(dataset.class_names),
+        positive_index=dataset.positive_index(),
+        workdir=workdir,
+    )
+    results: dict[str, Any] = {}
+    for evaluator in evaluators:
+        for name, value in evaluator.run(context):
+            if name in results:
+                raise ConfigError(
+                    f"two evaluators both report {name!r} for split {split!r}"
+                )
+            if isinstance(value, float):
+                value = metrics_lib.to_json_value(value)
+            results[name] = value
+    return results
+
+
+def train(
+    workdir: str,
+    dataset: Dataset | str | None = None,
+    backbone: Callable[..., keras.Model] = ResNetBackbone,
+    image_size: int = 224,
+    batch_size: int = 32,
+    epochs: int = 10,
+    dropout: float = 0.5,
+    augment: str = "crop_flip",
+    crop_fraction: float = 0.875,
+    optimizer: Callable[..., keras.optimizers.Optimizer] = optimizers.sgd,
+    strategy: str = "auto",
+    evaluators: Sequence[Evaluator | str] = ("metrics",),
+    on_bad_image: str = "refuse",
+    cache: str = "auto",
+    seed: int = 0,
+    train_split: str = "train",
+    val_split: str = "val",
+    test_split: str = "test",
+) -> dict[str, Any]:
+    """Trains a classifier and writes the run's files into `workdir`.
+
+    Args:
+        workdir: str. Output folder (from `--workdir`).
+        dataset: Dataset or str. The labelled dataset (a plugin instance, as
+            from `@synthetic_ct()`, or a plugin name).
+        backbone: callable. Builds the backbone given `image_size=`
+            (gin: `@resnet_backbone`).
+        image_size: int. Model input side in pixels.
+        batch_size: int. Global batch size.
+        epochs: int. Training epochs.
+        dropout: float. Dropout rate before the classification layer.
+        augment: str. Training augmentation recipe.
+        crop_fraction: float. Crop side over resized side (224/256).
+        optimizer: callable. Builds the optimizer from `batch_size`,
+            `epochs` and `steps_per_epoch` (gin: `@sgd`).
+        strategy: str. `"auto"`, `"default"` or `"mirrored"`.
+        evaluators: sequence. Evaluator plugins (or names) for the final
+            scores in `metrics.json`.
+        on_bad_image: str. `"refuse"` or `"skip"` unreadable image files.
+        cache: str. Decoded-image cache, see `pipeline.build_split`.
+        seed: int. Seed of weights, shuffling and augmentation.
+        train_split: str. Split to train on.
+        val_split: str. Split scored after every epoch.
+        test_split: str. Split scored at the end when the dataset has it.
+
+    Returns:
+        The content of `metrics.json`.
+    """
+    if epochs < 1:
+        raise ConfigError(f"`epochs` must be at least 1. Received: {epochs}")
+    workdir_lib.prepare(workdir)
+    config_text = gin.config_str()
+    digest = workdir_lib.config_hash(config_text)
+    record = workdir_lib.previous_run(workdir, digest)
+    metrics_path = os.path.join(workdir, "metrics.json")
+    if record and record.get("status") == "complete":
+        print(
+            f"{workdir}: this run is already complete (same config); "
+            "nothing to do. Delete the workdir to run it again.",
+            flush=True,
+        )
+        return workdir_lib.read_json(metrics_path)
+    resuming = record is not None
+    with open(os.path.join(workdir, "config.gin"), "w") as f:
+        f.write(config_text)
+
+    keras.utils.set_random_seed(seed)
+    dataset = _resolve_dataset(dataset)
+    evaluators = _resolve_evaluators(evaluators)
+    common = dict(
+        image_size=image_size,
+        batch_size=batch_size,
+        crop_fraction=crop_fraction,
+        on_bad_image=on_bad_image,
+        cache=cache,
+        seed=seed,
+    )
+    train_data = pipeline.build_split(
+        dataset, train_split, training=True, augment=augment, **common
+    )
+    val_data = pipeline.build_split(
+        dataset, val_split, training=False, **common
+    )
+    print(
+        f"dataset {dataset.name}: {train_split} {train_data.class_counts}, "
+        f"{val_split} {val_data.class_counts}",
+        flush=True,
+    )
+    record = {
+        "status": "running",
+        "config_hash": digest,
+        "started": (record or {}).get("started", workdir_lib.now()),
+        "resumed": resuming,
+        "dataset": dataset.name,
+        "class_names": list(dataset.class_names),
+        "class_counts": {
+            train_split: train_data.class_counts,
+            val_split: val_data.class_counts,
+        },
+        "skipped_images": train_data.skipped + val_data.skipped,
+        "versions": workdir_lib.versions(),
+    }
+    workdir_lib.write_json(os.path.join(workdir, workdir_lib.RUN_FILE), record)
+
+    distribution = strategies.get_strategy(strategy)
+    with distribution.scope():
+        features = backbone(image_size=image_size)
+        model = build_image_classifier(
+            features, dataset.num_classes, dropout=dropout
+        )
+        model.compile(
+            optimizer=optimizer(
+                batch_size=batch_size,
+                epochs=epochs,
+                steps_per_epoch=train_data.steps,
+            ),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+    nan_guard = callbacks_lib.StopOnNonFinite()
+    callbacks = [
+        keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup")),
+        nan_guard,
+        callbacks_lib.ValidationMetrics(
+            val_data.data, dataset.positive_index()
+        ),
+        keras.callbacks.CSVLogger(
+            os.path.join(workdir, "history.csv"), append=True
+        ),
+        keras.callbacks.TensorBoard(os.path.join(workdir, "logs")),
+    ]
+    logging.info(
+        "training %s (%d params) for %d epochs of %d steps on %d replica(s)",
+        model.name,
+        model.count_params(),
+        epochs,
+        train_data.steps,
+        distribution.num_replicas_in_sync,
+    )
+    start = time.time()
+    model.fit(
+        train_data.data,
+        epochs=epochs,
+        callbacks=callbacks,
+        shuffle=False,  # tf.data shuffles.
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    seconds = time.time() - start
+    if nan_guard.failed_at is not None:
+        epoch, step, loss = nan_guard.failed_at
+        raise MatlError(
+            f"training diverged: loss {loss} at epoch {epoch}, step {step}. "
+            f"The last completed epoch is kept in {workdir}/backup; lower "
+            "sgd.learning_rate or check the data."
+        )
+
+    model.save(os.path.join(workdir, "model.keras"))
+    features.save_weights(os.path.join(workdir, "backbone.weights.h5"))
+    results = {val_split: evaluate(model, val_data.data, val_split, dataset, evaluators, workdir)}
+    if test_split in dataset.splits():
+        test_data = pipeline.build_split(
+            dataset, test_split, training=False, **common
+        )
+        results[test_split] = evaluate(
+            model, test_data.data, test_split, dataset, evaluators, workdir
+        )
+    workdir_lib.write_json(metrics_path, results)
+    from matl_keras import config
+
+    config.save_config(workdir, "operative_config.gin", operative=True)
+    record.update(
+        status="complete",
+        finished=workdir_lib.now(),
+        train_seconds=round(seconds, 2),
+        train_images_per_second=round(
+            epochs * train_data.steps * batch_size / max(seconds, 1e-9), 2
+        ),
+    )
+    workdir_lib.write_json(os.path.join(workdir, workdir_lib.RUN_FILE), record)
+    print(f"metrics: {results}", flush=True)
+    print(f"wrote {workdir}", flush=True)
+    return results

@@ -1,0 +1,92 @@
+"""The files of a run in its workdir, written so that nothing is lost.
+
+`run.json` records the state of the run (`running`, `complete`), the hash of
+its gin config, versions and timings. A workdir that holds a run of another
+config is refused rather than overwritten; a killed run of the same config is
+resumed; a complete one is not recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from typing import Any
+
+from matl_keras.errors import ConfigError
+
+RUN_FILE = "run.json"
+
+
+def write_json(path: str, data: Any) -> None:
+    """Writes JSON atomically (temp file + rename)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=False, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: str) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def config_hash(config_text: str) -> str:
+    return hashlib.sha256(config_text.encode()).hexdigest()[:16]
+
+
+def prepare(workdir: str) -> None:
+    """Creates `workdir` or raises a `ConfigError` that names it."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, ".write_test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(
+            f"--workdir={workdir!r} cannot be written: {e.strerror or e}"
+        ) from e
+
+
+def previous_run(workdir: str, digest: str) -> dict[str, Any] | None:
+    """The run recorded in `workdir`, if it has the same config.
+
+    Raises:
+        ConfigError: the workdir holds a run with a different config.
+    """
+    path = os.path.join(workdir, RUN_FILE)
+    if not os.path.exists(path):
+        return None
+    record = read_json(path)
+    if record.get("config_hash") != digest:
+        raise ConfigError(
+            f"--workdir={workdir!r} already holds a run with a different "
+            f"config (config hash {record.get('config_hash')}, this one "
+            f"{digest}; see {os.path.join(workdir, 'config.gin')}). Use "
+            "another --workdir, or delete that one to start over."
+        )
+    return record
+
+
+def versions() -> dict[str, str]:
+    import gin
+    import keras
+    import tensorflow as tf
+
+    import matl_keras
+
+    return {
+        "matl_keras": matl_keras.__version__,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "gin": getattr(gin, "__version__", "0.5.0"),
+        "python": platform.python_version(),
+    }
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

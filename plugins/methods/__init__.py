@@ -1,0 +1,1 @@
+"""Built-in matl-keras plugins, installed as `matl_keras_plugins`."""

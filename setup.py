@@ -1,0 +1,73 @@
+"""Packaging for matl-keras.
+
+The built-in plugins in `plugins/` are shipped as the import package
+`matl_keras_plugins` and register through the same entry-point groups a
+third-party package uses; the core (`matl_keras`) never imports them.
+"""
+
+import pathlib
+import re
+
+import setuptools
+
+HERE = pathlib.Path(__file__).parent
+VERSION = re.search(
+    r'__version__ = "([^"]+)"', (HERE / "matl_keras" / "__init__.py").read_text()
+).group(1)
+
+setuptools.setup(
+    name="matl-keras",
+    version=VERSION,
+    description=(
+        "Multi-stage attentive transfer learning for medical images "
+        "(Keras 3 / TensorFlow)."
+    ),
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.14",
+    packages=(
+        setuptools.find_packages(include=["matl_keras", "matl_keras.*"])
+        + ["matl_keras_plugins"]
+        + [
+            "matl_keras_plugins." + p
+            for p in setuptools.find_packages(where="plugins")
+        ]
+    ),
+    package_dir={"matl_keras_plugins": "plugins"},
+    package_data={"matl_keras": ["py.typed"]},
+    # Versions tested together on Python 3.11 / CPU (see README "Versions").
+    install_requires=[
+        "tensorflow>=2.21,<2.22",
+        "keras>=3.15,<3.16",
+        "gin-config==0.5.0",
+        "absl-py>=2.1,<3",
+        # TF 2.21 no longer pulls TensorBoard in; Keras' TensorBoard callback
+        # needs it.
+        "tensorboard>=2.21,<2.22",
+        "numpy>=1.26,<3",
+        "matplotlib>=3.8,<4",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8,<10",
+            "pytest-xdist>=3.5,<4",
+            "scikit-learn>=1.4,<2",
+            "pillow>=10,<14",
+        ],
+        "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
+    },
+    entry_points={
+        "console_scripts": ["matl-keras = matl_keras.cli:run"],
+        "matl_keras.datasets": [
+            "synthetic_ct = matl_keras_plugins.datasets.synthetic_ct:SyntheticCT",
+            "synthetic_cxr = matl_keras_plugins.datasets.synthetic_cxr:SyntheticCXR",
+            "synthetic_natural = "
+            "matl_keras_plugins.datasets.synthetic_natural:SyntheticNatural",
+            "image_folder = matl_keras_plugins.datasets.image_folder:ImageFolder",
+        ],
+        "matl_keras.ssl_methods": [],
+        "matl_keras.evaluators": [
+            "metrics = matl_keras_plugins.evaluators.metrics:ClassificationMetrics",
+        ],
+    },
+)

@@ -1,0 +1,134 @@
+"""The `matl-keras` console script, run as a user runs it (subprocesses)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+CLI = os.path.join(os.path.dirname(sys.executable), "matl-keras")
+TINY = [
+    "--gin_file=gin/finetune.gin",
+    "--gin_file=gin/models/tiny.gin",
+    "--gin_param=EPOCHS = 2",
+    "--gin_param=IMAGE_SIZE = 32",
+    "--gin_param=BATCH_SIZE = 8",
+    "--gin_param=synthetic_ct.image_size = 48",
+    "--gin_param=synthetic_ct.num_train = 16",
+    "--gin_param=synthetic_ct.num_val = 8",
+    "--gin_param=synthetic_ct.num_test = 8",
+]
+
+
+def matl(*args, timeout=600):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run(
+        [CLI, *args], cwd=REPO, capture_output=True, text=True,
+        timeout=timeout, env=env,
+    )
+
+
+def error_line(result):
+    lines = [l for l in result.stderr.splitlines() if l.startswith("matl-keras: error")]
+    assert lines, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+def test_finetune_job_end_to_end_then_skip_then_refuse(tmp_path):
+    workdir = str(tmp_path / "run")
+    result = matl(*TINY, f"--workdir={workdir}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in (
+        "config.gin", "operative_config.gin", "run.json", "history.csv",
+        "model.keras", "backbone.weights.h5", "metrics.json",
+    ):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    assert os.listdir(os.path.join(workdir, "logs"))  # TensorBoard
+    assert not os.path.exists(os.path.join(workdir, "backup"))
+    metrics = json.load(open(os.path.join(workdir, "metrics.json")))
+    assert set(metrics) == {"val", "test"}
+    for split in metrics.values():
+        for key in ("accuracy", "f1", "auc"):
+            assert 0.0 <= split[key] <= 1.0
+    run = json.load(open(os.path.join(workdir, "run.json")))
+    assert run["status"] == "complete"
+    assert run["class_counts"]["train"] == {"NonCOVID": 8, "COVID": 8}
+    operative = open(os.path.join(workdir, "operative_config.gin")).read()
+    assert "DEPTH = 18" in operative
+    assert "resnet_backbone.depth = %DEPTH" in operative
+    history = open(os.path.join(workdir, "history.csv")).read().splitlines()
+    assert len(history) == 3 and "val_auc" in history[0]
+
+    again = matl(*TINY, f"--workdir={workdir}")
+    assert again.returncode == 0
+    assert "already complete" in again.stdout
+
+    other = matl(*TINY, "--gin_param=EPOCHS = 3", f"--workdir={workdir}")
+    assert other.returncode == 2
+    assert "different config" in error_line(other)
+    # Nothing that was written is lost.
+    assert json.load(open(os.path.join(workdir, "metrics.json"))) == metrics
+
+
+def test_bad_flag_is_one_clear_line():
+    result = matl("--gin_fil=x.gin")
+    assert result.returncode == 2
+    assert "gin_fil" in error_line(result)
+
+
+def test_unknown_command():
+    result = matl("trian")
+    assert result.returncode == 2
+    assert "unknown command 'trian'" in error_line(result)
+
+
+def test_missing_gin_file():
+    result = matl("--gin_file=gin/nope.gin")
+    assert result.returncode == 2
+    assert "gin file not found: 'gin/nope.gin'" in error_line(result)
+
+
+def test_unknown_configurable_and_parameter(tmp_path):
+    result = matl(*TINY, "--gin_param=synthetic_cta.seed = 1")
+    assert result.returncode == 2
+    line = error_line(result)
+    assert "synthetic_cta" in line and "synthetic_ct" in line  # did you mean
+    result = matl(*TINY, "--gin_param=train.epocs = 1")
+    assert result.returncode == 2
+    assert "epocs" in error_line(result)
+
+
+def test_unwritable_workdir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = matl(*TINY, f"--workdir={blocker}/sub")
+    assert result.returncode == 2
+    assert "cannot be written" in error_line(result)
+
+
+def test_plugins_json():
+    result = matl("plugins", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report) == {"datasets", "ssl_methods", "evaluators"}
+    ct = report["datasets"]["synthetic_ct"]
+    assert ct["status"] == "ok" and ct["error"] is None
+    assert ct["dist"] == "matl-keras" and ct["version"]
+    assert report["evaluators"]["metrics"]["status"] == "ok"
+
+
+def test_plugins_table():
+    result = matl("plugins")
+    assert result.returncode == 0
+    assert "synthetic_natural" in result.stdout and "ok" in result.stdout
+
+
+@pytest.mark.parametrize("path", ["gin/finetune.gin"])
+def test_job_files_name_the_documented_macros(path):
+    text = open(os.path.join(REPO, path)).read()
+    for macro in ("IMAGE_SIZE", "BATCH_SIZE", "EPOCHS", "DEPTH", "CT_DATA"):
+        assert f"%{macro}" in text or f"{macro} =" in text, macro
