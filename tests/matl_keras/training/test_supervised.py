@@ -1,0 +1,111 @@
+"""The supervised stage in-process: strategies, divergence, optimiser."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from matl_keras.data.dataset import ArrayExamples
+from matl_keras.data.dataset import Dataset
+from matl_keras.errors import ConfigError
+from matl_keras.errors import MatlError
+from matl_keras.evaluation.evaluator import Evaluator
+from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
+from matl_keras.training import optimizers
+from matl_keras.training import strategies
+from matl_keras.training import supervised
+
+
+class Bright(Dataset):
+    """Label 1 images are brighter: learnable in a few steps."""
+
+    class_names = ("dark", "bright")
+    positive_class = "bright"
+
+    def __init__(self, n=16):
+        rng = np.random.default_rng(0)
+        labels = np.arange(n) % 2
+        images = rng.integers(0, 100, (n, 40, 40, 1)).astype(np.uint8)
+        images[labels == 1] += 120
+        self.data = ArrayExamples(images, labels)
+
+    def splits(self):
+        return ("train", "val")
+
+    def examples(self, split):
+        return self.data
+
+
+class Count(Evaluator):
+    def run(self, context):
+        labels, probs = context.predictions()
+        yield "count", int(len(labels))
+
+
+def tiny_backbone(image_size):
+    return ResNetBackbone(depth=18, width_multiplier=0.25, image_size=image_size)
+
+
+def run_train(workdir, **kwargs):
+    args = dict(
+        dataset=Bright(),
+        backbone=tiny_backbone,
+        image_size=32,
+        batch_size=8,
+        epochs=2,
+        evaluators=[Count()],
+        optimizer=lambda **kw: optimizers.sgd(learning_rate=0.5, **kw),
+    )
+    args.update(kwargs)
+    return supervised.train(str(workdir), **args)
+
+
+def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
+    strategy = strategies.get_strategy("mirrored")
+    assert strategy.num_replicas_in_sync == 2
+    results = run_train(tmp_path, strategy="mirrored")
+    assert results == {"val": {"count": 16}}
+    saved = json.load(open(tmp_path / "metrics.json"))
+    assert saved == results
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
+    with pytest.raises(MatlError, match=r"diverged: loss .* at epoch 1, step"):
+        run_train(
+            tmp_path,
+            optimizer=lambda **kw: optimizers.sgd(learning_rate=1e30, **kw),
+        )
+    assert not os.path.exists(tmp_path / "model.keras")
+
+
+def test_strategy_name_is_checked():
+    with pytest.raises(ConfigError, match="Received: strategy='tpu'"):
+        strategies.get_strategy("tpu")
+
+
+def test_sgd_scales_learning_rate_and_decays_in_steps():
+    optimizer = optimizers.sgd(
+        batch_size=32, epochs=10, steps_per_epoch=10, learning_rate=0.4,
+        reference_batch_size=256, decay_at=(0.5,), decay_rate=0.1,
+    )
+    schedule = optimizer.learning_rate
+    if not callable(schedule):
+        schedule = optimizer._learning_rate
+    assert float(schedule(0)) == pytest.approx(0.05)
+    assert float(schedule(60)) == pytest.approx(0.005)
+    assert optimizer.momentum == 0.9
+
+
+def test_sgd_checks_decay_points():
+    with pytest.raises(ConfigError, match="decay_at"):
+        optimizers.sgd(batch_size=8, epochs=2, steps_per_epoch=2, decay_at=(0.8, 0.6))
+
+
+def test_epochs_checked(tmp_path):
+    with pytest.raises(ConfigError, match="epochs"):
+        run_train(tmp_path, epochs=0)
+
+
+del keras
