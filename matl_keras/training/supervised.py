@@ -28,6 +28,7 @@ from matl_keras.errors import MatlError
 from matl_keras.evaluation import metrics as metrics_lib
 from matl_keras.evaluation.evaluator import EvalContext
 from matl_keras.evaluation.evaluator import Evaluator
+from matl_keras.models.resnet import imagenet_weights
 from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
 from matl_keras.models.resnet.resnet_image_classifier import (
     build_image_classifier,
@@ -96,6 +97,7 @@ def train(
     workdir: str,
     dataset: Dataset | str | None = None,
     backbone: Callable[..., keras.Model] = ResNetBackbone,
+    pretrained_weights: str | None = None,
     image_size: int = 224,
     batch_size: int = 32,
     epochs: int = 10,
@@ -120,6 +122,9 @@ def train(
             from `@synthetic_ct()`, or a plugin name).
         backbone: callable. Builds the backbone given `image_size=`
             (gin: `@resnet_backbone`).
+        pretrained_weights: str or None. A keras.applications ResNet-50/101
+            ImageNet weights file loaded into the backbone before training
+            (STL-N without training ImageNet); non-local blocks stay new.
         image_size: int. Model input side in pixels.
         batch_size: int. Global batch size.
         epochs: int. Training epochs.
@@ -200,6 +205,16 @@ def train(
     distribution = strategies.get_strategy(strategy)
     with distribution.scope():
         features = backbone(image_size=image_size)
+        if pretrained_weights:
+            report = imagenet_weights.load_imagenet_weights(
+                features, pretrained_weights
+            )
+            record["pretrained_weights"] = report.summary()
+            print(
+                f"loaded {len(report.loaded)} layers from "
+                f"{pretrained_weights}; new: {report.kept_initial}",
+                flush=True,
+            )
         model = build_image_classifier(
             features, dataset.num_classes, dropout=dropout
         )
@@ -212,6 +227,7 @@ def train(
             loss="sparse_categorical_crossentropy",
             metrics=["accuracy"],
         )
+    workdir_lib.write_json(os.path.join(workdir, workdir_lib.RUN_FILE), record)
     nan_guard = callbacks_lib.StopOnNonFinite()
     callbacks = [
         keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup")),

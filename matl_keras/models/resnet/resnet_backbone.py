@@ -14,6 +14,8 @@ import keras
 from keras import layers
 
 from matl_keras.layers.input_normalization import InputNormalization
+from matl_keras.layers.non_local_block import NonLocalBlock
+from matl_keras.models.resnet import attention_placement
 
 # depth -> (block type, blocks per stage conv2..conv5)
 DEPTHS = {
@@ -114,7 +116,14 @@ class ResNetBackbone(keras.Model):
     Input: float RGB images in [0, 1], `(batch, image_size, image_size, 3)`;
     the model normalizes them itself (`InputNormalization`). Output: the
     last stage's feature map `(batch, image_size / 32, image_size / 32, C)`.
-    `pyramid_outputs` maps `"P2"`..`"P5"` to each stage's output.
+    `pyramid_outputs` maps `"P2"`..`"P5"` to each stage's output;
+    `attention_outputs` maps each non-local block's name to its attention
+    weights `(batch, h * w, h' * w')` (see `attention_maps`).
+
+    Non-local blocks (`NonLocalBlock`, the paper's ATTNs) are inserted at the
+    end of the residual blocks that `attention` names (see
+    `attention_placement` for the presets "none", "1", "5"). They are named
+    `f"{stage}_block{i}_nonlocal"` and start as the identity.
 
     Args:
         depth: int. 18, 34, 50 or 101.
@@ -123,6 +132,10 @@ class ResNetBackbone(keras.Model):
         image_size: int or None. Input side; None accepts any size.
         normalization: str. Input normalization mode (`"caffe"` matches
             keras.applications' ImageNet weights).
+        attention: str or dict. `"none"`, `"1"`, `"5"` or a placement such as
+            `{"conv3": [2, 4], "conv5": [-1]}`.
+        attention_subsample: int. Max-pool factor of the blocks' keys and
+            values (1: full Eq. 1; 2: Wang et al.'s cheaper variant).
         name: str. Model name.
 
     Example:
@@ -138,6 +151,8 @@ class ResNetBackbone(keras.Model):
         width_multiplier=1.0,
         image_size=None,
         normalization="caffe",
+        attention="none",
+        attention_subsample=1,
         name="resnet",
         **kwargs,
     ):
@@ -157,8 +172,12 @@ class ResNetBackbone(keras.Model):
                 f"by 32). Received: image_size={image_size!r}"
             )
 
-        # === Functional Model ===
         block_type, blocks = DEPTHS[depth]
+        placement = attention_placement.resolve(
+            attention, dict(zip(STAGES, blocks))
+        )
+
+        # === Functional Model ===
         apply_block = (
             apply_bottleneck_block
             if block_type == "bottleneck"
@@ -170,6 +189,7 @@ class ResNetBackbone(keras.Model):
         )
         x = apply_stem(x, width_multiplier)
         pyramid_outputs = {}
+        attention_outputs = {}
         for stage_index, (stage, num_blocks) in enumerate(zip(STAGES, blocks)):
             filters = scaled_filters(
                 _STAGE_FILTERS[stage_index], width_multiplier
@@ -189,6 +209,14 @@ class ResNetBackbone(keras.Model):
                     conv_shortcut,
                     name=f"{stage}_block{block + 1}",
                 )
+                if block + 1 in placement.get(stage, ()):
+                    block_name = f"{stage}_block{block + 1}_nonlocal"
+                    x, attention_weights = NonLocalBlock(
+                        subsample=attention_subsample,
+                        return_attention=True,
+                        name=block_name,
+                    )(x)
+                    attention_outputs[block_name] = attention_weights
             pyramid_outputs[f"P{stage_index + 2}"] = x
         super().__init__(inputs=inputs, outputs=x, name=name, **kwargs)
 
@@ -197,7 +225,11 @@ class ResNetBackbone(keras.Model):
         self.width_multiplier = width_multiplier
         self.image_size = image_size
         self.normalization = normalization
+        self.attention = attention
+        self.attention_subsample = attention_subsample
+        self.attention_placement = placement
         self.pyramid_outputs = pyramid_outputs
+        self.attention_outputs = attention_outputs
 
     def get_config(self):
         return {
@@ -205,6 +237,8 @@ class ResNetBackbone(keras.Model):
             "width_multiplier": self.width_multiplier,
             "image_size": self.image_size,
             "normalization": self.normalization,
+            "attention": self.attention,
+            "attention_subsample": self.attention_subsample,
             "name": self.name,
             "trainable": self.trainable,
         }

@@ -1,0 +1,172 @@
+"""`NonLocalBlock`: the paper's self-attention layer (ATTN, Eq. 1).
+
+Embedded-Gaussian non-local block of Wang et al. 2018 ("Non-local Neural
+Networks", https://arxiv.org/abs/1711.07971), as the paper uses it:
+
+    Q = W_q X,  K = W_k X,  V = W_v X          (1x1 convolutions)
+    O = V softmax(K^T Q)                        (Eq. 1; softmax over keys)
+    Y = X + BN(W_o O)                           (1x1 conv back to C, residual)
+
+The output BatchNormalization's gamma starts at zero, so a new block is the
+identity and can be inserted into a pretrained ResNet without changing it.
+"""
+
+import keras
+from keras import layers
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="matl_keras")
+class NonLocalBlock(keras.layers.Layer):
+    """Non-local self-attention over all spatial positions.
+
+    Args:
+        key_channels: int or None. d_k, channels of Q and K (default: half
+            the input channels, as in Wang et al.).
+        value_channels: int or None. d_v, channels of V (default: half the
+            input channels).
+        subsample: int. Max-pool K and V by this factor (1: none; 2 is Wang
+            et al.'s trick that cuts the hw x hw cost by 4).
+        return_attention: bool. Also return the attention weights
+            `(batch, h * w, h' * w')`: for each query position (row), the
+            softmax over key positions (columns of Eq. 1 transposed).
+        name: str. Layer name; sub-layers are `f"{name}_q"` etc.
+
+    Example:
+    ```python
+    block = NonLocalBlock(return_attention=True)
+    y, attention = block(np.zeros((2, 8, 8, 64), "float32"))
+    ```
+    """
+
+    def __init__(
+        self,
+        key_channels=None,
+        value_channels=None,
+        subsample=1,
+        return_attention=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        for arg, value in (
+            ("key_channels", key_channels),
+            ("value_channels", value_channels),
+        ):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(
+                    f"`{arg}` must be a positive int or None. Received: "
+                    f"{arg}={value!r}"
+                )
+        if not isinstance(subsample, int) or subsample < 1:
+            raise ValueError(
+                f"`subsample` must be an int >= 1. Received: subsample={subsample!r}"
+            )
+        self.key_channels = key_channels
+        self.value_channels = value_channels
+        self.subsample = subsample
+        self.return_attention = return_attention
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError(
+                "NonLocalBlock needs a known channel count. Received: "
+                f"input_shape={input_shape}"
+            )
+        self._dk = self.key_channels or max(1, channels // 2)
+        self._dv = self.value_channels or max(1, channels // 2)
+        name = self.name
+        self.query_conv = layers.Conv2D(
+            self._dk, 1, dtype=self.dtype_policy, name=f"{name}_q"
+        )
+        self.key_conv = layers.Conv2D(
+            self._dk, 1, dtype=self.dtype_policy, name=f"{name}_k"
+        )
+        self.value_conv = layers.Conv2D(
+            self._dv, 1, dtype=self.dtype_policy, name=f"{name}_v"
+        )
+        self.output_conv = layers.Conv2D(
+            channels, 1, dtype=self.dtype_policy, name=f"{name}_out"
+        )
+        self.output_bn = layers.BatchNormalization(
+            gamma_initializer="zeros",
+            dtype=self.dtype_policy,
+            name=f"{name}_out_bn",
+        )
+        self.pool = None
+        kv_shape = input_shape
+        if self.subsample > 1:
+            self.pool = layers.MaxPooling2D(
+                self.subsample, padding="same", dtype=self.dtype_policy,
+                name=f"{name}_pool",
+            )
+            kv_shape = self.pool.compute_output_shape(input_shape)
+        self.query_conv.build(input_shape)
+        self.key_conv.build(kv_shape)
+        self.value_conv.build(kv_shape)
+        self.output_conv.build(tuple(input_shape[:-1]) + (self._dv,))
+        self.output_bn.build(tuple(input_shape[:-1]) + (channels,))
+
+    def _flatten(self, x, channels):
+        # Static h * w where known: a -1 here would leave Keras unable to
+        # infer the shape of everything downstream.
+        h, w = x.shape[1], x.shape[2]
+        if h is not None and w is not None:
+            return ops.reshape(x, (-1, h * w, channels))
+        shape = ops.shape(x)
+        return ops.reshape(x, (shape[0], shape[1] * shape[2], channels))
+
+    def call(self, inputs, training=None):
+        kv_input = inputs if self.pool is None else self.pool(inputs)
+        q = self._flatten(self.query_conv(inputs), self._dk)
+        k = self._flatten(self.key_conv(kv_input), self._dk)
+        v = self._flatten(self.value_conv(kv_input), self._dv)
+        # Scores and softmax in float32 even under mixed precision.
+        scores = ops.matmul(
+            ops.cast(q, "float32"), ops.transpose(ops.cast(k, "float32"), (0, 2, 1))
+        )
+        attention = ops.softmax(scores, axis=-1)
+        o = ops.matmul(ops.cast(attention, v.dtype), v)
+        if inputs.shape[1] is not None and inputs.shape[2] is not None:
+            o = ops.reshape(o, (-1, inputs.shape[1], inputs.shape[2], self._dv))
+        else:
+            shape = ops.shape(inputs)
+            o = ops.reshape(o, (shape[0], shape[1], shape[2], self._dv))
+        y = self.output_bn(self.output_conv(o), training=training)
+        outputs = inputs + ops.cast(y, inputs.dtype)
+        if self.return_attention:
+            return outputs, attention
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        if not self.return_attention:
+            return input_shape
+        hw = None
+        kv_hw = None
+        if input_shape[1] is not None and input_shape[2] is not None:
+            hw = input_shape[1] * input_shape[2]
+            kh = -(-input_shape[1] // self.subsample)
+            kw = -(-input_shape[2] // self.subsample)
+            kv_hw = kh * kw
+        return input_shape, (input_shape[0], hw, kv_hw)
+
+    def compute_output_spec(self, inputs, training=None):
+        shapes = self.compute_output_shape(inputs.shape)
+        if not self.return_attention:
+            return keras.KerasTensor(shapes, dtype=inputs.dtype)
+        return (
+            keras.KerasTensor(shapes[0], dtype=inputs.dtype),
+            keras.KerasTensor(shapes[1], dtype="float32"),
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "key_channels": self.key_channels,
+                "value_channels": self.value_channels,
+                "subsample": self.subsample,
+                "return_attention": self.return_attention,
+            }
+        )
+        return config

@@ -1,0 +1,52 @@
+"""Gin files: every file parses; job macros reach the model."""
+
+import glob
+import os
+
+import gin
+import pytest
+
+from matl_keras import config
+from matl_keras import registry as registry_lib
+from matl_keras.layers.non_local_block import NonLocalBlock
+from tests.conftest import REPO
+
+JOBS = ["gin/finetune.gin"]
+
+
+def _parse(files, bindings=()):
+    registry = registry_lib.Registry(on_load=config.register_plugin)
+    config.parse([os.path.join(REPO, f) for f in files], list(bindings), registry)
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "gin", "**", "*.gin"), recursive=True)),
+)
+def test_every_gin_file_parses(path):
+    files = [path] if path in JOBS else ["gin/finetune.gin", path]
+    _parse(files)
+
+
+@pytest.mark.parametrize("job", JOBS)
+@pytest.mark.parametrize("attention, count", [("none", 0), ("1", 1), ("5", 5)])
+def test_attention_macro_switches_the_variant(job, attention, count):
+    _parse([job, "gin/models/tiny.gin"], [f"ATTENTION = '{attention}'"])
+    backbone = config.configured("resnet_backbone")(image_size=32)
+    blocks = [l for l in backbone.layers if isinstance(l, NonLocalBlock)]
+    assert len(blocks) == count
+
+
+def test_explicit_placement_from_gin():
+    _parse(["gin/finetune.gin", "gin/models/tiny.gin"], ["ATTENTION = {'conv4': [1, 2]}"])
+    backbone = config.configured("resnet_backbone")(image_size=32)
+    assert backbone.attention_placement == {"conv4": (1, 2)}
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_job_macros_reach_their_targets(job):
+    _parse([job], ["IMAGE_SIZE = 40", "BATCH_SIZE = 4", "EPOCHS = 3", "DEPTH = 34"])
+    assert gin.query_parameter("%IMAGE_SIZE") == 40
+    assert gin.query_parameter("%DEPTH") == 34
+    backbone = config.configured("resnet_backbone")(image_size=32)
+    assert backbone.depth == 34
