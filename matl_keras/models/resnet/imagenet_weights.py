@@ -9,9 +9,13 @@ not in the source and stay at their initialization (blocks start as the
 identity), so an attentive variant computes the same features as the
 baseline right after loading.
 
-keras-hub ResNet presets are not read here: keras-hub is not a dependency,
-and its ResNet names its layers differently; convert such a preset to a
-keras.applications model first.
+keras-hub's ResNet presets (`resnet_50_imagenet`, ...) do not share this
+topology, so they are refused with the reason rather than loaded into the
+wrong places: keras-hub 0.32's ResNet "v1" is ResNet v1.5 (the stride sits
+in each block's 3x3 convolution, after explicit zero padding, not in the
+first 1x1 one), its convolutions have no bias and its BatchNormalization
+epsilon is 1e-5. Its weights would give a different function here, which a
+transfer study must not silently do.
 """
 
 from __future__ import annotations
@@ -55,6 +59,14 @@ class LoadReport:
         }
 
 
+_KERAS_HUB_MISMATCH = (
+    "cannot load {source!r}: keras-hub ResNet presets are ResNet v1.5 (stride "
+    "in the 3x3 convolution, bias-free convolutions, BN epsilon 1e-5), not the "
+    "keras.applications ResNet v1 topology these backbones follow; use a "
+    "keras.applications ResNet50/ResNet101 weights file instead"
+)
+
+
 def _application_model(depth: int, path: str) -> keras.Model:
     """A keras.applications ResNet holding the weights of file `path`."""
     if depth not in APPLICATIONS:
@@ -96,6 +108,13 @@ def load_imagenet_weights(backbone: keras.Model, source) -> LoadReport:
             or a shape that differs); nothing is changed then.
     """
     depth = getattr(backbone, "depth", None)
+    if isinstance(source, (str, os.PathLike)) and os.path.isfile(
+        os.path.join(source, "config.json")
+    ):
+        source = os.fspath(source)
+        raise ConfigError(_KERAS_HUB_MISMATCH.format(source=source))
+    if type(source).__module__.startswith("keras_hub"):
+        raise ConfigError(_KERAS_HUB_MISMATCH.format(source=source.name))
     if isinstance(source, (str, os.PathLike)):
         source_name = os.fspath(source)
         source_model = _application_model(depth, source_name)

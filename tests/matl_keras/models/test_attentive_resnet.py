@@ -143,6 +143,19 @@ def test_weights_that_do_not_fit_are_refused(imagenet_like_r50, tmp_path):
         load_imagenet_weights(ResNetBackbone(50, image_size=64), ResNetBackbone(101, image_size=64))
 
 
+def test_keras_hub_presets_are_refused_with_the_reason(tmp_path):
+    preset = tmp_path / "resnet_50_imagenet"
+    preset.mkdir()
+    (preset / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="v1.5"):
+        load_imagenet_weights(ResNetBackbone(50, image_size=64), str(preset))
+    hub_like = type(
+        "ResNetBackbone", (), {"__module__": "keras_hub.src.models.resnet", "name": "hub"}
+    )
+    with pytest.raises(ConfigError, match="keras-hub"):
+        load_imagenet_weights(ResNetBackbone(50, image_size=64), hub_like())
+
+
 def test_saved_model_shows_blocks_and_reloads_identically(tmp_path):
     backbone = ResNetBackbone(18, 0.25, 32, attention="5")
     model = build_image_classifier(backbone, 2)
