@@ -63,3 +63,27 @@ class StopOnNonFinite(keras.callbacks.Callback):
                 batch + 1,
             )
             self.model.stop_training = True
+
+
+class Throughput(keras.callbacks.Callback):
+    """Counts the training steps and seconds of this process (a resumed run
+    skips the epochs it restored, so they must not count)."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps = 0
+        self.seconds = 0.0
+        self._start = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        import time
+
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        import time
+
+        self.seconds += time.perf_counter() - self._start

@@ -108,4 +108,30 @@ def test_epochs_checked(tmp_path):
         run_train(tmp_path, epochs=0)
 
 
-del keras
+
+def test_interrupted_run_resumes_from_its_last_epoch(tmp_path, monkeypatch):
+    import csv
+
+    from matl_keras.training import callbacks as callbacks_lib
+
+    class KilledInSecondEpoch(callbacks_lib.Throughput):
+        def on_epoch_begin(self, epoch, logs=None):
+            super().on_epoch_begin(epoch, logs)
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.epoch == 1:
+                raise KeyboardInterrupt  # as if killed mid-epoch
+
+    monkeypatch.setattr(callbacks_lib, "Throughput", KilledInSecondEpoch)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(tmp_path, epochs=3)
+    assert json.load(open(tmp_path / "run.json"))["status"] == "running"
+    assert os.path.isdir(tmp_path / "backup")
+    monkeypatch.undo()
+    run_train(tmp_path, epochs=3)
+    record = json.load(open(tmp_path / "run.json"))
+    assert record["status"] == "complete" and record["resumed"] is True
+    rows = list(csv.DictReader(open(tmp_path / "history.csv")))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]  # each epoch once
+    assert not os.path.exists(tmp_path / "backup")
