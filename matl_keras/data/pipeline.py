@@ -20,6 +20,7 @@ from matl_keras.data.dataset import ArrayExamples
 from matl_keras.data.dataset import Dataset
 from matl_keras.data.dataset import FileExamples
 from matl_keras.errors import ConfigError
+from matl_keras.errors import DataError
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Cache decoded images in memory when they take less than this.
@@ -150,6 +151,14 @@ def build_split(
     data, labels, skipped = _source(
         dataset.examples(split), size, on_bad_image, context
     )
+    if labels is not None and len(labels) and (
+        min(labels) < 0 or max(labels) >= dataset.num_classes
+    ):
+        raise DataError(
+            f"{context}: labels must be in 0..{dataset.num_classes - 1} "
+            f"(class_names={list(dataset.class_names)}). Received: "
+            f"labels from {min(labels)} to {max(labels)}"
+        )
     n = int(data.cardinality())
     if n == 0:
         raise ConfigError(f"{context} has no usable images")

@@ -48,7 +48,7 @@ class EvalContext:
         if self._cache is None:
             labels, probs = [], []
             for images, batch_labels in self.data:
-                probs.append(np.asarray(self.model(images, training=False)))
+                probs.append(np.asarray(self.model.predict_on_batch(images)))
                 labels.append(np.asarray(batch_labels))
             self._cache = (np.concatenate(labels), np.concatenate(probs))
         return self._cache

@@ -32,7 +32,9 @@ class ValidationMetrics(keras.callbacks.Callback):
         logs = logs if logs is not None else {}
         labels, probs = [], []
         for images, batch_labels in self.data:
-            probs.append(np.asarray(self.model(images, training=False)))
+            # predict_on_batch runs the compiled predict function, not the
+            # layers one by one in eager mode.
+            probs.append(np.asarray(self.model.predict_on_batch(images)))
             labels.append(np.asarray(batch_labels))
         scores = metrics_lib.classification_metrics(
             np.concatenate(labels), np.concatenate(probs), self.positive_index

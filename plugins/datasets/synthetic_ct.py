@@ -38,12 +38,8 @@ def _lung_point(rng, lung, lower_bias):
 class SyntheticCT(syn.SyntheticDataset):
     """Generated chest CT slices (grayscale), classes NonCOVID / COVID.
 
-    Args:
-        image_size: int. Side of the generated slices.
-        num_train: int. Slices in `train`.
-        num_val: int. Slices in `val`.
-        num_test: int. Slices in `test` (0: no test split).
-        seed: int. Dataset seed.
+    Arguments as for `SyntheticDataset` (image_size, num_train, num_val,
+    num_test, seed).
     """
 
     class_names = ("NonCOVID", "COVID")

@@ -22,12 +22,8 @@ from matl_keras_plugins.datasets import _synthetic as syn
 class SyntheticCXR(syn.SyntheticDataset):
     """Generated chest X-rays (grayscale), 3 classes.
 
-    Args:
-        image_size: int. Side of the generated images.
-        num_train: int. Images in `train`.
-        num_val: int. Images in `val`.
-        num_test: int. Images in `test` (0: no test split).
-        seed: int. Dataset seed.
+    Arguments as for `SyntheticDataset` (image_size, num_train, num_val,
+    num_test, seed).
     """
 
     class_names = ("normal", "pneumonia", "COVID-19")

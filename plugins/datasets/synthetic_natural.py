@@ -63,12 +63,8 @@ def _texture_mask(kind, y, x, freq, phase, angle):
 class SyntheticNatural(syn.SyntheticDataset):
     """Generated natural-image-like RGB images, 10 classes.
 
-    Args:
-        image_size: int. Side of the generated images.
-        num_train: int. Images in `train`.
-        num_val: int. Images in `val`.
-        num_test: int. Images in `test` (0: no test split).
-        seed: int. Dataset seed.
+    Arguments as for `SyntheticDataset` (image_size, num_train, num_val,
+    num_test, seed).
     """
 
     class_names = (

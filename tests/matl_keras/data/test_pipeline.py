@@ -124,3 +124,10 @@ def test_crop_fraction_is_checked():
     with pytest.raises(ConfigError, match="crop_fraction"):
         pipeline.load_size(224, 1.5)
     assert pipeline.load_size(224, 0.875) == 256
+
+
+def test_labels_out_of_range_are_refused():
+    ds = Tiny(n=4)
+    ds.labels = np.array([0, 1, 2, 0])
+    with pytest.raises(DataError, match="labels must be in 0..1"):
+        pipeline.build_split(ds, "val", image_size=32, batch_size=2, training=False)
