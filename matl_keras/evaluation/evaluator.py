@@ -46,11 +46,9 @@ class EvalContext:
     def predictions(self) -> tuple[np.ndarray, np.ndarray]:
         """`(labels (n,), probabilities (n, classes))`, computed once."""
         if self._cache is None:
-            labels, probs = [], []
-            for images, batch_labels in self.data:
-                probs.append(np.asarray(self.model.predict_on_batch(images)))
-                labels.append(np.asarray(batch_labels))
-            self._cache = (np.concatenate(labels), np.concatenate(probs))
+            probs = self.model.predict(self.data, verbose=0)
+            labels = np.concatenate([np.asarray(y) for _, y in self.data])
+            self._cache = (labels, np.asarray(probs))
         return self._cache
 
 

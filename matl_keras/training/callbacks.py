@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import keras
 import numpy as np
@@ -30,14 +31,12 @@ class ValidationMetrics(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
-        labels, probs = [], []
-        for images, batch_labels in self.data:
-            # predict_on_batch runs the compiled predict function, not the
-            # layers one by one in eager mode.
-            probs.append(np.asarray(self.model.predict_on_batch(images)))
-            labels.append(np.asarray(batch_labels))
+        # predict() runs the compiled, distribution-aware predict function
+        # (predict_on_batch duplicates rows under MirroredStrategy).
+        probs = self.model.predict(self.data, verbose=0)
+        labels = np.concatenate([np.asarray(y) for _, y in self.data])
         scores = metrics_lib.classification_metrics(
-            np.concatenate(labels), np.concatenate(probs), self.positive_index
+            labels, probs, self.positive_index
         )
         for key in ("accuracy", "f1", "auc", "loss"):
             logs[f"val_{key}"] = scores[key]
@@ -78,14 +77,10 @@ class Throughput(keras.callbacks.Callback):
         self._start = None
 
     def on_epoch_begin(self, epoch, logs=None):
-        import time
-
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
 
     def on_epoch_end(self, epoch, logs=None):
-        import time
-
         self.seconds += time.perf_counter() - self._start
