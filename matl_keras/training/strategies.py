@@ -8,6 +8,12 @@ from matl_keras.errors import ConfigError
 
 STRATEGIES = ("auto", "default", "mirrored")
 
+# One MirroredStrategy per process: two instances over the same devices reuse
+# collective instance keys, and their all-reduces then collide ("Shape
+# mismatch in the collective instance ..."), e.g. when a pipeline trains
+# several stages in one process.
+_MIRRORED: dict[tuple[str, ...], tf.distribute.Strategy] = {}
+
 
 def get_strategy(name: str = "auto") -> tf.distribute.Strategy:
     """Returns the strategy called `name`.
@@ -28,7 +34,9 @@ def get_strategy(name: str = "auto") -> tf.distribute.Strategy:
         name = "mirrored" if len(gpus) > 1 else "default"
     if name == "default":
         return tf.distribute.get_strategy()
-    if gpus:
-        return tf.distribute.MirroredStrategy()
-    cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
-    return tf.distribute.MirroredStrategy(cpus)
+    devices = tuple(
+        d.name for d in (gpus or tf.config.list_logical_devices("CPU"))
+    )
+    if devices not in _MIRRORED:
+        _MIRRORED[devices] = tf.distribute.MirroredStrategy(list(devices))
+    return _MIRRORED[devices]

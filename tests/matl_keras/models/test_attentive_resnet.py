@@ -157,11 +157,11 @@ def test_keras_hub_presets_are_refused_with_the_reason(tmp_path):
 
 
 def test_saved_model_shows_blocks_and_reloads_identically(tmp_path):
-    backbone = ResNetBackbone(18, 0.25, 32, attention="5")
+    backbone = ResNetBackbone(18, 0.25, 64, attention="5")
     model = build_image_classifier(backbone, 2)
     for layer in attention_maps.nonlocal_blocks(model):
         layer.output_bn.gamma.assign(np.full(layer.output_bn.gamma.shape, 0.5, "float32"))
-    x = np.random.default_rng(3).uniform(0, 1, (2, 32, 32, 3)).astype("float32")
+    x = np.random.default_rng(3).uniform(0, 1, (2, 64, 64, 3)).astype("float32")
     path = str(tmp_path / "model.keras")
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
@@ -185,16 +185,16 @@ def test_attention_maps_without_rebuilding():
 
 
 def test_one_training_step_under_mirrored_strategy():
-    strategy = tf.distribute.MirroredStrategy(
-        [d.name for d in tf.config.list_logical_devices("CPU")]
-    )
+    from matl_keras.training import strategies
+
+    strategy = strategies.get_strategy("mirrored")
     assert strategy.num_replicas_in_sync == 2
     with strategy.scope():
-        model = build_image_classifier(ResNetBackbone(18, 0.25, 32, attention="5"), 2)
+        model = build_image_classifier(ResNetBackbone(18, 0.25, 64, attention="5"), 2)
         model.compile(keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy")
     block = model.get_layer("conv5_block2_nonlocal")
     before = np.asarray(block.output_bn.gamma).copy()
-    x = np.random.default_rng(5).uniform(0, 1, (4, 32, 32, 3)).astype("float32")
+    x = np.random.default_rng(5).uniform(0, 1, (4, 64, 64, 3)).astype("float32")
     y = np.array([0, 1, 0, 1])
     history = model.fit(x, y, batch_size=4, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])

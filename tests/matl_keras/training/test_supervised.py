@@ -80,6 +80,10 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
     assert not os.path.exists(tmp_path / "model.keras")
 
 
+def test_mirrored_strategy_is_one_per_process():
+    assert strategies.get_strategy("mirrored") is strategies.get_strategy("mirrored")
+
+
 def test_strategy_name_is_checked():
     with pytest.raises(ConfigError, match="Received: strategy='tpu'"):
         strategies.get_strategy("tpu")
