@@ -64,6 +64,9 @@ setuptools.setup(
             "synthetic_natural = "
             "matl_keras_plugins.datasets.synthetic_natural:SyntheticNatural",
             "image_folder = matl_keras_plugins.datasets.image_folder:ImageFolder",
+            "covid_ct = matl_keras_plugins.datasets.covid_ct:CovidCT",
+            "covidx = matl_keras_plugins.datasets.covidx:COVIDx",
+            "imagenet = matl_keras_plugins.datasets.imagenet:ImageNet",
         ],
         "matl_keras.ssl_methods": [],
         "matl_keras.evaluators": [

@@ -89,6 +89,9 @@ def test_builtins_are_discovered_and_load():
         "synthetic_cxr",
         "synthetic_natural",
         "image_folder",
+        "covid_ct",
+        "covidx",
+        "imagenet",
     } <= set(registry.names("datasets"))
     assert "metrics" in registry.names("evaluators")
     for group in registry_lib.GROUPS:
