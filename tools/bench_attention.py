@@ -41,7 +41,8 @@ def measure(depth, size, attention, subsample):
         np.random.default_rng(0).uniform(0, 1, (FLAGS.batch_size, size, size, 3)),
         tf.float32,
     )
-    forward(x).numpy()  # trace + warm up
+    for _ in range(2):  # trace, then let oneDNN settle its kernels
+        forward(x).numpy()
     times = []
     for _ in range(FLAGS.batches):
         start = time.perf_counter()
