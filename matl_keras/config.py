@@ -25,18 +25,18 @@ _REGISTERED_PLUGINS: dict[tuple[str, str], Any] = {}
 _CORE: dict[str, Any] = {}
 
 
-def register_plugin(info: Any) -> None:
-    """Makes a loaded plugin class configurable as `name` and `group.name`."""
+def register_plugin(info: Any) -> Any:
+    """Makes a loaded plugin class configurable as `name` and `group.name`.
+
+    Returns the gin-configurable class, which `Registry.create` then
+    instantiates so that bindings apply there too.
+    """
     key = (info.group, info.name)
-    if key in _REGISTERED_PLUGINS:
-        info.obj._matl_gin_configurable = _REGISTERED_PLUGINS[key]
-        return
-    configurable = gin.external_configurable(
-        info.obj, name=info.name, module=info.group
-    )
-    _REGISTERED_PLUGINS[key] = configurable
-    # `Registry.create` instantiates through gin so bindings apply there too.
-    info.obj._matl_gin_configurable = configurable
+    if key not in _REGISTERED_PLUGINS:
+        _REGISTERED_PLUGINS[key] = gin.external_configurable(
+            info.obj, name=info.name, module=info.group
+        )
+    return _REGISTERED_PLUGINS[key]
 
 
 def register_core() -> None:

@@ -74,6 +74,8 @@ class PluginInfo:
         status: str. `"ok"`, `"error"` or `"not loaded"`.
         error: str or None. Why it cannot be used.
         obj: the loaded class, once loaded successfully.
+        factory: what `Registry.create` calls (the gin-configurable class
+            when the registry has an `on_load` hook, else `obj`).
     """
 
     group: str
@@ -84,6 +86,7 @@ class PluginInfo:
     status: str = NOT_LOADED
     error: str | None = None
     obj: Any = None
+    factory: Any = None
     duplicate: bool = False
     _entry_point: Any = dataclasses.field(default=None, repr=False)
 
@@ -119,7 +122,8 @@ class Registry:
         entry_points: callable. `importlib.metadata.entry_points`-compatible
             function taking `group=`; tests pass fakes.
         on_load: callable or None. Called with every successfully loaded
-            `PluginInfo` (the CLI uses it to make plugins gin-configurable).
+            `PluginInfo`; what it returns (if not None) becomes the plugin's
+            factory (the CLI makes plugins gin-configurable this way).
     """
 
     def __init__(
@@ -233,15 +237,14 @@ class Registry:
                 f"supports {list(SUPPORTED_PLUGIN_API_VERSIONS)}"
             )
             return
-        info.status, info.obj = OK, obj
+        info.status, info.obj, info.factory = OK, obj, obj
         if self._on_load is not None:
-            self._on_load(info)
+            info.factory = self._on_load(info) or obj
 
     def create(self, group: str, name: str, **kwargs: Any) -> Any:
         """Instantiates plugin `name`; gin bindings for it apply."""
-        cls = self.load(group, name)
-        factory = getattr(cls, "_matl_gin_configurable", None) or cls
-        return factory(**kwargs)
+        self.load(group, name)
+        return self.infos(group)[name].factory(**kwargs)
 
 
 def _check_group(group: str) -> None:

@@ -21,10 +21,10 @@ class NonLocalBlock(keras.layers.Layer):
     """Non-local self-attention over all spatial positions.
 
     Args:
-        key_channels: int or None. d_k, channels of Q and K (default: half
-            the input channels, as in Wang et al.).
-        value_channels: int or None. d_v, channels of V (default: half the
-            input channels).
+        reduction: int. d_k = d_v = input channels // reduction unless given
+            below (2, half the channels, as in Wang et al.).
+        key_channels: int or None. d_k, channels of Q and K.
+        value_channels: int or None. d_v, channels of V.
         subsample: int. Max-pool K and V by this factor (1: none; 2 is Wang
             et al.'s trick that cuts the hw x hw cost by 4).
         return_attention: bool. Also return the attention weights
@@ -41,6 +41,7 @@ class NonLocalBlock(keras.layers.Layer):
 
     def __init__(
         self,
+        reduction=2,
         key_channels=None,
         value_channels=None,
         subsample=1,
@@ -57,10 +58,15 @@ class NonLocalBlock(keras.layers.Layer):
                     f"`{arg}` must be a positive int or None. Received: "
                     f"{arg}={value!r}"
                 )
+        if not isinstance(reduction, int) or reduction < 1:
+            raise ValueError(
+                f"`reduction` must be an int >= 1. Received: reduction={reduction!r}"
+            )
         if not isinstance(subsample, int) or subsample < 1:
             raise ValueError(
                 f"`subsample` must be an int >= 1. Received: subsample={subsample!r}"
             )
+        self.reduction = reduction
         self.key_channels = key_channels
         self.value_channels = value_channels
         self.subsample = subsample
@@ -73,8 +79,8 @@ class NonLocalBlock(keras.layers.Layer):
                 "NonLocalBlock needs a known channel count. Received: "
                 f"input_shape={input_shape}"
             )
-        self._dk = self.key_channels or max(1, channels // 2)
-        self._dv = self.value_channels or max(1, channels // 2)
+        self._dk = self.key_channels or max(1, channels // self.reduction)
+        self._dv = self.value_channels or max(1, channels // self.reduction)
         name = self.name
         self.query_conv = layers.Conv2D(
             self._dk, 1, dtype=self.dtype_policy, name=f"{name}_q"
@@ -163,6 +169,7 @@ class NonLocalBlock(keras.layers.Layer):
         config = super().get_config()
         config.update(
             {
+                "reduction": self.reduction,
                 "key_channels": self.key_channels,
                 "value_channels": self.value_channels,
                 "subsample": self.subsample,

@@ -134,6 +134,8 @@ class ResNetBackbone(keras.Model):
             keras.applications' ImageNet weights).
         attention: str or dict. `"none"`, `"1"`, `"5"` or a placement such as
             `{"conv3": [2, 4], "conv5": [-1]}`.
+        attention_reduction: int. Q/K/V channels = block channels //
+            `attention_reduction` (2: half, as in Wang et al.).
         attention_subsample: int. Max-pool factor of the blocks' keys and
             values (1: full Eq. 1; 2: Wang et al.'s cheaper variant).
         name: str. Model name.
@@ -152,6 +154,7 @@ class ResNetBackbone(keras.Model):
         image_size=None,
         normalization="caffe",
         attention="none",
+        attention_reduction=2,
         attention_subsample=1,
         name="resnet",
         **kwargs,
@@ -212,6 +215,7 @@ class ResNetBackbone(keras.Model):
                 if block + 1 in placement.get(stage, ()):
                     block_name = f"{stage}_block{block + 1}_nonlocal"
                     x, attention_weights = NonLocalBlock(
+                        reduction=attention_reduction,
                         subsample=attention_subsample,
                         return_attention=True,
                         name=block_name,
@@ -226,6 +230,7 @@ class ResNetBackbone(keras.Model):
         self.image_size = image_size
         self.normalization = normalization
         self.attention = attention
+        self.attention_reduction = attention_reduction
         self.attention_subsample = attention_subsample
         self.attention_placement = placement
         self.pyramid_outputs = pyramid_outputs
@@ -238,6 +243,7 @@ class ResNetBackbone(keras.Model):
             "image_size": self.image_size,
             "normalization": self.normalization,
             "attention": self.attention,
+            "attention_reduction": self.attention_reduction,
             "attention_subsample": self.attention_subsample,
             "name": self.name,
             "trainable": self.trainable,

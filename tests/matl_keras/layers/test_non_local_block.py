@@ -130,3 +130,16 @@ def test_config_round_trip_and_checks():
         NonLocalBlock(subsample=0)
     with pytest.raises(ValueError, match="key_channels"):
         NonLocalBlock(key_channels=-1)
+
+
+def test_reduction_sets_key_and_value_channels():
+    block = NonLocalBlock(reduction=4)
+    block(np.zeros((1, 4, 4, 32), "float32"))
+    assert block.query_conv.kernel.shape == (1, 1, 32, 8)
+    assert block.value_conv.kernel.shape == (1, 1, 32, 8)
+    explicit = NonLocalBlock(reduction=4, key_channels=3, value_channels=5)
+    explicit(np.zeros((1, 4, 4, 32), "float32"))
+    assert explicit.key_conv.kernel.shape == (1, 1, 32, 3)
+    assert explicit.value_conv.kernel.shape == (1, 1, 32, 5)
+    with pytest.raises(ValueError, match="reduction"):
+        NonLocalBlock(reduction=0)
