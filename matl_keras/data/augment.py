@@ -44,6 +44,83 @@ def _crop_flip(size: int, seed: int | None) -> Augment:
     return augment
 
 
+def with_probability(transform: Augment, p: float) -> Augment:
+    """Applies `transform` to an image with probability `p` (Keras 3 core
+    has no RandomApply; its layers always apply when training)."""
+    if not 0.0 <= p <= 1.0:
+        raise ConfigError(f"`p` must be in [0, 1]. Received: p={p}")
+
+    def apply(image: tf.Tensor) -> tf.Tensor:
+        return tf.cond(
+            tf.random.uniform([]) < p,
+            lambda: tf.clip_by_value(transform(image), 0.0, 1.0),
+            lambda: image,
+        )
+
+    return apply
+
+
+def _stl_m(size: int, seed: int | None) -> Augment:
+    """STL-M (paper section 6.2, chest X-rays): translation, rotation,
+    horizontal flip and intensity shift, each with p=0.5, on the centre crop.
+    The magnitudes (10% shift, 10 degrees, 0.1 intensity) are the paper's
+    unstated values made explicit."""
+    translate = keras.layers.RandomTranslation(
+        0.1, 0.1, fill_mode="constant", seed=seed
+    )
+    rotate = keras.layers.RandomRotation(
+        10.0 / 360.0, fill_mode="constant", seed=seed
+    )
+    flip = keras.layers.RandomFlip("horizontal", seed=seed)
+    shift = keras.layers.RandomBrightness(0.1, value_range=(0.0, 1.0), seed=seed)
+    steps = [
+        with_probability(lambda x: translate(x, training=True), 0.5),
+        with_probability(lambda x: rotate(x, training=True), 0.5),
+        lambda x: flip(x, training=True),  # RandomFlip already flips half
+        with_probability(lambda x: shift(x, training=True), 0.5),
+    ]
+
+    def augment(image: tf.Tensor) -> tf.Tensor:
+        image = center_crop(image, size)
+        for step in steps:
+            image = step(image)
+        image.set_shape([size, size, 3])
+        return image
+
+    return augment
+
+
+def _moco_v2(size: int, seed: int | None) -> Augment:
+    """SSTL-M and target fine-tuning (paper section 6.2, after MoCo): random
+    `size` crop of the resized image, then colour jitter, horizontal flip
+    and grayscale conversion, each with p=0.5."""
+    crop = keras.layers.RandomCrop(size, size, seed=seed)
+    jitter = keras.layers.RandomColorJitter(
+        value_range=(0.0, 1.0),
+        brightness_factor=0.4,
+        contrast_factor=0.4,
+        saturation_factor=0.4,
+        hue_factor=0.1,
+        seed=seed,
+    )
+    flip = keras.layers.RandomFlip("horizontal", seed=seed)
+    gray = keras.layers.RandomGrayscale(factor=1.0, seed=seed)
+    steps = [
+        lambda x: crop(x, training=True),
+        with_probability(lambda x: jitter(x, training=True), 0.5),
+        lambda x: flip(x, training=True),
+        with_probability(lambda x: gray(x, training=True), 0.5),
+    ]
+
+    def augment(image: tf.Tensor) -> tf.Tensor:
+        for step in steps:
+            image = step(image)
+        image.set_shape([size, size, 3])
+        return image
+
+    return augment
+
+
 def _none(size: int, seed: int | None) -> Augment:
     del seed
     return lambda image: center_crop(image, size)
@@ -52,6 +129,8 @@ def _none(size: int, seed: int | None) -> Augment:
 RECIPES: dict[str, Callable[[int, int | None], Augment]] = {
     "none": _none,
     "crop_flip": _crop_flip,
+    "stl_m": _stl_m,
+    "moco_v2": _moco_v2,
 }
 
 

@@ -117,6 +117,7 @@ def build_split(
     on_bad_image: str = "refuse",
     cache: str = "auto",
     seed: int = 0,
+    balance: bool = False,
 ) -> Split:
     """The batched input of one split.
 
@@ -132,6 +133,8 @@ def build_split(
         cache: str. `"auto"` (memory when under 2 GiB), `"memory"`,
             `"none"`, or a file path prefix for an on-disk cache.
         seed: int. Shuffle and augmentation seed.
+        balance: bool. Training only: draw every class equally often
+            (sampling with replacement per class; an epoch keeps its size).
 
     Returns:
         `Split` yielding `(float32 images (b, s, s, 3) in [0, 1], int32
@@ -173,8 +176,22 @@ def build_split(
         data = data.cache()
     elif cache != "none":
         data = data.cache(cache)
-    if training:
+    if training and balance:
+        if labels is None:
+            raise ConfigError(f"{context}: balanced sampling needs labels")
+        present = sorted(set(labels))
+        per_class = [
+            data.filter(lambda x, y, c=c: tf.equal(y, c))
+            .shuffle(labels.count(c), seed=seed)
+            .repeat()
+            for c in present
+        ]
+        data = tf.data.Dataset.sample_from_datasets(
+            per_class, weights=[1.0 / len(present)] * len(present), seed=seed
+        ).take(n)
+    elif training:
         data = data.shuffle(min(n, 16384), seed=seed)
+    if training:
         transform = augment_lib.get_augment(augment, image_size, seed)
     else:
         transform = lambda x: augment_lib.center_crop(x, image_size)  # noqa

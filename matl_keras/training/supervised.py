@@ -69,6 +69,21 @@ def _resolve_evaluators(evaluators: Sequence[Evaluator | str]):
     return resolved
 
 
+CLASS_BALANCE = ("none", "weights", "sampling")
+
+
+def inverse_frequency_weights(
+    class_counts: dict[str, int], class_names: Sequence[str]
+) -> dict[int, float]:
+    """`n / (classes * n_c)` per present class: the mean weight per image is 1."""
+    total = sum(class_counts.values())
+    present = [c for c in class_names if class_counts.get(c, 0) > 0]
+    return {
+        class_names.index(c): total / (len(present) * class_counts[c])
+        for c in present
+    }
+
+
 def evaluate(model, split_data, split, dataset, evaluators, workdir=None):
     """Runs `evaluators` on one split; returns `{metric: value}`."""
     context = EvalContext(
@@ -108,6 +123,7 @@ def train(
     evaluators: Sequence[Evaluator | str] = ("metrics",),
     on_bad_image: str = "refuse",
     cache: str = "auto",
+    class_balance: str = "none",
     seed: int = 0,
     train_split: str = "train",
     val_split: str = "val",
@@ -137,6 +153,8 @@ def train(
             scores in `metrics.json`.
         on_bad_image: str. `"refuse"` or `"skip"` unreadable image files.
         cache: str. Decoded-image cache, see `pipeline.build_split`.
+        class_balance: str. `"none"`, `"weights"` (loss weighted by inverse
+            class frequency) or `"sampling"` (classes drawn equally often).
         seed: int. Seed of weights, shuffling and augmentation.
         train_split: str. Split to train on.
         val_split: str. Split scored after every epoch.
@@ -147,6 +165,11 @@ def train(
     """
     if epochs < 1:
         raise ConfigError(f"`epochs` must be at least 1. Received: {epochs}")
+    if class_balance not in CLASS_BALANCE:
+        raise ConfigError(
+            f"`class_balance` must be one of {CLASS_BALANCE}. Received: "
+            f"class_balance={class_balance!r}"
+        )
     workdir_lib.prepare(workdir)
     config_text = gin.config_str()
     digest = workdir_lib.config_hash(config_text)
@@ -175,7 +198,12 @@ def train(
         seed=seed,
     )
     train_data = pipeline.build_split(
-        dataset, train_split, training=True, augment=augment, **common
+        dataset,
+        train_split,
+        training=True,
+        augment=augment,
+        balance=class_balance == "sampling",
+        **common,
     )
     val_data = pipeline.build_split(
         dataset, val_split, training=False, **common
@@ -197,6 +225,7 @@ def train(
             val_split: val_data.class_counts,
         },
         "skipped_images": train_data.skipped + val_data.skipped,
+        "class_balance": class_balance,
         "versions": workdir_lib.versions(),
     }
     workdir_lib.write_json(os.path.join(workdir, workdir_lib.RUN_FILE), record)
@@ -253,6 +282,13 @@ def train(
         train_data.data,
         epochs=epochs,
         callbacks=callbacks,
+        class_weight=(
+            inverse_frequency_weights(
+                train_data.class_counts, list(dataset.class_names)
+            )
+            if class_balance == "weights"
+            else None
+        ),
         shuffle=False,  # tf.data shuffles.
         verbose=1 if sys.stdout.isatty() else 2,
     )

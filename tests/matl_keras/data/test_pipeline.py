@@ -131,3 +131,14 @@ def test_labels_out_of_range_are_refused():
     ds.labels = np.array([0, 1, 2, 0])
     with pytest.raises(DataError, match="labels must be in 0..1"):
         pipeline.build_split(ds, "val", image_size=32, batch_size=2, training=False)
+
+
+def test_balanced_sampling_draws_classes_equally():
+    ds = Tiny(n=40)
+    ds.labels = np.array([0] * 36 + [1] * 4)  # 9:1
+    split = pipeline.build_split(
+        ds, "train", image_size=32, batch_size=8, training=True, balance=True
+    )
+    labels = np.concatenate([y for _, y in split.data])
+    assert len(labels) == 40
+    assert 0.3 < labels.mean() < 0.7  # instead of 0.1

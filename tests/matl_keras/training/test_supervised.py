@@ -139,3 +139,26 @@ def test_interrupted_run_resumes_from_its_last_epoch(tmp_path, monkeypatch):
     rows = list(csv.DictReader(open(tmp_path / "history.csv")))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]  # each epoch once
     assert not os.path.exists(tmp_path / "backup")
+
+
+def test_inverse_frequency_weights():
+    weights = supervised.inverse_frequency_weights(
+        {"normal": 30, "pneumonia": 60, "COVID-19": 390},
+        ["normal", "pneumonia", "COVID-19"],
+    )
+    assert weights[0] == pytest.approx(480 / (3 * 30))
+    assert weights[2] == pytest.approx(480 / (3 * 390))
+    total = 30 * weights[0] + 60 * weights[1] + 390 * weights[2]
+    assert total == pytest.approx(480)
+
+
+@pytest.mark.parametrize("balance", ["weights", "sampling"])
+def test_class_balance_modes_train(tmp_path, balance):
+    results = run_train(tmp_path, class_balance=balance, epochs=1)
+    assert results == {"val": {"count": 16}}
+    assert json.load(open(tmp_path / "run.json"))["class_balance"] == balance
+
+
+def test_class_balance_is_checked(tmp_path):
+    with pytest.raises(ConfigError, match="class_balance"):
+        run_train(tmp_path, class_balance="oversample")
