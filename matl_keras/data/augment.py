@@ -29,19 +29,27 @@ def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
     return image
 
 
+def _chain(steps: list[Augment], size: int) -> Augment:
+    """Applies `steps` in order; the result is `(size, size, 3)`."""
+
+    def augment(image: tf.Tensor) -> tf.Tensor:
+        for step in steps:
+            image = step(image)
+        image.set_shape([size, size, 3])
+        return image
+
+    return augment
+
+
 def _crop_flip(size: int, seed: int | None) -> Augment:
     """STL-N (He et al. 2016): random `size` crop of the resized image and a
     horizontal flip with p=0.5."""
     crop = keras.layers.RandomCrop(size, size, seed=seed)
     flip = keras.layers.RandomFlip("horizontal", seed=seed)
-
-    def augment(image: tf.Tensor) -> tf.Tensor:
-        image = crop(image, training=True)
-        image = flip(image, training=True)
-        image.set_shape([size, size, 3])
-        return image
-
-    return augment
+    return _chain(
+        [lambda x: crop(x, training=True), lambda x: flip(x, training=True)],
+        size,
+    )
 
 
 def with_probability(transform: Augment, p: float) -> Augment:
@@ -74,20 +82,13 @@ def _stl_m(size: int, seed: int | None) -> Augment:
     flip = keras.layers.RandomFlip("horizontal", seed=seed)
     shift = keras.layers.RandomBrightness(0.1, value_range=(0.0, 1.0), seed=seed)
     steps = [
+        lambda x: center_crop(x, size),
         with_probability(lambda x: translate(x, training=True), 0.5),
         with_probability(lambda x: rotate(x, training=True), 0.5),
         lambda x: flip(x, training=True),  # RandomFlip already flips half
         with_probability(lambda x: shift(x, training=True), 0.5),
     ]
-
-    def augment(image: tf.Tensor) -> tf.Tensor:
-        image = center_crop(image, size)
-        for step in steps:
-            image = step(image)
-        image.set_shape([size, size, 3])
-        return image
-
-    return augment
+    return _chain(steps, size)
 
 
 def _moco_v2(size: int, seed: int | None) -> Augment:
@@ -111,14 +112,7 @@ def _moco_v2(size: int, seed: int | None) -> Augment:
         lambda x: flip(x, training=True),
         with_probability(lambda x: gray(x, training=True), 0.5),
     ]
-
-    def augment(image: tf.Tensor) -> tf.Tensor:
-        for step in steps:
-            image = step(image)
-        image.set_shape([size, size, 3])
-        return image
-
-    return augment
+    return _chain(steps, size)
 
 
 def _none(size: int, seed: int | None) -> Augment:
