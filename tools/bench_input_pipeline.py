@@ -39,7 +39,7 @@ flags.DEFINE_integer("steps", 10, "Timed training steps.")
 FLAGS = flags.FLAGS
 
 
-def _epoch_rate(data, batch_size):
+def _epoch_rate(data):
     start, n = time.perf_counter(), 0
     for images, _ in data:
         n += int(images.shape[0])
@@ -60,8 +60,8 @@ def main(argv):
         dataset, "train", image_size=FLAGS.image_size,
         batch_size=FLAGS.batch_size, training=True,
     )
-    first = _epoch_rate(split.data, FLAGS.batch_size)
-    cached = np.median([_epoch_rate(split.data, FLAGS.batch_size) for _ in range(3)])
+    first = _epoch_rate(split.data)
+    cached = np.median([_epoch_rate(split.data) for _ in range(3)])
     print(f"pipeline, first pass (decode/resize/cache): {first:9.1f} img/s")
     print(f"pipeline, cached + augment:                 {cached:9.1f} img/s")
 

@@ -19,6 +19,17 @@ import numpy as np
 from matl_keras import PLUGIN_API_VERSION
 
 
+def predict_split(model: Any, data: Any) -> tuple[np.ndarray, np.ndarray]:
+    """`(labels (n,), probabilities (n, classes))` of a batched split.
+
+    `predict()` runs the compiled, distribution-aware predict function
+    (`predict_on_batch` duplicates rows under MirroredStrategy).
+    """
+    probs = np.asarray(model.predict(data, verbose=0))
+    labels = np.concatenate([np.asarray(y) for _, y in data])
+    return labels, probs
+
+
 @dataclasses.dataclass
 class EvalContext:
     """What an evaluator may look at.
@@ -46,9 +57,7 @@ class EvalContext:
     def predictions(self) -> tuple[np.ndarray, np.ndarray]:
         """`(labels (n,), probabilities (n, classes))`, computed once."""
         if self._cache is None:
-            probs = self.model.predict(self.data, verbose=0)
-            labels = np.concatenate([np.asarray(y) for _, y in self.data])
-            self._cache = (labels, np.asarray(probs))
+            self._cache = predict_split(self.model, self.data)
         return self._cache
 
 

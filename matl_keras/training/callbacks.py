@@ -6,10 +6,10 @@ import math
 import time
 
 import keras
-import numpy as np
 from absl import logging
 
 from matl_keras.evaluation import metrics as metrics_lib
+from matl_keras.evaluation.evaluator import predict_split
 
 
 class ValidationMetrics(keras.callbacks.Callback):
@@ -31,10 +31,7 @@ class ValidationMetrics(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
-        # predict() runs the compiled, distribution-aware predict function
-        # (predict_on_batch duplicates rows under MirroredStrategy).
-        probs = self.model.predict(self.data, verbose=0)
-        labels = np.concatenate([np.asarray(y) for _, y in self.data])
+        labels, probs = predict_split(self.model, self.data)
         scores = metrics_lib.classification_metrics(
             labels, probs, self.positive_index
         )

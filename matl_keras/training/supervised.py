@@ -182,7 +182,8 @@ def train(
             flush=True,
         )
         return workdir_lib.read_json(metrics_path)
-    resuming = record is not None
+    backup_dir = os.path.join(workdir, workdir_lib.BACKUP_DIR)
+    resuming = os.path.isdir(backup_dir)
     with open(os.path.join(workdir, "config.gin"), "w") as f:
         f.write(config_text)
 
@@ -228,8 +229,6 @@ def train(
         "class_balance": class_balance,
         "versions": workdir_lib.versions(),
     }
-    workdir_lib.write_json(os.path.join(workdir, workdir_lib.RUN_FILE), record)
-
     distribution = strategies.get_strategy(strategy)
     with distribution.scope():
         features = backbone(image_size=image_size)
@@ -260,7 +259,7 @@ def train(
     throughput = callbacks_lib.Throughput()
     callbacks = [
         throughput,
-        keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup")),
+        keras.callbacks.BackupAndRestore(backup_dir),
         nan_guard,
         callbacks_lib.ValidationMetrics(
             val_data.data, dataset.positive_index()
@@ -296,7 +295,7 @@ def train(
         epoch, step, loss = nan_guard.failed_at
         raise MatlError(
             f"training diverged: loss {loss} at epoch {epoch}, step {step}. "
-            f"The last completed epoch is kept in {workdir}/backup; lower "
+            f"The last completed epoch is kept in {backup_dir}; lower "
             "sgd.learning_rate or check the data."
         )
 
@@ -318,7 +317,8 @@ def train(
         status="complete",
         finished=workdir_lib.now(),
         train_seconds=round(throughput.seconds, 2),
-        # Training loop rate including the per-epoch validation pass.
+        # Training steps only: Throughput runs before the validation
+        # callback, so its epoch time excludes validation.
         train_images_per_second=round(
             throughput.steps * batch_size / max(throughput.seconds, 1e-9), 2
         ),

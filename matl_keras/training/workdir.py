@@ -52,16 +52,28 @@ def prepare(workdir: str) -> None:
         ) from e
 
 
+BACKUP_DIR = "backup"
+
+
 def previous_run(workdir: str, digest: str) -> dict[str, Any] | None:
     """The run recorded in `workdir`, if it has the same config.
 
+    A run of another config that never completed an epoch (no `backup/`,
+    e.g. it stopped on a wrong weights path) holds nothing to lose: it is
+    forgotten and the workdir reused.
+
     Raises:
-        ConfigError: the workdir holds a run with a different config.
+        ConfigError: the workdir holds trained results of another config.
     """
     path = os.path.join(workdir, RUN_FILE)
     if not os.path.exists(path):
         return None
     record = read_json(path)
+    trained = record.get("status") == "complete" or os.path.isdir(
+        os.path.join(workdir, BACKUP_DIR)
+    )
+    if record.get("config_hash") != digest and not trained:
+        return None
     if record.get("config_hash") != digest:
         raise ConfigError(
             f"--workdir={workdir!r} already holds a run with a different "

@@ -153,10 +153,31 @@ def test_inverse_frequency_weights():
 
 
 @pytest.mark.parametrize("balance", ["weights", "sampling"])
-def test_class_balance_modes_train(tmp_path, balance):
+def test_class_balance_modes_train(tmp_path, balance, monkeypatch):
+    calls = []
+    real = supervised.inverse_frequency_weights
+    monkeypatch.setattr(
+        supervised, "inverse_frequency_weights",
+        lambda *a: calls.append(a) or real(*a),
+    )
     results = run_train(tmp_path, class_balance=balance, epochs=1)
     assert results == {"val": {"count": 16}}
     assert json.load(open(tmp_path / "run.json"))["class_balance"] == balance
+    # Loss weights only in "weights" mode (sampling balances the data).
+    assert len(calls) == (1 if balance == "weights" else 0)
+
+
+def test_untrained_run_of_another_config_is_replaced(tmp_path):
+    (tmp_path / "run.json").write_text(
+        json.dumps({"status": "running", "config_hash": "other"})
+    )
+    assert run_train(tmp_path, epochs=1) == {"val": {"count": 16}}
+    (tmp_path / "backup").mkdir()  # now it looks trained: refused
+    record = json.load(open(tmp_path / "run.json"))
+    record.update(status="running", config_hash="other")
+    (tmp_path / "run.json").write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match="different config"):
+        run_train(tmp_path, epochs=1)
 
 
 def test_class_balance_is_checked(tmp_path):
