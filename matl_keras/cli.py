@@ -107,7 +107,9 @@ def main(argv: Sequence[str]) -> None:
         else:
             _fail(f"unknown command {' '.join(args)!r}.\n{USAGE}")
     except MatlError as e:
-        _fail(str(e))
+        # gin appends "  In call to configurable ..." lines to errors raised
+        # inside configurables: not for users.
+        _fail(str(e).split("\n  In call to configurable")[0])
     except KeyboardInterrupt:
         sys.stderr.write(
             "matl-keras: interrupted; run the same command again to resume.\n"

@@ -46,10 +46,13 @@ def register_core() -> None:
     from matl_keras.models.resnet import resnet_backbone
     from matl_keras.training import jobs
     from matl_keras.training import optimizers
+    from matl_keras.training import pipeline
     from matl_keras.training import supervised
 
     for name, fn in (
         ("job", jobs.job),
+        ("pipeline", pipeline.pipeline),
+        ("stage", pipeline.stage),
         ("train", supervised.train),
         ("resnet_backbone", resnet_backbone.ResNetBackbone),
         ("sgd", optimizers.sgd),
@@ -201,9 +204,59 @@ def _similar(a: str, b: str) -> bool:
     return difflib.SequenceMatcher(None, a, b).ratio() > 0.75
 
 
+# Configurables that choose what runs, not how a stage trains: left out of a
+# stage's config (adding a stage to `STAGES` must not make the finished
+# stages before it look changed).
+NOT_STAGE_CONFIG = ("job", "pipeline")
+_MACRO_REF = re.compile(r"%([A-Za-z_][A-Za-z0-9_.]*)")
+
+
+def stage_config_str(scope: str | None = None, operative: bool = False) -> str:
+    """The gin bindings that can reach code running in `scope`.
+
+    That is the unscoped bindings and those whose scopes are all active in
+    `scope` (gin's rule), minus `NOT_STAGE_CONFIG`, plus the macros they
+    reference (transitively). Two stages of one pipeline file thus get
+    different texts, and a stage's text (hence its config hash) changes only
+    when something that can affect it changes.
+
+    Uses gin 0.5's `_CONFIG` / `_OPERATIVE_CONFIG` (dicts keyed by
+    `(scope, selector)`) and `_config_str`: gin has no public API for one
+    scope's bindings. The gin version is pinned in setup.py.
+    """
+    scope = gin.current_scope_str() if scope is None else scope
+    active = set(filter(None, scope.split("/")))
+    source = gin.config._OPERATIVE_CONFIG if operative else gin.config._CONFIG  # noqa: SLF001
+    macros = {
+        key: values
+        for key, values in gin.config._CONFIG.items()  # noqa: SLF001
+        if key[1] == "gin.macro"
+    }
+    kept = {}
+    for (key_scope, selector), values in source.items():
+        if selector == "gin.macro":
+            continue
+        if selector.split(".")[-1] in NOT_STAGE_CONFIG:
+            continue
+        if set(filter(None, key_scope.split("/"))) <= active:
+            kept[(key_scope, selector)] = values
+    pending = set(_MACRO_REF.findall(gin.config._config_str(kept)))  # noqa: SLF001
+    seen: set[str] = set()
+    while pending:
+        name = pending.pop()
+        seen.add(name)
+        key = (name, "gin.macro")
+        if key in macros:
+            kept[key] = macros[key]
+            text = gin.config._config_str({key: macros[key]})  # noqa: SLF001
+            pending |= set(_MACRO_REF.findall(text)) - seen
+    return gin.config._config_str(kept)  # noqa: SLF001
+
+
 def save_config(workdir: str, filename: str, operative: bool) -> str:
-    """Writes the (operative) gin config to `workdir/filename`."""
-    text = gin.operative_config_str() if operative else gin.config_str()
+    """Writes the (operative) gin config of the current scope to
+    `workdir/filename`."""
+    text = stage_config_str(operative=operative)
     path = os.path.join(workdir, filename)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:

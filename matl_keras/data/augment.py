@@ -46,10 +46,12 @@ def _crop_flip(size: int, seed: int | None) -> Augment:
     horizontal flip with p=0.5."""
     crop = keras.layers.RandomCrop(size, size, seed=seed)
     flip = keras.layers.RandomFlip("horizontal", seed=seed)
-    return _chain(
-        [lambda x: crop(x, training=True), lambda x: flip(x, training=True)],
-        size,
-    )
+    # One lambda per line: AutoGraph cannot tell two apart on one line.
+    steps = [
+        lambda x: crop(x, training=True),
+        lambda x: flip(x, training=True),
+    ]
+    return _chain(steps, size)
 
 
 def with_probability(transform: Augment, p: float) -> Augment:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import re
+import shutil
 import time
 
 import keras
@@ -10,6 +14,13 @@ from absl import logging
 
 from matl_keras.evaluation import metrics as metrics_lib
 from matl_keras.evaluation.evaluator import predict_split
+
+
+def _diverged(logs) -> bool:
+    """True when the epoch's mean training loss is not finite: its weights
+    are garbage and must not be scored, kept or backed up."""
+    loss = (logs or {}).get("loss")
+    return loss is not None and not math.isfinite(float(loss))
 
 
 class ValidationMetrics(keras.callbacks.Callback):
@@ -31,6 +42,10 @@ class ValidationMetrics(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
+        if _diverged(logs):
+            for key in ("accuracy", "f1", "auc", "loss"):
+                logs[f"val_{key}"] = math.nan
+            return
         labels, probs = predict_split(self.model, self.data)
         scores = metrics_lib.classification_metrics(
             labels, probs, self.positive_index
@@ -81,3 +96,139 @@ class Throughput(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.seconds += time.perf_counter() - self._start
+
+
+class ResumableBackup(keras.callbacks.Callback):
+    """Backs up weights and optimizer state after every epoch; a rerun
+    resumes from the last complete backup.
+
+    Keras' `BackupAndRestore` writes `latest.weights.h5` in place and then
+    its epoch file: a kill during or between the two leaves a corrupt or
+    mismatched backup. Here each backup is a folder `epoch-N/` written as
+    `epoch-N.tmp/` and renamed when complete (an atomic step on POSIX); the
+    previous backup is removed only after that.
+
+    Args:
+        backup_dir: str. Folder of the backups.
+    """
+
+    def __init__(self, backup_dir: str):
+        super().__init__()
+        self.backup_dir = backup_dir
+        self.restored_epoch = 0
+
+    def _complete_backups(self) -> list[tuple[int, str]]:
+        if not os.path.isdir(self.backup_dir):
+            return []
+        found = []
+        for name in os.listdir(self.backup_dir):
+            match = re.fullmatch(r"epoch-(\d+)", name)
+            path = os.path.join(self.backup_dir, name)
+            if match and os.path.exists(os.path.join(path, _WEIGHTS)):
+                found.append((int(match.group(1)), path))
+        return sorted(found)
+
+    def on_train_begin(self, logs=None):
+        backups = self._complete_backups()
+        if not backups:
+            return
+        epoch, path = backups[-1]
+        optimizer = self.model.optimizer
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(os.path.join(path, _WEIGHTS))
+        # Read by `Model.fit` after `on_train_begin`, as for Keras'
+        # BackupAndRestore.
+        self.model._initial_epoch = epoch  # noqa: SLF001
+        self.restored_epoch = epoch
+        logging.info("resumed from %s (epoch %d done)", path, epoch)
+        print(f"resuming after epoch {epoch} from {path}", flush=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if _diverged(logs):
+            return  # the last good backup stays
+        final = os.path.join(self.backup_dir, f"epoch-{epoch + 1}")
+        tmp = final + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        self.model.save_weights(os.path.join(tmp, _WEIGHTS))
+        os.replace(tmp, final)
+        for _, path in self._complete_backups():
+            if path != final:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+_WEIGHTS = "model.weights.h5"
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Keeps the weights of the epoch with the best `monitor` value.
+
+    Unlike `ModelCheckpoint(save_best_only=True)`, the best value survives a
+    resume (it is stored in `best.json` beside the weights), so a resumed run
+    does not overwrite a better checkpoint with a worse one. Epochs whose
+    value is NaN (e.g. AUC of a split with one class) never count as best.
+    The weights and their record are written together as a folder, renamed
+    into place when complete.
+
+    Args:
+        directory: str. Folder that will hold `model.weights.h5` and
+            `best.json`.
+        monitor: str. Epoch log key, e.g. `"val_auc"`.
+        mode: str. `"max"` or `"min"`.
+    """
+
+    def __init__(self, directory: str, monitor: str, mode: str = "max"):
+        super().__init__()
+        if mode not in ("max", "min"):
+            raise ValueError(f"`mode` must be 'max' or 'min'. Received: {mode!r}")
+        self.directory = directory
+        self.monitor = monitor
+        self.mode = mode
+        self.best: dict | None = None
+
+    @property
+    def weights_path(self) -> str:
+        return os.path.join(self.directory, _WEIGHTS)
+
+    def on_train_begin(self, logs=None):
+        old = self.directory + ".old"
+        if not os.path.isdir(self.directory) and os.path.isdir(old):
+            os.replace(old, self.directory)  # killed during the swap
+        record = os.path.join(self.directory, "best.json")
+        if os.path.exists(record):
+            with open(record) as f:
+                self.best = json.load(f)
+
+    def _better(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        if self.mode == "max":
+            return value > self.best["value"]
+        return value < self.best["value"]
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if _diverged(logs):
+            return
+        if self.monitor not in logs:
+            raise KeyError(
+                f"best-checkpoint metric {self.monitor!r} is not in the "
+                f"epoch logs; available: {sorted(logs)}"
+            )
+        value = float(logs[self.monitor])
+        if math.isnan(value) or not self._better(value):
+            return
+        best = {"epoch": epoch + 1, "monitor": self.monitor, "value": value}
+        tmp, old = self.directory + ".tmp", self.directory + ".old"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        self.model.save_weights(os.path.join(tmp, _WEIGHTS))
+        with open(os.path.join(tmp, "best.json"), "w") as f:
+            json.dump(best, f)
+        if os.path.isdir(self.directory):
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(self.directory, old)
+        os.replace(tmp, self.directory)
+        shutil.rmtree(old, ignore_errors=True)
+        self.best = best

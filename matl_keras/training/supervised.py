@@ -1,16 +1,19 @@
 """The supervised stage: train a ResNet classifier on a labelled dataset.
 
-Writes into the workdir: `config.gin` (at start), `run.json` (state, config
-hash, versions, class counts, throughput), `logs/` (TensorBoard),
-`history.csv`, `backup/` (while running; resumes a killed run),
-`model.keras`, `backbone.weights.h5`, `metrics.json` and
+Writes into the workdir: `config.gin` (at start: the gin bindings that
+reach this stage), `run.json` (state, config hash, starting weights, versions,
+class counts, throughput), `logs/` (TensorBoard), `history.csv`, `backup/`
+(while running; resumes a killed run), `best/` (the best epoch by a
+validation metric), `model.keras`, `backbone.weights.h5`, `metrics.json` and
 `operative_config.gin` (at the end).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import warnings
 from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
@@ -107,10 +110,60 @@ def evaluate(model, split_data, split, dataset, evaluators, workdir=None):
     return results
 
 
+KEEP = ("best", "last")
+BEST_METRICS = ("val_accuracy", "val_f1", "val_auc", "val_loss")
+
+
+def _saved_shapes(path: str) -> list[tuple[int, ...]]:
+    """Shapes of every tensor in a Keras `.weights.h5` file."""
+    import h5py
+
+    shapes: list[tuple[int, ...]] = []
+    with h5py.File(path, "r") as f:
+        f.visititems(
+            lambda _, v: shapes.append(tuple(v.shape))
+            if isinstance(v, h5py.Dataset)
+            else None
+        )
+    return shapes
+
+
+def _load_backbone(features: keras.Model, path: str) -> None:
+    """Loads a previous stage's `backbone.weights.h5` into `features`.
+
+    Keras loads a file of another depth with only a warning, leaving the
+    unmatched layers at their random initialisation: here any difference in
+    the tensors (count or shapes) or a skipped layer is an error.
+    """
+    if not os.path.isfile(path):
+        raise ConfigError(f"`init_backbone`: no such file: {path!r}")
+    saved = _saved_shapes(path)
+    wanted = [tuple(w.shape) for w in features.weights]
+    mismatch = ConfigError(
+        f"`init_backbone`: the weights in {path!r} ({len(saved)} tensors) do "
+        f"not fit this backbone ({features.name}, {len(wanted)} tensors): "
+        "every stage of a chain must use the same backbone (depth, width, "
+        "attention placement)"
+    )
+    if sorted(saved) != sorted(wanted):
+        raise mismatch
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            features.load_weights(path)
+        except (ValueError, KeyError) as e:
+            raise mismatch from e
+    skipped = [w for w in caught if "could not be loaded" in str(w.message)
+               or "Skipping" in str(w.message)]
+    if skipped:
+        raise mismatch
+
+
 def train(
     workdir: str,
     dataset: Dataset | str | None = None,
     backbone: Callable[..., keras.Model] = ResNetBackbone,
+    init_backbone: str | None = None,
     pretrained_weights: str | None = None,
     image_size: int = 224,
     batch_size: int = 32,
@@ -125,6 +178,8 @@ def train(
     cache: str = "auto",
     class_balance: str = "none",
     seed: int = 0,
+    keep: str = "best",
+    best_metric: str = "val_accuracy",
     train_split: str = "train",
     val_split: str = "val",
     test_split: str = "test",
@@ -137,6 +192,9 @@ def train(
             from `@synthetic_ct()`, or a plugin name).
         backbone: callable. Builds the backbone given `image_size=`
             (gin: `@resnet_backbone`).
+        init_backbone: str or None. Backbone weights to start from (a
+            previous stage's `backbone.weights.h5`; the pipeline passes it).
+            Its content hash is part of the config hash.
         pretrained_weights: str or None. A keras.applications ResNet-50/101
             ImageNet weights file loaded into the backbone before training
             (STL-N without training ImageNet); non-local blocks stay new.
@@ -156,6 +214,10 @@ def train(
         class_balance: str. `"none"`, `"weights"` (loss weighted by inverse
             class frequency) or `"sampling"` (classes drawn equally often).
         seed: int. Seed of weights, shuffling and augmentation.
+        keep: str. `"best"`: the final model is the epoch with the best
+            `best_metric`; `"last"`: the last epoch.
+        best_metric: str. Validation metric for `keep="best"`: `val_accuracy`,
+            `val_f1`, `val_auc` (higher is better) or `val_loss`.
         train_split: str. Split to train on.
         val_split: str. Split scored after every epoch.
         test_split: str. Split scored at the end when the dataset has it.
@@ -170,9 +232,30 @@ def train(
             f"`class_balance` must be one of {CLASS_BALANCE}. Received: "
             f"class_balance={class_balance!r}"
         )
+    if keep not in KEEP:
+        raise ConfigError(
+            f"`keep` must be one of {KEEP}. Received: keep={keep!r}"
+        )
+    if best_metric not in BEST_METRICS:
+        raise ConfigError(
+            f"`best_metric` must be one of {BEST_METRICS}. Received: "
+            f"best_metric={best_metric!r}"
+        )
+    from matl_keras import config
+
     workdir_lib.prepare(workdir)
-    config_text = gin.config_str()
-    digest = workdir_lib.config_hash(config_text)
+    init = None
+    if init_backbone:
+        if not os.path.isfile(init_backbone):
+            raise ConfigError(f"`init_backbone`: no such file: {init_backbone!r}")
+        init = {
+            "path": os.path.abspath(init_backbone),
+            "sha256": workdir_lib.file_sha256(init_backbone),
+        }
+    config_text = config.stage_config_str()
+    digest = workdir_lib.config_hash(
+        config_text + f"\n# init_backbone sha256: {init and init['sha256']}\n"
+    )
     record = workdir_lib.previous_run(workdir, digest)
     metrics_path = os.path.join(workdir, "metrics.json")
     if record and record.get("status") == "complete":
@@ -219,6 +302,9 @@ def train(
         "config_hash": digest,
         "started": (record or {}).get("started", workdir_lib.now()),
         "resumed": resuming,
+        "scope": gin.current_scope_str(),
+        "seed": seed,
+        "init_backbone": init,
         "dataset": dataset.name,
         "class_names": list(dataset.class_names),
         "class_counts": {
@@ -232,6 +318,9 @@ def train(
     distribution = strategies.get_strategy(strategy)
     with distribution.scope():
         features = backbone(image_size=image_size)
+        if init_backbone:
+            _load_backbone(features, init_backbone)
+            print(f"starting from backbone {init_backbone}", flush=True)
         if pretrained_weights:
             report = imagenet_weights.load_imagenet_weights(
                 features, pretrained_weights
@@ -257,16 +346,25 @@ def train(
     workdir_lib.write_json(os.path.join(workdir, workdir_lib.RUN_FILE), record)
     nan_guard = callbacks_lib.StopOnNonFinite()
     throughput = callbacks_lib.Throughput()
+    best = callbacks_lib.BestCheckpoint(
+        os.path.join(workdir, "best"),
+        monitor=best_metric,
+        mode="min" if best_metric == "val_loss" else "max",
+    )
+    # Order matters: scores before the best checkpoint, the history before
+    # the backup (a kill between them re-runs a logged epoch rather than
+    # losing one from history.csv).
     callbacks = [
         throughput,
-        keras.callbacks.BackupAndRestore(backup_dir),
         nan_guard,
         callbacks_lib.ValidationMetrics(
             val_data.data, dataset.positive_index()
         ),
+        best,
         keras.callbacks.CSVLogger(
             os.path.join(workdir, "history.csv"), append=True
         ),
+        callbacks_lib.ResumableBackup(backup_dir),
         keras.callbacks.TensorBoard(os.path.join(workdir, "logs")),
     ]
     logging.info(
@@ -299,6 +397,16 @@ def train(
             "sgd.learning_rate or check the data."
         )
 
+    if keep == "best" and best.best is not None:
+        model.load_weights(best.weights_path)
+        record["kept"] = {"keep": "best", **best.best}
+        print(
+            f"keeping epoch {best.best['epoch']} ({best_metric} "
+            f"{best.best['value']:.4f})",
+            flush=True,
+        )
+    else:
+        record["kept"] = {"keep": "last", "epoch": epochs}
     model.save(os.path.join(workdir, "model.keras"))
     features.save_weights(os.path.join(workdir, "backbone.weights.h5"))
     results = {val_split: evaluate(model, val_data.data, val_split, dataset, evaluators, workdir)}
@@ -310,8 +418,6 @@ def train(
             model, test_data.data, test_split, dataset, evaluators, workdir
         )
     workdir_lib.write_json(metrics_path, results)
-    from matl_keras import config
-
     config.save_config(workdir, "operative_config.gin", operative=True)
     record.update(
         status="complete",
@@ -324,6 +430,9 @@ def train(
         ),
     )
     workdir_lib.write_json(os.path.join(workdir, workdir_lib.RUN_FILE), record)
+    # The backup holds optimizer state too (2-3x the model): not needed once
+    # the run is complete.
+    shutil.rmtree(backup_dir, ignore_errors=True)
     print(f"metrics: {results}", flush=True)
     print(f"wrote {workdir}", flush=True)
     return results

@@ -38,6 +38,15 @@ def config_hash(config_text: str) -> str:
     return hashlib.sha256(config_text.encode()).hexdigest()[:16]
 
 
+def file_sha256(path: str) -> str:
+    """Content hash of a file (first 16 hex digits), read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def prepare(workdir: str) -> None:
     """Creates `workdir` or raises a `ConfigError` that names it."""
     try:

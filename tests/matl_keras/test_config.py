@@ -11,7 +11,7 @@ from matl_keras import registry as registry_lib
 from matl_keras.layers.non_local_block import NonLocalBlock
 from tests.conftest import REPO
 
-JOBS = ["gin/finetune.gin"]
+JOBS = ["gin/finetune.gin", "gin/stl_n.gin", "gin/stl_m.gin", "gin/pipeline.gin"]
 
 
 def _parse(files, bindings=()):
@@ -24,7 +24,7 @@ def _parse(files, bindings=()):
     sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "gin", "**", "*.gin"), recursive=True)),
 )
 def test_every_gin_file_parses(path):
-    files = [path] if path in JOBS else ["gin/finetune.gin", path]
+    files = [path] if path in JOBS else ["gin/pipeline.gin", path]
     _parse(files)
 
 
@@ -45,8 +45,36 @@ def test_explicit_placement_from_gin():
 
 @pytest.mark.parametrize("job", JOBS)
 def test_job_macros_reach_their_targets(job):
-    _parse([job], ["IMAGE_SIZE = 40", "BATCH_SIZE = 4", "EPOCHS = 3", "DEPTH = 34"])
+    _parse([job], ["IMAGE_SIZE = 40", "BATCH_SIZE = 4", "SEED = 3", "DEPTH = 34"])
     assert gin.query_parameter("%IMAGE_SIZE") == 40
     assert gin.query_parameter("%DEPTH") == 34
     backbone = config.configured("resnet_backbone")(image_size=32)
     assert backbone.depth == 34
+
+
+def _stage_texts(bindings=()):
+    _parse(["gin/pipeline.gin"], bindings)
+    return {s: config.stage_config_str(s) for s in ("stl_n", "stl_m", "finetune")}
+
+
+def test_stage_config_holds_what_reaches_the_stage():
+    texts = _stage_texts()
+    assert "stl_n/train.dataset = %NATURAL_DATA" in texts["stl_n"]
+    assert "NATURAL_DATA = @synthetic_natural()" in texts["stl_n"]
+    assert "stl_m/" not in texts["stl_n"] and "finetune/" not in texts["stl_n"]
+    assert "finetune/train.epochs = %FINETUNE_EPOCHS" in texts["finetune"]
+    assert "FINETUNE_EPOCHS = 12" in texts["finetune"]
+    assert "train.image_size = %IMAGE_SIZE" in texts["finetune"]  # unscoped
+    for text in texts.values():
+        assert "pipeline.stages" not in text and "STAGES" not in text
+
+
+def test_stage_config_changes_only_where_a_binding_reaches():
+    base = _stage_texts()
+    gin.clear_config()
+    later = _stage_texts(["FINETUNE_EPOCHS = 3", "STAGES = ['stl_m', 'finetune']"])
+    assert later["stl_n"] == base["stl_n"] and later["stl_m"] == base["stl_m"]
+    assert later["finetune"] != base["finetune"]
+    gin.clear_config()
+    shared = _stage_texts(["IMAGE_SIZE = 64"])
+    assert all(shared[s] != base[s] for s in base)

@@ -183,3 +183,43 @@ def test_untrained_run_of_another_config_is_replaced(tmp_path):
 def test_class_balance_is_checked(tmp_path):
     with pytest.raises(ConfigError, match="class_balance"):
         run_train(tmp_path, class_balance="oversample")
+
+
+def test_training_starts_from_init_backbone(tmp_path, monkeypatch):
+    source = tiny_backbone(32)
+    path = str(tmp_path / "start.weights.h5")
+    source.save_weights(path)
+    seen = {}
+    real = supervised._load_backbone
+
+    def spy(features, file):
+        real(features, file)
+        seen["weights"] = [w.copy() for w in features.get_weights()]
+
+    monkeypatch.setattr(supervised, "_load_backbone", spy)
+    run_train(tmp_path / "run", init_backbone=path, epochs=1)
+    for a, b in zip(seen["weights"], source.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    record = json.load(open(tmp_path / "run" / "run.json"))
+    assert record["init_backbone"]["path"] == path
+    # Another starting file is another config.
+    other = ResNetBackbone(depth=18, width_multiplier=0.25, image_size=32)
+    other.save_weights(path)
+    with pytest.raises(ConfigError, match="different config"):
+        run_train(tmp_path / "run", init_backbone=path, epochs=1)
+
+
+def test_init_backbone_of_another_architecture_is_refused(tmp_path):
+    path = str(tmp_path / "r34.weights.h5")
+    ResNetBackbone(depth=34, width_multiplier=0.25, image_size=32).save_weights(path)
+    with pytest.raises(ConfigError, match="same backbone"):
+        run_train(tmp_path / "run", init_backbone=path, epochs=1)
+    with pytest.raises(ConfigError, match="no such file"):
+        run_train(tmp_path / "run2", init_backbone=str(tmp_path / "nope.h5"))
+
+
+def test_keep_and_best_metric_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match="keep"):
+        run_train(tmp_path, keep="first")
+    with pytest.raises(ConfigError, match="best_metric"):
+        run_train(tmp_path, best_metric="val_acc")

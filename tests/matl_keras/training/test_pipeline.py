@@ -1,0 +1,224 @@
+"""The stage chain: lineage, weights flowing, skipping, kill and resume."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import time
+
+import gin
+import keras
+import numpy as np
+import pytest
+
+from matl_keras import config
+from matl_keras import registry as registry_lib
+from matl_keras.errors import ConfigError
+from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
+from matl_keras.training import callbacks as callbacks_lib
+from matl_keras.training import pipeline
+from tests.conftest import REPO
+from tests.matl_keras.test_cli import CLI
+from tests.matl_keras.test_cli import matl
+
+TINY_CHAIN = [
+    "--gin_file=gin/pipeline.gin",
+    "--gin_file=gin/models/tiny.gin",
+    "--gin_param=IMAGE_SIZE = 32",
+    "--gin_param=BATCH_SIZE = 8",
+    "--gin_param=STL_N_EPOCHS = 1",
+    "--gin_param=STL_M_EPOCHS = 1",
+    "--gin_param=FINETUNE_EPOCHS = 2",
+] + [
+    f"--gin_param={name}.{key} = {value}"
+    for name in ("synthetic_natural", "synthetic_cxr", "synthetic_ct")
+    for key, value in (("image_size", 40), ("num_train", 20), ("num_val", 10))
+] + ["--gin_param=synthetic_ct.num_test = 10"]
+
+
+def _backbone_weights_of(model_path):
+    """The backbone layers' weights of a saved classifier, by layer name."""
+    model = keras.saving.load_model(model_path, compile=False)
+    return {
+        layer.name: layer.get_weights()
+        for layer in model.layers
+        if layer.get_weights() and not layer.name.startswith(("head", "predictions"))
+    }
+
+
+def _fresh_backbone_from(path):
+    backbone = ResNetBackbone(depth=18, width_multiplier=0.25, image_size=32)
+    backbone.load_weights(path)
+    return backbone
+
+
+def test_three_stage_chain_through_the_cli(tmp_path):
+    workdir = str(tmp_path / "chain")
+    result = matl(*TINY_CHAIN, f"--workdir={workdir}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.load(open(os.path.join(workdir, "summary.json")))
+    assert summary["status"] == "complete"
+    lineage = summary["lineage"]
+    assert [s["stage"] for s in lineage] == ["stl_n", "stl_m", "finetune"]
+    assert [s["dataset"] for s in lineage] == ["SyntheticNatural", "SyntheticCXR", "SyntheticCT"]
+    assert lineage[0]["init_backbone"] is None
+    for before, after in zip(lineage, lineage[1:]):
+        # Each stage started from the file the previous one wrote ...
+        assert after["init_backbone"]["path"] == before["backbone"]["path"]
+        assert after["init_backbone"]["sha256"] == before["backbone"]["sha256"]
+    assert len({s["config_hash"] for s in lineage}) == 3
+    assert all(s["seed"] == 0 and s["status"] == "complete" for s in lineage)
+    assert set(lineage[2]["metrics"]) == {"val", "test"}
+    for stage in lineage:
+        stage_dir = os.path.join(workdir, stage["stage"])
+        for name in ("config.gin", "operative_config.gin", "metrics.json",
+                     "model.keras", "backbone.weights.h5", "history.csv", "logs"):
+            assert os.path.exists(os.path.join(stage_dir, name)), (stage, name)
+        # ... and that file is the kept model's backbone.
+        kept = _backbone_weights_of(os.path.join(stage_dir, "model.keras"))
+        fresh = _fresh_backbone_from(os.path.join(stage_dir, "backbone.weights.h5"))
+        for name, weights in kept.items():
+            for a, b in zip(weights, fresh.get_layer(name).get_weights()):
+                np.testing.assert_array_equal(a, b)
+        # Heads are per stage: 10, 3 and 2 classes.
+    heads = [json.load(open(os.path.join(workdir, s["stage"], "run.json")))["class_names"] for s in lineage]
+    assert [len(h) for h in heads] == [10, 3, 2]
+    stl_m_text = open(os.path.join(workdir, "stl_m", "config.gin")).read()
+    assert "stl_m/train.augment = 'stl_m'" in stl_m_text and "finetune/" not in stl_m_text
+
+    # Re-running skips every finished stage; adding a stage to the end does
+    # not make the earlier ones look changed.
+    mtime = os.path.getmtime(os.path.join(workdir, "stl_m", "backbone.weights.h5"))
+    again = matl(*TINY_CHAIN, "--gin_param=STAGES = ['stl_n', 'stl_m']", f"--workdir={workdir}")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("already complete") == 2
+    assert os.path.getmtime(os.path.join(workdir, "stl_m", "backbone.weights.h5")) == mtime
+
+
+def test_kill_9_mid_run_then_rerun_resumes(tmp_path):
+    workdir = str(tmp_path / "run")
+    args = [
+        "--gin_file=gin/finetune.gin", "--gin_file=gin/models/tiny.gin",
+        "--gin_param=IMAGE_SIZE = 32", "--gin_param=BATCH_SIZE = 8",
+        "--gin_param=FINETUNE_EPOCHS = 5",
+        "--gin_param=synthetic_ct.image_size = 40",
+        "--gin_param=synthetic_ct.num_train = 160",
+        "--gin_param=synthetic_ct.num_val = 8",
+        "--gin_param=synthetic_ct.num_test = 0",
+        f"--workdir={workdir}",
+    ]
+    history = os.path.join(workdir, "finetune", "history.csv")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    process = subprocess.Popen([CLI, *args], cwd=REPO, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if os.path.exists(history) and len(open(history).read().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be killed"
+    time.sleep(0.3)  # into the next epoch
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = len(open(history).read().splitlines()) - 1
+    assert 1 <= done < 5
+    run = json.load(open(os.path.join(workdir, "finetune", "run.json")))
+    assert run["status"] == "running"
+
+    result = matl(*args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "resuming after epoch" in result.stdout
+    resumed_at = int(result.stdout.split("resuming after epoch ")[1].split()[0])
+    assert resumed_at >= 1
+    assert f"Epoch {resumed_at + 1}/5" in result.stdout
+    assert "Epoch 1/5" not in result.stdout
+    rows = list(csv.DictReader(open(history)))
+    assert sorted({int(r["epoch"]) for r in rows}) == [0, 1, 2, 3, 4]
+    run = json.load(open(os.path.join(workdir, "finetune", "run.json")))
+    assert run["status"] == "complete" and run["resumed"] is True
+    assert not os.path.exists(os.path.join(workdir, "finetune", "backup"))
+
+
+def _parse(bindings):
+    registry = registry_lib.Registry(on_load=config.register_plugin)
+    config.parse([os.path.join(REPO, "gin/pipeline.gin")], bindings, registry)
+
+
+@pytest.mark.parametrize(
+    "stages, message",
+    [
+        ("['stl_m', 'stl_m']", "more than once"),
+        ("['stl-m']", "identifiers"),
+        ("[]", "non-empty"),
+        ("'finetune'", "non-empty list"),
+        ("['sstl_x']", "sstl_x/stage.fn"),
+    ],
+)
+def test_stage_lists_are_checked(tmp_path, stages, message):
+    _parse([f"STAGES = {stages}"])
+    with pytest.raises(ConfigError, match=message):
+        config.configured("pipeline")(workdir=str(tmp_path))
+    assert not os.path.exists(tmp_path / "summary.json")
+
+
+def _tiny_model():
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    model.compile(optimizer="sgd", loss="mse")
+    return model
+
+
+def test_backup_ignores_a_half_written_one_and_keeps_the_last(tmp_path):
+    model = _tiny_model()
+    backup = callbacks_lib.ResumableBackup(str(tmp_path))
+    backup.set_model(model)
+    backup.on_epoch_end(0, {"loss": 1.0})
+    saved = [w.copy() for w in model.get_weights()]
+    model.set_weights([w + 1 for w in saved])
+    backup.on_epoch_end(1, {"loss": 1.0})
+    assert sorted(os.listdir(tmp_path)) == ["epoch-2"]
+    model.set_weights([w + 5 for w in saved])
+    backup.on_epoch_end(2, {"loss": float("nan")})  # diverged: not backed up
+    os.makedirs(tmp_path / "epoch-3.tmp")  # killed while writing
+    (tmp_path / "epoch-3.tmp" / "model.weights.h5").write_bytes(b"garbage")
+    fresh = _tiny_model()
+    restore = callbacks_lib.ResumableBackup(str(tmp_path))
+    restore.set_model(fresh)
+    restore.on_train_begin()
+    assert restore.restored_epoch == 2 and fresh._initial_epoch == 2
+    for a, b in zip(fresh.get_weights(), saved):
+        np.testing.assert_array_equal(a, b + 1)
+
+
+def test_best_checkpoint_survives_a_resume(tmp_path):
+    model = _tiny_model()
+    best = callbacks_lib.BestCheckpoint(str(tmp_path / "best"), "val_auc")
+    best.set_model(model)
+    best.on_train_begin()
+    best.on_epoch_end(0, {"loss": 1.0, "val_auc": 0.7})
+    kept = [w.copy() for w in model.get_weights()]
+    model.set_weights([w + 1 for w in kept])
+    best.on_epoch_end(1, {"loss": 1.0, "val_auc": float("nan")})
+    # A new process: the best value is read back, a worse epoch is ignored.
+    again = callbacks_lib.BestCheckpoint(str(tmp_path / "best"), "val_auc")
+    again.set_model(model)
+    again.on_train_begin()
+    again.on_epoch_end(2, {"loss": 1.0, "val_auc": 0.6})
+    assert again.best == {"epoch": 1, "monitor": "val_auc", "value": 0.7}
+    model.load_weights(again.weights_path)
+    for a, b in zip(model.get_weights(), kept):
+        np.testing.assert_array_equal(a, b)
+    again.on_epoch_end(3, {"loss": 1.0, "val_auc": 0.9})
+    assert again.best["epoch"] == 4
+    assert sorted(os.listdir(tmp_path)) == ["best"]
+
+
+def test_loss_minimised_when_best_metric_is_a_loss(tmp_path):
+    model = _tiny_model()
+    best = callbacks_lib.BestCheckpoint(str(tmp_path / "b"), "val_loss", mode="min")
+    best.set_model(model)
+    best.on_train_begin()
+    for epoch, loss in enumerate([0.5, 0.7, 0.3]):
+        best.on_epoch_end(epoch, {"loss": 1.0, "val_loss": loss})
+    assert best.best["epoch"] == 3
