@@ -68,7 +68,12 @@ setuptools.setup(
             "covidx = matl_keras_plugins.datasets.covidx:COVIDx",
             "imagenet = matl_keras_plugins.datasets.imagenet:ImageNet",
         ],
-        "matl_keras.ssl_methods": [],
+        "matl_keras.ssl_methods": [
+            "moco = matl_keras_plugins.ssl_methods.moco:MoCo",
+            "simclr = matl_keras_plugins.ssl_methods.simclr:SimCLR",
+            "region_aware = "
+            "matl_keras_plugins.ssl_methods.region_aware:RegionAware",
+        ],
         "matl_keras.evaluators": [
             "metrics = matl_keras_plugins.evaluators.metrics:ClassificationMetrics",
         ],

@@ -47,6 +47,7 @@ def register_core() -> None:
     from matl_keras.training import jobs
     from matl_keras.training import optimizers
     from matl_keras.training import pipeline
+    from matl_keras.training import self_supervised
     from matl_keras.training import supervised
 
     for name, fn in (
@@ -54,6 +55,7 @@ def register_core() -> None:
         ("pipeline", pipeline.pipeline),
         ("stage", pipeline.stage),
         ("train", supervised.train),
+        ("pretrain", self_supervised.pretrain),
         ("resnet_backbone", resnet_backbone.ResNetBackbone),
         ("sgd", optimizers.sgd),
     ):

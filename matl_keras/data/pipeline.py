@@ -10,6 +10,9 @@ serving graph uses too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import dataclasses
 
 import tensorflow as tf
@@ -112,7 +115,7 @@ def build_split(
     image_size: int,
     batch_size: int,
     training: bool,
-    augment: str = "crop_flip",
+    augment: str | Callable[[tf.Tensor], Any] = "crop_flip",
     crop_fraction: float = 0.875,
     on_bad_image: str = "refuse",
     cache: str = "auto",
@@ -127,7 +130,10 @@ def build_split(
         image_size: int. Side of the model input.
         batch_size: int. Global batch size.
         training: bool. Shuffle, augment and drop the last partial batch.
-        augment: str. Recipe of `matl_keras.data.augment` (training only).
+        augment: str or callable. Recipe of `matl_keras.data.augment`
+            (training only), or a function of one float32 image at load
+            size in [0, 1] returning the model input (any structure, e.g.
+            an SSL method's dict of views), written in TensorFlow ops.
         crop_fraction: float. `image_size / load size`.
         on_bad_image: str. `"refuse"` or `"skip"` unreadable files.
         cache: str. `"auto"` (memory when under 2 GiB), `"memory"`,
@@ -191,7 +197,9 @@ def build_split(
         ).take(n)
     elif training:
         data = data.shuffle(min(n, 16384), seed=seed)
-    if training:
+    if training and callable(augment):
+        transform = augment
+    elif training:
         transform = augment_lib.get_augment(augment, image_size, seed)
     else:
         transform = lambda x: augment_lib.center_crop(x, image_size)  # noqa

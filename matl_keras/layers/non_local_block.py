@@ -30,6 +30,8 @@ class NonLocalBlock(keras.layers.Layer):
         return_attention: bool. Also return the attention weights
             `(batch, h * w, h' * w')`: for each query position (row), the
             softmax over key positions (columns of Eq. 1 transposed).
+        sync_batchnorm: bool. The output BatchNormalization uses the global
+            batch of all replicas (`synchronized=True`).
         name: str. Layer name; sub-layers are `f"{name}_q"` etc.
 
     Example:
@@ -46,6 +48,7 @@ class NonLocalBlock(keras.layers.Layer):
         value_channels=None,
         subsample=1,
         return_attention=False,
+        sync_batchnorm=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -71,6 +74,7 @@ class NonLocalBlock(keras.layers.Layer):
         self.value_channels = value_channels
         self.subsample = subsample
         self.return_attention = return_attention
+        self.sync_batchnorm = sync_batchnorm
 
     def build(self, input_shape):
         channels = input_shape[-1]
@@ -96,6 +100,7 @@ class NonLocalBlock(keras.layers.Layer):
         )
         self.output_bn = layers.BatchNormalization(
             gamma_initializer="zeros",
+            synchronized=self.sync_batchnorm,
             dtype=self.dtype_policy,
             name=f"{name}_out_bn",
         )
@@ -174,6 +179,7 @@ class NonLocalBlock(keras.layers.Layer):
                 "value_channels": self.value_channels,
                 "subsample": self.subsample,
                 "return_attention": self.return_attention,
+                "sync_batchnorm": self.sync_batchnorm,
             }
         )
         return config

@@ -135,7 +135,11 @@ class ResumableBackup(keras.callbacks.Callback):
         epoch, path = backups[-1]
         optimizer = self.model.optimizer
         if optimizer is not None and not optimizer.built:
-            optimizer.build(self.model.trainable_variables)
+            # SSL models keep their key encoder out of the optimizer.
+            optimizer.build(
+                getattr(self.model, "optimized_variables", None)
+                or self.model.trainable_variables
+            )
         self.model.load_weights(os.path.join(path, _WEIGHTS))
         # Read by `Model.fit` after `on_train_begin`, as for Keras'
         # BackupAndRestore.
@@ -232,3 +236,50 @@ class BestCheckpoint(keras.callbacks.Callback):
         os.replace(tmp, self.directory)
         shutil.rmtree(old, ignore_errors=True)
         self.best = best
+
+
+def pooled_features(backbone: keras.Model, data) -> tuple:
+    """Global-average-pooled backbone features and labels of a split."""
+    import numpy as np
+
+    features, labels = [], []
+    for images, batch_labels in data:
+        maps = backbone(images, training=False)
+        features.append(keras.ops.convert_to_numpy(keras.ops.mean(maps, axis=(1, 2))))
+        labels.append(keras.ops.convert_to_numpy(batch_labels))
+    return np.concatenate(features), np.concatenate(labels)
+
+
+class KnnMonitor(keras.callbacks.Callback):
+    """Logs `knn_accuracy` of the backbone's frozen features after every
+    epoch (`score()` gives it at any time): a labelled bank split
+    votes for the labels of a query split. Tells during SSL whether the
+    representation is getting better for the target task.
+
+    Args:
+        backbone: keras.Model. The encoder being pretrained.
+        bank, queries: tf.data.Dataset of `(images, labels)`.
+        num_classes: int.
+        k: int. Neighbours.
+    """
+
+    def __init__(self, backbone, bank, queries, num_classes, k=20):
+        super().__init__()
+        self.backbone = backbone
+        self.bank = bank
+        self.queries = queries
+        self.num_classes = num_classes
+        self.k = k
+
+    def score(self) -> float:
+        from matl_keras.evaluation.knn import knn_accuracy
+
+        bank, bank_labels = pooled_features(self.backbone, self.bank)
+        queries, query_labels = pooled_features(self.backbone, self.queries)
+        return knn_accuracy(
+            bank, bank_labels, queries, query_labels, self.num_classes, self.k
+        )
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and not _diverged(logs):
+            logs["knn_accuracy"] = self.score()

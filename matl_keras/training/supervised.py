@@ -243,32 +243,12 @@ def train(
         )
     from matl_keras import config
 
-    workdir_lib.prepare(workdir)
-    init = None
-    if init_backbone:
-        if not os.path.isfile(init_backbone):
-            raise ConfigError(f"`init_backbone`: no such file: {init_backbone!r}")
-        init = {
-            "path": os.path.abspath(init_backbone),
-            "sha256": workdir_lib.file_sha256(init_backbone),
-        }
-    config_text = config.stage_config_str()
-    digest = workdir_lib.config_hash(
-        config_text + f"\n# init_backbone sha256: {init and init['sha256']}\n"
-    )
-    record = workdir_lib.previous_run(workdir, digest)
+    start = workdir_lib.begin(workdir, init_backbone)
     metrics_path = os.path.join(workdir, "metrics.json")
-    if record and record.get("status") == "complete":
-        print(
-            f"{workdir}: this run is already complete (same config); "
-            "nothing to do. Delete the workdir to run it again.",
-            flush=True,
-        )
+    if start.complete:
         return workdir_lib.read_json(metrics_path)
-    backup_dir = os.path.join(workdir, workdir_lib.BACKUP_DIR)
-    resuming = os.path.isdir(backup_dir)
-    with open(os.path.join(workdir, "config.gin"), "w") as f:
-        f.write(config_text)
+    record, digest, init = start.record, start.digest, start.init
+    backup_dir, resuming = start.backup_dir, start.resuming
 
     keras.utils.set_random_seed(seed)
     dataset = _resolve_dataset(dataset)

@@ -8,6 +8,7 @@ resumed; a complete one is not recomputed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -91,6 +92,65 @@ def previous_run(workdir: str, digest: str) -> dict[str, Any] | None:
             "another --workdir, or delete that one to start over."
         )
     return record
+
+
+@dataclasses.dataclass
+class Start:
+    """Where a stage stands when it starts (see `begin`)."""
+
+    digest: str
+    record: dict[str, Any] | None
+    init: dict[str, str] | None
+    backup_dir: str
+    resuming: bool
+    complete: bool
+
+
+def begin(workdir: str, init_backbone: str | None) -> Start:
+    """Starts a stage in `workdir`: config hash, previous run, `config.gin`.
+
+    The config hash covers the gin bindings that reach the current scope
+    (`config.stage_config_str`) and the content of `init_backbone`.
+
+    Raises:
+        ConfigError: `init_backbone` is missing, the workdir cannot be
+            written or holds trained results of another config.
+    """
+    from matl_keras import config
+
+    prepare(workdir)
+    init = None
+    if init_backbone:
+        if not os.path.isfile(init_backbone):
+            raise ConfigError(f"`init_backbone`: no such file: {init_backbone!r}")
+        init = {
+            "path": os.path.abspath(init_backbone),
+            "sha256": file_sha256(init_backbone),
+        }
+    config_text = config.stage_config_str()
+    digest = config_hash(
+        config_text + f"\n# init_backbone sha256: {init and init['sha256']}\n"
+    )
+    record = previous_run(workdir, digest)
+    backup_dir = os.path.join(workdir, BACKUP_DIR)
+    complete = bool(record and record.get("status") == "complete")
+    if complete:
+        print(
+            f"{workdir}: this run is already complete (same config); "
+            "nothing to do. Delete the folder to run it again.",
+            flush=True,
+        )
+    else:
+        with open(os.path.join(workdir, "config.gin"), "w") as f:
+            f.write(config_text)
+    return Start(
+        digest=digest,
+        record=record,
+        init=init,
+        backup_dir=backup_dir,
+        resuming=os.path.isdir(backup_dir),
+        complete=complete,
+    )
 
 
 def versions() -> dict[str, str]:

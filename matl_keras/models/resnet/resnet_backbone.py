@@ -43,40 +43,44 @@ def scaled_filters(filters, width_multiplier):
 BN_MOMENTUM = 0.9
 
 
-def _bn(name):
+def _bn(name, synchronized=False):
     return layers.BatchNormalization(
-        axis=-1, momentum=BN_MOMENTUM, epsilon=_BN_EPSILON, name=name
+        axis=-1,
+        momentum=BN_MOMENTUM,
+        epsilon=_BN_EPSILON,
+        synchronized=synchronized,
+        name=name,
     )
 
 
-def apply_bottleneck_block(x, filters, stride, conv_shortcut, name):
+def apply_bottleneck_block(x, filters, stride, conv_shortcut, name, sync=False):
     """keras.applications' `block1`: 1x1 (strided) -> 3x3 -> 1x1 (x4)."""
     if conv_shortcut:
         shortcut = layers.Conv2D(
             4 * filters, 1, strides=stride, name=f"{name}_0_conv"
         )(x)
-        shortcut = _bn(f"{name}_0_bn")(shortcut)
+        shortcut = _bn(f"{name}_0_bn", sync)(shortcut)
     else:
         shortcut = x
     x = layers.Conv2D(filters, 1, strides=stride, name=f"{name}_1_conv")(x)
-    x = _bn(f"{name}_1_bn")(x)
+    x = _bn(f"{name}_1_bn", sync)(x)
     x = layers.Activation("relu", name=f"{name}_1_relu")(x)
     x = layers.Conv2D(filters, 3, padding="same", name=f"{name}_2_conv")(x)
-    x = _bn(f"{name}_2_bn")(x)
+    x = _bn(f"{name}_2_bn", sync)(x)
     x = layers.Activation("relu", name=f"{name}_2_relu")(x)
     x = layers.Conv2D(4 * filters, 1, name=f"{name}_3_conv")(x)
-    x = _bn(f"{name}_3_bn")(x)
+    x = _bn(f"{name}_3_bn", sync)(x)
     x = layers.Add(name=f"{name}_add")([shortcut, x])
     return layers.Activation("relu", name=f"{name}_out")(x)
 
 
-def apply_basic_block(x, filters, stride, conv_shortcut, name):
+def apply_basic_block(x, filters, stride, conv_shortcut, name, sync=False):
     """Two 3x3 convolutions (ResNet-18/34)."""
     if conv_shortcut:
         shortcut = layers.Conv2D(
             filters, 1, strides=stride, use_bias=False, name=f"{name}_0_conv"
         )(x)
-        shortcut = _bn(f"{name}_0_bn")(shortcut)
+        shortcut = _bn(f"{name}_0_bn", sync)(shortcut)
     else:
         shortcut = x
     x = layers.Conv2D(
@@ -87,23 +91,23 @@ def apply_basic_block(x, filters, stride, conv_shortcut, name):
         use_bias=False,
         name=f"{name}_1_conv",
     )(x)
-    x = _bn(f"{name}_1_bn")(x)
+    x = _bn(f"{name}_1_bn", sync)(x)
     x = layers.Activation("relu", name=f"{name}_1_relu")(x)
     x = layers.Conv2D(
         filters, 3, padding="same", use_bias=False, name=f"{name}_2_conv"
     )(x)
-    x = _bn(f"{name}_2_bn")(x)
+    x = _bn(f"{name}_2_bn", sync)(x)
     x = layers.Add(name=f"{name}_add")([shortcut, x])
     return layers.Activation("relu", name=f"{name}_out")(x)
 
 
-def apply_stem(x, width_multiplier):
+def apply_stem(x, width_multiplier, sync=False):
     """7x7/2 convolution and 3x3/2 max-pool (keras.applications names)."""
     x = layers.ZeroPadding2D(padding=((3, 3), (3, 3)), name="conv1_pad")(x)
     x = layers.Conv2D(
         scaled_filters(64, width_multiplier), 7, strides=2, name="conv1_conv"
     )(x)
-    x = _bn("conv1_bn")(x)
+    x = _bn("conv1_bn", sync)(x)
     x = layers.Activation("relu", name="conv1_relu")(x)
     x = layers.ZeroPadding2D(padding=((1, 1), (1, 1)), name="pool1_pad")(x)
     return layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
@@ -138,6 +142,10 @@ class ResNetBackbone(keras.Model):
             `attention_reduction` (2: half, as in Wang et al.).
         attention_subsample: int. Max-pool factor of the blocks' keys and
             values (1: full Eq. 1; 2: Wang et al.'s cheaper variant).
+        sync_batchnorm: bool. BatchNormalization over the global batch of
+            all replicas (`synchronized=True`) instead of each replica's
+            share: the same statistics as on one device. Weights are the
+            same either way.
         name: str. Model name.
 
     Example:
@@ -156,6 +164,7 @@ class ResNetBackbone(keras.Model):
         attention="none",
         attention_reduction=2,
         attention_subsample=1,
+        sync_batchnorm=False,
         name="resnet",
         **kwargs,
     ):
@@ -190,7 +199,7 @@ class ResNetBackbone(keras.Model):
         x = InputNormalization(normalization, name="input_normalization")(
             inputs
         )
-        x = apply_stem(x, width_multiplier)
+        x = apply_stem(x, width_multiplier, sync_batchnorm)
         pyramid_outputs = {}
         attention_outputs = {}
         for stage_index, (stage, num_blocks) in enumerate(zip(STAGES, blocks)):
@@ -211,6 +220,7 @@ class ResNetBackbone(keras.Model):
                     stride,
                     conv_shortcut,
                     name=f"{stage}_block{block + 1}",
+                    sync=sync_batchnorm,
                 )
                 if block + 1 in placement.get(stage, ()):
                     block_name = f"{stage}_block{block + 1}_nonlocal"
@@ -218,6 +228,7 @@ class ResNetBackbone(keras.Model):
                         reduction=attention_reduction,
                         subsample=attention_subsample,
                         return_attention=True,
+                        sync_batchnorm=sync_batchnorm,
                         name=block_name,
                     )(x)
                     attention_outputs[block_name] = attention_weights
@@ -232,6 +243,7 @@ class ResNetBackbone(keras.Model):
         self.attention = attention
         self.attention_reduction = attention_reduction
         self.attention_subsample = attention_subsample
+        self.sync_batchnorm = sync_batchnorm
         self.attention_placement = placement
         self.pyramid_outputs = pyramid_outputs
         self.attention_outputs = attention_outputs
@@ -245,6 +257,7 @@ class ResNetBackbone(keras.Model):
             "attention": self.attention,
             "attention_reduction": self.attention_reduction,
             "attention_subsample": self.attention_subsample,
+            "sync_batchnorm": self.sync_batchnorm,
             "name": self.name,
             "trainable": self.trainable,
         }

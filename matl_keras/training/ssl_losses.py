@@ -1,0 +1,135 @@
+"""Loss math of the self-supervised methods, as pure functions.
+
+Every function returns one loss per example (no reduction): the caller
+reduces over the *global* batch, which under `tf.distribute` a built-in
+reduction would get wrong (see `contrastive.ContrastiveModel`).
+
+Embeddings are L2-normalized here, so callers pass raw projections.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+# A finite stand-in for -inf in masked logits: exp() of it is exactly 0 in
+# float32, and it keeps gradients finite (a true -inf times 0 gives NaN).
+_MASKED = -1e9
+
+
+def l2_normalize(x: tf.Tensor) -> tf.Tensor:
+    return tf.math.l2_normalize(tf.cast(x, tf.float32), axis=-1)
+
+
+def info_nce(
+    query: tf.Tensor,
+    positive_key: tf.Tensor,
+    queue: tf.Tensor,
+    temperature: float,
+    queue_valid: tf.Tensor | None = None,
+) -> tf.Tensor:
+    """Eq. 2 (MoCo's InfoNCE): `-log softmax` of the positive among
+    `1 + K` candidates, for each query.
+
+    Eq. 2 as printed divides only the positive logit by the temperature; this
+    is a typo against MoCo (He et al. 2020, Eq. 1), whose code and every
+    reimplementation divide all logits by tau. We follow MoCo.
+
+    Args:
+        query: (B, D) query projections `x_q`.
+        positive_key: (B, D) key projections `x_k+` of the same images.
+        queue: (K, D) negative keys `x_k-` (already normalized).
+        temperature: float. tau.
+        queue_valid: (K,) bool or None. False for queue slots never written
+            (they must not count as negatives).
+
+    Returns:
+        (B,) loss per query.
+    """
+    q = l2_normalize(query)
+    k = l2_normalize(positive_key)
+    positive = tf.reduce_sum(q * k, axis=-1, keepdims=True)  # (B, 1)
+    negative = tf.matmul(q, tf.cast(queue, tf.float32), transpose_b=True)
+    if queue_valid is not None:
+        negative = tf.where(queue_valid[None, :], negative, _MASKED)
+    logits = tf.concat([positive, negative], axis=1) / temperature
+    return -tf.nn.log_softmax(logits, axis=1)[:, 0]
+
+
+def nt_xent(
+    z1: tf.Tensor,
+    z2: tf.Tensor,
+    temperature: float,
+    z1_all: tf.Tensor | None = None,
+    z2_all: tf.Tensor | None = None,
+    offset: tf.Tensor | int = 0,
+) -> tf.Tensor:
+    """SimCLR's NT-Xent (Chen et al. 2020): each view's positive is the other
+    view of its image; the negatives are both views of every other image of
+    the *global* batch.
+
+    Args:
+        z1, z2: (b, D) projections of this replica's two views.
+        temperature: float.
+        z1_all, z2_all: (B, D) projections of the global batch (from
+            `all_gather`, which passes gradients); default: z1, z2.
+        offset: index of this replica's first example in the global batch.
+
+    Returns:
+        (2b,) loss per view: the first b for `z1`, then `z2`.
+    """
+    z1, z2 = l2_normalize(z1), l2_normalize(z2)
+    z1_all = z1 if z1_all is None else l2_normalize(z1_all)
+    z2_all = z2 if z2_all is None else l2_normalize(z2_all)
+    b = tf.shape(z1)[0]
+    n = tf.shape(z1_all)[0]
+    local = tf.concat([z1, z2], axis=0)  # (2b, D)
+    candidates = tf.concat([z1_all, z2_all], axis=0)  # (2B, D)
+    logits = tf.matmul(local, candidates, transpose_b=True) / temperature
+    rows = tf.range(2 * b)
+    # Global index of each local row's own view and of its positive.
+    own = tf.where(rows < b, offset + rows, n + offset + rows - b)
+    positive = tf.where(rows < b, n + offset + rows, offset + rows - b)
+    self_mask = tf.one_hot(own, 2 * n, on_value=True, off_value=False)
+    logits = tf.where(self_mask, _MASKED, logits)
+    log_probs = tf.nn.log_softmax(logits, axis=1)
+    return -tf.gather(log_probs, positive, axis=1, batch_dims=1)
+
+
+def region_aware(region_logits: tf.Tensor) -> tf.Tensor:
+    """Eq. 5: the sum over the five regions of the cross-entropy of the
+    shared region classifier, whose target for crop i is class i.
+
+    Args:
+        region_logits: (B, R, R) logits: image b, crop i, class scores.
+
+    Returns:
+        (B,) loss per image.
+    """
+    logits = tf.cast(region_logits, tf.float32)
+    regions = tf.shape(logits)[1]
+    labels = tf.broadcast_to(tf.range(regions)[None, :], tf.shape(logits)[:2])
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+    return tf.reduce_sum(ce, axis=1)
+
+
+def region_accuracy(region_logits: tf.Tensor) -> tf.Tensor:
+    """(B,) fraction of an image's crops whose region is predicted right."""
+    predicted = tf.argmax(region_logits, axis=-1, output_type=tf.int32)
+    labels = tf.range(tf.shape(region_logits)[1])[None, :]
+    return tf.reduce_mean(tf.cast(tf.equal(predicted, labels), tf.float32), 1)
+
+
+def combined(
+    contrastive: tf.Tensor, region: tf.Tensor, alpha1: float, alpha2: float
+) -> tf.Tensor:
+    """Eq. 6 per image: `alpha1 * L_cons + alpha2 * L_ra`.
+
+    Eq. 6 adds, for one query X, the region losses of X and of its n
+    negatives. Over a batch, every image is the query of its own sample and
+    a negative of the others, so summing Eq. 6 over the batch counts each
+    image's L_ra once per sample it appears in: a constant factor that
+    alpha2 absorbs. We count each image of the global batch once. Queue
+    negatives are stored keys (no image passes the network for them), so
+    they carry no region term.
+    """
+    return alpha1 * contrastive + alpha2 * region

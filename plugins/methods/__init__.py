@@ -1,1 +1,0 @@
-"""Built-in matl-keras plugins, installed as `matl_keras_plugins`."""

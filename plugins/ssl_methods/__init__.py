@@ -1,0 +1,1 @@
+"""Built-in SSL methods: moco, simclr, region_aware."""

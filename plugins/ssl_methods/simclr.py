@@ -1,0 +1,63 @@
+"""SimCLR (Chen et al. 2020) as an SSL method plugin.
+
+Both views go through the same encoder; NT-Xent takes the other view of
+the same image as the positive and both views of every other image of the
+*global* batch as negatives (the projections are `all_gather`ed across
+replicas; `all_gather` passes gradients).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from matl_keras.data import augment as augment_lib
+from matl_keras.training import ssl_losses
+from matl_keras.training.contrastive import ContrastiveModel
+
+
+class SimCLR(ContrastiveModel):
+    """SimCLR.
+
+    Args (beyond `ContrastiveModel`'s):
+        augment: str. Augmentation recipe of both views.
+        seed: int. Augmentation seed (the second view uses `seed + 1`).
+
+    Default temperature 0.1 (SimCLR's, for large batches 0.5 is common).
+    """
+
+    needs_key_encoder = False
+
+    def __init__(
+        self,
+        backbone: keras.Model,
+        key_backbone: keras.Model | None = None,
+        temperature: float = 0.1,
+        augment: str = "moco_v2",
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        del key_backbone  # SimCLR has no key encoder
+        super().__init__(backbone, temperature=temperature, **kwargs)
+        self._augment1 = augment_lib.get_augment(augment, self.image_size, seed)
+        self._augment2 = augment_lib.get_augment(augment, self.image_size, seed + 1)
+
+    def views(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"view1": self._augment1(image), "view2": self._augment2(image)}
+
+    def per_example_loss(self, views):
+        b = tf.shape(views["view1"])[0]
+        # One forward pass over both views.
+        z = self.encode(tf.concat([views["view1"], views["view2"]], 0), training=True)
+        z1, z2 = z[:b], z[b:]
+        context = tf.distribute.get_replica_context()
+        z1_all, z2_all, offset = z1, z2, 0
+        if context.num_replicas_in_sync > 1:
+            z1_all = context.all_gather(z1, axis=0)
+            z2_all = context.all_gather(z2, axis=0)
+            offset = context.replica_id_in_sync_group * b
+        loss = ssl_losses.nt_xent(z1, z2, self.temperature, z1_all, z2_all, offset)
+        # One value per image: the mean over its two views.
+        return (loss[:b] + loss[b:]) / 2.0, {}
