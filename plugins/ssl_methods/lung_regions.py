@@ -17,7 +17,8 @@ Locate (paper section 5.3, made concrete for real slices):
    the boundary pixels between the 2nd and 98th percentiles of their
    coordinates (robust to stray pixels).
 
-Fallback: when no body or no lung box is found, or the lung box is smaller
+Fallback: when no body or no lung is found (fewer than 16 boundary
+pixels, or a mask that is mostly boundary: noise), or the lung box is smaller
 than `min_lung_fraction` of the image on a side (a blank, cropped or
 non-CT image), the box is the central `fallback_box` of the image. Every
 crop is clipped to the image and at least 1/16 of its side, so a crop is
@@ -115,6 +116,7 @@ def lung_box(
     body_margin: float = 0.04,
     min_lung_fraction: float = 0.2,
     fallback_box: tuple[float, float, float, float] = (0.1, 0.1, 0.9, 0.9),
+    max_edge_fraction: float = 0.5,
     return_found: bool = False,
 ):
     """The lung's bounding box `(y0, x0, y1, x1)`, normalized to [0, 1].
@@ -127,6 +129,8 @@ def lung_box(
             drops the body's outline from the lung's boundary pixels.
         min_lung_fraction: float. Smaller lung boxes fall back.
         fallback_box: the box used when no lung is found.
+        max_edge_fraction: float. A lung mask whose boundary pixels exceed
+            this share of its pixels is noise, not a lung: fallback.
         return_found: bool. Also return whether the lung was found.
     """
     image = tf.convert_to_tensor(image, tf.float32)
@@ -153,7 +157,11 @@ def lung_box(
     lung = tf.cast((tissue < 0.5) & enclosed & inner, tf.float32)
     edges = boundary_map(lung) & (lung > 0.5)
     points = tf.cast(tf.where(edges), tf.float32)  # (N, 2): y, x
-    enough = tf.shape(points)[0] >= 16
+    # A lung is a coherent region: most of its pixels are not on its
+    # boundary. Noise, or a texture without a body, is mostly boundary.
+    area = tf.reduce_sum(lung)
+    coherent = tf.cast(tf.shape(points)[0], tf.float32) < max_edge_fraction * area
+    enough = (tf.shape(points)[0] >= 16) & coherent
 
     def from_points():
         y0 = _percentile(points[:, 0], 0.02) / height

@@ -1,0 +1,115 @@
+"""The contrastive machinery: momentum update, queue, and every SSL method
+under MirroredStrategy (2 logical CPUs) equal to one device."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
+from matl_keras.training import strategies
+from matl_keras_plugins.ssl_methods.moco import MoCo
+from matl_keras_plugins.ssl_methods.region_aware import RegionAware
+from matl_keras_plugins.ssl_methods.simclr import SimCLR
+
+SIZE = 32
+
+
+def _backbone(name="resnet"):
+    return ResNetBackbone(depth=18, width_multiplier=0.25, image_size=SIZE,
+                          sync_batchnorm=True, name=name)
+
+
+def _build(cls, **kwargs):
+    args = dict(backbone=_backbone(), image_size=SIZE, hidden_dim=16,
+                projection_dim=8)
+    if cls.needs_key_encoder:
+        args.update(key_backbone=_backbone("key_resnet"), queue_size=16, momentum=0.9)
+    args.update(kwargs)
+    model = cls(**args)
+    model.build()
+    return model
+
+
+def test_key_encoder_starts_equal_and_momentum_update_is_eq_3():
+    model = _build(MoCo)
+    for k, q in zip(model.key_weights, model.query_weights):
+        np.testing.assert_array_equal(k.numpy(), q.numpy())
+    assert len(model.key_weights) == len(model.query_weights) > 0
+    for q in model.query_weights:
+        q.assign(q + 1.0)
+    before = [k.numpy() for k in model.key_weights]
+    model.momentum_update()
+    for k, old, q in zip(model.key_weights, before, model.query_weights):
+        np.testing.assert_allclose(k.numpy(), 0.9 * old + 0.1 * q.numpy(), rtol=1e-6)
+    # Key encoder: not optimized, but BatchNorm still in training mode.
+    ids = {id(v) for v in model.optimized_variables}
+    assert not any(id(v) in ids for v in model.key_weights)
+    assert model.key_backbone.trainable
+
+
+def test_queue_is_fifo_and_wraps():
+    model = _build(MoCo)
+    keys = [np.full((6, 8), i + 1, np.float32) for i in range(3)]
+    model.enqueue(tf.constant(keys[0]))
+    assert int(model.queue_pointer.numpy()) == 6
+    assert int(model.queue_filled.numpy()) == 6
+    assert model.queue_valid().numpy().sum() == 6
+    model.enqueue(tf.constant(keys[1]))
+    model.enqueue(tf.constant(keys[2]))  # 18 > 16: wraps
+    queue = model.queue.numpy()[:, 0]
+    np.testing.assert_array_equal(queue, [3, 3] + [1] * 4 + [2] * 6 + [3] * 4)
+    assert int(model.queue_pointer.numpy()) == 2
+    assert int(model.queue_filled.numpy()) == 16
+    model.enqueue(tf.constant(keys[0][:3]))  # a partial batch
+    assert int(model.queue_pointer.numpy()) == 5
+    np.testing.assert_array_equal(model.queue.numpy()[2:5, 0], [1, 1, 1])
+
+
+def test_queue_smaller_than_the_batch_is_an_error():
+    model = _build(MoCo, queue_size=4)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="queue_size"):
+        model.enqueue(tf.zeros([6, 8]))
+
+
+def _views(cls, n):
+    rng = np.random.default_rng(0)
+    image = lambda *s: rng.uniform(0, 1, (n, *s, SIZE, SIZE, 3)).astype(np.float32)  # noqa
+    if cls is SimCLR:
+        return {"view1": image(), "view2": image()}
+    views = {"query": image(), "key": image()}
+    if cls is RegionAware:
+        views["regions"] = image(5)
+    return views
+
+
+def _fit(cls, strategy_name, weights):
+    strategy = strategies.get_strategy(strategy_name)
+    with strategy.scope():
+        model = _build(cls)
+        if weights is not None:
+            model.set_weights(weights)
+        initial = model.get_weights()
+        import keras
+
+        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), jit_compile=False)
+    data = tf.data.Dataset.from_tensor_slices((_views(cls, 16), np.zeros(16, np.int32))).batch(8)
+    history = model.fit(data, epochs=1, verbose=0, shuffle=False)
+    return model, initial, history.history
+
+
+@pytest.mark.parametrize("cls", [MoCo, SimCLR, RegionAware])
+def test_mirrored_over_two_cpus_equals_one_device(cls):
+    one, initial, history_one = _fit(cls, "default", None)
+    two, _, history_two = _fit(cls, "mirrored", initial)
+    assert strategies.get_strategy("mirrored").num_replicas_in_sync == 2
+    for key in history_one:
+        np.testing.assert_allclose(history_two[key], history_one[key], rtol=1e-4, err_msg=key)
+    names = [w.path.split("/", 1)[1] for w in one.weights]
+    assert names == [w.path.split("/", 1)[1] for w in two.weights]
+    for name, a, b in zip(names, one.get_weights(), two.get_weights()):
+        np.testing.assert_allclose(b, a, rtol=2e-4, atol=2e-5, err_msg=name)
+    moving = [w for w in one.weights if "moving" in w.path]
+    assert moving  # BatchNorm statistics are among the compared weights
+    if cls is not SimCLR:
+        assert int(two.queue_filled.numpy()) == 16
+        np.testing.assert_allclose(two.queue.numpy(), one.queue.numpy(), rtol=2e-4, atol=2e-5)

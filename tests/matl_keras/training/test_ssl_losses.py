@@ -1,0 +1,91 @@
+"""SSL loss math against plain numpy references."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from matl_keras.training import ssl_losses
+
+
+def _normalize(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _log_softmax(x):
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def test_info_nce_matches_numpy():
+    rng = np.random.default_rng(0)
+    q, k = rng.normal(size=(6, 8)), rng.normal(size=(6, 8))
+    queue = _normalize(rng.normal(size=(10, 8)))
+    tau = 0.07
+    got = ssl_losses.info_nce(q, k, queue, tau).numpy()
+    qn, kn = _normalize(q), _normalize(k)
+    logits = np.concatenate([(qn * kn).sum(1, keepdims=True), qn @ queue.T], 1) / tau
+    np.testing.assert_allclose(got, -_log_softmax(logits)[:, 0], rtol=1e-4)
+
+
+def test_info_nce_ignores_unwritten_queue_slots():
+    rng = np.random.default_rng(1)
+    q, k = rng.normal(size=(4, 8)), rng.normal(size=(4, 8))
+    queue = _normalize(rng.normal(size=(10, 8)))
+    valid = np.arange(10) < 3
+    zeros_after = queue.copy()
+    zeros_after[3:] = 0.0  # stale zeros must not count
+    masked = ssl_losses.info_nce(q, k, zeros_after, 0.2, tf.constant(valid)).numpy()
+    only_three = ssl_losses.info_nce(q, k, queue[:3], 0.2).numpy()
+    np.testing.assert_allclose(masked, only_three, rtol=1e-5)
+    empty = ssl_losses.info_nce(q, k, queue, 0.2, tf.zeros([10], bool)).numpy()
+    np.testing.assert_allclose(empty, 0.0, atol=1e-6)  # only the positive
+
+
+def _nt_xent_numpy(z1, z2, tau):
+    z = _normalize(np.concatenate([z1, z2]))
+    n = len(z1)
+    sim = z @ z.T / tau
+    np.fill_diagonal(sim, -np.inf)
+    positives = np.concatenate([np.arange(n, 2 * n), np.arange(n)])
+    return -_log_softmax(sim)[np.arange(2 * n), positives]
+
+
+def test_nt_xent_matches_numpy():
+    rng = np.random.default_rng(2)
+    z1, z2 = rng.normal(size=(5, 8)), rng.normal(size=(5, 8))
+    got = ssl_losses.nt_xent(z1, z2, 0.5).numpy()
+    np.testing.assert_allclose(got, _nt_xent_numpy(z1, z2, 0.5), rtol=1e-4)
+
+
+def test_nt_xent_of_a_replica_slice_equals_the_global_rows():
+    rng = np.random.default_rng(3)
+    z1, z2 = rng.normal(size=(6, 8)), rng.normal(size=(6, 8))
+    full = _nt_xent_numpy(z1, z2, 0.1)
+    # Replica 1 of 2 holds examples 3..5 and sees the gathered batch.
+    got = ssl_losses.nt_xent(z1[3:], z2[3:], 0.1, z1, z2, offset=3).numpy()
+    np.testing.assert_allclose(got[:3], full[3:6], rtol=1e-4)
+    np.testing.assert_allclose(got[3:], full[9:12], rtol=1e-4)
+
+
+def test_region_aware_is_the_sum_of_five_cross_entropies():
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=(3, 5, 5))
+    got = ssl_losses.region_aware(logits).numpy()
+    expected = -_log_softmax(logits)[:, np.arange(5), np.arange(5)].sum(1)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    perfect = np.tile(np.eye(5) * 50.0, (2, 1, 1))
+    np.testing.assert_allclose(ssl_losses.region_aware(perfect).numpy(), 0.0, atol=1e-5)
+    np.testing.assert_allclose(ssl_losses.region_accuracy(perfect).numpy(), 1.0)
+
+
+def test_combined_is_eq_6_per_image():
+    got = ssl_losses.combined(tf.constant([1.0, 2.0]), tf.constant([3.0, 5.0]), 0.8, 0.8)
+    np.testing.assert_allclose(got.numpy(), [0.8 * 4, 0.8 * 7], rtol=1e-6)
+
+
+@pytest.mark.parametrize("tau", [0.07, 1.0])
+def test_info_nce_gradient_is_finite_with_masked_slots(tau):
+    q = tf.Variable(np.random.default_rng(5).normal(size=(2, 4)))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(ssl_losses.info_nce(q, q, tf.zeros([6, 4]), tau, tf.zeros([6], bool)))
+    assert np.isfinite(tape.gradient(loss, q).numpy()).all()
