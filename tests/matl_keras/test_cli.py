@@ -133,12 +133,14 @@ def test_job_files_name_the_documented_macros():
     text = "".join(
         open(os.path.join(REPO, "gin", p)).read()
         for p in ("pipeline.gin", "stages/common.gin", "stages/stl_n.gin",
-                  "stages/stl_m.gin", "stages/finetune.gin", "models/resnet.gin",
+                  "stages/stl_m.gin", "stages/sstl_m.gin", "stages/finetune.gin",
+                  "models/resnet.gin",
                   "datasets/synthetic_natural.gin", "datasets/synthetic_cxr.gin",
                   "datasets/synthetic_ct.gin")
     )
     for macro in ("IMAGE_SIZE", "BATCH_SIZE", "DEPTH", "WIDTH", "ATTENTION",
                   "SEED", "STAGES", "NATURAL_DATA", "CXR_DATA", "CT_DATA",
-                  "STL_N_EPOCHS", "STL_M_EPOCHS", "FINETUNE_EPOCHS"):
+                  "STL_N_EPOCHS", "STL_M_EPOCHS", "SSTL_M_EPOCHS",
+                  "FINETUNE_EPOCHS", "SSL_METHOD"):
         assert f"%{macro}" in text, macro
         assert f"{macro} =" in text, macro

@@ -11,7 +11,7 @@ from matl_keras import registry as registry_lib
 from matl_keras.layers.non_local_block import NonLocalBlock
 from tests.conftest import REPO
 
-JOBS = ["gin/finetune.gin", "gin/stl_n.gin", "gin/stl_m.gin", "gin/pipeline.gin"]
+JOBS = ["gin/finetune.gin", "gin/stl_n.gin", "gin/stl_m.gin", "gin/sstl_m.gin", "gin/pipeline.gin"]
 
 
 def _parse(files, bindings=()):

@@ -24,6 +24,7 @@ from tests.matl_keras.test_cli import matl
 
 TINY_CHAIN = [
     "--gin_file=gin/pipeline.gin",
+    "--gin_file=gin/ablations/supervised.gin",
     "--gin_file=gin/models/tiny.gin",
     "--gin_param=IMAGE_SIZE = 32",
     "--gin_param=BATCH_SIZE = 8",

@@ -1,0 +1,129 @@
+"""The SSTL-M stage: through the CLI into fine-tuning, and resume."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from matl_keras import registry as registry_lib
+from matl_keras.errors import ConfigError
+from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
+from matl_keras.training import callbacks as callbacks_lib
+from matl_keras.training import optimizers
+from matl_keras.training import self_supervised
+from tests.matl_keras.test_cli import matl
+
+TINY_SSL = [
+    "--gin_file=gin/sstl_m.gin",
+    "--gin_file=gin/models/tiny.gin",
+    "--gin_param=IMAGE_SIZE = 32",
+    "--gin_param=BATCH_SIZE = 8",
+    "--gin_param=SSTL_M_EPOCHS = 1",
+    "--gin_param=FINETUNE_EPOCHS = 1",
+    "--gin_param=SSL_QUEUE_SIZE = 16",
+    "--gin_param=SSL_HIDDEN_DIM = 16",
+    "--gin_param=synthetic_ct.image_size = 40",
+    "--gin_param=synthetic_ct.num_train = 16",
+    "--gin_param=synthetic_ct.num_val = 8",
+    "--gin_param=synthetic_ct.num_test = 8",
+]
+
+
+@pytest.mark.parametrize("method", ["region_aware", "simclr"])
+def test_sstl_m_job_through_the_cli(tmp_path, method):
+    workdir = str(tmp_path / "run")
+    result = matl(*TINY_SSL, f"--gin_param=SSL_METHOD = @{method}", f"--workdir={workdir}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.load(open(os.path.join(workdir, "summary.json")))
+    sstl, finetune = summary["lineage"]
+    assert (sstl["stage"], sstl["function"]) == ("sstl_m", "pretrain")
+    assert finetune["init_backbone"]["sha256"] == sstl["backbone"]["sha256"]
+    metrics = sstl["metrics"]
+    assert 0.0 <= metrics["knn_accuracy"]["before"] <= 1.0
+    assert 0.0 <= metrics["knn_accuracy"]["after"] <= 1.0
+    history = open(os.path.join(workdir, "sstl_m", "history.csv")).read()
+    assert "knn_accuracy" in history
+    assert ("region_accuracy" in history) == (method == "region_aware")
+    for name in ("ssl_model.weights.h5", "backbone.weights.h5", "config.gin",
+                 "operative_config.gin", "run.json", "logs"):
+        assert os.path.exists(os.path.join(workdir, "sstl_m", name)), name
+    operative = open(os.path.join(workdir, "sstl_m", "operative_config.gin")).read()
+    if method == "region_aware":
+        assert "sstl_m/region_aware.temperature = %SSL_TEMPERATURE" in operative
+        assert "SSL_TEMPERATURE = 0.07" in operative
+        assert "sstl_m/region_aware.alpha1 = 0.8" in operative
+    else:
+        assert "sstl_m/simclr.temperature = 0.1" in operative
+
+
+def _pretrain(workdir, **kwargs):
+    dataset = registry_lib.default_registry().create(
+        "datasets", "synthetic_ct", image_size=40, num_train=16, num_val=8, num_test=0
+    )
+    args = dict(
+        dataset=dataset,
+        method=_moco,
+        backbone=lambda **kw: ResNetBackbone(depth=18, width_multiplier=0.25, **kw),
+        image_size=32, batch_size=8, epochs=3, strategy="default",
+        optimizer=lambda **kw: optimizers.sgd(learning_rate=0.3, **kw),
+    )
+    args.update(kwargs)
+    return self_supervised.pretrain(str(workdir), **args)
+
+
+def _moco(**kwargs):
+    from matl_keras_plugins.ssl_methods.moco import MoCo
+
+    return MoCo(queue_size=12, hidden_dim=16, projection_dim=8, momentum=0.9, **kwargs)
+
+
+_moco.needs_key_encoder = True
+
+
+def _state(model):
+    names = ["queue", "queue_pointer", "queue_filled"]
+    state = {n: getattr(model, n).numpy().copy() for n in names}
+    state["key"] = [w.numpy().copy() for w in model.key_weights]
+    return state
+
+
+def test_resume_restores_queue_and_key_encoder(tmp_path, monkeypatch):
+    checkpoints, restored = {}, {}
+    save, load = callbacks_lib.ResumableBackup.on_epoch_end, callbacks_lib.ResumableBackup.on_train_begin
+
+    def saving(self, epoch, logs=None):
+        save(self, epoch, logs)
+        checkpoints[epoch + 1] = _state(self.model)
+        if epoch == 1:
+            raise KeyboardInterrupt  # killed right after the second backup
+
+    def loading(self, logs=None):
+        load(self, logs)
+        restored.update(_state(self.model), epoch=self.restored_epoch)
+
+    monkeypatch.setattr(callbacks_lib.ResumableBackup, "on_epoch_end", saving)
+    with pytest.raises(KeyboardInterrupt):
+        _pretrain(tmp_path)
+    assert json.load(open(tmp_path / "run.json"))["status"] == "running"
+    monkeypatch.setattr(callbacks_lib.ResumableBackup, "on_epoch_end", save)
+    monkeypatch.setattr(callbacks_lib.ResumableBackup, "on_train_begin", loading)
+    _pretrain(tmp_path)
+    assert restored["epoch"] == 2
+    expected = checkpoints[2]
+    assert int(expected["queue_filled"]) == 12  # 2 epochs x 2 steps x 8 keys, capped
+    for name in ("queue", "queue_pointer", "queue_filled"):
+        np.testing.assert_array_equal(restored[name], expected[name], err_msg=name)
+    for a, b in zip(restored["key"], expected["key"]):
+        np.testing.assert_array_equal(a, b)
+    record = json.load(open(tmp_path / "run.json"))
+    assert record["status"] == "complete" and record["resumed"] is True
+    epochs = [int(r.split(",")[0]) for r in open(tmp_path / "history.csv").read().splitlines()[1:]]
+    assert epochs == [0, 1, 2]
+
+
+def test_method_is_checked(tmp_path):
+    with pytest.raises(ConfigError, match="no SSL method"):
+        _pretrain(tmp_path / "a", method=None)
+    with pytest.raises(ConfigError, match="must build an SSLMethod"):
+        _pretrain(tmp_path / "b", method=lambda **kw: object())
