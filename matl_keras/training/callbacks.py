@@ -65,6 +65,19 @@ class StopOnNonFinite(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
+    def raise_if_failed(self, what: str, backup_dir: str) -> None:
+        """Raises a `MatlError` naming where `what` diverged."""
+        if self.failed_at is None:
+            return
+        from matl_keras.errors import MatlError
+
+        epoch, step, loss = self.failed_at
+        raise MatlError(
+            f"{what} diverged: loss {loss} at epoch {epoch}, step {step}. "
+            f"The last completed epoch is kept in {backup_dir}; lower "
+            "sgd.learning_rate or check the data."
+        )
+
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):

@@ -25,7 +25,6 @@ from matl_keras import registry as registry_lib
 from matl_keras.data import pipeline
 from matl_keras.data.dataset import Dataset
 from matl_keras.errors import ConfigError
-from matl_keras.errors import MatlError
 from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
 from matl_keras.training import callbacks as callbacks_lib
 from matl_keras.training import optimizers
@@ -229,13 +228,7 @@ def pretrain(
         shuffle=False,  # tf.data shuffles.
         verbose=1 if sys.stdout.isatty() else 2,
     )
-    if nan_guard.failed_at is not None:
-        epoch, step, loss = nan_guard.failed_at
-        raise MatlError(
-            f"pretraining diverged: loss {loss} at epoch {epoch}, step {step}. "
-            f"The last completed epoch is kept in {start.backup_dir}; lower "
-            "sgd.learning_rate or check the data."
-        )
+    nan_guard.raise_if_failed("pretraining", start.backup_dir)
     model.save_weights(os.path.join(workdir, "ssl_model.weights.h5"))
     model.backbone.save_weights(os.path.join(workdir, "backbone.weights.h5"))
     final = {k: float(v[-1]) for k, v in history.history.items() if v}

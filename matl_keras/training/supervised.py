@@ -26,7 +26,6 @@ from matl_keras import registry as registry_lib
 from matl_keras.data import pipeline
 from matl_keras.data.dataset import Dataset
 from matl_keras.errors import ConfigError
-from matl_keras.errors import MatlError
 from matl_keras.evaluation import metrics as metrics_lib
 from matl_keras.evaluation.evaluator import EvalContext
 from matl_keras.evaluation.evaluator import Evaluator
@@ -369,13 +368,7 @@ def train(
         shuffle=False,  # tf.data shuffles.
         verbose=1 if sys.stdout.isatty() else 2,
     )
-    if nan_guard.failed_at is not None:
-        epoch, step, loss = nan_guard.failed_at
-        raise MatlError(
-            f"training diverged: loss {loss} at epoch {epoch}, step {step}. "
-            f"The last completed epoch is kept in {backup_dir}; lower "
-            "sgd.learning_rate or check the data."
-        )
+    nan_guard.raise_if_failed("training", backup_dir)
 
     if keep == "best" and best.best is not None:
         model.load_weights(best.weights_path)
