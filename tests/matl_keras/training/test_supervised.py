@@ -204,6 +204,7 @@ def test_training_starts_from_init_backbone(tmp_path, monkeypatch):
     assert record["init_backbone"]["path"] == path
     # Another starting file is another config.
     other = ResNetBackbone(depth=18, width_multiplier=0.25, image_size=32)
+    other.set_weights([w + 1.0 for w in source.get_weights()])
     other.save_weights(path)
     with pytest.raises(ConfigError, match="different config"):
         run_train(tmp_path / "run", init_backbone=path, epochs=1)
