@@ -111,6 +111,9 @@ class Throughput(keras.callbacks.Callback):
         self.seconds += time.perf_counter() - self._start
 
 
+_WEIGHTS = "model.weights.h5"
+
+
 class ResumableBackup(keras.callbacks.Callback):
     """Backs up weights and optimizer state after every epoch; a rerun
     resumes from the last complete backup.
@@ -174,8 +177,6 @@ class ResumableBackup(keras.callbacks.Callback):
             if path != final:
                 shutil.rmtree(path, ignore_errors=True)
 
-
-_WEIGHTS = "model.weights.h5"
 
 
 class BestCheckpoint(keras.callbacks.Callback):

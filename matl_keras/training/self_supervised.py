@@ -31,8 +31,8 @@ from matl_keras.training import optimizers
 from matl_keras.training import strategies
 from matl_keras.training import workdir as workdir_lib
 from matl_keras.training.ssl_method import SSLMethod
-from matl_keras.training.supervised import _load_backbone
-from matl_keras.training.supervised import _resolve_dataset
+from matl_keras.training.supervised import load_backbone
+from matl_keras.training.supervised import resolve_dataset
 
 
 def build_method(
@@ -133,7 +133,7 @@ def pretrain(
     if start.complete:
         return workdir_lib.read_json(metrics_path)
     keras.utils.set_random_seed(seed)
-    dataset = _resolve_dataset(dataset)
+    dataset = resolve_dataset(dataset)
     distribution = strategies.get_strategy(strategy)
     with distribution.scope():
         model = build_method(method, backbone, image_size, sync_batchnorm)
@@ -184,7 +184,7 @@ def pretrain(
     with distribution.scope():
         model.build()
         if init_backbone:
-            _load_backbone(model.backbone, init_backbone)
+            load_backbone(model.backbone, init_backbone)
             if model.key_backbone is not None:
                 model.key_backbone.set_weights(model.backbone.get_weights())
             print(f"starting from backbone {init_backbone}", flush=True)
@@ -236,7 +236,9 @@ def pretrain(
     if monitor is not None:
         results["knn_accuracy"] = {
             "before": record["knn_accuracy_before"],
-            "after": final.get("knn_accuracy", monitor.score()),
+            "after": final["knn_accuracy"]
+            if "knn_accuracy" in final
+            else monitor.score(),
             "k": knn_k,
             "bank": monitor_bank_split,
             "queries": monitor_split,

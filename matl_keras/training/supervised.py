@@ -40,7 +40,7 @@ from matl_keras.training import strategies
 from matl_keras.training import workdir as workdir_lib
 
 
-def _resolve_dataset(dataset: Dataset | str | None) -> Dataset:
+def resolve_dataset(dataset: Dataset | str | None) -> Dataset:
     if dataset is None:
         raise ConfigError(
             "no dataset: bind `train.dataset` (e.g. CT_DATA = @synthetic_ct())"
@@ -127,16 +127,14 @@ def _saved_shapes(path: str) -> list[tuple[int, ...]]:
     return shapes
 
 
-def _load_backbone(features: keras.Model, path: str) -> None:
+def load_backbone(features: keras.Model, path: str) -> None:
     """Loads a previous stage's `backbone.weights.h5` into `features`.
 
     Keras loads a file of another depth with only a warning, leaving the
     unmatched layers at their random initialisation: here any difference in
     the tensors (count or shapes) or a skipped layer is an error.
     """
-    if not os.path.isfile(path):
-        raise ConfigError(f"`init_backbone`: no such file: {path!r}")
-    saved = _saved_shapes(path)
+    saved = _saved_shapes(path)  # `workdir.begin` checked that it exists
     wanted = [tuple(w.shape) for w in features.weights]
     mismatch = ConfigError(
         f"`init_backbone`: the weights in {path!r} ({len(saved)} tensors) do "
@@ -250,7 +248,7 @@ def train(
     backup_dir, resuming = start.backup_dir, start.resuming
 
     keras.utils.set_random_seed(seed)
-    dataset = _resolve_dataset(dataset)
+    dataset = resolve_dataset(dataset)
     evaluators = _resolve_evaluators(evaluators)
     common = dict(
         image_size=image_size,
@@ -298,7 +296,7 @@ def train(
     with distribution.scope():
         features = backbone(image_size=image_size)
         if init_backbone:
-            _load_backbone(features, init_backbone)
+            load_backbone(features, init_backbone)
             print(f"starting from backbone {init_backbone}", flush=True)
         if pretrained_weights:
             report = imagenet_weights.load_imagenet_weights(

@@ -133,3 +133,24 @@ def test_mirrored_over_two_cpus_equals_one_device(cls):
     if cls is not SimCLR:
         assert int(two.queue_filled.numpy()) == 16
         np.testing.assert_allclose(two.queue.numpy(), one.queue.numpy(), rtol=2e-4, atol=2e-5)
+
+
+def test_views_are_two_independent_augmentations_and_five_regions():
+    from tests.plugins.test_lung_regions import _phantom
+
+    image, _ = _phantom(40)
+    moco = _build(MoCo)
+    data = tf.data.Dataset.from_tensors(tf.constant(image)).repeat(4).map(moco.views)
+    views = [v for v in data]
+    for v in views:
+        assert v["query"].shape == v["key"].shape == (SIZE, SIZE, 3)
+        # Same image, two different random augmentations (else MoCo's
+        # positive pair would be trivial).
+        assert not np.allclose(v["query"].numpy(), v["key"].numpy())
+    # And different draws for the same image across examples.
+    assert not np.allclose(views[0]["query"].numpy(), views[1]["query"].numpy())
+    region = _build(RegionAware, augment_regions=False)
+    crops = next(iter(tf.data.Dataset.from_tensors(tf.constant(image)).map(region.views)))["regions"]
+    assert crops.shape == (5, SIZE, SIZE, 3)
+    flat = crops.numpy().reshape(5, -1)
+    assert all(not np.allclose(flat[i], flat[j]) for i in range(5) for j in range(i + 1, 5))

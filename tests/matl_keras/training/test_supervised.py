@@ -190,13 +190,13 @@ def test_training_starts_from_init_backbone(tmp_path, monkeypatch):
     path = str(tmp_path / "start.weights.h5")
     source.save_weights(path)
     seen = {}
-    real = supervised._load_backbone
+    real = supervised.load_backbone
 
     def spy(features, file):
         real(features, file)
         seen["weights"] = [w.copy() for w in features.get_weights()]
 
-    monkeypatch.setattr(supervised, "_load_backbone", spy)
+    monkeypatch.setattr(supervised, "load_backbone", spy)
     run_train(tmp_path / "run", init_backbone=path, epochs=1)
     for a, b in zip(seen["weights"], source.get_weights()):
         np.testing.assert_array_equal(a, b)
