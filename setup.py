@@ -76,6 +76,7 @@ setuptools.setup(
         ],
         "matl_keras.evaluators": [
             "metrics = matl_keras_plugins.evaluators.metrics:ClassificationMetrics",
+            "leep = matl_keras_plugins.evaluators.leep:LEEP",
         ],
     },
 )

@@ -33,9 +33,13 @@ def register_plugin(info: Any) -> Any:
     """
     key = (info.group, info.name)
     if key not in _REGISTERED_PLUGINS:
-        _REGISTERED_PLUGINS[key] = gin.external_configurable(
-            info.obj, name=info.name, module=info.group
-        )
+        # A plugin named only in code (a default such as `leep`) loads after
+        # gin locked the config; no binding can name it, so registering it
+        # then changes nothing that was parsed.
+        with gin.unlock_config():
+            _REGISTERED_PLUGINS[key] = gin.external_configurable(
+                info.obj, name=info.name, module=info.group
+            )
     return _REGISTERED_PLUGINS[key]
 
 

@@ -2,8 +2,16 @@
 
 An evaluator scores a trained model on one labelled split and yields
 `(metric name, value)` pairs; the caller stores them under the split's name
-in `metrics.json`. Predictions are computed once per split and shared by all
-evaluators through `EvalContext.predictions()`.
+in `metrics.json` (or, for transferability, under the source stage's name in
+`transferability.json`). Predictions and pooled features are computed once
+per split and shared by all evaluators through `EvalContext.predictions()`
+and `EvalContext.features()`.
+
+The model is either a classifier (images -> class probabilities) or, for a
+self-supervised source, a backbone alone (images -> feature maps). An
+evaluator that needs class probabilities (`needs_classifier = True`, the
+default: metrics, LEEP) is only given classifiers; one that only reads
+features (`needs_classifier = False`, e.g. LogME) is given both.
 """
 
 from __future__ import annotations
@@ -17,6 +25,33 @@ from typing import ClassVar
 import numpy as np
 
 from matl_keras import PLUGIN_API_VERSION
+
+
+POOL_LAYER = "avg_pool"
+
+
+def is_classifier(model: Any) -> bool:
+    """True for a model ending in class probabilities `(batch, classes)`."""
+    return len(model.output.shape) == 2
+
+
+def feature_model(model: Any) -> Any:
+    """Images -> pooled features `(batch, channels)`: the classifier's
+    `avg_pool` output, or a backbone's feature map averaged over space."""
+    import keras
+
+    if is_classifier(model):
+        try:
+            pooled = model.get_layer(POOL_LAYER).output
+        except ValueError:
+            raise ValueError(
+                f"classifier {model.name!r} has no {POOL_LAYER!r} layer: "
+                "features are read there (build it with "
+                "build_image_classifier)"
+            ) from None
+    else:
+        pooled = keras.layers.GlobalAveragePooling2D()(model.output)
+    return keras.Model(model.input, pooled, name=f"{model.name}_features")
 
 
 def predict_split(model: Any, data: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -53,12 +88,26 @@ class EvalContext:
     _cache: tuple[np.ndarray, np.ndarray] | None = dataclasses.field(
         default=None, repr=False
     )
+    _features: tuple[np.ndarray, np.ndarray] | None = dataclasses.field(
+        default=None, repr=False
+    )
 
     def predictions(self) -> tuple[np.ndarray, np.ndarray]:
         """`(labels (n,), probabilities (n, classes))`, computed once."""
         if self._cache is None:
+            if not is_classifier(self.model):
+                raise ValueError(
+                    f"model {self.model.name!r} has no classifier head (a "
+                    "self-supervised backbone): only feature evaluators apply"
+                )
             self._cache = predict_split(self.model, self.data)
         return self._cache
+
+    def features(self) -> tuple[np.ndarray, np.ndarray]:
+        """`(labels (n,), pooled features (n, channels))`, computed once."""
+        if self._features is None:
+            self._features = predict_split(feature_model(self.model), self.data)
+        return self._features
 
 
 class Evaluator(abc.ABC):
@@ -74,6 +123,9 @@ class Evaluator(abc.ABC):
     """
 
     api_version: ClassVar[int] = PLUGIN_API_VERSION
+    # False for evaluators that read only `context.features()`: they also
+    # score self-supervised backbones.
+    needs_classifier: ClassVar[bool] = True
 
     @abc.abstractmethod
     def run(self, context: EvalContext) -> Iterator[tuple[str, Any]]:

@@ -10,6 +10,7 @@ only one class occurs) is NaN.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -50,17 +51,95 @@ def roc_auc_binary(is_positive: np.ndarray, scores: np.ndarray) -> float:
     n_neg = len(is_positive) - n_pos
     if n_pos == 0 or n_neg == 0:
         return math.nan
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores), np.float64)
-    sorted_scores = scores[order]
-    # Average rank for each run of equal scores.
-    start = 0
-    for end in range(1, len(scores) + 1):
-        if end == len(scores) or sorted_scores[end] != sorted_scores[start]:
-            ranks[order[start:end]] = (start + end + 1) / 2.0
-            start = end
-    u = ranks[is_positive].sum() - n_pos * (n_pos + 1) / 2.0
+    u = average_ranks(scores)[is_positive].sum() - n_pos * (n_pos + 1) / 2.0
     return float(u / (n_pos * n_neg))
+
+
+def average_ranks(scores: np.ndarray) -> np.ndarray:
+    """1-based ranks of `scores`, ties sharing their average rank
+    (`scipy.stats.rankdata(method="average")`, vectorized)."""
+    ordered = np.sort(scores)
+    low = np.searchsorted(ordered, scores, side="left")
+    high = np.searchsorted(ordered, scores, side="right")
+    return (low + high + 1) / 2.0
+
+
+def confusion_matrix(
+    labels: np.ndarray, predicted: np.ndarray, num_classes: int
+) -> np.ndarray:
+    """`(classes, classes)` counts: row = true class, column = predicted."""
+    labels = np.asarray(labels, np.int64)
+    predicted = np.asarray(predicted, np.int64)
+    counts = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(counts, (labels, predicted), 1)
+    return counts
+
+
+def roc_curve(
+    is_positive: np.ndarray, scores: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ROC points `(fpr, tpr, thresholds)`, one per distinct score in
+    decreasing order, after a first point `(0, 0)` at threshold +inf
+    (`sklearn.metrics.roc_curve(..., drop_intermediate=False)`). A point
+    means "positive when score >= threshold"."""
+    is_positive = np.asarray(is_positive, bool)
+    scores = np.asarray(scores, np.float64)
+    order = np.argsort(-scores, kind="mergesort")
+    sorted_scores, truth = scores[order], is_positive[order]
+    # The last index of each run of equal scores.
+    ends = np.r_[np.nonzero(np.diff(sorted_scores))[0], len(scores) - 1]
+    tp = np.cumsum(truth)[ends]
+    fp = (ends + 1) - tp
+    n_pos, n_neg = int(truth.sum()), int((~truth).sum())
+    tpr = np.r_[0.0, tp / n_pos] if n_pos else np.full(len(ends) + 1, math.nan)
+    fpr = np.r_[0.0, fp / n_neg] if n_neg else np.full(len(ends) + 1, math.nan)
+    return fpr, tpr, np.r_[np.inf, sorted_scores[ends]]
+
+
+def bootstrap_ci(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    statistic: Callable[[np.ndarray, np.ndarray], dict[str, float]],
+    num_samples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals of every value `statistic` returns.
+
+    Draws `num_samples` resamples of the examples with replacement
+    (`numpy.random.default_rng(seed).integers(0, n, (num_samples, n))`),
+    evaluates `statistic(labels[idx], probs[idx])` on each, and returns
+    the `(1 - confidence) / 2` and `(1 + confidence) / 2` quantiles (numpy's
+    default linear interpolation). Resamples where a value is undefined
+    (NaN, e.g. AUC of a resample with one class) are left out of that
+    value's interval; with fewer than half of them defined it is NaN.
+    """
+    if num_samples < 1:
+        raise ValueError(f"`num_samples` must be >= 1. Received: {num_samples}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(
+            f"`confidence` must be in (0, 1). Received: confidence={confidence}"
+        )
+    labels, probs = np.asarray(labels), np.asarray(probs)
+    _check(labels, probs)
+    indices = np.random.default_rng(seed).integers(
+        0, len(labels), (num_samples, len(labels))
+    )
+    draws: dict[str, list[float]] = {}
+    for idx in indices:
+        for name, value in statistic(labels[idx], probs[idx]).items():
+            draws.setdefault(name, []).append(value)
+    quantiles = [(1.0 - confidence) / 2.0, (1.0 + confidence) / 2.0]
+    intervals = {}
+    for name, values in draws.items():
+        values = np.asarray(values, np.float64)
+        values = values[np.isfinite(values)]
+        if len(values) < num_samples / 2:
+            intervals[name] = (math.nan, math.nan)
+        else:
+            low, high = np.quantile(values, quantiles)
+            intervals[name] = (float(low), float(high))
+    return intervals
 
 
 def classification_metrics(

@@ -12,7 +12,9 @@ reach all of them. A stage writes into `WORKDIR/<stage>/` and passes its
 `backbone.weights.h5` to the next one as `init_backbone`.
 
 A stage function is any gin configurable called as
-`fn(workdir=..., init_backbone=...)` that writes, in its workdir, `run.json`
+`fn(workdir=..., init_backbone=...)` (plus `sources=[{"stage", "workdir"},
+...]`, the earlier stages, when it takes that argument: `train` scores their
+transferability) that writes, in its workdir, `run.json`
 (with `status`, `config_hash`, `seed`) and `backbone.weights.h5`, and returns
 its metrics (`supervised.train` does; the SSL stage does too). A stage whose
 run is complete for the same config returns at once, so running the same
@@ -25,6 +27,7 @@ content hash) and the weights it produced, and its metrics.
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import time
@@ -104,12 +107,48 @@ def _stage_entry(name: str, stage_dir: str, fn: Callable[..., Any],
             "path": os.path.relpath(backbone, workdir),
             "sha256": workdir_lib.file_sha256(backbone),
         },
+        "architecture": run.get("architecture"),
+        "method": run.get("method"),
         "kept": run.get("kept"),
-        "metrics": metrics,
+        "metrics": _scalars(metrics),
+        "transferability": _transfer_scalars(run.get("transferability")),
         "train_seconds": run.get("train_seconds"),
         "train_images_per_second": run.get("train_images_per_second"),
         "seconds_this_invocation": round(seconds, 2),
     }
+
+
+def _scalars(metrics: Any) -> Any:
+    """Per split, the numbers and intervals (not ROC points or matrices:
+    those stay in the stage's metrics.json)."""
+    if not isinstance(metrics, dict):
+        return metrics
+    return {
+        split: {k: v for k, v in values.items() if not isinstance(v, dict)}
+        if isinstance(values, dict)
+        else values
+        for split, values in metrics.items()
+    }
+
+
+def _transfer_scalars(record: Any) -> Any:
+    if not record:
+        return None
+    return {
+        "target": record.get("target"),
+        "split": record.get("split"),
+        "sources": {
+            name: {k: v for k, v in values.items() if k != "workdir"}
+            for name, values in record.get("sources", {}).items()
+        },
+    }
+
+
+def _accepts_sources(fn: Callable[..., Any]) -> bool:
+    try:
+        return "sources" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def pipeline(workdir: str, stages: Sequence[str] = ("finetune",)) -> dict[str, Any]:
@@ -149,8 +188,16 @@ def pipeline(workdir: str, stages: Sequence[str] = ("finetune",)) -> dict[str, A
             flush=True,
         )
         start = time.perf_counter()
+        kwargs = {}
+        if _accepts_sources(fn):
+            # The earlier stages, to score their transferability to this one.
+            kwargs["sources"] = [
+                {"stage": entry["stage"],
+                 "workdir": os.path.join(workdir, entry["workdir"])}
+                for entry in summary["lineage"]
+            ]
         with gin.config_scope(name):
-            metrics = fn(workdir=stage_dir, init_backbone=previous)
+            metrics = fn(workdir=stage_dir, init_backbone=previous, **kwargs)
         summary["lineage"].append(
             _stage_entry(name, stage_dir, fn, metrics,
                          time.perf_counter() - start, workdir)

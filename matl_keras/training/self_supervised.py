@@ -31,7 +31,8 @@ from matl_keras.training import optimizers
 from matl_keras.training import strategies
 from matl_keras.training import workdir as workdir_lib
 from matl_keras.training.ssl_method import SSLMethod
-from matl_keras.training.supervised import load_backbone
+from matl_keras.models.backbone_weights import load_backbone
+from matl_keras.training.supervised import describe_backbone
 from matl_keras.training.supervised import resolve_dataset
 
 
@@ -177,6 +178,7 @@ def pretrain(
         "dataset": dataset.name,
         "class_names": list(dataset.class_names),
         "method": type(model).__name__,
+        "architecture": describe_backbone(model.backbone),
         "num_examples": {train_split: train_data.num_examples},
         "skipped_images": train_data.skipped,
         "versions": workdir_lib.versions(),

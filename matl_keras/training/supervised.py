@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import warnings
 from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
@@ -27,8 +26,10 @@ from matl_keras.data import pipeline
 from matl_keras.data.dataset import Dataset
 from matl_keras.errors import ConfigError
 from matl_keras.evaluation import metrics as metrics_lib
+from matl_keras.evaluation import transfer
 from matl_keras.evaluation.evaluator import EvalContext
 from matl_keras.evaluation.evaluator import Evaluator
+from matl_keras.models.backbone_weights import load_backbone
 from matl_keras.models.resnet import imagenet_weights
 from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
 from matl_keras.models.resnet.resnet_image_classifier import (
@@ -109,51 +110,18 @@ def evaluate(model, split_data, split, dataset, evaluators, workdir=None):
     return results
 
 
+TRANSFER_FILE = "transferability.json"
+
+
+def describe_backbone(features: keras.Model) -> dict[str, Any]:
+    """What the tables need to know of a backbone (depth, width, attention)."""
+    config = features.get_config() if hasattr(features, "get_config") else {}
+    keys = ("depth", "width_multiplier", "attention", "attention_subsample")
+    return {k: config[k] for k in keys if k in config} | {"name": features.name}
+
+
 KEEP = ("best", "last")
 BEST_METRICS = ("val_accuracy", "val_f1", "val_auc", "val_loss")
-
-
-def _saved_shapes(path: str) -> list[tuple[int, ...]]:
-    """Shapes of every tensor in a Keras `.weights.h5` file."""
-    import h5py
-
-    shapes: list[tuple[int, ...]] = []
-    with h5py.File(path, "r") as f:
-        f.visititems(
-            lambda _, v: shapes.append(tuple(v.shape))
-            if isinstance(v, h5py.Dataset)
-            else None
-        )
-    return shapes
-
-
-def load_backbone(features: keras.Model, path: str) -> None:
-    """Loads a previous stage's `backbone.weights.h5` into `features`.
-
-    Keras loads a file of another depth with only a warning, leaving the
-    unmatched layers at their random initialisation: here any difference in
-    the tensors (count or shapes) or a skipped layer is an error.
-    """
-    saved = _saved_shapes(path)  # `workdir.begin` checked that it exists
-    wanted = [tuple(w.shape) for w in features.weights]
-    mismatch = ConfigError(
-        f"`init_backbone`: the weights in {path!r} ({len(saved)} tensors) do "
-        f"not fit this backbone ({features.name}, {len(wanted)} tensors): "
-        "every stage of a chain must use the same backbone (depth, width, "
-        "attention placement)"
-    )
-    if sorted(saved) != sorted(wanted):
-        raise mismatch
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            features.load_weights(path)
-        except (ValueError, KeyError) as e:
-            raise mismatch from e
-    skipped = [w for w in caught if "could not be loaded" in str(w.message)
-               or "Skipping" in str(w.message)]
-    if skipped:
-        raise mismatch
 
 
 def train(
@@ -171,6 +139,9 @@ def train(
     optimizer: Callable[..., keras.optimizers.Optimizer] = optimizers.sgd,
     strategy: str = "auto",
     evaluators: Sequence[Evaluator | str] = ("metrics",),
+    transfer_evaluators: Sequence[Evaluator | str] = ("leep",),
+    transfer_split: str | None = None,
+    sources: Sequence[dict[str, str]] = (),
     on_bad_image: str = "refuse",
     cache: str = "auto",
     class_balance: str = "none",
@@ -206,6 +177,14 @@ def train(
         strategy: str. `"auto"`, `"default"` or `"mirrored"`.
         evaluators: sequence. Evaluator plugins (or names) for the final
             scores in `metrics.json`.
+        transfer_evaluators: sequence. Evaluator plugins (or names) that
+            score, before training, how well the untrained network and each
+            earlier stage's model (`sources`) transfer to this stage's data
+            (`transferability.json`; LEEP by default). Empty: none.
+        transfer_split: str or None. The labelled split they score on
+            (default: `train_split`, with evaluation preprocessing).
+        sources: sequence of `{"stage", "workdir"}`. The earlier stages of
+            the chain (the pipeline passes them).
         on_bad_image: str. `"refuse"` or `"skip"` unreadable image files.
         cache: str. Decoded-image cache, see `pipeline.build_split`.
         class_balance: str. `"none"`, `"weights"` (loss weighted by inverse
@@ -250,6 +229,7 @@ def train(
     keras.utils.set_random_seed(seed)
     dataset = resolve_dataset(dataset)
     evaluators = _resolve_evaluators(evaluators)
+    transfer_evaluators = _resolve_evaluators(transfer_evaluators)
     common = dict(
         image_size=image_size,
         batch_size=batch_size,
@@ -292,9 +272,39 @@ def train(
         "class_balance": class_balance,
         "versions": workdir_lib.versions(),
     }
+    transfer_path = os.path.join(workdir, TRANSFER_FILE)
     distribution = strategies.get_strategy(strategy)
     with distribution.scope():
         features = backbone(image_size=image_size)
+        record["architecture"] = describe_backbone(features)
+        model = build_image_classifier(
+            features, dataset.num_classes, dropout=dropout
+        )
+        if transfer_evaluators and not os.path.exists(transfer_path):
+            # Before any weights are loaded: `model` is the untrained network.
+            transfer_data = pipeline.build_split(
+                dataset, transfer_split or train_split, training=False, **common
+            )
+            scores = transfer.score_sources(
+                sources,
+                untrained=model,
+                build_backbone=lambda: backbone(image_size=image_size),
+                data=transfer_data.data,
+                split=transfer_split or train_split,
+                class_names=dataset.class_names,
+                positive_index=dataset.positive_index(),
+                evaluators=transfer_evaluators,
+            )
+            workdir_lib.write_json(
+                transfer_path,
+                {"target": dataset.name, "split": transfer_split or train_split,
+                 "sources": scores},
+            )
+        if os.path.exists(transfer_path):
+            record["transferability"] = workdir_lib.read_json(transfer_path)
+        # Loading source models draws from the global RNG: reseed so that
+        # training does not depend on whether (or how many) sources ran.
+        keras.utils.set_random_seed(seed)
         if init_backbone:
             load_backbone(features, init_backbone)
             print(f"starting from backbone {init_backbone}", flush=True)
@@ -308,9 +318,6 @@ def train(
                 f"{pretrained_weights}; new: {report.kept_initial}",
                 flush=True,
             )
-        model = build_image_classifier(
-            features, dataset.num_classes, dropout=dropout
-        )
         model.compile(
             optimizer=optimizer(
                 batch_size=batch_size,

@@ -73,3 +73,68 @@ def test_perfect_and_inverted_scores():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="probs"):
         metrics.accuracy(np.zeros(3, int), np.zeros((2, 2)))
+
+
+@pytest.mark.parametrize("seed, ties", [(3, False), (4, True)])
+def test_roc_curve_and_confusion_matrix_match_sklearn(seed, ties):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, 120)
+    probs = _probs(rng, 120, 3, ties)
+    fpr, tpr, thresholds = metrics.roc_curve(labels == 2, probs[:, 2])
+    sk_fpr, sk_tpr, sk_thr = sk.roc_curve(labels == 2, probs[:, 2], drop_intermediate=False)
+    np.testing.assert_allclose(fpr, sk_fpr)
+    np.testing.assert_allclose(tpr, sk_tpr)
+    assert thresholds[0] == np.inf
+    np.testing.assert_allclose(thresholds[1:], sk_thr[1:])
+    predicted = probs.argmax(1)
+    np.testing.assert_array_equal(
+        metrics.confusion_matrix(labels, predicted, 3),
+        sk.confusion_matrix(labels, predicted, labels=[0, 1, 2]),
+    )
+    np.testing.assert_allclose(
+        metrics.average_ranks(probs[:, 0]),
+        __import__("scipy.stats").stats.rankdata(probs[:, 0]),
+    )
+
+
+def test_bootstrap_ci_equals_a_direct_numpy_bootstrap_with_sklearn():
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 2, 80)
+    probs = _probs(rng, 80, 2)
+    probs[:, 1] = np.clip(probs[:, 1] + 0.3 * (labels - 0.5), 0.01, 0.99)
+    probs[:, 0] = 1 - probs[:, 1]
+    got = metrics.bootstrap_ci(
+        labels, probs,
+        lambda y, p: metrics.classification_metrics(y, p, 1),
+        num_samples=300, confidence=0.9, seed=7,
+    )
+    # The same resamples, drawn and scored independently.
+    draws = np.random.default_rng(7).integers(0, 80, (300, 80))
+    acc, f1, auc = [], [], []
+    for idx in draws:
+        y, p = labels[idx], probs[idx]
+        acc.append(sk.accuracy_score(y, p.argmax(1)))
+        f1.append(sk.f1_score(y, p.argmax(1)))
+        auc.append(sk.roc_auc_score(y, p[:, 1]))
+    for name, values in (("accuracy", acc), ("f1", f1), ("auc", auc)):
+        np.testing.assert_allclose(got[name], np.quantile(values, [0.05, 0.95]), err_msg=name)
+    point = metrics.classification_metrics(labels, probs, 1)
+    for name in ("accuracy", "f1", "auc"):
+        low, high = got[name]
+        assert low < point[name] < high
+        assert 0.02 < high - low < 0.4  # n=80: several points wide
+
+
+def test_bootstrap_undefined_values_are_left_out_or_nan():
+    labels = np.array([0] * 20)  # no positive: sensitivity, AUC undefined
+    labels[:2] = [0, 0]
+    probs = np.tile([0.6, 0.4], (20, 1))
+    probs[0] = [0.3, 0.7]  # one wrong: accuracy 0.95
+    got = metrics.bootstrap_ci(
+        labels, probs, lambda y, p: metrics.classification_metrics(y, p, 1),
+        num_samples=200, seed=0,
+    )
+    assert all(math.isnan(v) for v in got["sensitivity"] + got["auc"])
+    assert got["accuracy"][0] < 0.95 <= got["accuracy"][1] == 1.0
+    with pytest.raises(ValueError, match="confidence"):
+        metrics.bootstrap_ci(labels, probs, lambda y, p: {}, confidence=95)

@@ -85,6 +85,19 @@ def test_three_stage_chain_through_the_cli(tmp_path):
         # Heads are per stage: 10, 3 and 2 classes.
     heads = [json.load(open(os.path.join(workdir, s["stage"], "run.json")))["class_names"] for s in lineage]
     assert [len(h) for h in heads] == [10, 3, 2]
+    # LEEP at every boundary: each stage scored its untrained network and
+    # every earlier stage's model on its own training data.
+    transfer = [s["transferability"]["sources"] for s in lineage]
+    assert [list(t) for t in transfer] == [
+        ["untrained"], ["untrained", "stl_n"], ["untrained", "stl_n", "stl_m"]
+    ]
+    assert [t["source_classes"] for t in transfer[2].values()] == [2, 10, 3]
+    for t in transfer:
+        for values in t.values():
+            assert values["kind"] in ("untrained", "classifier")
+            assert -np.log(10) < values["leep"] <= 0.0
+    assert lineage[2]["architecture"]["depth"] == 18
+    assert os.path.exists(os.path.join(workdir, "finetune", "transferability.json"))
     stl_m_text = open(os.path.join(workdir, "stl_m", "config.gin")).read()
     assert "stl_m/train.augment = 'stl_m'" in stl_m_text and "finetune/" not in stl_m_text
 

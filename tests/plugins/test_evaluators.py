@@ -1,0 +1,79 @@
+"""The built-in evaluator plugins on prepared predictions."""
+
+import json
+
+import numpy as np
+import pytest
+from sklearn import metrics as sk
+
+from matl_keras.errors import ConfigError
+from matl_keras.evaluation.evaluator import EvalContext
+from matl_keras_plugins.evaluators.leep import LEEP
+from matl_keras_plugins.evaluators.metrics import ClassificationMetrics
+
+
+def _context(labels, probs, class_names=("CT_COVID", "CT_NonCOVID"), positive=0):
+    context = EvalContext(model=None, data=None, split="test",
+                          class_names=class_names, positive_index=positive)
+    context._cache = (labels, probs)
+    return context
+
+
+def _binary(seed=0, n=150):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    p = np.clip(0.5 + 0.35 * (labels == 0) - 0.175 + rng.normal(0, 0.25, n), 0.01, 0.99)
+    return labels, np.stack([p, 1 - p], 1)
+
+
+def test_metrics_report_positive_class_intervals_matrix_and_roc():
+    labels, probs = _binary()
+    out = dict(ClassificationMetrics(bootstrap_samples=200, seed=3).run(_context(labels, probs)))
+    json.dumps(out, allow_nan=False)  # strict JSON: NaN/inf became null
+    # Positive class from the dataset: CT_COVID (index 0).
+    assert out["positive_class"] == "CT_COVID"
+    predicted = probs.argmax(1)
+    assert out["f1"] == pytest.approx(sk.f1_score(labels, predicted, pos_label=0))
+    assert out["auc"] == pytest.approx(sk.roc_auc_score(labels == 0, probs[:, 0]))
+    assert out["sensitivity"] == pytest.approx(sk.recall_score(labels, predicted, pos_label=0))
+    for name in ("accuracy", "f1", "auc", "sensitivity", "specificity"):
+        low, high = out[f"{name}_ci"]
+        assert low <= out[name] <= high, name
+    # The same seed gives the same intervals, another seed others.
+    again = dict(ClassificationMetrics(bootstrap_samples=200, seed=3).run(_context(labels, probs)))
+    other = dict(ClassificationMetrics(bootstrap_samples=200, seed=4).run(_context(labels, probs)))
+    assert again["auc_ci"] == out["auc_ci"] != other["auc_ci"]
+    assert out["ci"]["samples"] == 200
+    np.testing.assert_array_equal(out["confusion_matrix"]["counts"], sk.confusion_matrix(labels, predicted))
+    fpr, tpr, _ = sk.roc_curve(labels == 0, probs[:, 0], drop_intermediate=False)
+    np.testing.assert_allclose(out["roc"]["CT_COVID"]["fpr"], fpr)
+    np.testing.assert_allclose(out["roc"]["CT_COVID"]["tpr"], tpr)
+    assert out["roc"]["CT_COVID"]["thresholds"][0] is None
+
+
+def test_metrics_positive_class_by_name_and_errors():
+    labels, probs = _binary(1)
+    out = dict(ClassificationMetrics(positive_class="CT_NonCOVID", bootstrap_samples=0).run(_context(labels, probs)))
+    assert out["auc"] == pytest.approx(sk.roc_auc_score(labels == 1, probs[:, 1]))
+    assert "auc_ci" not in out
+    with pytest.raises(ConfigError, match="positive_class"):
+        dict(ClassificationMetrics(positive_class="covid").run(_context(labels, probs)))
+    with pytest.raises(ConfigError, match="confidence"):
+        ClassificationMetrics(confidence=95)
+
+
+def test_multiclass_roc_per_class():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 3, 60)
+    probs = rng.dirichlet(np.ones(3), 60)
+    out = dict(ClassificationMetrics(bootstrap_samples=50).run(
+        _context(labels, probs, ("a", "b", "c"), None)))
+    assert sorted(out["roc"]) == ["a", "b", "c"]
+    assert "positive_class" not in out
+
+
+def test_leep_plugin_on_source_predictions():
+    labels = np.array([0, 1, 1, 0])
+    probs = np.eye(3)[[2, 0, 0, 2]]
+    out = dict(LEEP().run(_context(labels, probs)))
+    assert out == {"leep": pytest.approx(0.0), "leep_source_classes": 3}
