@@ -46,6 +46,8 @@ setuptools.setup(
         "tensorboard>=2.21,<2.22",
         "numpy>=1.26,<3",
         "matplotlib>=3.8,<4",
+        # Grad-CAM (0.8.7: first release on Keras 3 / TF backend).
+        "tf-keras-vis==0.8.7",
     ],
     extras_require={
         "test": [
@@ -77,6 +79,11 @@ setuptools.setup(
         "matl_keras.evaluators": [
             "metrics = matl_keras_plugins.evaluators.metrics:ClassificationMetrics",
             "leep = matl_keras_plugins.evaluators.leep:LEEP",
+            "gradcam = matl_keras_plugins.evaluators.gradcam:GradCAM",
+            "attention_maps = "
+            "matl_keras_plugins.evaluators.attention_maps:AttentionMaps",
+            "transferability = "
+            "matl_keras_plugins.evaluators.transferability:Transferability",
         ],
     },
 )

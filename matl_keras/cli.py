@@ -2,6 +2,9 @@
 
     matl-keras --gin_file=gin/finetune.gin [--gin_param=...] [--workdir=...]
     matl-keras plugins [--json]
+    matl-keras evaluate --model=RUN --dataset=NAME [--split=test] [--evaluators=metrics,leep]
+    matl-keras explain --model=RUN --images=PATH [--output_dir=DIR]
+    matl-keras report --runs=DIR[,DIR...] [--output_dir=DIR]
 
 Errors the user can fix (bad flags, gin, data, plugins) are printed as
 `matl-keras: error: ...` with exit status 2, without a traceback.
@@ -36,10 +39,49 @@ flags.DEFINE_string(
     "Running the same command again resumes or skips a finished run.",
 )
 flags.DEFINE_boolean("json", False, "`plugins`: print JSON.")
+flags.DEFINE_string(
+    "model", None,
+    "`evaluate`, `explain`, `export`: a trained model: a .keras file, a stage "
+    "workdir or a pipeline workdir (its last supervised stage).",
+)
+flags.DEFINE_string("dataset", None, "`evaluate`: dataset plugin name.")
+flags.DEFINE_string("split", "test", "`evaluate`: split to score.")
+flags.DEFINE_list(
+    "evaluators", ["metrics"], "`evaluate`: evaluator plugin names."
+)
+flags.DEFINE_string(
+    "output", None,
+    "`evaluate`: JSON file (default: <stage>/evaluate_<dataset>_<split>.json).",
+)
+flags.DEFINE_integer("batch_size", 32, "`evaluate`, `explain`: batch size.")
+flags.DEFINE_multi_string(
+    "images", [], "`explain`: image files or folders (repeatable)."
+)
+flags.DEFINE_string(
+    "output_dir", None,
+    "`explain`: folder of the PNGs (default: <stage>/explain); "
+    "`report`: folder of the tables (default: reports/transferability).",
+)
+flags.DEFINE_string(
+    "layer", None,
+    "`explain`: Grad-CAM layer (default: the last residual block's output).",
+)
+flags.DEFINE_string(
+    "class_name", None, "`explain`: class to explain (default: predicted)."
+)
+flags.DEFINE_list("runs", [], "`report`: pipeline workdirs to tabulate.")
+flags.DEFINE_string(
+    "report", "transferability", "`report`: the report evaluator plugin."
+)
 
 USAGE = """usage:
   matl-keras --gin_file=FILE [--gin_param=BINDING ...] [--workdir=DIR]
-  matl-keras plugins [--json]"""
+  matl-keras plugins [--json]
+  matl-keras evaluate --model=RUN --dataset=NAME [--split=test]
+      [--evaluators=metrics,leep] [--output=FILE] [--gin_param=...]
+  matl-keras explain --model=RUN --images=PATH [--images=...] [--output_dir=DIR]
+      [--layer=NAME] [--class_name=NAME]
+  matl-keras report --runs=DIR[,DIR...] [--output_dir=DIR]"""
 
 
 def _fail(message: str) -> None:
@@ -97,6 +139,67 @@ def cmd_run_job() -> None:
     job(workdir=workdir)
 
 
+def _require(*names: str) -> None:
+    for name in names:
+        if not getattr(FLAGS, name):
+            _fail(f"--{name} is required here.\n{USAGE}")
+
+
+def _parse_gin_if_given() -> None:
+    """`evaluate`/`export`: --gin_file/--gin_param configure plugins (e.g.
+    a dataset's root folder)."""
+    if FLAGS.gin_file or FLAGS.gin_param:
+        from matl_keras import config
+        from matl_keras import registry as registry_lib
+
+        config.parse(FLAGS.gin_file, FLAGS.gin_param, registry_lib.default_registry())
+
+
+def cmd_evaluate() -> None:
+    from matl_keras.evaluation import commands
+
+    _require("model", "dataset")
+    _parse_gin_if_given()
+    commands.evaluate(
+        FLAGS.model, FLAGS.dataset, FLAGS.split, FLAGS.evaluators,
+        FLAGS.output, FLAGS.batch_size,
+    )
+
+
+def cmd_explain() -> None:
+    from matl_keras.evaluation import commands
+    from matl_keras.evaluation import trained
+
+    _require("model", "images")
+    output_dir = FLAGS.output_dir or os.path.join(
+        trained.find(FLAGS.model).stage_dir, "explain"
+    )
+    commands.explain_images(
+        FLAGS.model, FLAGS.images, output_dir, FLAGS.layer, FLAGS.class_name,
+        FLAGS.batch_size,
+    )
+
+
+def cmd_report() -> None:
+    from matl_keras import registry as registry_lib
+
+    _require("runs")
+    _parse_gin_if_given()
+    reporter = registry_lib.default_registry().create("evaluators", FLAGS.report)
+    if not hasattr(reporter, "report"):
+        _fail(f"--report: evaluator {FLAGS.report!r} writes no cross-run report")
+    reporter.report(
+        FLAGS.runs, FLAGS.output_dir or os.path.join("reports", FLAGS.report)
+    )
+
+
+COMMANDS = {
+    "evaluate": cmd_evaluate,
+    "explain": cmd_explain,
+    "report": cmd_report,
+}
+
+
 def main(argv: Sequence[str]) -> None:
     args = list(argv[1:])
     try:
@@ -104,6 +207,8 @@ def main(argv: Sequence[str]) -> None:
             cmd_run_job()
         elif args == ["plugins"]:
             cmd_plugins(FLAGS.json)
+        elif len(args) == 1 and args[0] in COMMANDS:
+            COMMANDS[args[0]]()
         else:
             _fail(f"unknown command {' '.join(args)!r}.\n{USAGE}")
     except MatlError as e:

@@ -47,10 +47,24 @@ def resize(image: tf.Tensor, size: int) -> tf.Tensor:
     return tf.clip_by_value(image, 0.0, 1.0)
 
 
-def eval_transform(image: tf.Tensor, image_size: int, crop_fraction: float):
-    """Decoded float image -> model input for evaluation and serving."""
+def to_load_uint8(image: tf.Tensor, size: int) -> tf.Tensor:
+    """Decoded float image -> the cached form: uint8 at the load size."""
+    return tf.cast(tf.round(resize(image, size) * 255.0), tf.uint8)
+
+
+def from_load_uint8(image: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Cached uint8 image -> evaluation model input (center crop)."""
     return augment_lib.center_crop(
-        resize(image, load_size(image_size, crop_fraction)), image_size
+        tf.image.convert_image_dtype(image, tf.float32), image_size
+    )
+
+
+def eval_transform(image: tf.Tensor, image_size: int, crop_fraction: float):
+    """Decoded float image -> model input for evaluation, explanation and
+    serving: exactly what `build_split(training=False)` feeds the model
+    (including the uint8 rounding of its cache)."""
+    return from_load_uint8(
+        to_load_uint8(image, load_size(image_size, crop_fraction)), image_size
     )
 
 
@@ -69,7 +83,7 @@ def _source(examples, size: int, on_bad_image: str, context: str):
     """(uint8 image at load size, label) pairs and the labels kept."""
 
     def to_uint8(image):
-        return tf.cast(tf.round(resize(image, size) * 255.0), tf.uint8)
+        return to_load_uint8(image, size)
 
     skipped = 0
     if isinstance(examples, FileExamples):
@@ -201,10 +215,10 @@ def build_split(
         transform = augment
     elif training:
         transform = augment_lib.get_augment(augment, image_size, seed)
-    else:
-        transform = lambda x: augment_lib.center_crop(x, image_size)  # noqa
 
     def finish(image, label):
+        if not training:
+            return from_load_uint8(image, image_size), label
         return transform(tf.image.convert_image_dtype(image, tf.float32)), label
 
     data = data.map(finish, num_parallel_calls=AUTOTUNE)

@@ -130,3 +130,31 @@ class Evaluator(abc.ABC):
     @abc.abstractmethod
     def run(self, context: EvalContext) -> Iterator[tuple[str, Any]]:
         """Yields `(name, value)` pairs; values must be JSON-serializable."""
+
+
+def first_images(data: Any, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `count` `(images, labels)` of a batched split."""
+    images, labels = [], []
+    seen = 0
+    for x, y in data:
+        images.append(np.asarray(x))
+        labels.append(np.asarray(y))
+        seen += len(images[-1])
+        if seen >= count:
+            break
+    return np.concatenate(images)[:count], np.concatenate(labels)[:count]
+
+
+class ReportEvaluator(Evaluator):
+    """Base of evaluators that tabulate finished runs (e.g. the paper's
+    transferability tables) instead of scoring one split:
+    `matl-keras report --runs=... --report=NAME` calls `report`."""
+
+    def run(self, context: EvalContext) -> Iterator[tuple[str, Any]]:
+        """A report scores no split: nothing to yield."""
+        return iter(())
+
+    @abc.abstractmethod
+    def report(self, runs: list[str], output_dir: str) -> dict[str, str]:
+        """Writes the report for pipeline workdirs `runs` into `output_dir`;
+        returns `{what: path}` of the files written."""

@@ -200,3 +200,21 @@ def classification_metrics(
 def to_json_value(value: float) -> float | None:
     """NaN/inf become None (JSON null); other floats are kept."""
     return None if value is None or not math.isfinite(value) else float(value)
+
+
+def format_table(results: dict) -> str:
+    """The scalar results (with their interval when there is one) as a
+    text table; matrices, curves and notes stay in the JSON files."""
+    lines = [f"  {'metric':<14} {'value':>8}   95% interval"]
+    for name, value in results.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        interval = results.get(f"{name}_ci")
+        shown = (
+            f"[{interval[0]:.3f}, {interval[1]:.3f}]"
+            if interval and None not in interval
+            else ""
+        )
+        text = f"{value:.4f}" if isinstance(value, float) else str(value)
+        lines.append(f"  {name:<14} {text:>8}   {shown}")
+    return "\n".join(lines)

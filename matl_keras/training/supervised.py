@@ -270,6 +270,12 @@ def train(
         },
         "skipped_images": train_data.skipped + val_data.skipped,
         "class_balance": class_balance,
+        # What evaluation fed the model: `explain` and `export` reuse it.
+        "preprocessing": {
+            "image_size": image_size,
+            "crop_fraction": crop_fraction,
+            "load_size": pipeline.load_size(image_size, crop_fraction),
+        },
         "versions": workdir_lib.versions(),
     }
     transfer_path = os.path.join(workdir, TRANSFER_FILE)
@@ -411,6 +417,7 @@ def train(
     # The backup holds optimizer state too (2-3x the model): not needed once
     # the run is complete.
     shutil.rmtree(backup_dir, ignore_errors=True)
-    print(f"metrics: {results}", flush=True)
+    for split, values in results.items():
+        print(f"{split}:\n{metrics_lib.format_table(values)}", flush=True)
     print(f"wrote {workdir}", flush=True)
     return results

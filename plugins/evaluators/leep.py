@@ -22,4 +22,3 @@ class LEEP(Evaluator):
     def run(self, context: EvalContext) -> Iterator[tuple[str, Any]]:
         labels, probs = context.predictions()
         yield "leep", leep_lib.leep(probs, labels, len(context.class_names))
-        yield "leep_source_classes", int(probs.shape[1])

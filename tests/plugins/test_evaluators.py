@@ -76,4 +76,4 @@ def test_leep_plugin_on_source_predictions():
     labels = np.array([0, 1, 1, 0])
     probs = np.eye(3)[[2, 0, 0, 2]]
     out = dict(LEEP().run(_context(labels, probs)))
-    assert out == {"leep": pytest.approx(0.0), "leep_source_classes": 3}
+    assert out == {"leep": pytest.approx(0.0)}

@@ -43,7 +43,7 @@ def test_eval_split_shapes_labels_and_order():
     assert images.shape == (10, 32, 32, 3) and images.dtype == np.float32
     np.testing.assert_array_equal(labels, ds.labels)
     assert 0.0 <= images.min() and images.max() <= 1.0
-    # Same path as serving: resize to load size, center crop.
+    # Same path as serving: resize to load size, uint8, center crop: exact.
     expected = pipeline.eval_transform(
         tf.image.convert_image_dtype(
             tf.image.grayscale_to_rgb(tf.constant(ds.images[0])), tf.float32
@@ -51,7 +51,7 @@ def test_eval_split_shapes_labels_and_order():
         32,
         0.875,
     ).numpy()
-    np.testing.assert_allclose(images[0], expected, atol=1.5 / 255)
+    np.testing.assert_array_equal(images[0], expected)
 
 
 def test_training_split_shuffles_augments_and_keeps_pairs():

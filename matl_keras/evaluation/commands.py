@@ -1,0 +1,197 @@
+"""`matl-keras evaluate` and `matl-keras explain`: score a trained model on a
+dataset split, and draw Fig. 4 rows for some images. The CLI parses flags
+and calls these."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from matl_keras import registry as registry_lib
+from matl_keras.data import decode
+from matl_keras.data import pipeline
+from matl_keras.errors import ConfigError
+from matl_keras.errors import DataError
+from matl_keras.evaluation import explain
+from matl_keras.evaluation import metrics as metrics_lib
+from matl_keras.evaluation import trained as trained_lib
+from matl_keras.evaluation.evaluator import EvalContext
+from matl_keras.training import workdir as workdir_lib
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+
+def evaluate(
+    model: str,
+    dataset: str,
+    split: str = "test",
+    evaluators: Sequence[str] = ("metrics",),
+    output: str | None = None,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Scores the model at `model` on `dataset`'s `split`; writes JSON."""
+    trained = trained_lib.find(model)
+    keras_model = trained.load()
+    registry = registry_lib.default_registry()
+    data_plugin = registry.create("datasets", dataset)
+    if split not in data_plugin.splits():
+        raise ConfigError(
+            f"--split: dataset {dataset!r} has splits {list(data_plugin.splits())}. "
+            f"Received: {split!r}"
+        )
+    plugins = [registry.create("evaluators", name) for name in evaluators]
+    classes = int(keras_model.output.shape[-1])
+    same_task = classes == data_plugin.num_classes
+    if same_task and trained.class_names and trained.class_names != list(data_plugin.class_names):
+        raise ConfigError(
+            f"--dataset: the model was trained on classes {trained.class_names}, "
+            f"dataset {dataset!r} has {list(data_plugin.class_names)}: the "
+            "labels would not line up"
+        )
+    for name, plugin in zip(evaluators, plugins):
+        if not same_task and name == "metrics":
+            raise ConfigError(
+                f"--evaluators: 'metrics' needs the model's classes; the model "
+                f"predicts {classes} classes, dataset {dataset!r} has "
+                f"{data_plugin.num_classes}. Score a source model on another "
+                "task with --evaluators=leep"
+            )
+    prep = trained.preprocessing(int(keras_model.input.shape[1]))
+    data = pipeline.build_split(
+        data_plugin, split, image_size=prep["image_size"],
+        crop_fraction=prep["crop_fraction"], batch_size=batch_size,
+        training=False,
+    )
+    output = output or os.path.join(
+        trained.stage_dir, f"evaluate_{dataset}_{split}.json"
+    )
+    context = EvalContext(
+        model=keras_model, data=data.data, split=split,
+        class_names=tuple(data_plugin.class_names),
+        positive_index=data_plugin.positive_index(),
+        workdir=os.path.dirname(os.path.abspath(output)),
+    )
+    results: dict[str, Any] = {}
+    for plugin in plugins:
+        for name, value in plugin.run(context):
+            results[name] = (
+                metrics_lib.to_json_value(value) if isinstance(value, float) else value
+            )
+    report = {
+        "model": os.path.abspath(trained.model_path),
+        "dataset": dataset,
+        "split": split,
+        "num_examples": data.num_examples,
+        "class_names": list(data_plugin.class_names),
+        "evaluators": list(evaluators),
+        "results": results,
+    }
+    workdir_lib.write_json(output, report)
+    print(f"{dataset} {split} ({data.num_examples} images), model {trained.model_path}")
+    print(metrics_lib.format_table(results))
+    print(f"wrote {output}")
+    return report
+
+
+def _image_files(paths: Sequence[str]) -> list[str]:
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(
+                os.path.join(path, name) for name in os.listdir(path)
+                if name.lower().endswith(IMAGE_EXTENSIONS)
+            )
+            if not found:
+                raise ConfigError(f"--images: no image files in folder {path!r}")
+            files += found
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            raise ConfigError(f"--images: {path!r} does not exist")
+    bad = decode.find_bad_images(files)
+    if bad:
+        raise DataError(
+            "--images: cannot read " + "; ".join(str(b) for b in bad)
+        )
+    return files
+
+
+def explain_images(
+    model: str,
+    images: Sequence[str],
+    output_dir: str,
+    layer: str | None = None,
+    class_name: str | None = None,
+    batch_size: int = 8,
+) -> list[dict[str, Any]]:
+    """Writes one Fig. 4 row per image into `output_dir` (and
+    `explain.json`): image, Grad-CAM, overlay, attention, overlay."""
+    trained = trained_lib.find(model)
+    keras_model = trained.load()
+    names = trained.class_names or [
+        str(i) for i in range(int(keras_model.output.shape[-1]))
+    ]
+    class_index = None
+    if class_name is not None:
+        if class_name not in names:
+            raise ConfigError(
+                f"--class_name must be one of {names}. Received: {class_name!r}"
+            )
+        class_index = names.index(class_name)
+    files = _image_files(images)
+    prep = trained.preprocessing(int(keras_model.input.shape[1]))
+    layer = layer or explain.gradcam_layer(keras_model)
+    try:
+        keras_model.get_layer(layer)
+    except ValueError:
+        raise ConfigError(
+            f"--layer: the model has no layer {layer!r}"
+        ) from None
+    os.makedirs(output_dir, exist_ok=True)
+    records = []
+    for start in range(0, len(files), batch_size):
+        chunk = files[start:start + batch_size]
+        batch = np.stack([
+            pipeline.eval_transform(
+                decode.decode_image(tf.io.read_file(f)),
+                prep["image_size"], prep["crop_fraction"],
+            ).numpy()
+            for f in chunk
+        ])
+        probs = keras_model.predict(batch, verbose=0)
+        targets = probs.argmax(1) if class_index is None else np.full(len(chunk), class_index)
+        cams = explain.gradcam(keras_model, batch, targets, layer)
+        attention = explain.attention_map(keras_model, batch)
+        for i, path in enumerate(chunk):
+            predicted = int(probs[i].argmax())
+            stem = os.path.splitext(os.path.basename(path))[0]
+            out = os.path.join(output_dir, f"{start + i:04d}_{stem}.png")
+            title = (
+                f"{os.path.basename(path)}: predicted {names[predicted]} "
+                f"(p={probs[i, predicted]:.2f}); Grad-CAM of "
+                f"{names[int(targets[i])]} at {layer}"
+            )
+            explain.write_row(
+                out, batch[i], cams[i],
+                None if attention is None else attention[i], title,
+            )
+            records.append({
+                "image": os.path.abspath(path),
+                "png": out,
+                "predicted": names[predicted],
+                "probabilities": {n: float(p) for n, p in zip(names, probs[i])},
+                "gradcam_class": names[int(targets[i])],
+                "gradcam_peak_yx": [int(v) for v in np.unravel_index(cams[i].argmax(), cams[i].shape)],
+            })
+    workdir_lib.write_json(
+        os.path.join(output_dir, "explain.json"),
+        {"model": os.path.abspath(trained.model_path), "gradcam_layer": layer,
+         "attention_block": explain.last_block_name(keras_model),
+         "images": records},
+    )
+    print(f"wrote {len(records)} figure(s) to {output_dir}")
+    return records

@@ -1,0 +1,87 @@
+"""`matl-keras evaluate`, `explain` and `report` through the CLI on a saved
+classifier (a stage workdir as training leaves it)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
+from matl_keras.models.resnet.resnet_image_classifier import build_image_classifier
+from tests.matl_keras.test_cli import error_line
+from tests.matl_keras.test_cli import matl
+
+CT = ["--gin_param=synthetic_ct.num_test = 12", "--gin_param=synthetic_ct.image_size = 80"]
+
+
+@pytest.fixture(scope="module")
+def stage(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run") / "finetune"
+    folder.mkdir()
+    model = build_image_classifier(ResNetBackbone(18, 0.25, 64, attention="5"), 2)
+    model.save(str(folder / "model.keras"))
+    (folder / "run.json").write_text(json.dumps({
+        "status": "complete", "class_names": ["NonCOVID", "COVID"],
+        "preprocessing": {"image_size": 64, "crop_fraction": 0.875, "load_size": 73},
+    }))
+    return str(folder)
+
+
+def test_evaluate_writes_json_and_prints_a_table(stage, tmp_path):
+    out = str(tmp_path / "scores.json")
+    result = matl("evaluate", f"--model={stage}", "--dataset=synthetic_ct",
+                  "--evaluators=metrics,leep", f"--output={out}", *CT)
+    assert result.returncode == 0, result.stderr
+    assert "accuracy" in result.stdout and "95% interval" in result.stdout
+    report = json.load(open(out))
+    assert report["num_examples"] == 12 and report["split"] == "test"
+    results = report["results"]
+    counts = np.array(results["confusion_matrix"]["counts"])
+    assert counts.sum() == 12
+    assert results["accuracy"] == pytest.approx(np.trace(counts) / 12)
+    assert results["positive_class"] == "COVID" and len(results["auc_ci"]) == 2
+    assert results["leep"] <= 0
+
+
+def test_evaluate_errors_are_one_line(stage):
+    assert "--dataset is required" in error_line(matl("evaluate", f"--model={stage}"))
+    line = error_line(matl("evaluate", f"--model={stage}", "--dataset=synthetic_cxr",
+                           "--gin_param=synthetic_cxr.num_test = 6"))
+    assert "predicts 2 classes" in line and "--evaluators=leep" in line
+    assert "has splits" in error_line(
+        matl("evaluate", f"--model={stage}", "--dataset=synthetic_ct", "--split=nope"))
+    assert "does not exist" in error_line(matl("evaluate", "--model=/no/such", "--dataset=synthetic_ct"))
+
+
+def test_explain_writes_one_fig4_row_per_image(stage, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (90, 70), np.uint8)).save(images / "gray.png")
+    Image.fromarray(rng.integers(0, 255, (50, 60, 4), np.uint8)).save(images / "rgba.png")
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), np.uint8)).save(images / "c.jpg")
+    out = tmp_path / "out"
+    result = matl("explain", f"--model={stage}", f"--images={images}", f"--output_dir={out}")
+    assert result.returncode == 0, result.stderr
+    record = json.load(open(out / "explain.json"))
+    assert record["gradcam_layer"] == "conv5_block2_out"
+    assert record["attention_block"] == "conv5_block2_nonlocal"
+    assert [os.path.basename(r["image"]) for r in record["images"]] == ["c.jpg", "gray.png", "rgba.png"]
+    for r in record["images"]:
+        png = Image.open(r["png"])
+        assert png.size[0] > 4 * png.size[1]  # five panels side by side
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    line = error_line(matl("explain", f"--model={stage}", f"--images={images}", f"--output_dir={out}"))
+    assert "broken.png" in line
+
+
+def test_report_command(tmp_path):
+    from tests.plugins.test_transferability_report import _run
+
+    run = _run(tmp_path / "runs", "a", "none", ("stl_n",), 0.8, leep=[-0.6])
+    result = matl("report", f"--runs={run}", f"--output_dir={tmp_path / 'rep'}")
+    assert result.returncode == 0, result.stderr
+    assert os.path.getsize(tmp_path / "rep" / "fig3_leep.png") > 1000
+    assert "w STL-N" in open(tmp_path / "rep" / "table6_leep.md").read()

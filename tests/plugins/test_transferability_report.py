@@ -1,0 +1,111 @@
+"""The paper's tables and Fig. 3 from fixture pipeline workdirs."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from matl_keras.errors import ConfigError
+from matl_keras_plugins.evaluators.transferability import Transferability
+
+STAGE_METHOD = {"MoCo": "MoCo", "Ours": "RegionAware", "SimCLR": "SimCLR"}
+
+
+def _run(root, name, attention, chain, accuracy, method=None, leep=None, depth=50):
+    lineage = []
+    for stage in list(chain) + ["finetune"]:
+        entry = {"stage": stage, "workdir": stage}
+        if stage == "sstl_m":
+            entry["method"] = STAGE_METHOD[method]
+        lineage.append(entry)
+    sources = {"untrained": {"kind": "untrained", "leep": -0.70}}
+    for stage, value in zip([s for s in chain if s != "sstl_m"], leep or []):
+        sources[stage] = {"kind": "classifier", "leep": value}
+    if "sstl_m" in chain:
+        sources["sstl_m"] = {"kind": "backbone", "not_applicable": ["LEEP"]}
+    lineage[-1].update(
+        architecture={"depth": depth, "width_multiplier": 1.0, "attention": attention},
+        metrics={"test": {"accuracy": accuracy, "f1": accuracy - 0.01, "auc": accuracy + 0.02,
+                          "accuracy_ci": [accuracy - 0.05, accuracy + 0.04]}},
+        transferability={"target": "CovidCT", "split": "train", "sources": sources},
+    )
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps(
+        {"status": "complete", "stages": [e["stage"] for e in lineage], "lineage": lineage}))
+    return str(folder)
+
+
+FULL = ("stl_n", "stl_m", "sstl_m")
+
+
+@pytest.fixture
+def runs(tmp_path):
+    root = tmp_path / "runs"
+    for attention, base in (("none", 0.80), ("5", 0.82)):
+        tag = {"none": "base", "5": "attn5"}[attention]
+        bump = 0.0 if attention == "none" else 0.02
+        _run(root, f"{tag}_wo", attention, (), base)
+        _run(root, f"{tag}_n", attention, ("stl_n",), base + 0.02 + bump, leep=[-0.69])
+        _run(root, f"{tag}_m", attention, ("stl_m",), base + 0.03 + bump, leep=[-0.68])
+        _run(root, f"{tag}_ours", attention, FULL, base + 0.06 + bump, "Ours", [-0.68, -0.66 + bump])
+        _run(root, f"{tag}_moco", attention, FULL, base + 0.05 + bump, "MoCo", [-0.68, -0.66 + bump])
+    return str(root)
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_tables_and_figure(runs, tmp_path):
+    out = str(tmp_path / "report")
+    written = Transferability().report([runs], out)
+    assert set(written) >= {"table2_overall", "table3_ssl", "table4_transfer",
+                            "table5_stages", "table6_leep", "fig3_leep", "report"}
+    t2 = _rows(os.path.join(out, "table2_overall.csv"))
+    assert [r["Model"] for r in t2] == ["Baseline", "5 ATTNs"]  # the "Ours" runs
+    assert [r["Accuracy"] for r in t2] == ["86.0", "90.0"]
+    assert [r["Accuracy Improv."] for r in t2] == ["0.0", "4.0"]
+    assert t2[0]["Accuracy 95% CI"] == "[81.0, 90.0]"
+    t3 = _rows(os.path.join(out, "table3_ssl.csv"))
+    assert [r["Model"] for r in t3] == ["Baseline w MoCo", "Baseline w Ours", "5 ATTNs w MoCo", "5 ATTNs w Ours"]
+    assert [r["Accuracy Improv."] for r in t3] == ["0.0", "1.0", "0.0", "1.0"]
+    t4 = _rows(os.path.join(out, "table4_transfer.csv"))
+    by_model = {r["Model"]: r for r in t4}
+    assert by_model["5 ATTNs w/o TL"]["Accuracy Improv."] == "0.0"
+    assert {r["Accuracy Improv."] for r in t4 if r["Model"] == "5 ATTNs w TL"} == {"7.0", "8.0"}
+    t5 = _rows(os.path.join(out, "table5_stages.csv"))
+    assert [r["Model"] for r in t5[:3]] == ["Baseline w/o TL", "Baseline w STL-N", "Baseline w STL-M"]
+    assert [r["Accuracy Improv."] for r in t5[:3]] == ["0.0", "2.0", "3.0"]
+    t6 = _rows(os.path.join(out, "table6_leep.csv"))
+    leep = {r["Model"]: (r["R-50"], r["R-50 Improv."]) for r in t6}
+    assert leep["Baseline w/o TL"] == ("-0.700", "+0.000")
+    assert leep["Baseline w STL-N w STL-M"] == ("-0.660", "+0.040")
+    assert leep["5 ATTNs w STL-N w STL-M"] == ("-0.640", "+0.060")
+    text = open(written["report"]).read()
+    assert "Table 6" in text and "| 5 ATTNs w TL |" in text
+    figure = Image.open(written["fig3_leep"])
+    assert figure.size[0] > 200 and np.asarray(figure.convert("L")).std() > 5
+
+
+def test_empty_kinds_say_so_and_bad_runs_are_named(tmp_path):
+    root = tmp_path / "runs"
+    one = _run(root, "only", "1", (), 0.7, depth=101)
+    out = str(tmp_path / "r")
+    Transferability().report([one], out)
+    assert "_No runs of this kind were given._" in open(os.path.join(out, "table2_overall.md")).read()
+    assert _rows(os.path.join(out, "table4_transfer.csv"))[0]["Group"] == "R-101"
+    with pytest.raises(ConfigError, match="does not exist"):
+        Transferability().report([str(tmp_path / "nope")], out)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no summary.json"):
+        Transferability().report([str(tmp_path / "empty")], out)
+    summary = json.loads((root / "only" / "summary.json").read_text())
+    summary["status"] = "running"
+    (root / "only" / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ConfigError, match="not a complete pipeline run"):
+        Transferability().report([one], out)
