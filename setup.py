@@ -48,6 +48,8 @@ setuptools.setup(
         "matplotlib>=3.8,<4",
         # Grad-CAM (0.8.7: first release on Keras 3 / TF backend).
         "tf-keras-vis==0.8.7",
+        # Warm-up records of exported models (PredictionLog protos).
+        "tensorflow-serving-api>=2.21,<2.22",
     ],
     extras_require={
         "test": [

@@ -5,6 +5,7 @@
     matl-keras evaluate --model=RUN --dataset=NAME [--split=test] [--evaluators=metrics,leep]
     matl-keras explain --model=RUN --images=PATH [--output_dir=DIR]
     matl-keras report --runs=DIR[,DIR...] [--output_dir=DIR]
+    matl-keras export --model=RUN --export_dir=DIR [--version=N]
 
 Errors the user can fix (bad flags, gin, data, plugins) are printed as
 `matl-keras: error: ...` with exit status 2, without a traceback.
@@ -70,6 +71,14 @@ flags.DEFINE_string(
     "class_name", None, "`explain`: class to explain (default: predicted)."
 )
 flags.DEFINE_list("runs", [], "`report`: pipeline workdirs to tabulate.")
+flags.DEFINE_string("export_dir", None, "`export`: TF Serving model base folder.")
+flags.DEFINE_integer(
+    "version", None, "`export`: version number (default: the next free one)."
+)
+flags.DEFINE_string(
+    "model_name", None,
+    "`export`: folder name under --export_dir (default: the run's name).",
+)
 flags.DEFINE_string(
     "report", "transferability", "`report`: the report evaluator plugin."
 )
@@ -81,7 +90,8 @@ USAGE = """usage:
       [--evaluators=metrics,leep] [--output=FILE] [--gin_param=...]
   matl-keras explain --model=RUN --images=PATH [--images=...] [--output_dir=DIR]
       [--layer=NAME] [--class_name=NAME]
-  matl-keras report --runs=DIR[,DIR...] [--output_dir=DIR]"""
+  matl-keras report --runs=DIR[,DIR...] [--output_dir=DIR]
+  matl-keras export --model=RUN --export_dir=DIR [--version=N] [--model_name=NAME]"""
 
 
 def _fail(message: str) -> None:
@@ -193,7 +203,15 @@ def cmd_report() -> None:
     )
 
 
+def cmd_export() -> None:
+    from matl_keras import export
+
+    _require("model", "export_dir")
+    export.export(FLAGS.model, FLAGS.export_dir, FLAGS.version, FLAGS.model_name)
+
+
 COMMANDS = {
+    "export": cmd_export,
     "evaluate": cmd_evaluate,
     "explain": cmd_explain,
     "report": cmd_report,

@@ -35,6 +35,12 @@ flags.DEFINE_integer("depth", 18, "ResNet depth.")
 flags.DEFINE_float("width", 0.5, "ResNet width multiplier.")
 flags.DEFINE_integer("stl_m_epochs", 6, "STL-M epochs.")
 flags.DEFINE_integer("finetune_epochs", 12, "Fine-tuning epochs.")
+flags.DEFINE_string(
+    "leep_split", "val",
+    "COVID19-CT split on which the fine-tuning stage scores LEEP of the "
+    "untrained network and of every earlier stage.",
+)
+flags.DEFINE_boolean("pipeline_rates", True, "Also measure the input pipeline.")
 flags.mark_flags_as_required(["ct_root", "cxr_root"])
 FLAGS = flags.FLAGS
 
@@ -56,6 +62,7 @@ def _run(variant, ablation):
         f"--gin_param=WIDTH = {FLAGS.width}",
         f"--gin_param=STL_M_EPOCHS = {FLAGS.stl_m_epochs}",
         f"--gin_param=FINETUNE_EPOCHS = {FLAGS.finetune_epochs}",
+        f"--gin_param=finetune/train.transfer_split = {FLAGS.leep_split!r}",
         f"--workdir={workdir}",
     ]
     print(f"== {variant} / {ablation}", flush=True)
@@ -102,21 +109,29 @@ def main(argv):
                 f"{s['train_images_per_second']:.1f} img/s"
                 for s in summary["lineage"]
             )
+            sources = stages["finetune"]["transferability"]["sources"]
+            leep = ", ".join(
+                f"{name} {values['leep']:.4f}" for name, values in sources.items()
+                if values.get("leep") is not None
+            )
             rows.append(
                 f"| {variant} | {ablation} | {val['accuracy']:.3f} | "
-                f"{val['f1']:.3f} | {val['auc']:.3f} | {timing} |"
+                f"{val['f1']:.3f} | {val['auc']:.3f} | {leep} | {timing} |"
             )
     rates = {
         "covid_ct": _pipeline_rate("covid_ct", FLAGS.ct_root),
         "covidx": _pipeline_rate("covidx", FLAGS.cxr_root),
-    }
+    } if FLAGS.pipeline_rates else {}
     lines = [
         f"ResNet-{FLAGS.depth} x{FLAGS.width}, {FLAGS.image_size} px, batch "
         f"{FLAGS.batch_size}; STL-M {FLAGS.stl_m_epochs} epochs, fine-tuning "
         f"{FLAGS.finetune_epochs} epochs; COVID19-CT val split.",
         "",
-        "| variant | chain | val acc | val F1 | val AUC | training (per stage) |",
-        "|---|---|---|---|---|---|",
+        f"LEEP on the {FLAGS.leep_split} split (untrained network, and each "
+        "source stage's model with its own head).",
+        "",
+        "| variant | chain | val acc | val F1 | val AUC | LEEP | training (per stage) |",
+        "|---|---|---|---|---|---|---|",
         *rows,
         "",
         "Input pipeline alone (img/s, train split, with augmentation):",
@@ -132,6 +147,13 @@ def main(argv):
     with open(os.path.join(FLAGS.workdir, "report.json"), "w") as f:
         json.dump({"runs": results, "pipeline_images_per_second": rates}, f, indent=2)
     print("\n".join(lines))
+    # The paper's tables from the same runs.
+    subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "matl-keras"), "report",
+         f"--runs={','.join(os.path.join(FLAGS.workdir, v, a) for v in FLAGS.variants for a in FLAGS.ablations)}",
+         f"--output_dir={os.path.join(FLAGS.workdir, 'tables')}"],
+        cwd=REPO, check=True,
+    )
 
 
 if __name__ == "__main__":
