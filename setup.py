@@ -57,6 +57,8 @@ setuptools.setup(
             "pytest-xdist>=3.5,<4",
             "scikit-learn>=1.4,<2",
             "pillow>=10,<14",
+            # The third-party example package's tests (plugins/matl-keras-dicom).
+            "pydicom>=3.0,<4",
         ],
         "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
     },
