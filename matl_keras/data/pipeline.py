@@ -68,6 +68,21 @@ def eval_transform(image: tf.Tensor, image_size: int, crop_fraction: float):
     )
 
 
+def _subset(examples, count: int, seed: int):
+    import numpy as np
+
+    keep = np.sort(np.random.default_rng(seed).choice(len(examples), count, replace=False))
+    labels = examples.labels
+    if isinstance(examples, FileExamples):
+        return FileExamples(
+            tuple(examples.paths[i] for i in keep),
+            None if labels is None else tuple(labels[i] for i in keep),
+        )
+    return ArrayExamples(
+        examples.images[keep], None if labels is None else np.asarray(labels)[keep]
+    )
+
+
 @dataclasses.dataclass
 class Split:
     """A ready `tf.data.Dataset` and what it was made of."""
@@ -135,6 +150,7 @@ def build_split(
     cache: str = "auto",
     seed: int = 0,
     balance: bool = False,
+    max_examples: int | None = None,
 ) -> Split:
     """The batched input of one split.
 
@@ -155,6 +171,8 @@ def build_split(
         seed: int. Shuffle and augmentation seed.
         balance: bool. Training only: draw every class equally often
             (sampling with replacement per class; an epoch keeps its size).
+        max_examples: int or None. Use a random subset (seeded by `seed`,
+            kept in the split's order) of at most this many examples.
 
     Returns:
         `Split` yielding `(float32 images (b, s, s, 3) in [0, 1], int32
@@ -171,9 +189,10 @@ def build_split(
     dataset.check_split(split)
     context = f"{dataset.name} split {split!r}"
     size = load_size(image_size, crop_fraction)
-    data, labels, skipped = _source(
-        dataset.examples(split), size, on_bad_image, context
-    )
+    examples = dataset.examples(split)
+    if max_examples is not None and len(examples) > max_examples:
+        examples = _subset(examples, max_examples, seed)
+    data, labels, skipped = _source(examples, size, on_bad_image, context)
     if labels is not None and len(labels) and (
         min(labels) < 0 or max(labels) >= dataset.num_classes
     ):

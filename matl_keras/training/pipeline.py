@@ -137,6 +137,7 @@ def _transfer_scalars(record: Any) -> Any:
     return {
         "target": record.get("target"),
         "split": record.get("split"),
+        "num_examples": record.get("num_examples"),
         "sources": {
             name: {k: v for k, v in values.items() if k != "workdir"}
             for name, values in record.get("sources", {}).items()

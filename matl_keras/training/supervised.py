@@ -141,6 +141,7 @@ def train(
     evaluators: Sequence[Evaluator | str] = ("metrics",),
     transfer_evaluators: Sequence[Evaluator | str] = ("leep",),
     transfer_split: str | None = None,
+    transfer_max_examples: int | None = 5000,
     sources: Sequence[dict[str, str]] = (),
     on_bad_image: str = "refuse",
     cache: str = "auto",
@@ -183,6 +184,10 @@ def train(
             (`transferability.json`; LEEP by default). Empty: none.
         transfer_split: str or None. The labelled split they score on
             (default: `train_split`, with evaluation preprocessing).
+        transfer_max_examples: int or None. Score a seeded random subset of
+            at most this many images (LEEP needs no more; the STL-N stage
+            would otherwise run every source over all of ImageNet). None:
+            all.
         sources: sequence of `{"stage", "workdir"}`. The earlier stages of
             the chain (the pipeline passes them).
         on_bad_image: str. `"refuse"` or `"skip"` unreadable image files.
@@ -289,7 +294,8 @@ def train(
         if transfer_evaluators and not os.path.exists(transfer_path):
             # Before any weights are loaded: `model` is the untrained network.
             transfer_data = pipeline.build_split(
-                dataset, transfer_split or train_split, training=False, **common
+                dataset, transfer_split or train_split, training=False,
+                max_examples=transfer_max_examples, **common
             )
             scores = transfer.score_sources(
                 sources,
@@ -304,7 +310,7 @@ def train(
             workdir_lib.write_json(
                 transfer_path,
                 {"target": dataset.name, "split": transfer_split or train_split,
-                 "sources": scores},
+                 "num_examples": transfer_data.num_examples, "sources": scores},
             )
         if os.path.exists(transfer_path):
             record["transferability"] = workdir_lib.read_json(transfer_path)

@@ -142,3 +142,21 @@ def test_balanced_sampling_draws_classes_equally():
     labels = np.concatenate([y for _, y in split.data])
     assert len(labels) == 40
     assert 0.3 < labels.mean() < 0.7  # instead of 0.1
+
+
+def test_max_examples_takes_a_seeded_subset_in_order():
+    ds = Tiny(n=30)
+    full = np.concatenate([x for x, _ in pipeline.build_split(
+        ds, "val", image_size=32, batch_size=8, training=False).data])
+    picked = pipeline.build_split(ds, "val", image_size=32, batch_size=8,
+                                  training=False, max_examples=7, seed=3)
+    again = pipeline.build_split(ds, "val", image_size=32, batch_size=8,
+                                 training=False, max_examples=7, seed=3)
+    images = np.concatenate([x for x, _ in picked.data])
+    assert picked.num_examples == 7 and images.shape[0] == 7
+    np.testing.assert_array_equal(images, np.concatenate([x for x, _ in again.data]))
+    # Each picked image is one of the split's, in the split's order.
+    rows = [int(np.argmin(np.abs(full - im).sum(axis=(1, 2, 3)))) for im in images]
+    assert rows == sorted(rows) and len(set(rows)) == 7
+    assert pipeline.build_split(ds, "val", image_size=32, batch_size=8, training=False,
+                                max_examples=100).num_examples == 30
