@@ -133,14 +133,17 @@ def main(argv):
         "| variant | chain | val acc | val F1 | val AUC | LEEP | training (per stage) |",
         "|---|---|---|---|---|---|---|",
         *rows,
-        "",
-        "Input pipeline alone (img/s, train split, with augmentation):",
-        "",
-        *(
-            f"- {name}: " + ", ".join(f"{k} {v:.0f}" for k, v in r.items())
-            for name, r in rates.items()
-        ),
     ]
+    if rates:
+        lines += [
+            "",
+            "Input pipeline alone (img/s, train split, with augmentation):",
+            "",
+            *(
+                f"- {name}: " + ", ".join(f"{k} {v:.0f}" for k, v in r.items())
+                for name, r in rates.items()
+            ),
+        ]
     os.makedirs(FLAGS.workdir, exist_ok=True)
     with open(os.path.join(FLAGS.workdir, "report.md"), "w") as f:
         f.write("\n".join(lines) + "\n")

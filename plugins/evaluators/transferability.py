@@ -108,6 +108,7 @@ def describe(run_dir: str) -> dict[str, Any]:
     return {
         "run": run_dir, "group": group, "variant": variant, "chain": chain,
         "method": method, "split": split, "scores": scores, "leep": leep,
+        "leep_split": (target.get("transferability") or {}).get("split"),
     }
 
 
@@ -205,9 +206,11 @@ class Transferability(ReportEvaluator):
             ),
         )
         leep_rows, points = self._leep(described)
+        splits = sorted({r["leep_split"] for r in described if r["leep"]})
+        where = f"the target's {splits[0]} split" if len(splits) == 1 else (
+            "the target split each run scored (" + ", ".join(splits) + ")")
         tables["table6_leep"] = (
-            "Table 6: LEEP on the target's training split (natural log; "
-            "Improv. against w/o TL)",
+            f"Table 6: LEEP on {where} (natural log; Improv. against w/o TL)",
             *leep_rows,
         )
         runs_header = ["Run", "Group", "Model", "Pretraining", "SSL", "Split",
