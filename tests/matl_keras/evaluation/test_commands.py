@@ -50,6 +50,11 @@ def test_evaluate_errors_are_one_line(stage):
     line = error_line(matl("evaluate", f"--model={stage}", "--dataset=synthetic_cxr",
                            "--gin_param=synthetic_cxr.num_test = 6"))
     assert "predicts 2 classes" in line and "--evaluators=leep" in line
+    # A source model scored on another task: LEEP needs no matching head.
+    other = matl("evaluate", f"--model={stage}", "--dataset=synthetic_cxr", "--evaluators=leep",
+                 "--gin_param=synthetic_cxr.num_test = 6", f"--output={stage}/leep_cxr.json")
+    assert other.returncode == 0, other.stderr
+    assert json.load(open(f"{stage}/leep_cxr.json"))["results"]["leep"] <= 0
     assert "has splits" in error_line(
         matl("evaluate", f"--model={stage}", "--dataset=synthetic_ct", "--split=nope"))
     assert "does not exist" in error_line(matl("evaluate", "--model=/no/such", "--dataset=synthetic_ct"))
