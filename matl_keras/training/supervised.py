@@ -56,7 +56,9 @@ def resolve_dataset(dataset: Dataset | str | None) -> Dataset:
     return dataset
 
 
-def _resolve_evaluators(evaluators: Sequence[Evaluator | str]):
+def _resolve_evaluators(
+    evaluators: Sequence[Evaluator | str], param: str = "train.evaluators"
+):
     resolved = []
     for evaluator in evaluators:
         if isinstance(evaluator, str):
@@ -65,7 +67,7 @@ def _resolve_evaluators(evaluators: Sequence[Evaluator | str]):
             )
         if not isinstance(evaluator, Evaluator):
             raise ConfigError(
-                "`train.evaluators` must hold evaluator plugins or names. "
+                f"`{param}` must hold evaluator plugins or names. "
                 f"Received: {evaluator!r}"
             )
         resolved.append(evaluator)
@@ -234,7 +236,9 @@ def train(
     keras.utils.set_random_seed(seed)
     dataset = resolve_dataset(dataset)
     evaluators = _resolve_evaluators(evaluators)
-    transfer_evaluators = _resolve_evaluators(transfer_evaluators)
+    transfer_evaluators = _resolve_evaluators(
+        transfer_evaluators, "train.transfer_evaluators"
+    )
     common = dict(
         image_size=image_size,
         batch_size=batch_size,
