@@ -20,6 +20,8 @@ from matl_keras.evaluation import explain
 from matl_keras.evaluation import metrics as metrics_lib
 from matl_keras.evaluation import trained as trained_lib
 from matl_keras.evaluation.evaluator import EvalContext
+from matl_keras.evaluation.evaluator import resolve_evaluators
+from matl_keras.evaluation.evaluator import run_evaluators
 from matl_keras.training import workdir as workdir_lib
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -43,23 +45,15 @@ def evaluate(
             f"--split: dataset {dataset!r} has splits {list(data_plugin.splits())}. "
             f"Received: {split!r}"
         )
-    plugins = [registry.create("evaluators", name) for name in evaluators]
+    plugins = resolve_evaluators(evaluators, "--evaluators")
     classes = int(keras_model.output.shape[-1])
-    same_task = classes == data_plugin.num_classes
-    if same_task and trained.class_names and trained.class_names != list(data_plugin.class_names):
+    if (classes == data_plugin.num_classes and trained.class_names
+            and trained.class_names != list(data_plugin.class_names)):
         raise ConfigError(
             f"--dataset: the model was trained on classes {trained.class_names}, "
             f"dataset {dataset!r} has {list(data_plugin.class_names)}: the "
             "labels would not line up"
         )
-    for name, plugin in zip(evaluators, plugins):
-        if not same_task and name == "metrics":
-            raise ConfigError(
-                f"--evaluators: 'metrics' needs the model's classes; the model "
-                f"predicts {classes} classes, dataset {dataset!r} has "
-                f"{data_plugin.num_classes}. Score a source model on another "
-                "task with --evaluators=leep"
-            )
     prep = trained.preprocessing(int(keras_model.input.shape[1]))
     data = pipeline.build_split(
         data_plugin, split, image_size=prep["image_size"],
@@ -75,12 +69,7 @@ def evaluate(
         positive_index=data_plugin.positive_index(),
         workdir=os.path.dirname(os.path.abspath(output)),
     )
-    results: dict[str, Any] = {}
-    for plugin in plugins:
-        for name, value in plugin.run(context):
-            results[name] = (
-                metrics_lib.to_json_value(value) if isinstance(value, float) else value
-            )
+    results = run_evaluators(context, plugins)
     report = {
         "model": os.path.abspath(trained.model_path),
         "dataset": dataset,
@@ -144,13 +133,11 @@ def explain_images(
         class_index = names.index(class_name)
     files = _image_files(images)
     prep = trained.preprocessing(int(keras_model.input.shape[1]))
-    layer = layer or explain.gradcam_layer(keras_model)
     try:
-        keras_model.get_layer(layer)
+        cam = explain.GradCAM(keras_model, layer)  # set up once for all batches
     except ValueError:
-        raise ConfigError(
-            f"--layer: the model has no layer {layer!r}"
-        ) from None
+        raise ConfigError(f"--layer: the model has no layer {layer!r}") from None
+    layer = cam.layer
     os.makedirs(output_dir, exist_ok=True)
     records = []
     for start in range(0, len(files), batch_size):
@@ -164,7 +151,7 @@ def explain_images(
         ])
         probs = keras_model.predict(batch, verbose=0)
         targets = probs.argmax(1) if class_index is None else np.full(len(chunk), class_index)
-        cams = explain.gradcam(keras_model, batch, targets, layer)
+        cams = cam(batch, targets)
         attention = explain.attention_map(keras_model, batch)
         for i, path in enumerate(chunk):
             predicted = int(probs[i].argmax())

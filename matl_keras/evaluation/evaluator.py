@@ -110,6 +110,52 @@ class EvalContext:
         return self._features
 
 
+def resolve_evaluators(
+    evaluators: Any, param: str = "train.evaluators"
+) -> list["Evaluator"]:
+    """Evaluator plugins from instances or registry names; `param` names
+    the setting in errors."""
+    from matl_keras import registry as registry_lib
+    from matl_keras.errors import ConfigError
+
+    resolved = []
+    for evaluator in evaluators:
+        if isinstance(evaluator, str):
+            evaluator = registry_lib.default_registry().create("evaluators", evaluator)
+        if not isinstance(evaluator, Evaluator):
+            raise ConfigError(
+                f"`{param}` must hold evaluator plugins or names. "
+                f"Received: {evaluator!r}"
+            )
+        resolved.append(evaluator)
+    return resolved
+
+
+def run_evaluators(context: EvalContext, evaluators: Any) -> dict[str, Any]:
+    """Runs every evaluator that applies to `context.model`; returns
+    `{name: JSON-ready value}`. Evaluators that need a classifier head are
+    listed under `not_applicable` for a backbone. Two evaluators reporting
+    the same name is an error."""
+    from matl_keras.errors import ConfigError
+    from matl_keras.evaluation.metrics import to_json_value
+
+    results: dict[str, Any] = {}
+    skipped = []
+    for evaluator in evaluators:
+        if evaluator.needs_classifier and not is_classifier(context.model):
+            skipped.append(type(evaluator).__name__)
+            continue
+        for name, value in evaluator.run(context):
+            if name in results:
+                raise ConfigError(
+                    f"two evaluators both report {name!r} for split {context.split!r}"
+                )
+            results[name] = to_json_value(value) if isinstance(value, float) else value
+    if skipped:
+        results["not_applicable"] = skipped
+    return results
+
+
 class Evaluator(abc.ABC):
     """Base class of evaluator plugins.
 

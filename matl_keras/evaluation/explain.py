@@ -37,39 +37,51 @@ def gradcam_layer(model: keras.Model) -> str:
     return names[-1]
 
 
+class GradCAM:
+    """Grad-CAM of one classifier, set up once (tf-keras-vis clones the
+    model to replace its softmax by a linear output, as it recommends; the
+    caller's model is not modified) and applied to any number of batches.
+
+    Args:
+        model: a classifier (images -> softmax probabilities).
+        layer: name of the feature-map layer (default: `gradcam_layer`).
+    """
+
+    def __init__(self, model: keras.Model, layer: str | None = None) -> None:
+        from tf_keras_vis.gradcam import Gradcam
+        from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+
+        self.model = model
+        self.layer = layer or gradcam_layer(model)
+        model.get_layer(self.layer)  # a clear error for an unknown name
+        self._explainer = Gradcam(model, model_modifier=ReplaceToLinear(), clone=True)
+
+    def __call__(
+        self, images: np.ndarray, class_index: int | Sequence[int] | None = None
+    ) -> np.ndarray:
+        """Heatmaps `(batch, height, width)` in [0, 1] of `class_index` (per
+        image or for all; None: the predicted class)."""
+        from tf_keras_vis.utils.scores import CategoricalScore
+
+        images = np.asarray(images, np.float32)
+        if class_index is None:
+            class_index = np.argmax(self.model.predict(images, verbose=0), axis=1)
+        classes = np.broadcast_to(np.asarray(class_index), (len(images),)).tolist()
+        cams = self._explainer(
+            CategoricalScore(classes), images, penultimate_layer=self.layer,
+            seek_penultimate_conv_layer=False,
+        )
+        return np.asarray(cams, np.float32).reshape(len(images), *images.shape[1:3])
+
+
 def gradcam(
     model: keras.Model,
     images: np.ndarray,
     class_index: int | Sequence[int] | None = None,
     layer: str | None = None,
 ) -> np.ndarray:
-    """Grad-CAM heatmaps `(batch, height, width)` in [0, 1].
-
-    Args:
-        model: a classifier (images -> softmax probabilities).
-        images: float `(batch, size, size, 3)`, the model's input.
-        class_index: the class to explain, per image or for all; None: the
-            predicted class.
-        layer: name of the feature-map layer (default: `gradcam_layer`).
-    """
-    from tf_keras_vis.gradcam import Gradcam
-    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
-    from tf_keras_vis.utils.scores import CategoricalScore
-
-    images = np.asarray(images, np.float32)
-    if class_index is None:
-        class_index = np.argmax(model.predict(images, verbose=0), axis=1)
-    classes = np.broadcast_to(np.asarray(class_index), (len(images),)).tolist()
-    layer = layer or gradcam_layer(model)
-    model.get_layer(layer)  # a clear error for an unknown name
-    # Scores on the logits (softmax replaced by linear in a clone), as
-    # tf-keras-vis recommends; the caller's model is not modified.
-    explainer = Gradcam(model, model_modifier=ReplaceToLinear(), clone=True)
-    cams = explainer(
-        CategoricalScore(classes), images, penultimate_layer=layer,
-        seek_penultimate_conv_layer=False,
-    )
-    return np.asarray(cams, np.float32).reshape(len(images), *images.shape[1:3])
+    """One-off `GradCAM(model, layer)(images, class_index)`."""
+    return GradCAM(model, layer)(images, class_index)
 
 
 def attention_map(model: keras.Model, images: np.ndarray) -> np.ndarray | None:

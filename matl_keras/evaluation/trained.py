@@ -10,10 +10,10 @@ import os
 from typing import Any
 
 from matl_keras.errors import ConfigError
+from matl_keras.training.workdir import MODEL_FILE
+from matl_keras.training.workdir import RUN_FILE
+from matl_keras.training.workdir import SUMMARY_FILE
 
-MODEL_FILE = "model.keras"
-RUN_FILE = "run.json"
-SUMMARY_FILE = "summary.json"
 
 
 @dataclasses.dataclass

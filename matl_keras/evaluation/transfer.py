@@ -27,15 +27,15 @@ import tensorflow as tf
 from absl import logging
 
 from matl_keras.errors import ConfigError
-from matl_keras.evaluation import metrics as metrics_lib
 from matl_keras.evaluation.evaluator import EvalContext
 from matl_keras.evaluation.evaluator import Evaluator
 from matl_keras.evaluation.evaluator import is_classifier
+from matl_keras.evaluation.evaluator import run_evaluators
 from matl_keras.models.backbone_weights import load_backbone
+from matl_keras.training.workdir import BACKBONE_FILE
+from matl_keras.training.workdir import MODEL_FILE
 
 UNTRAINED = "untrained"
-MODEL_FILE = "model.keras"
-BACKBONE_FILE = "backbone.weights.h5"
 
 
 def load_source(
@@ -85,18 +85,7 @@ def score(
     results: dict[str, Any] = {"kind": kind}
     if is_classifier(model):
         results["source_classes"] = int(model.output.shape[-1])
-    skipped = []
-    for evaluator in evaluators:
-        if evaluator.needs_classifier and not is_classifier(model):
-            skipped.append(type(evaluator).__name__)
-            continue
-        for name, value in evaluator.run(context):
-            results[name] = (
-                metrics_lib.to_json_value(value) if isinstance(value, float) else value
-            )
-    if skipped:
-        results["not_applicable"] = skipped
-    return results
+    return results | run_evaluators(context, evaluators)
 
 
 def score_sources(

@@ -40,8 +40,8 @@ import gin
 from matl_keras.errors import ConfigError
 from matl_keras.training import workdir as workdir_lib
 
-SUMMARY_FILE = "summary.json"
-BACKBONE_FILE = "backbone.weights.h5"
+SUMMARY_FILE = workdir_lib.SUMMARY_FILE
+BACKBONE_FILE = workdir_lib.BACKBONE_FILE
 _STAGE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 

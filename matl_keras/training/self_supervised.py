@@ -232,7 +232,7 @@ def pretrain(
     )
     nan_guard.raise_if_failed("pretraining", start.backup_dir)
     model.save_weights(os.path.join(workdir, "ssl_model.weights.h5"))
-    model.backbone.save_weights(os.path.join(workdir, "backbone.weights.h5"))
+    model.backbone.save_weights(os.path.join(workdir, workdir_lib.BACKBONE_FILE))
     final = {k: float(v[-1]) for k, v in history.history.items() if v}
     results: dict[str, Any] = {"final_epoch": final}
     if monitor is not None:

@@ -29,6 +29,8 @@ from matl_keras.evaluation import metrics as metrics_lib
 from matl_keras.evaluation import transfer
 from matl_keras.evaluation.evaluator import EvalContext
 from matl_keras.evaluation.evaluator import Evaluator
+from matl_keras.evaluation.evaluator import resolve_evaluators
+from matl_keras.evaluation.evaluator import run_evaluators
 from matl_keras.models.backbone_weights import load_backbone
 from matl_keras.models.resnet import imagenet_weights
 from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
@@ -56,24 +58,6 @@ def resolve_dataset(dataset: Dataset | str | None) -> Dataset:
     return dataset
 
 
-def _resolve_evaluators(
-    evaluators: Sequence[Evaluator | str], param: str = "train.evaluators"
-):
-    resolved = []
-    for evaluator in evaluators:
-        if isinstance(evaluator, str):
-            evaluator = registry_lib.default_registry().create(
-                "evaluators", evaluator
-            )
-        if not isinstance(evaluator, Evaluator):
-            raise ConfigError(
-                f"`{param}` must hold evaluator plugins or names. "
-                f"Received: {evaluator!r}"
-            )
-        resolved.append(evaluator)
-    return resolved
-
-
 CLASS_BALANCE = ("none", "weights", "sampling")
 
 
@@ -99,20 +83,7 @@ def evaluate(model, split_data, split, dataset, evaluators, workdir=None):
         positive_index=dataset.positive_index(),
         workdir=workdir,
     )
-    results: dict[str, Any] = {}
-    for evaluator in evaluators:
-        for name, value in evaluator.run(context):
-            if name in results:
-                raise ConfigError(
-                    f"two evaluators both report {name!r} for split {split!r}"
-                )
-            if isinstance(value, float):
-                value = metrics_lib.to_json_value(value)
-            results[name] = value
-    return results
-
-
-TRANSFER_FILE = "transferability.json"
+    return run_evaluators(context, evaluators)
 
 
 def describe_backbone(features: keras.Model) -> dict[str, Any]:
@@ -235,8 +206,8 @@ def train(
 
     keras.utils.set_random_seed(seed)
     dataset = resolve_dataset(dataset)
-    evaluators = _resolve_evaluators(evaluators)
-    transfer_evaluators = _resolve_evaluators(
+    evaluators = resolve_evaluators(evaluators)
+    transfer_evaluators = resolve_evaluators(
         transfer_evaluators, "train.transfer_evaluators"
     )
     common = dict(
@@ -287,7 +258,7 @@ def train(
         },
         "versions": workdir_lib.versions(),
     }
-    transfer_path = os.path.join(workdir, TRANSFER_FILE)
+    transfer_path = os.path.join(workdir, workdir_lib.TRANSFER_FILE)
     distribution = strategies.get_strategy(strategy)
     with distribution.scope():
         features = backbone(image_size=image_size)
@@ -401,8 +372,8 @@ def train(
         )
     else:
         record["kept"] = {"keep": "last", "epoch": epochs}
-    model.save(os.path.join(workdir, "model.keras"))
-    features.save_weights(os.path.join(workdir, "backbone.weights.h5"))
+    model.save(os.path.join(workdir, workdir_lib.MODEL_FILE))
+    features.save_weights(os.path.join(workdir, workdir_lib.BACKBONE_FILE))
     results = {val_split: evaluate(model, val_data.data, val_split, dataset, evaluators, workdir)}
     if test_split in dataset.splits():
         test_data = pipeline.build_split(

@@ -18,7 +18,14 @@ from typing import Any
 
 from matl_keras.errors import ConfigError
 
+# The files of a stage's workdir that other parts read (the next stage,
+# transferability scoring, `evaluate`/`explain`/`export`).
 RUN_FILE = "run.json"
+MODEL_FILE = "model.keras"
+BACKBONE_FILE = "backbone.weights.h5"
+TRANSFER_FILE = "transferability.json"
+# A pipeline's lineage, in the pipeline's workdir.
+SUMMARY_FILE = "summary.json"
 
 
 def write_json(path: str, data: Any) -> None:

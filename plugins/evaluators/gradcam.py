@@ -28,8 +28,9 @@ class GradCAM(Evaluator):
 
     def run(self, context: EvalContext) -> Iterator[tuple[str, Any]]:
         images, labels = first_images(context.data, self.num_images)
-        layer = self.layer or explain.gradcam_layer(context.model)
-        cams = explain.gradcam(context.model, images, None, layer)
+        cam = explain.GradCAM(context.model, self.layer)
+        cams = cam(images)
+        layer = cam.layer
         files = []
         if context.workdir:
             folder = os.path.join(context.workdir, "explain", context.split)

@@ -72,8 +72,15 @@ class ClassificationMetrics(Evaluator):
 
     def run(self, context: EvalContext) -> Iterator[tuple[str, Any]]:
         labels, probs = context.predictions()
-        positive = self._positive(context)
         num_classes = probs.shape[1]
+        if num_classes != len(context.class_names):
+            raise ConfigError(
+                f"metrics: the model predicts {num_classes} classes, split "
+                f"{context.split!r} has {len(context.class_names)} "
+                f"({list(context.class_names)}); to score a source model on "
+                "another task use the `leep` evaluator (--evaluators=leep)"
+            )
+        positive = self._positive(context)
         scores = metrics_lib.classification_metrics(labels, probs, positive)
         yield from scores.items()
         yield "num_examples", int(len(labels))

@@ -38,6 +38,7 @@ from typing import Any
 
 from matl_keras.errors import ConfigError
 from matl_keras.evaluation.evaluator import ReportEvaluator
+from matl_keras.training.workdir import SUMMARY_FILE
 
 STAGE_LABELS = {"stl_n": "STL-N", "stl_m": "STL-M", "sstl_m": "SSTL-M"}
 METHOD_LABELS = {"MoCo": "MoCo", "SimCLR": "SimCLR", "RegionAware": "Ours"}
@@ -50,12 +51,12 @@ FULL = ("STL-N", "STL-M", "SSTL-M")
 def _run_dirs(runs: list[str]) -> list[str]:
     found = []
     for path in runs:
-        if os.path.isfile(os.path.join(path, "summary.json")):
+        if os.path.isfile(os.path.join(path, SUMMARY_FILE)):
             found.append(path)
         elif os.path.isdir(path):
             inside = sorted(
                 os.path.join(path, d) for d in os.listdir(path)
-                if os.path.isfile(os.path.join(path, d, "summary.json"))
+                if os.path.isfile(os.path.join(path, d, SUMMARY_FILE))
             )
             if not inside:
                 raise ConfigError(
@@ -70,7 +71,7 @@ def _run_dirs(runs: list[str]) -> list[str]:
 
 def describe(run_dir: str) -> dict[str, Any]:
     """The facts of one pipeline run that the tables need."""
-    with open(os.path.join(run_dir, "summary.json")) as f:
+    with open(os.path.join(run_dir, SUMMARY_FILE)) as f:
         summary = json.load(f)
     lineage = summary.get("lineage") or []
     if summary.get("status") != "complete" or not lineage:
@@ -95,7 +96,7 @@ def describe(run_dir: str) -> dict[str, Any]:
     scores = metrics.get(split, {})
     leep: dict[str, float] = {}
     sources = ((target.get("transferability") or {}).get("sources")) or {}
-    labels, names = [], []
+    names: list[str] = []  # the chain up to each source, cumulatively
     for name, values in sources.items():
         if name == "untrained":
             label = "w/o TL"
@@ -104,7 +105,6 @@ def describe(run_dir: str) -> dict[str, Any]:
             label = "w " + " w ".join(names)
         if values.get("leep") is not None:
             leep[label] = values["leep"]
-            labels.append(label)
     return {
         "run": run_dir, "group": group, "variant": variant, "chain": chain,
         "method": method, "split": split, "scores": scores, "leep": leep,

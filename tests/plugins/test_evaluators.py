@@ -77,3 +77,10 @@ def test_leep_plugin_on_source_predictions():
     probs = np.eye(3)[[2, 0, 0, 2]]
     out = dict(LEEP().run(_context(labels, probs)))
     assert out == {"leep": pytest.approx(0.0)}
+
+
+def test_metrics_refuses_a_head_of_another_task():
+    labels, probs = _binary(3, 20)
+    three = np.concatenate([probs * 0.5, np.full((20, 1), 0.5)], axis=1)
+    with pytest.raises(ConfigError, match="predicts 3 classes.*--evaluators=leep"):
+        dict(ClassificationMetrics(bootstrap_samples=0).run(_context(labels, three)))

@@ -82,9 +82,22 @@ def test_labels_splits_and_slice_choice(installed, tmp_path):
     lung = _dataset(root=str(root), slices="lung", min_lung_fraction=0.02, size=32,
                     split_fractions={"all": 1.0})
     assert 0 < len(lung.examples("all")) < 36  # the end slices hold little lung
-    # Slices of a series are ordered by position along z.
-    hu_first = chest_hu(32, 0, 6, False)
-    assert (hu_first < -800).mean() > 0
+
+
+def test_every_kth_slice_follows_position_not_file_names(installed, tmp_path):
+    from matl_keras_dicom.dicom_ct import window
+
+    root = tmp_path / "dicom"
+    root.mkdir()
+    # File names run against z; each slice is a flat HU value that grows with z.
+    for z in range(6):
+        write_slice(str(root / f"IM{5 - z}"), np.full((16, 16), -1200.0 + 150 * z),
+                    "P0", "1.2", "1.2.1", z)
+    data = _dataset(root=str(root), slices="every", every=2, size=8,
+                    split_fractions={"all": 1.0})
+    values = data.examples("all").images[:, 0, 0, 0]
+    expected = [window(np.array([-1200.0 + 150 * z]), 1500, -600)[0] for z in (0, 2, 4)]
+    np.testing.assert_array_equal(values, expected)
 
 
 def test_label_errors_name_the_file_and_key(installed, tmp_path):

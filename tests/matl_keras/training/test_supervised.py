@@ -225,10 +225,3 @@ def test_keep_and_best_metric_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="best_metric"):
         run_train(tmp_path, best_metric="val_acc")
 
-
-def test_evaluator_lists_name_their_parameter():
-    from matl_keras.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="`train.transfer_evaluators` must hold"):
-        supervised._resolve_evaluators([3], "train.transfer_evaluators")
-    assert [type(e).__name__ for e in supervised._resolve_evaluators(["leep"])] == ["LEEP"]

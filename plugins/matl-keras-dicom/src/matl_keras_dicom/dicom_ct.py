@@ -49,12 +49,18 @@ LUNG_HU = (-950.0, -400.0)
 
 @dataclasses.dataclass
 class _Slice:
+    """What is kept of one file: its identity and its windowed, resized
+    pixels (HU at full size are dropped as soon as they are read: a study
+    has hundreds of 512x512 slices)."""
+
     path: str
     patient: str
     study: str
     series: str
     position: float
-    hu: np.ndarray
+    shape: tuple[int, int]
+    lung: float
+    image: np.ndarray  # uint8 (size, size)
 
 
 def hounsfield(dataset: Any) -> np.ndarray:
@@ -256,14 +262,15 @@ class DicomCT(Dataset):
                 getattr(ds, "InstanceNumber", 0) or 0)
             kept.append(_Slice(path, str(getattr(ds, "PatientID", "")),
                                str(getattr(ds, "StudyInstanceUID", "")),
-                               str(getattr(ds, "SeriesInstanceUID", "")), z, hu))
+                               str(getattr(ds, "SeriesInstanceUID", "")), z,
+                               hu.shape, lung_fraction(hu), self._image(hu)))
         # A series whose slices disagree on size is inconsistent: all of it is bad.
         by_series: dict[str, list[_Slice]] = {}
         for s in kept:
             by_series.setdefault(s.series, []).append(s)
         consistent = []
         for series, members in by_series.items():
-            shapes = sorted({m.hu.shape for m in members})
+            shapes = sorted({m.shape for m in members})
             if len(shapes) > 1:
                 bad += [(m.path, f"series {series} mixes slice sizes {shapes}") for m in members]
             else:
@@ -275,7 +282,7 @@ class DicomCT(Dataset):
         if self.slices == "every":
             return series[:: self.every]
         if self.slices == "lung":
-            return [s for s in series if lung_fraction(s.hu) >= self.min_lung_fraction]
+            return [s for s in series if s.lung >= self.min_lung_fraction]
         return series
 
     def _labels(self) -> dict[str, int] | None:
@@ -303,9 +310,18 @@ class DicomCT(Dataset):
                 labels[row[self.label_key].strip()] = self.class_names.index(name)
         return labels
 
-    def _load(self) -> dict[str, ArrayExamples]:
+    def _image(self, hu: np.ndarray) -> np.ndarray:
+        """HU -> lung-windowed uint8 at `size` x `size`."""
         import tensorflow as tf
 
+        windowed = window(hu, self.window_width, self.window_level)
+        resized = tf.image.resize(
+            windowed[..., None].astype(np.float32), (self.size, self.size),
+            antialias=True,
+        ).numpy()[..., 0]
+        return resized.round().clip(0, 255).astype(np.uint8)
+
+    def _load(self) -> dict[str, ArrayExamples]:
         slices, bad, not_axial = self._scan()
         if bad and self.on_bad_file == "refuse":
             listing = "\n".join(f"  {p}: {r}" for p, r in bad)
@@ -336,11 +352,7 @@ class DicomCT(Dataset):
             members = [s for s in chosen if _split_of(s.patient, self.fractions, self.seed) == split]
             images = np.zeros((len(members), self.size, self.size, 1), np.uint8)
             for i, s in enumerate(members):
-                windowed = window(s.hu, self.window_width, self.window_level)
-                images[i] = tf.image.resize(
-                    windowed[..., None].astype(np.float32), (self.size, self.size),
-                    antialias=True,
-                ).numpy().round().clip(0, 255).astype(np.uint8)
+                images[i, ..., 0] = s.image
             split_labels = None
             if labels is not None:
                 split_labels = np.array(
