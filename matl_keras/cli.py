@@ -137,8 +137,13 @@ def cmd_run_job() -> None:
     from matl_keras import config
     from matl_keras import registry as registry_lib
 
+    from matl_keras.training import strategies
+
     if not FLAGS.gin_file:
         _fail(f"no --gin_file given; nothing to run.\n{USAGE}")
+    # First, before any TensorFlow op: multi-worker collectives can only be
+    # configured at program start.
+    strategies.start_multi_worker_from_env()
     registry = registry_lib.default_registry()
     config.parse(FLAGS.gin_file, FLAGS.gin_param, registry)
     workdir = FLAGS.workdir or os.path.join(
@@ -248,10 +253,21 @@ class _DropGinPathProbes(logging.Filter):
         return not record.pathname.endswith("resource_reader.py")
 
 
+class _DropDistributeInfo(logging.Filter):
+    """tf.distribute logs an INFO line per all-reduce it builds (dozens per
+    multi-worker step function); warnings and errors still pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or (
+            "tensorflow/python/distribute" not in record.pathname
+        )
+
+
 def run() -> None:
     """Console-script entry point."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.getLogger().addFilter(_DropGinPathProbes())
+    logging.getLogger("tensorflow").addFilter(_DropDistributeInfo())
     app.run(main, flags_parser=_parse_flags)
 
 

@@ -125,27 +125,33 @@ class ResumableBackup(keras.callbacks.Callback):
     previous backup is removed only after that.
 
     Args:
-        backup_dir: str. Folder of the backups.
+        backup_dir: str. Folder of the backups a rerun resumes from.
+        write_dir: str or None. Where this process writes its backups
+            (default: `backup_dir`). A non-chief worker of a multi-worker
+            run resumes from the chief's `backup_dir` and writes to its own
+            temporary folder.
     """
 
-    def __init__(self, backup_dir: str):
+    def __init__(self, backup_dir: str, write_dir: str | None = None):
         super().__init__()
         self.backup_dir = backup_dir
+        self.write_dir = write_dir or backup_dir
         self.restored_epoch = 0
 
-    def _complete_backups(self) -> list[tuple[int, str]]:
-        if not os.path.isdir(self.backup_dir):
+    @staticmethod
+    def _complete_backups(directory: str) -> list[tuple[int, str]]:
+        if not os.path.isdir(directory):
             return []
         found = []
-        for name in os.listdir(self.backup_dir):
+        for name in os.listdir(directory):
             match = re.fullmatch(r"epoch-(\d+)", name)
-            path = os.path.join(self.backup_dir, name)
+            path = os.path.join(directory, name)
             if match and os.path.exists(os.path.join(path, _WEIGHTS)):
                 found.append((int(match.group(1)), path))
         return sorted(found)
 
     def on_train_begin(self, logs=None):
-        backups = self._complete_backups()
+        backups = self._complete_backups(self.backup_dir)
         if not backups:
             return
         epoch, path = backups[-1]
@@ -167,13 +173,13 @@ class ResumableBackup(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if _diverged(logs):
             return  # the last good backup stays
-        final = os.path.join(self.backup_dir, f"epoch-{epoch + 1}")
+        final = os.path.join(self.write_dir, f"epoch-{epoch + 1}")
         tmp = final + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
         self.model.save_weights(os.path.join(tmp, _WEIGHTS))
         os.replace(tmp, final)
-        for _, path in self._complete_backups():
+        for _, path in self._complete_backups(self.write_dir):
             if path != final:
                 shutil.rmtree(path, ignore_errors=True)
 
@@ -194,29 +200,43 @@ class BestCheckpoint(keras.callbacks.Callback):
             `best.json`.
         monitor: str. Epoch log key, e.g. `"val_auc"`.
         mode: str. `"max"` or `"min"`.
+        resume_from: str or None. The folder a resumed run reads the best
+            so far from (default: `directory`; a non-chief worker reads the
+            chief's and writes its own).
     """
 
-    def __init__(self, directory: str, monitor: str, mode: str = "max"):
+    def __init__(
+        self,
+        directory: str,
+        monitor: str,
+        mode: str = "max",
+        resume_from: str | None = None,
+    ):
         super().__init__()
         if mode not in ("max", "min"):
             raise ValueError(f"`mode` must be 'max' or 'min'. Received: {mode!r}")
         self.directory = directory
+        self.resume_from = resume_from or directory
         self.monitor = monitor
         self.mode = mode
         self.best: dict | None = None
+        self._best_dir = directory
 
     @property
     def weights_path(self) -> str:
-        return os.path.join(self.directory, _WEIGHTS)
+        """The weights of the best epoch so far (this run's or, until this
+        run finds a better one, the resumed run's)."""
+        return os.path.join(self._best_dir, _WEIGHTS)
 
     def on_train_begin(self, logs=None):
         old = self.directory + ".old"
         if not os.path.isdir(self.directory) and os.path.isdir(old):
             os.replace(old, self.directory)  # killed during the swap
-        record = os.path.join(self.directory, "best.json")
+        record = os.path.join(self.resume_from, "best.json")
         if os.path.exists(record):
             with open(record) as f:
                 self.best = json.load(f)
+            self._best_dir = self.resume_from
 
     def _better(self, value: float) -> bool:
         if self.best is None:
@@ -250,6 +270,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         os.replace(tmp, self.directory)
         shutil.rmtree(old, ignore_errors=True)
         self.best = best
+        self._best_dir = self.directory
 
 
 def pooled_features(backbone: keras.Model, data) -> tuple:
@@ -259,7 +280,8 @@ def pooled_features(backbone: keras.Model, data) -> tuple:
     features, labels = [], []
     for images, batch_labels in data:
         maps = backbone(images, training=False)
-        features.append(keras.ops.convert_to_numpy(keras.ops.mean(maps, axis=(1, 2))))
+        pooled = keras.ops.mean(keras.ops.cast(maps, "float32"), axis=(1, 2))
+        features.append(keras.ops.convert_to_numpy(pooled))
         labels.append(keras.ops.convert_to_numpy(batch_labels))
     return np.concatenate(features), np.concatenate(labels)
 

@@ -240,8 +240,12 @@ class ContrastiveModel(SSLMethod):
             per_example, extras = self.per_example_loss(views)
             global_batch = tf.cast(tf.shape(per_example)[0] * replicas, tf.float32)
             loss = tf.reduce_sum(per_example) / global_batch
+            # Under mixed_float16 `compile` wrapped the optimizer in a
+            # LossScaleOptimizer, which unscales in `apply_gradients`;
+            # otherwise this returns `loss` unchanged.
+            scaled = self.optimizer.scale_loss(loss)
         variables = self.optimized_variables
-        gradients = tape.gradient(loss, variables)
+        gradients = tape.gradient(scaled, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))
         self.after_step(extras)
         self.loss_tracker.update_state(per_example)

@@ -164,9 +164,14 @@ def pipeline(workdir: str, stages: Sequence[str] = ("finetune",)) -> dict[str, A
         The content of `summary.json`.
     """
     from matl_keras import config
+    from matl_keras.training import strategies
 
     names = _check_stages(stages)
     workdir_lib.prepare(workdir)
+    # In a multi-worker run the chief writes the summary; every worker runs
+    # the stages (and reads the chief's backbones, complete when a stage's
+    # `train`/`pretrain` returns: see `workdir.finish`).
+    chief = strategies.chief_from_env()
     summary_path = os.path.join(workdir, SUMMARY_FILE)
     summary: dict[str, Any] = {
         "stages": names,
@@ -203,9 +208,11 @@ def pipeline(workdir: str, stages: Sequence[str] = ("finetune",)) -> dict[str, A
             _stage_entry(name, stage_dir, fn, metrics,
                          time.perf_counter() - start, workdir)
         )
-        workdir_lib.write_json(summary_path, summary)
+        if chief:
+            workdir_lib.write_json(summary_path, summary)
         previous = os.path.join(stage_dir, BACKBONE_FILE)
     summary.update(status="complete", finished=workdir_lib.now())
-    workdir_lib.write_json(summary_path, summary)
-    print(f"wrote {summary_path}", flush=True)
+    if chief:
+        workdir_lib.write_json(summary_path, summary)
+        print(f"wrote {summary_path}", flush=True)
     return summary

@@ -28,6 +28,7 @@ from matl_keras.errors import ConfigError
 from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
 from matl_keras.training import callbacks as callbacks_lib
 from matl_keras.training import optimizers
+from matl_keras.training import precision as precision_lib
 from matl_keras.training import strategies
 from matl_keras.training import workdir as workdir_lib
 from matl_keras.training.ssl_method import SSLMethod
@@ -82,6 +83,8 @@ def pretrain(
     crop_fraction: float = 0.875,
     optimizer: Callable[..., keras.optimizers.Optimizer] = optimizers.sgd,
     strategy: str = "auto",
+    precision: str = "auto",
+    jit_compile: bool | str = "auto",
     sync_batchnorm: bool = True,
     on_bad_image: str = "refuse",
     cache: str = "auto",
@@ -111,7 +114,12 @@ def pretrain(
         epochs: int. Training epochs.
         crop_fraction: float. View crop side over resized side (224/256).
         optimizer: callable. As in `supervised.train`.
-        strategy: str. `"auto"`, `"default"` or `"mirrored"`.
+        strategy: str. A `strategies.STRATEGIES` name (`"auto"`: see
+            `strategies.get_strategy`).
+        precision: str. As in `supervised.train`.
+        jit_compile: bool or `"auto"`. XLA for the SSL step (`"auto"`: on
+            GPU only; tested equal to the plain step on CPU, one device and
+            MirroredStrategy).
         sync_batchnorm: bool. BatchNorm over the global batch (see
             `contrastive`); leave on for MoCo under several replicas.
         on_bad_image, cache, seed: as in `supervised.train`.
@@ -129,19 +137,19 @@ def pretrain(
         raise ConfigError(f"`epochs` must be at least 1. Received: {epochs}")
     from matl_keras import config
 
-    start = workdir_lib.begin(workdir, init_backbone)
-    metrics_path = os.path.join(workdir, "metrics.json")
+    distribution = strategies.get_strategy(strategy)
+    start = workdir_lib.begin(workdir, init_backbone, distribution)
     if start.complete:
-        return workdir_lib.read_json(metrics_path)
+        return workdir_lib.read_json(os.path.join(workdir, "metrics.json"))
+    metrics_path = start.path("metrics.json")
     keras.utils.set_random_seed(seed)
     dataset = resolve_dataset(dataset)
-    distribution = strategies.get_strategy(strategy)
-    with distribution.scope():
+    with distribution.scope(), precision_lib.dtype_policy(precision) as policy:
         model = build_method(method, backbone, image_size, sync_batchnorm)
     common = dict(
         image_size=image_size, batch_size=batch_size,
-        crop_fraction=crop_fraction, on_bad_image=on_bad_image, cache=cache,
-        seed=seed,
+        crop_fraction=crop_fraction, on_bad_image=on_bad_image,
+        cache=strategies.worker_cache(cache, distribution), seed=seed,
     )
     train_data = pipeline.build_split(
         dataset, train_split, training=True, augment=model.views, **common
@@ -178,6 +186,7 @@ def pretrain(
         "dataset": dataset.name,
         "class_names": list(dataset.class_names),
         "method": type(model).__name__,
+        "precision": policy,
         "architecture": describe_backbone(model.backbone),
         "num_examples": {train_split: train_data.num_examples},
         "skipped_images": train_data.skipped,
@@ -190,14 +199,14 @@ def pretrain(
             if model.key_backbone is not None:
                 model.key_backbone.set_weights(model.backbone.get_weights())
             print(f"starting from backbone {init_backbone}", flush=True)
-        # No XLA: the step writes `only_first_replica` variables and
-        # gathers across replicas; not verified under XLA in this project.
         model.compile(
             optimizer=optimizer(
                 batch_size=batch_size, epochs=epochs,
                 steps_per_epoch=train_data.steps,
             ),
-            jit_compile=False,
+            jit_compile=precision_lib.resolve_jit_compile(
+                jit_compile, distribution, False
+            ),
         )
     if monitor is not None:
         # Before any training of this stage; a resumed run keeps the value
@@ -207,16 +216,18 @@ def pretrain(
             before = monitor.score()
         record["knn_accuracy_before"] = before
         print(f"kNN accuracy before pretraining: {before:.4f}", flush=True)
-    workdir_lib.write_json(os.path.join(workdir, workdir_lib.RUN_FILE), record)
+    workdir_lib.write_json(start.path(workdir_lib.RUN_FILE), record)
     nan_guard = callbacks_lib.StopOnNonFinite()
     throughput = callbacks_lib.Throughput()
     callbacks = [throughput, nan_guard]
     if monitor is not None:
         callbacks.append(monitor)
     callbacks += [
-        keras.callbacks.CSVLogger(os.path.join(workdir, "history.csv"), append=True),
-        callbacks_lib.ResumableBackup(start.backup_dir),
-        keras.callbacks.TensorBoard(os.path.join(workdir, "logs")),
+        keras.callbacks.CSVLogger(start.path("history.csv"), append=True),
+        callbacks_lib.ResumableBackup(
+            start.backup_dir, write_dir=start.path(workdir_lib.BACKUP_DIR)
+        ),
+        keras.callbacks.TensorBoard(start.path("logs")),
     ]
     logging.info(
         "pretraining %s for %d epochs of %d steps on %d replica(s)",
@@ -231,8 +242,8 @@ def pretrain(
         verbose=1 if sys.stdout.isatty() else 2,
     )
     nan_guard.raise_if_failed("pretraining", start.backup_dir)
-    model.save_weights(os.path.join(workdir, "ssl_model.weights.h5"))
-    model.backbone.save_weights(os.path.join(workdir, workdir_lib.BACKBONE_FILE))
+    model.save_weights(start.path("ssl_model.weights.h5"))
+    model.backbone.save_weights(start.path(workdir_lib.BACKBONE_FILE))
     final = {k: float(v[-1]) for k, v in history.history.items() if v}
     results: dict[str, Any] = {"final_epoch": final}
     if monitor is not None:
@@ -246,7 +257,7 @@ def pretrain(
             "queries": monitor_split,
         }
     workdir_lib.write_json(metrics_path, results)
-    config.save_config(workdir, "operative_config.gin", operative=True)
+    config.save_config(start.out, "operative_config.gin", operative=True)
     record.update(
         status="complete",
         finished=workdir_lib.now(),
@@ -256,8 +267,14 @@ def pretrain(
             throughput.steps * batch_size / max(throughput.seconds, 1e-9), 2
         ),
     )
-    workdir_lib.write_json(os.path.join(workdir, workdir_lib.RUN_FILE), record)
-    shutil.rmtree(start.backup_dir, ignore_errors=True)
+    workdir_lib.write_json(start.path(workdir_lib.RUN_FILE), record)
+    shutil.rmtree(start.path(workdir_lib.BACKUP_DIR), ignore_errors=True)
+    workdir_lib.finish(start, distribution)
     print(f"metrics: {results}", flush=True)
-    print(f"wrote {workdir}", flush=True)
+    print(
+        f"wrote {workdir}" if start.chief
+        else f"worker {strategies.task_index(distribution)} done (the chief "
+        f"wrote {workdir})",
+        flush=True,
+    )
     return results

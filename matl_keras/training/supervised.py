@@ -39,6 +39,7 @@ from matl_keras.models.resnet.resnet_image_classifier import (
 )
 from matl_keras.training import callbacks as callbacks_lib
 from matl_keras.training import optimizers
+from matl_keras.training import precision as precision_lib
 from matl_keras.training import strategies
 from matl_keras.training import workdir as workdir_lib
 
@@ -111,6 +112,8 @@ def train(
     crop_fraction: float = 0.875,
     optimizer: Callable[..., keras.optimizers.Optimizer] = optimizers.sgd,
     strategy: str = "auto",
+    precision: str = "auto",
+    jit_compile: bool | str = "auto",
     evaluators: Sequence[Evaluator | str] = ("metrics",),
     transfer_evaluators: Sequence[Evaluator | str] = ("leep",),
     transfer_split: str | None = None,
@@ -148,7 +151,13 @@ def train(
         crop_fraction: float. Crop side over resized side (224/256).
         optimizer: callable. Builds the optimizer from `batch_size`,
             `epochs` and `steps_per_epoch` (gin: `@sgd`).
-        strategy: str. `"auto"`, `"default"` or `"mirrored"`.
+        strategy: str. A `strategies.STRATEGIES` name (`"auto"`: see
+            `strategies.get_strategy`).
+        precision: str. `"auto"` (`mixed_float16` on GPU, `float32` on
+            CPU), `"float32"`, `"mixed_float16"` or `"mixed_bfloat16"`
+            (see `training.precision`).
+        jit_compile: bool or `"auto"`. XLA for the training step (`"auto"`:
+            on GPU; on CPU, Keras' own choice).
         evaluators: sequence. Evaluator plugins (or names) for the final
             scores in `metrics.json`.
         transfer_evaluators: sequence. Evaluator plugins (or names) that
@@ -197,12 +206,14 @@ def train(
         )
     from matl_keras import config
 
-    start = workdir_lib.begin(workdir, init_backbone)
-    metrics_path = os.path.join(workdir, "metrics.json")
+    distribution = strategies.get_strategy(strategy)
+    start = workdir_lib.begin(workdir, init_backbone, distribution)
     if start.complete:
-        return workdir_lib.read_json(metrics_path)
+        return workdir_lib.read_json(os.path.join(workdir, "metrics.json"))
     record, digest, init = start.record, start.digest, start.init
     backup_dir, resuming = start.backup_dir, start.resuming
+    metrics_path = start.path("metrics.json")
+    common_cache = strategies.worker_cache(cache, distribution)
 
     keras.utils.set_random_seed(seed)
     dataset = resolve_dataset(dataset)
@@ -215,7 +226,7 @@ def train(
         batch_size=batch_size,
         crop_fraction=crop_fraction,
         on_bad_image=on_bad_image,
-        cache=cache,
+        cache=common_cache,
         seed=seed,
     )
     train_data = pipeline.build_split(
@@ -258,15 +269,15 @@ def train(
         },
         "versions": workdir_lib.versions(),
     }
-    transfer_path = os.path.join(workdir, workdir_lib.TRANSFER_FILE)
-    distribution = strategies.get_strategy(strategy)
-    with distribution.scope():
+    transfer_path = start.path(workdir_lib.TRANSFER_FILE)
+    with distribution.scope(), precision_lib.dtype_policy(precision) as policy:
         features = backbone(image_size=image_size)
         record["architecture"] = describe_backbone(features)
+        record["precision"] = policy
         model = build_image_classifier(
             features, dataset.num_classes, dropout=dropout
         )
-        if transfer_evaluators and not os.path.exists(transfer_path):
+        if transfer_evaluators and not start.has_transfer:
             # Before any weights are loaded: `model` is the untrained network.
             transfer_data = pipeline.build_split(
                 dataset, transfer_split or train_split, training=False,
@@ -287,8 +298,11 @@ def train(
                 {"target": dataset.name, "split": transfer_split or train_split,
                  "num_examples": transfer_data.num_examples, "sources": scores},
             )
-        if os.path.exists(transfer_path):
-            record["transferability"] = workdir_lib.read_json(transfer_path)
+        if start.has_transfer or os.path.exists(transfer_path):
+            record["transferability"] = workdir_lib.read_json(
+                transfer_path if os.path.exists(transfer_path)
+                else os.path.join(workdir, workdir_lib.TRANSFER_FILE)
+            )
         # Loading source models draws from the global RNG: reseed so that
         # training does not depend on whether (or how many) sources ran.
         keras.utils.set_random_seed(seed)
@@ -313,12 +327,16 @@ def train(
             ),
             loss="sparse_categorical_crossentropy",
             metrics=["accuracy"],
+            jit_compile=precision_lib.resolve_jit_compile(
+                jit_compile, distribution, "auto"
+            ),
         )
-    workdir_lib.write_json(os.path.join(workdir, workdir_lib.RUN_FILE), record)
+    workdir_lib.write_json(start.path(workdir_lib.RUN_FILE), record)
     nan_guard = callbacks_lib.StopOnNonFinite()
     throughput = callbacks_lib.Throughput()
     best = callbacks_lib.BestCheckpoint(
-        os.path.join(workdir, "best"),
+        start.path("best"),
+        resume_from=os.path.join(workdir, "best"),
         monitor=best_metric,
         mode="min" if best_metric == "val_loss" else "max",
     )
@@ -332,11 +350,11 @@ def train(
             val_data.data, dataset.positive_index()
         ),
         best,
-        keras.callbacks.CSVLogger(
-            os.path.join(workdir, "history.csv"), append=True
+        keras.callbacks.CSVLogger(start.path("history.csv"), append=True),
+        callbacks_lib.ResumableBackup(
+            backup_dir, write_dir=start.path(workdir_lib.BACKUP_DIR)
         ),
-        callbacks_lib.ResumableBackup(backup_dir),
-        keras.callbacks.TensorBoard(os.path.join(workdir, "logs")),
+        keras.callbacks.TensorBoard(start.path("logs")),
     ]
     logging.info(
         "training %s (%d params) for %d epochs of %d steps on %d replica(s)",
@@ -372,18 +390,22 @@ def train(
         )
     else:
         record["kept"] = {"keep": "last", "epoch": epochs}
-    model.save(os.path.join(workdir, workdir_lib.MODEL_FILE))
-    features.save_weights(os.path.join(workdir, workdir_lib.BACKBONE_FILE))
-    results = {val_split: evaluate(model, val_data.data, val_split, dataset, evaluators, workdir)}
+    model.save(start.path(workdir_lib.MODEL_FILE))
+    features.save_weights(start.path(workdir_lib.BACKBONE_FILE))
+    results = {
+        val_split: evaluate(
+            model, val_data.data, val_split, dataset, evaluators, start.out
+        )
+    }
     if test_split in dataset.splits():
         test_data = pipeline.build_split(
             dataset, test_split, training=False, **common
         )
         results[test_split] = evaluate(
-            model, test_data.data, test_split, dataset, evaluators, workdir
+            model, test_data.data, test_split, dataset, evaluators, start.out
         )
     workdir_lib.write_json(metrics_path, results)
-    config.save_config(workdir, "operative_config.gin", operative=True)
+    config.save_config(start.out, "operative_config.gin", operative=True)
     record.update(
         status="complete",
         finished=workdir_lib.now(),
@@ -394,11 +416,17 @@ def train(
             throughput.steps * batch_size / max(throughput.seconds, 1e-9), 2
         ),
     )
-    workdir_lib.write_json(os.path.join(workdir, workdir_lib.RUN_FILE), record)
+    workdir_lib.write_json(start.path(workdir_lib.RUN_FILE), record)
     # The backup holds optimizer state too (2-3x the model): not needed once
     # the run is complete.
-    shutil.rmtree(backup_dir, ignore_errors=True)
+    shutil.rmtree(start.path(workdir_lib.BACKUP_DIR), ignore_errors=True)
+    workdir_lib.finish(start, distribution)
     for split, values in results.items():
         print(f"{split}:\n{metrics_lib.format_table(values)}", flush=True)
-    print(f"wrote {workdir}", flush=True)
+    print(
+        f"wrote {workdir}" if start.chief
+        else f"worker {strategies.task_index(distribution)} done (the chief "
+        f"wrote {workdir})",
+        flush=True,
+    )
     return results

@@ -59,7 +59,7 @@ def prepare(workdir: str) -> None:
     """Creates `workdir` or raises a `ConfigError` that names it."""
     try:
         os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, ".write_test")
+        probe = os.path.join(workdir, f".write_test-{os.getpid()}")
         with open(probe, "w") as f:
             f.write("ok")
         os.remove(probe)
@@ -111,21 +111,61 @@ class Start:
     backup_dir: str
     resuming: bool
     complete: bool
+    # Where this process writes: the workdir on the chief; a temporary
+    # folder on the other workers of a multi-worker run (see `finish`).
+    out: str = ""
+    chief: bool = True
+    # Whether the chief's workdir held `TRANSFER_FILE` at the start.
+    has_transfer: bool = False
+
+    def path(self, name: str) -> str:
+        """Where this process writes the workdir's file `name`."""
+        return os.path.join(self.out, name)
 
 
-def begin(workdir: str, init_backbone: str | None) -> Start:
+def finish(start: Start, strategy=None) -> None:
+    """Ends a stage: in a multi-worker run, waits until every worker is
+    here (so the chief's files are complete before anyone reads them, e.g.
+    the next stage's `init_backbone`), then removes a non-chief worker's
+    temporary folder."""
+    from matl_keras.training import strategies
+
+    if strategy is not None:
+        strategies.broadcast_from_chief(strategy, [1])
+    if not start.chief:
+        import shutil
+
+        shutil.rmtree(start.out, ignore_errors=True)
+
+
+def begin(workdir: str, init_backbone: str | None, strategy=None) -> Start:
     """Starts a stage in `workdir`: config hash, previous run, `config.gin`.
 
     The config hash covers the gin bindings that reach the current scope
     (`config.stage_config_str`) and the content of `init_backbone`.
+
+    In a multi-worker run (`strategy`), only the chief writes `workdir`;
+    the others read it and write to a temporary `Start.out`, and the
+    decisions taken from its files (complete, resuming) are the chief's, on
+    every worker.
 
     Raises:
         ConfigError: `init_backbone` is missing, the workdir cannot be
             written or holds trained results of another config.
     """
     from matl_keras import config
+    from matl_keras.training import strategies
 
-    prepare(workdir)
+    chief = strategy is None or strategies.is_chief(strategy)
+    if chief:
+        prepare(workdir)
+        out = workdir
+    else:
+        import tempfile
+
+        out = tempfile.mkdtemp(
+            prefix=f"matl-keras-worker{strategies.task_index(strategy)}-"
+        )
     init = None
     if init_backbone:
         if not os.path.isfile(init_backbone):
@@ -141,6 +181,15 @@ def begin(workdir: str, init_backbone: str | None) -> Start:
     record = previous_run(workdir, digest)
     backup_dir = os.path.join(workdir, BACKUP_DIR)
     complete = bool(record and record.get("status") == "complete")
+    resuming = os.path.isdir(backup_dir)
+    has_transfer = os.path.exists(os.path.join(workdir, TRANSFER_FILE))
+    if strategy is not None:
+        complete, resuming, has_transfer = map(
+            bool,
+            strategies.broadcast_from_chief(
+                strategy, [complete, resuming, has_transfer]
+            ),
+        )
     if complete:
         print(
             f"{workdir}: this run is already complete (same config); "
@@ -148,15 +197,18 @@ def begin(workdir: str, init_backbone: str | None) -> Start:
             flush=True,
         )
     else:
-        with open(os.path.join(workdir, "config.gin"), "w") as f:
+        with open(os.path.join(out, "config.gin"), "w") as f:
             f.write(config_text)
     return Start(
         digest=digest,
         record=record,
         init=init,
         backup_dir=backup_dir,
-        resuming=os.path.isdir(backup_dir),
+        resuming=resuming,
         complete=complete,
+        out=out,
+        chief=chief,
+        has_transfer=has_transfer,
     )
 
 
