@@ -13,6 +13,7 @@ Paper: https://arxiv.org/abs/1512.03385
 import keras
 from keras import layers
 
+from matl_keras.layers.fused_batch_norm import FusedBatchNormalization
 from matl_keras.layers.input_normalization import InputNormalization
 from matl_keras.layers.non_local_block import NonLocalBlock
 from matl_keras.models.resnet import attention_placement
@@ -44,7 +45,9 @@ BN_MOMENTUM = 0.9
 
 
 def _bn(name, synchronized=False):
-    return layers.BatchNormalization(
+    # The fused kernel (same weights and math as layers.BatchNormalization;
+    # see layers/fused_batch_norm.py for why).
+    return FusedBatchNormalization(
         axis=-1,
         momentum=BN_MOMENTUM,
         epsilon=_BN_EPSILON,

@@ -113,7 +113,12 @@ def test_imagenet_weights_give_keras_applications_features(imagenet_like_r50, wh
         assert report.kept_initial == [f"{b}_nonlocal" for b in (
             [] if attention == "none" else EXPECTED[50][0 if attention == "1" else 1]
         )]
-        np.testing.assert_allclose(backbone(images), expected, rtol=1e-4, atol=1e-4)
+        # Features reach thousands here; the fused BatchNorm kernel rounds
+        # differently from keras.applications' unfused one (2e-6 of the
+        # largest feature). A wrong weight mapping is off by O(1).
+        np.testing.assert_allclose(
+            backbone(images), expected, rtol=1e-4,
+            atol=1e-5 * float(np.abs(expected).max()))
 
 
 def test_imagenet_weights_from_a_model_and_into_a_classifier(imagenet_like_r50):
