@@ -73,6 +73,17 @@ def test_training_split_shuffles_augments_and_keeps_pairs():
     assert first != second  # reshuffled every epoch
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_splits_shard_by_example_across_workers(training):
+    """DATA policy, explicit: FILE sharding (AUTO's first choice) cannot
+    apply to decoded arrays or file lists read by `map`."""
+    split = pipeline.build_split(
+        Tiny(n=16), "train", image_size=32, batch_size=4, training=training
+    )
+    policy = split.data.options().experimental_distribute.auto_shard_policy
+    assert policy == tf.data.experimental.AutoShardPolicy.DATA
+
+
 def test_fewer_images_than_a_batch_is_a_clear_error():
     with pytest.raises(ConfigError, match="fewer than one batch"):
         pipeline.build_split(
