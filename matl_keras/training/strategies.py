@@ -119,6 +119,11 @@ def _multi_worker() -> tf.distribute.Strategy:
     return strategy
 
 
+def auto_choice(gpus: int) -> str:
+    """What `strategy='auto'` means on one machine with `gpus` GPUs."""
+    return "mirrored" if gpus > 1 else "one_device" if gpus else "default"
+
+
 def get_strategy(name: str = "auto") -> tf.distribute.Strategy:
     """Returns the strategy called `name`.
 
@@ -148,7 +153,7 @@ def get_strategy(name: str = "auto") -> tf.distribute.Strategy:
         )
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
-        name = "mirrored" if len(gpus) > 1 else "one_device" if gpus else "default"
+        name = auto_choice(len(gpus))
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "one_device":

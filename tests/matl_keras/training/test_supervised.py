@@ -71,6 +71,17 @@ def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
     assert saved == results
 
 
+def test_one_device_strategy_trains(tmp_path):
+    """What `auto` picks on one GPU (batches prefetched to the device),
+    here on the CPU."""
+    assert strategies.auto_choice(1) == "one_device"
+    assert strategies.auto_choice(0) == "default"
+    assert strategies.auto_choice(4) == "mirrored"
+    results = run_train(tmp_path, strategy="one_device")
+    assert results == {"val": {"count": 16}}
+    assert json.load(open(tmp_path / "run.json"))["precision"] == "float32"
+
+
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
     with pytest.raises(MatlError, match=r"diverged: loss .* at epoch 1, step"):
         run_train(
