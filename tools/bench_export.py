@@ -14,10 +14,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 from absl import app
 from absl import flags
+
+from timing import median_seconds  # tools/timing.py
 
 flags.DEFINE_string("images", "../shared/data/covid-ct/Images-processed/CT_COVID",
                     "Folder of real images to serve (PNG/JPEG).")
@@ -45,16 +46,6 @@ def _size_mb(folder):
     for root, _, files in os.walk(folder):
         total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
     return total / 1e6
-
-
-def _median_seconds(fn, repeats):
-    fn()  # warm-up (tracing)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def main(argv):
@@ -107,13 +98,13 @@ def main(argv):
         for d in data])
     r = FLAGS.repeats
     timing = {
-        "serving_default_1_image_ms": 1000 * _median_seconds(lambda: served(images=one), r),
-        "serving_default_batch_img_s": FLAGS.batch / _median_seconds(lambda: served(images=many), r),
-        "predict_1_image_ms": 1000 * _median_seconds(
+        "serving_default_1_image_ms": 1000 * median_seconds(lambda: served(images=one), r),
+        "serving_default_batch_img_s": FLAGS.batch / median_seconds(lambda: served(images=many), r),
+        "predict_1_image_ms": 1000 * median_seconds(
             lambda: model.predict(decoded[:1], verbose=0), r),
-        "predict_batch_img_s": FLAGS.batch / _median_seconds(
+        "predict_batch_img_s": FLAGS.batch / median_seconds(
             lambda: model.predict(decoded, batch_size=FLAGS.batch, verbose=0), r),
-        "model_call_batch_img_s": FLAGS.batch / _median_seconds(
+        "model_call_batch_img_s": FLAGS.batch / median_seconds(
             lambda: model(decoded, training=False), r),
     }
     results["timing"] = {k: round(v, 1) for k, v in timing.items()}

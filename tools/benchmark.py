@@ -41,6 +41,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
+from timing import median_seconds  # noqa: E402  (tools/timing.py)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 flags.DEFINE_string("output_dir", "runs/benchmark", "Where the JSON/Markdown go.")
 flags.DEFINE_list("sections", ["roofline", "steps", "input", "serving"], "Sections.")
@@ -68,16 +70,6 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _timed(fn, repeats: int) -> float:
-    """Median seconds of `fn()` (which must block until done)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
-
-
 # --- measurements (run in a child process) ----------------------------------
 
 
@@ -90,7 +82,7 @@ def roofline() -> dict:
     b = tf.random.normal([n, n])
     matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
     matmul()
-    seconds = _timed(lambda: float(matmul()), 10)
+    seconds = median_seconds(lambda: float(matmul()), 10, warmup=0)
     out["matmul"] = {"shape": f"{n}x{n}x{n}", "gflops": round(2 * n**3 / seconds / 1e9, 1)}
     convs = []
     # (batch, side, c_in, c_out, kernel): ResNet-50 conv2..conv5 shapes at 224.
@@ -116,8 +108,8 @@ def roofline() -> dict:
 
         forward()
         train()
-        fwd = flops / _timed(lambda: float(forward()), 7) / 1e9
-        trn = 3 * flops / _timed(lambda: float(train()), 5) / 1e9
+        fwd = flops / median_seconds(lambda: float(forward()), 7, warmup=0) / 1e9
+        trn = 3 * flops / median_seconds(lambda: float(train()), 5, warmup=0) / 1e9
         convs.append({"shape": f"{batch}x{side}x{side}x{cin}->{cout} k{k}",
                       "forward_gflops": round(fwd, 1), "train_gflops": round(trn, 1)})
     out["conv"] = convs

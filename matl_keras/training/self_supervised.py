@@ -12,7 +12,6 @@ stage), `metrics.json` and `operative_config.gin`.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -268,13 +267,6 @@ def pretrain(
         ),
     )
     workdir_lib.write_json(start.path(workdir_lib.RUN_FILE), record)
-    shutil.rmtree(start.path(workdir_lib.BACKUP_DIR), ignore_errors=True)
-    workdir_lib.finish(start, distribution)
     print(f"metrics: {results}", flush=True)
-    print(
-        f"wrote {workdir}" if start.chief
-        else f"worker {strategies.task_index(distribution)} done (the chief "
-        f"wrote {workdir})",
-        flush=True,
-    )
+    workdir_lib.finish(start, distribution)
     return results

@@ -11,7 +11,6 @@ validation metric), `model.keras`, `backbone.weights.h5`, `metrics.json` and
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from collections.abc import Callable
 from collections.abc import Sequence
@@ -298,11 +297,11 @@ def train(
                 {"target": dataset.name, "split": transfer_split or train_split,
                  "num_examples": transfer_data.num_examples, "sources": scores},
             )
-        if start.has_transfer or os.path.exists(transfer_path):
-            record["transferability"] = workdir_lib.read_json(
-                transfer_path if os.path.exists(transfer_path)
-                else os.path.join(workdir, workdir_lib.TRANSFER_FILE)
-            )
+        # This process's scores, or (resuming) the chief's.
+        for path in (transfer_path, os.path.join(workdir, workdir_lib.TRANSFER_FILE)):
+            if os.path.exists(path):
+                record["transferability"] = workdir_lib.read_json(path)
+                break
         # Loading source models draws from the global RNG: reseed so that
         # training does not depend on whether (or how many) sources ran.
         keras.utils.set_random_seed(seed)
@@ -417,16 +416,7 @@ def train(
         ),
     )
     workdir_lib.write_json(start.path(workdir_lib.RUN_FILE), record)
-    # The backup holds optimizer state too (2-3x the model): not needed once
-    # the run is complete.
-    shutil.rmtree(start.path(workdir_lib.BACKUP_DIR), ignore_errors=True)
-    workdir_lib.finish(start, distribution)
     for split, values in results.items():
         print(f"{split}:\n{metrics_lib.format_table(values)}", flush=True)
-    print(
-        f"wrote {workdir}" if start.chief
-        else f"worker {strategies.task_index(distribution)} done (the chief "
-        f"wrote {workdir})",
-        flush=True,
-    )
+    workdir_lib.finish(start, distribution)
     return results

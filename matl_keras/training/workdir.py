@@ -115,6 +115,7 @@ class Start:
     # folder on the other workers of a multi-worker run (see `finish`).
     out: str = ""
     chief: bool = True
+    workdir: str = ""
     # Whether the chief's workdir held `TRANSFER_FILE` at the start.
     has_transfer: bool = False
 
@@ -124,18 +125,28 @@ class Start:
 
 
 def finish(start: Start, strategy=None) -> None:
-    """Ends a stage: in a multi-worker run, waits until every worker is
-    here (so the chief's files are complete before anyone reads them, e.g.
-    the next stage's `init_backbone`), then removes a non-chief worker's
-    temporary folder."""
+    """Ends a complete stage: removes the backup this process wrote (it
+    holds optimizer state, 2-3x the model, not needed any more); in a
+    multi-worker run waits until every worker is here (so the chief's files
+    are complete before anyone reads them, e.g. the next stage's
+    `init_backbone`) and removes a non-chief worker's temporary folder;
+    says where the files are."""
+    import shutil
+
     from matl_keras.training import strategies
 
+    shutil.rmtree(start.path(BACKUP_DIR), ignore_errors=True)
     if strategy is not None:
         strategies.broadcast_from_chief(strategy, [1])
-    if not start.chief:
-        import shutil
-
+    if start.chief:
+        print(f"wrote {start.workdir}", flush=True)
+    else:
         shutil.rmtree(start.out, ignore_errors=True)
+        print(
+            f"worker {strategies.task_index(strategy)} done (the chief "
+            f"wrote {start.workdir})",
+            flush=True,
+        )
 
 
 def begin(workdir: str, init_backbone: str | None, strategy=None) -> Start:
@@ -208,6 +219,7 @@ def begin(workdir: str, init_backbone: str | None, strategy=None) -> Start:
         complete=complete,
         out=out,
         chief=chief,
+        workdir=workdir,
         has_transfer=has_transfer,
     )
 

@@ -216,3 +216,8 @@ def test_one_device_and_worker_cache(monkeypatch):
     assert strategies.is_chief(one) and strategies.task_index(one) == 0
     assert strategies.worker_cache("/data/cache", one) == "/data/cache"
     assert strategies.broadcast_from_chief(one, [3, 0]) == [3, 0]
+    # A non-chief worker: its own on-disk cache file, memory caches as is.
+    monkeypatch.setattr(strategies, "task_index", lambda strategy: 2)
+    assert not strategies.is_chief(one)
+    assert strategies.worker_cache("/data/cache", one) == "/data/cache-worker2"
+    assert strategies.worker_cache("memory", one) == "memory"
