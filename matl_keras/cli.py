@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -31,7 +32,7 @@ flags.DEFINE_multi_string(
 flags.DEFINE_multi_string(
     "gin_param",
     [],
-    "Gin binding(s) applied after the files, e.g. 'EPOCHS = 2' (repeatable).",
+    "Gin binding(s) applied after the files, e.g. 'FINETUNE_EPOCHS = 2' (repeatable).",
 )
 flags.DEFINE_string(
     "workdir",
@@ -150,6 +151,11 @@ def cmd_run_job() -> None:
         "runs", os.path.splitext(os.path.basename(FLAGS.gin_file[-1]))[0]
     )
     print(f"workdir: {workdir}", flush=True)
+    if strategies.chief_from_env():
+        # The whole job (every stage of a pipeline) holds its workdir.
+        from matl_keras.training import workdir as workdir_lib
+
+        workdir_lib.lock(workdir)
     job = config.configured("job")()
     job(workdir=workdir)
 
@@ -223,8 +229,20 @@ COMMANDS = {
 }
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what SLURM and Kubernetes send), raised in the main thread
+    like SIGINT's KeyboardInterrupt: Python runs the handler between
+    bytecodes, so the training step in flight finishes, the last complete
+    backup stays as it is, and the workdir lock is released at exit."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str]) -> None:
     args = list(argv[1:])
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         if not args:
             cmd_run_job()
@@ -238,11 +256,15 @@ def main(argv: Sequence[str]) -> None:
         # gin appends "  In call to configurable ..." lines to errors raised
         # inside configurables: not for users.
         _fail(str(e).split("\n  In call to configurable")[0])
-    except KeyboardInterrupt:
-        sys.stderr.write(
-            "matl-keras: interrupted; run the same command again to resume.\n"
+    except KeyboardInterrupt as e:
+        name, status = (
+            ("SIGTERM", 143) if isinstance(e, Terminated) else ("SIGINT", 130)
         )
-        sys.exit(130)
+        sys.stderr.write(
+            f"matl-keras: stopped by {name}; run the same command again to "
+            "resume.\n"
+        )
+        sys.exit(status)
 
 
 class _DropGinPathProbes(logging.Filter):

@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import gin
-
 from matl_keras.errors import ConfigError
 
 _REGISTERED_PLUGINS: dict[tuple[str, str], Any] = {}
@@ -103,7 +102,7 @@ def _read_gin_texts(path: str, seen: set[str], flag: str) -> list[str]:
 def _resolve(path: str) -> str | None:
     if os.path.isfile(path):
         return os.path.abspath(path)
-    for prefix in gin.config._LOCATION_PREFIXES:  # noqa: SLF001
+    for prefix in gin.config._LOCATION_PREFIXES:
         candidate = os.path.join(prefix, path)
         if os.path.isfile(candidate):
             return os.path.abspath(candidate)
@@ -112,7 +111,7 @@ def _resolve(path: str) -> str | None:
 
 def add_search_path(path: str) -> None:
     """Lets `include` find files relative to `path` (once per path)."""
-    if path not in gin.config._LOCATION_PREFIXES:  # noqa: SLF001
+    if path not in gin.config._LOCATION_PREFIXES:
         gin.add_config_file_search_path(path)
 
 
@@ -164,7 +163,117 @@ def parse(
             list(gin_files), list(gin_bindings), skip_unknown=False
         )
     except Exception as e:  # gin raises ValueError, SyntaxError, IOError...
+        for binding in gin_bindings:
+            bad = _syntax_error(binding)
+            if bad:
+                raise ConfigError(
+                    f"gin: syntax error in --gin_param={binding!r}: {bad}"
+                ) from e
         raise ConfigError(_gin_message(e, registry)) from e
+    check_macros(texts, gin_bindings)
+
+
+def _syntax_error(binding: str) -> str | None:
+    """Parses one binding alone, so a syntax error names its --gin_param."""
+    from gin import config_parser
+
+    try:
+        list(config_parser.ConfigParser(
+            binding, gin.config.ParserDelegate(skip_unknown=True)
+        ))
+    except SyntaxError as e:
+        return f"{e.msg}, line {e.lineno}" if e.lineno else str(e.msg)
+    except Exception:  # noqa: BLE001 - not a syntax problem of this binding
+        return None
+    return None
+
+
+_MACRO_DEF = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*=", re.MULTILINE)
+
+
+def _int_at_least(low: int) -> Any:
+    def check(v: Any) -> str | None:
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            return f"an integer >= {low}"
+        return None
+
+    return check
+
+
+def _positive_number(v: Any) -> str | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+        return "a number > 0"
+    return None
+
+
+def _macro_spec() -> dict[str, Any]:
+    # The accepted values come from the model code itself, so this check
+    # cannot drift from what the backbone builder accepts.
+    from matl_keras.models.resnet.attention_placement import PRESETS
+    from matl_keras.models.resnet.resnet_backbone import DEPTHS
+
+    def depth(v: Any) -> str | None:
+        return None if v in DEPTHS else f"one of {sorted(DEPTHS)}"
+
+    def attention(v: Any) -> str | None:
+        if isinstance(v, dict) or v is None or v in PRESETS:
+            return None
+        return f"one of {sorted(PRESETS)} or a {{stage: [blocks]}} mapping"
+
+    spec: dict[str, Any] = {
+        "IMAGE_SIZE": _int_at_least(1),
+        "BATCH_SIZE": _int_at_least(1),
+        "SEED": _int_at_least(0),
+        "WIDTH": _positive_number,
+        "DEPTH": depth,
+        "ATTENTION": attention,
+    }
+    return spec
+
+
+def check_macros(texts: Sequence[str], gin_bindings: Sequence[str]) -> None:
+    """Refuses macros nobody reads and macro values of the wrong type.
+
+    Gin accepts `EPOCHS = 1` even when no binding says `%EPOCHS`, so a typo
+    silently trains the defaults; and a wrong type (`IMAGE_SIZE = 32.5`)
+    surfaces as a long traceback deep inside tf.data. Both are checked here,
+    before any TensorFlow work, naming the macro as the user wrote it.
+    """
+    import difflib
+
+    referenced = set()
+    for text in texts:
+        referenced |= set(_MACRO_REF.findall(text))
+    where: dict[str, str] = {}
+    for text in texts:
+        for name in _MACRO_DEF.findall(text):
+            where.setdefault(name, "a gin file")
+    for binding in gin_bindings:
+        for name in _MACRO_DEF.findall(_strip_comments(binding)):
+            where[name] = f"--gin_param={binding!r}"
+    for name, origin in where.items():
+        if name in referenced:
+            continue
+        close = difflib.get_close_matches(name, sorted(referenced), n=3)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ConfigError(
+            f"gin: macro {name!r} (bound in {origin}) is not used by any "
+            f"binding.{hint}"
+        )
+    spec = _macro_spec()
+    for name, origin in where.items():
+        check = spec.get(name)
+        if name.endswith("_EPOCHS"):
+            check = _int_at_least(0)
+        if check is None:
+            continue
+        value = gin.query_parameter(f"%{name}")
+        accepted = check(value)
+        if accepted is not None:
+            raise ConfigError(
+                f"gin: macro {name} = {value!r} (bound in {origin}) is not "
+                f"accepted: expected {accepted}."
+            )
 
 
 def _gin_message(error: Exception, registry: Any) -> str:
@@ -183,7 +292,7 @@ def _gin_message(error: Exception, registry: Any) -> str:
 
                 return _broken_message(info)
         known = sorted(
-            {n.split(".")[-1] for n, _ in gin.config._REGISTRY.items()}  # noqa
+            {n.split(".")[-1] for n, _ in gin.config._REGISTRY.items()}
             | {n for g in GROUPS for n in registry.names(g)}
         )
         close = [k for k in known if _similar(name, k)]
@@ -232,10 +341,10 @@ def stage_config_str(scope: str | None = None, operative: bool = False) -> str:
     """
     scope = gin.current_scope_str() if scope is None else scope
     active = set(filter(None, scope.split("/")))
-    source = gin.config._OPERATIVE_CONFIG if operative else gin.config._CONFIG  # noqa: SLF001
+    source = gin.config._OPERATIVE_CONFIG if operative else gin.config._CONFIG
     macros = {
         key: values
-        for key, values in gin.config._CONFIG.items()  # noqa: SLF001
+        for key, values in gin.config._CONFIG.items()
         if key[1] == "gin.macro"
     }
     kept = {}
@@ -246,7 +355,7 @@ def stage_config_str(scope: str | None = None, operative: bool = False) -> str:
             continue
         if set(filter(None, key_scope.split("/"))) <= active:
             kept[(key_scope, selector)] = values
-    pending = set(_MACRO_REF.findall(gin.config._config_str(kept)))  # noqa: SLF001
+    pending = set(_MACRO_REF.findall(gin.config._config_str(kept)))
     seen: set[str] = set()
     while pending:
         name = pending.pop()
@@ -254,9 +363,9 @@ def stage_config_str(scope: str | None = None, operative: bool = False) -> str:
         key = (name, "gin.macro")
         if key in macros:
             kept[key] = macros[key]
-            text = gin.config._config_str({key: macros[key]})  # noqa: SLF001
+            text = gin.config._config_str({key: macros[key]})
             pending |= set(_MACRO_REF.findall(text)) - seen
-    return gin.config._config_str(kept)  # noqa: SLF001
+    return gin.config._config_str(kept)
 
 
 def save_config(workdir: str, filename: str, operative: bool) -> str:

@@ -9,9 +9,26 @@ Networks", https://arxiv.org/abs/1711.07971), as the paper uses it:
 
 The output BatchNormalization's gamma starts at zero, so a new block is the
 identity and can be inserted into a pretrained ResNet without changing it.
+
+Score normalisation (`score="cosine"`, the default). With the plain dot
+product `K^T Q` on ResNet activations (post-ReLU, un-normalised, hundreds of
+channels) the scores of an untrained R-18/R-50 have a std of thousands in
+the first block, so the softmax is one-hot (mean max weight 0.998-1.000,
+entropy ~0 nats) and stays near one-hot after fine-tuning (0.92-1.00, issue
+15): Eq. 1 degenerates to an argmax. Wang et al.'s reference code
+(video-nonlocal-net `nonlocal_helper.py`) keeps scores small with a 0.01-std
+init of theta/phi and `use_scale` (d_k^-0.5), but both only fix the scale
+at init: training is free to grow the weights back. We keep Eq. 1's form (a
+softmax over keys of q . k) but L2-normalise q and k over channels first
+(cosine attention, as Swin-V2) and multiply by a learnable temperature
+`tau = exp(log_tau)`, clipped to `[1, max_logit_scale]`. The logits are
+then bounded by +-max_logit_scale whatever the activations or the training
+do, and start at +-logit_scale. `score="dot"` is the old, unscaled layer
+(kept so old configs and their weights mean what they meant).
 """
 
 import keras
+import numpy as np
 from keras import layers
 from keras import ops
 
@@ -32,6 +49,13 @@ class NonLocalBlock(keras.layers.Layer):
             softmax over key positions (columns of Eq. 1 transposed).
         sync_batchnorm: bool. The output BatchNormalization uses the global
             batch of all replicas (`synchronized=True`).
+        score: str. `"cosine"`: softmax(tau * cos(q, k)) with a learnable
+            tau (see the module docstring); `"dot"`: the old unscaled
+            softmax(q . k), which saturates on ResNet activations.
+        logit_scale: float. Initial tau for `score="cosine"`.
+        max_logit_scale: float. Upper clip of tau: logits stay within
+            +-max_logit_scale, so training cannot make the softmax one-hot
+            on a map with many keys.
         name: str. Layer name; sub-layers are `f"{name}_q"` etc.
 
     Example:
@@ -49,9 +73,26 @@ class NonLocalBlock(keras.layers.Layer):
         subsample=1,
         return_attention=False,
         sync_batchnorm=False,
+        score="cosine",
+        logit_scale=4.0,
+        max_logit_scale=10.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if score not in ("cosine", "dot"):
+            raise ValueError(
+                "`score` must be 'cosine' or 'dot'. Received: "
+                f"score={score!r}"
+            )
+        if not 1.0 <= float(logit_scale) <= float(max_logit_scale):
+            raise ValueError(
+                "Need 1 <= logit_scale <= max_logit_scale. Received: "
+                f"logit_scale={logit_scale!r}, "
+                f"max_logit_scale={max_logit_scale!r}"
+            )
+        self.score = score
+        self.logit_scale = float(logit_scale)
+        self.max_logit_scale = float(max_logit_scale)
         for arg, value in (
             ("key_channels", key_channels),
             ("value_channels", value_channels),
@@ -117,6 +158,32 @@ class NonLocalBlock(keras.layers.Layer):
         self.value_conv.build(kv_shape)
         self.output_conv.build(tuple(input_shape[:-1]) + (self._dv,))
         self.output_bn.build(tuple(input_shape[:-1]) + (channels,))
+        self.log_tau = None
+        if self.score == "cosine":
+            self.log_tau = self.add_weight(
+                shape=(),
+                initializer=keras.initializers.Constant(
+                    float(np.log(self.logit_scale))
+                ),
+                dtype="float32",
+                autocast=False,
+                name="log_tau",
+            )
+
+    def load_own_variables(self, store):
+        # Weights files of the layer before `score="cosine"` have no entry
+        # for log_tau: start it at its explicit default, `logit_scale`, as a
+        # new layer would (the q/k/v/out kernels load as saved).
+        if self.log_tau is not None and len(store.keys()) == 0:
+            self.log_tau.assign(float(np.log(self.logit_scale)))
+            return
+        super().load_own_variables(store)
+
+    def temperature(self):
+        """tau of the cosine scores, float32, within [1, max_logit_scale]."""
+        return ops.exp(
+            ops.clip(self.log_tau, 0.0, float(np.log(self.max_logit_scale)))
+        )
 
     def _flatten(self, x, channels):
         # Static h * w where known: a -1 here would leave Keras unable to
@@ -133,9 +200,14 @@ class NonLocalBlock(keras.layers.Layer):
         k = self._flatten(self.key_conv(kv_input), self._dk)
         v = self._flatten(self.value_conv(kv_input), self._dv)
         # Scores and softmax in float32 even under mixed precision.
-        scores = ops.matmul(
-            ops.cast(q, "float32"), ops.transpose(ops.cast(k, "float32"), (0, 2, 1))
-        )
+        q = ops.cast(q, "float32")
+        k = ops.cast(k, "float32")
+        if self.score == "cosine":
+            q = q / ops.sqrt(ops.sum(q * q, axis=-1, keepdims=True) + 1e-12)
+            k = k / ops.sqrt(ops.sum(k * k, axis=-1, keepdims=True) + 1e-12)
+        scores = ops.matmul(q, ops.transpose(k, (0, 2, 1)))
+        if self.score == "cosine":
+            scores = scores * self.temperature()
         attention = ops.softmax(scores, axis=-1)
         o = ops.matmul(ops.cast(attention, v.dtype), v)
         if inputs.shape[1] is not None and inputs.shape[2] is not None:
@@ -180,6 +252,9 @@ class NonLocalBlock(keras.layers.Layer):
                 "subsample": self.subsample,
                 "return_attention": self.return_attention,
                 "sync_batchnorm": self.sync_batchnorm,
+                "score": self.score,
+                "logit_scale": self.logit_scale,
+                "max_logit_scale": self.max_logit_scale,
             }
         )
         return config

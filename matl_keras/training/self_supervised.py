@@ -137,6 +137,7 @@ def pretrain(
     from matl_keras import config
 
     distribution = strategies.get_strategy(strategy)
+    strategies.check_replica_split(batch_size, distribution)
     start = workdir_lib.begin(workdir, init_backbone, distribution)
     if start.complete:
         return workdir_lib.read_json(os.path.join(workdir, "metrics.json"))

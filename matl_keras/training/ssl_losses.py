@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from matl_keras.errors import ConfigError
+
 # A finite stand-in for -inf in masked logits: exp() of it is exactly 0 in
 # float32, and it keeps gradients finite (a true -inf times 0 gives NaN).
 _MASKED = -1e9
@@ -133,3 +135,31 @@ def combined(
     they carry no region term.
     """
     return alpha1 * contrastive + alpha2 * region
+
+
+MOMENTUM_SCHEDULES = ("constant", "cosine")
+
+
+def momentum_at(step, total_steps: int, base: float, schedule: str):
+    """Key-encoder momentum m_t at optimizer step `step` (0-based).
+
+    `constant`: m_t = base (MoCo). `cosine` (BYOL, MoCo v3):
+    m_t = 1 - (1 - base) * (cos(pi t / T) + 1) / 2, rising from `base` at
+    t = 0 to 1 at t = T, so the keys follow the query encoder closely early
+    (useful on short runs) and freeze as training converges.
+    """
+    if schedule not in MOMENTUM_SCHEDULES:
+        raise ConfigError(
+            f"`momentum_schedule` must be one of {MOMENTUM_SCHEDULES}. "
+            f"Received: momentum_schedule={schedule!r}"
+        )
+    if schedule == "constant":
+        return tf.constant(base, tf.float32)
+    if total_steps <= 0:
+        raise ConfigError(
+            f"The cosine momentum schedule needs total_steps > 0. "
+            f"Received: total_steps={total_steps}"
+        )
+    t = tf.minimum(tf.cast(step, tf.float32) / float(total_steps), 1.0)
+    cosine = (tf.cos(tf.constant(3.141592653589793) * t) + 1.0) / 2.0
+    return 1.0 - (1.0 - base) * cosine

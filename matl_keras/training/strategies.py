@@ -223,3 +223,19 @@ def worker_cache(cache: str, strategy: tf.distribute.Strategy) -> str:
     if cache in ("auto", "memory", "none") or is_chief(strategy):
         return cache
     return f"{cache}-worker{task_index(strategy)}"
+
+
+def check_replica_split(batch_size: int, strategy: tf.distribute.Strategy):
+    """Refuse a global batch that the replicas cannot share equally.
+
+    Keras splits the global batch over the replicas; with a remainder the
+    replicas get different batch sizes (or the last one none), so the
+    per-replica losses and BN statistics no longer average to the one-device
+    result. Checked at start, before any data is read.
+    """
+    replicas = strategy.num_replicas_in_sync
+    if batch_size % replicas:
+        raise ConfigError(
+            f"`batch_size` must be divisible by the number of replicas "
+            f"({replicas}). Received: batch_size={batch_size}"
+        )

@@ -8,11 +8,15 @@ resumed; a complete one is not recomputed.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
 import platform
+import socket
+import sys
 import time
 from typing import Any
 
@@ -53,6 +57,119 @@ def file_sha256(path: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:16]
+
+
+# The lock of a workdir held by a live run (see `lock`).
+LOCK_FILE = ".matl-keras.lock"
+# Workdirs this process has locked: real path -> open file descriptor.
+_HELD: dict[str, int] = {}
+
+
+def _holds(real: str) -> bool:
+    """Whether this process holds `real` or a folder above it (a pipeline's
+    lock covers its stages)."""
+    return any(
+        real == held or real.startswith(held.rstrip(os.sep) + os.sep)
+        for held in _HELD
+    )
+
+
+def _describe(info: dict[str, Any]) -> str:
+    return (
+        f"pid {info.get('pid', '?')} on {info.get('host', '?')} since "
+        f"{info.get('start', '?')} (command {info.get('command', '?')})"
+    )
+
+
+def _read_lock(fd: int) -> dict[str, Any]:
+    os.lseek(fd, 0, os.SEEK_SET)
+    text = os.read(fd, 1 << 16).decode(errors="replace")
+    try:
+        info = json.loads(text)
+    except ValueError:
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def lock(workdir: str) -> None:
+    """Makes this process the only run writing `workdir`, until it exits.
+
+    Two runs into one workdir would interleave `history.csv`, duplicate
+    TensorBoard steps and replace each other's model silently. The lock file
+    `LOCK_FILE` names its owner (pid, host, start, command); liveness is an
+    `fcntl.flock` on it, which the kernel drops when the owner dies however
+    it dies, so a lock left by a killed run is taken over (with a message).
+    Re-entrant: a workdir this process holds, or a folder inside one (a
+    pipeline's stages), is not locked again. Released at exit.
+
+    Raises:
+        ConfigError: another live run holds the workdir.
+    """
+    prepare(workdir)
+    real = os.path.realpath(workdir)
+    if _holds(real):
+        return
+    path = os.path.join(real, LOCK_FILE)
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
+        except FileExistsError:
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except FileNotFoundError:
+                continue  # Released meanwhile: create it.
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            info = _read_lock(fd)
+            os.close(fd)
+            raise ConfigError(
+                f"--workdir={workdir!r} is in use by {_describe(info)}. "
+                "Wait for it to end, or use another --workdir."
+            ) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # Locked a file its owner removed on release: retry.
+    old = _read_lock(fd)
+    if old:
+        print(
+            f"{workdir}: taking over the lock of a run that ended without "
+            f"releasing it: {_describe(old)}",
+            flush=True,
+        )
+    info = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "start": now(),
+        "command": " ".join(sys.argv),
+    }
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, (json.dumps(info) + "\n").encode())
+    os.fsync(fd)
+    _HELD[real] = fd
+
+
+def unlock(workdir: str) -> None:
+    """Releases the lock `lock` took on `workdir` (no-op if not held)."""
+    fd = _HELD.pop(os.path.realpath(workdir), None)
+    if fd is None:
+        return
+    try:
+        os.unlink(os.path.join(os.path.realpath(workdir), LOCK_FILE))
+    except FileNotFoundError:
+        pass
+    os.close(fd)  # Closing drops the flock, after the file is gone.
+
+
+@atexit.register
+def _unlock_all() -> None:
+    for real in list(_HELD):
+        unlock(real)
 
 
 def prepare(workdir: str) -> None:
@@ -169,7 +286,7 @@ def begin(workdir: str, init_backbone: str | None, strategy=None) -> Start:
 
     chief = strategy is None or strategies.is_chief(strategy)
     if chief:
-        prepare(workdir)
+        lock(workdir)
         out = workdir
     else:
         import tempfile

@@ -144,3 +144,40 @@ def test_job_files_name_the_documented_macros():
                   "FINETUNE_EPOCHS", "SSL_METHOD"):
         assert f"%{macro}" in text, macro
         assert f"{macro} =" in text, macro
+
+
+def test_sigterm_stops_cleanly_and_holds_the_workdir_until_then(tmp_path):
+    """A live job locks its workdir (a second run is refused with one line
+    naming the owner); SIGTERM ends it with one line and exit 143, and the
+    same command then resumes from the backup and completes."""
+    import signal
+    import time
+
+    top = str(tmp_path / "run")
+    args = [a for a in TINY if "FINETUNE_EPOCHS" not in a]
+    args += ["--gin_param=FINETUNE_EPOCHS = 40", f"--workdir={top}"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.Popen(
+        [CLI, *args], cwd=REPO, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    backup = os.path.join(top, "finetune", "backup")
+    deadline = time.time() + 300
+    while not os.path.isdir(backup) and proc.poll() is None:
+        assert time.time() < deadline, "no backup appeared"
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    second = matl(*args)
+    assert second.returncode == 2
+    line = error_line(second)
+    assert f"is in use by pid {proc.pid} on " in line, line
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr, stderr
+    assert "matl-keras: stopped by SIGTERM" in stderr, stderr
+    assert not os.path.exists(os.path.join(top, ".matl-keras.lock"))
+    rerun = matl(*args)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    with open(os.path.join(top, "finetune", "run.json")) as f:
+        assert json.load(f)["status"] == "complete"

@@ -3,9 +3,9 @@
 import glob
 import os
 
-import gin
 import pytest
 
+import gin
 from matl_keras import config
 from matl_keras import registry as registry_lib
 from matl_keras.layers.non_local_block import NonLocalBlock
@@ -78,3 +78,33 @@ def test_stage_config_changes_only_where_a_binding_reaches():
     gin.clear_config()
     shared = _stage_texts(["IMAGE_SIZE = 64"])
     assert all(shared[s] != base[s] for s in base)
+
+
+@pytest.mark.parametrize(
+    "binding, expected",
+    [
+        ('FINETUNE_EPOCHS = "one"', "expected an integer >= 0"),
+        ("IMAGE_SIZE = 32.5", "expected an integer >= 1"),
+        ("DEPTH = 19", "expected one of [18, 34, 50, 101]"),
+        ("ATTENTION = '6'", "expected one of ['1', '5', 'none']"),
+        ("BATCH_SIZE = 0", "expected an integer >= 1"),
+        ("SEED = -1", "expected an integer >= 0"),
+        ("WIDTH = 0", "expected a number > 0"),
+        ("IMAGE_SIZ = 32", "Did you mean: IMAGE_SIZE?"),
+    ],
+)
+def test_bad_macro_values_are_one_line_errors(binding, expected):
+    import gin
+    from matl_keras import config as config_lib
+    from matl_keras.errors import ConfigError
+    from matl_keras.registry import Registry
+
+    gin.clear_config()
+    with pytest.raises(ConfigError) as info:
+        config_lib.parse(
+            [os.path.join(REPO, "gin/finetune.gin")], [binding],
+            Registry(on_load=config_lib.register_plugin),
+        )
+    assert expected in str(info.value)
+    assert "\n" not in str(info.value)
+    gin.clear_config()

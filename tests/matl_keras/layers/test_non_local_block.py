@@ -25,11 +25,15 @@ def _maxpool(x, k):
 
 def numpy_eq1(block, x):
     """Eq. 1 written out: O = V softmax(K^T Q), then W_o, BN, residual."""
-    b, h, w, c = x.shape
+    b, h, w, _ = x.shape
     kv = x if block.subsample == 1 else _maxpool(x, block.subsample)
     q = _conv1x1(x, block.query_conv).reshape(b, h * w, -1)
     k = _conv1x1(kv, block.key_conv).reshape(b, -1, q.shape[-1])
     v = _conv1x1(kv, block.value_conv).reshape(b, k.shape[1], -1)
+    if block.score == "cosine":
+        tau = np.exp(np.clip(float(block.log_tau), 0, np.log(block.max_logit_scale)))
+        q = np.sqrt(tau) * q / np.linalg.norm(q, axis=-1, keepdims=True)
+        k = np.sqrt(tau) * k / np.linalg.norm(k, axis=-1, keepdims=True)
     out = np.empty((b, h * w, v.shape[-1]))
     attention = np.empty((b, h * w, k.shape[1]))
     for i in range(b):
@@ -143,3 +147,116 @@ def test_reduction_sets_key_and_value_channels():
     assert explicit.value_conv.kernel.shape == (1, 1, 32, 5)
     with pytest.raises(ValueError, match="reduction"):
         NonLocalBlock(reduction=0)
+
+
+# Saturation on realistic activations (issue 15): the old unscaled dot
+# product gave mean max weight 0.998-1.000 on an untrained ResNet.
+
+
+def _ct_like_images(n=4, size=64):
+    """Gray 'slices': a bright body disk, two dark lungs, noise, in [0, 1]."""
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:size, :size] / size
+    images = []
+    for _ in range(n):
+        cx, cy = 0.5 + rng.normal(0, 0.03, 2)
+        body = ((xx - cx) ** 2 + (yy - cy) ** 2 < 0.42**2) * 0.7
+        for side in (-1, 1):
+            lung = ((xx - cx - side * 0.17) / 0.12) ** 2 + ((yy - cy) / 0.25) ** 2
+            body = np.where(lung < 1, 0.1, body)
+        image = np.clip(body + rng.normal(0, 0.05, body.shape), 0, 1)
+        images.append(np.repeat(image[..., None], 3, axis=-1))
+    return np.asarray(images, "float32")
+
+
+def _stats(attention):
+    a = np.asarray(attention, "float64")
+    entropy = -(a * np.log(np.clip(a, 1e-30, None))).sum(-1).mean()
+    return a.max(-1).mean(), entropy, np.log(a.shape[-1])
+
+
+def _backbone(score):
+    from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
+
+    keras.utils.set_random_seed(0)
+    model = ResNetBackbone(
+        depth=18, width_multiplier=0.5, image_size=64, attention="5"
+    )
+    from matl_keras.models.resnet.attention_maps import nonlocal_blocks
+
+    for block in nonlocal_blocks(model):
+        block.score = score  # "dot": the old layer's scores, same weights
+    return model
+
+
+@pytest.mark.parametrize("score", ["cosine", "dot"])
+def test_attention_is_spread_on_resnet_activations(score):
+    from matl_keras.models.resnet.attention_maps import attention_maps
+
+    maps = attention_maps(_backbone(score), _ct_like_images())
+    stats = {name: _stats(a) for name, a in maps.items()}
+    spread = all(m < 0.5 and e > 0.3 * u for m, e, u in stats.values())
+    # The old layer is the negative control: it must show the saturation.
+    print(score, stats)
+    assert spread == (score == "cosine"), stats
+
+
+def test_training_with_large_lr_does_not_saturate():
+    x = tf.constant(RNG.normal(size=(8, 6, 6, 16)).astype("float32") * 5)
+    target = tf.constant(RNG.normal(size=(8, 6, 6, 16)).astype("float32"))
+    block = NonLocalBlock(return_attention=True)
+    block(x)
+    block.output_bn.gamma.assign(np.ones(16, "float32"))
+    optimizer = keras.optimizers.SGD(learning_rate=10.0)
+    for _ in range(20):
+        with tf.GradientTape() as tape:
+            y, _ = block(x, training=True)
+            loss = tf.reduce_mean((y - target) ** 2)
+        grads = tape.gradient(loss, block.trainable_variables)
+        optimizer.apply(grads, block.trainable_variables)
+    _, attention = block(x, training=False)
+    max_weight, entropy, uniform = _stats(attention)
+    assert float(block.temperature()) <= 10.0 + 1e-4
+    # Logits within +-10 over 36 keys: the max weight is bounded by
+    # e^20 / (e^20 + 35) in principle, but after 20 huge steps the mean
+    # stays well spread.
+    assert max_weight < 0.9 and entropy > 0.2, (max_weight, entropy, uniform)
+
+
+def test_old_weights_files_load_with_default_temperature(tmp_path):
+    # score="dot" has exactly the old layer's variables (no log_tau), so a
+    # file it saves is an old-layer weights file.
+    x = RNG.normal(size=(2, 5, 5, 8)).astype("float32")
+    inputs = keras.Input((5, 5, 8))
+    old = keras.Model(inputs, NonLocalBlock(name="nl", score="dot")(inputs))
+    old.layers[1].output_bn.gamma.assign(np.ones(8, "float32"))
+    assert len(old.layers[1].weights) == 12
+    old.save_weights(tmp_path / "old.weights.h5")
+    new = keras.Model(inputs, NonLocalBlock(name="nl")(inputs))
+    new.layers[1].log_tau.assign(0.0)
+    new.load_weights(tmp_path / "old.weights.h5")
+    block = new.layers[1]
+    np.testing.assert_allclose(float(block.temperature()), 4.0, rtol=1e-6)
+    loaded = [w for w in block.weights if w is not block.log_tau]
+    for a, b in zip(loaded, old.layers[1].weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+    again = keras.Model(inputs, NonLocalBlock(name="nl", score="dot")(inputs))
+    again.load_weights(tmp_path / "old.weights.h5")
+    np.testing.assert_allclose(again(x), old(x), atol=1e-6)
+
+
+def test_dot_score_is_the_old_unscaled_eq1():
+    block = NonLocalBlock(score="dot", return_attention=True)
+    x = RNG.normal(size=(2, 4, 4, 8)).astype("float32")
+    _, attention = block(x)
+    q = _conv1x1(x, block.query_conv).reshape(2, 16, -1)
+    k = _conv1x1(x, block.key_conv).reshape(2, 16, -1)
+    s = q @ k.transpose(0, 2, 1)
+    s = np.exp(s - s.max(-1, keepdims=True))
+    np.testing.assert_allclose(
+        attention, s / s.sum(-1, keepdims=True), atol=1e-5
+    )
+    with pytest.raises(ValueError, match="score"):
+        NonLocalBlock(score="scaled")
+    with pytest.raises(ValueError, match="logit_scale"):
+        NonLocalBlock(logit_scale=20.0)

@@ -127,3 +127,23 @@ def test_method_is_checked(tmp_path):
         _pretrain(tmp_path / "a", method=None)
     with pytest.raises(ConfigError, match="must build an SSLMethod"):
         _pretrain(tmp_path / "b", method=lambda **kw: object())
+
+
+def test_replica_split_refuses_a_batch_the_replicas_cannot_share():
+    import tensorflow as tf
+
+    from matl_keras.training import strategies
+
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategies.check_replica_split(8, mirrored)
+    with pytest.raises(ConfigError, match=r"batch_size=7.*") as info:
+        strategies.check_replica_split(7, mirrored)
+    assert "(2)" in str(info.value)
+    strategies.check_replica_split(7, tf.distribute.get_strategy())
+
+
+def test_pretrain_refuses_an_odd_batch_on_two_replicas(tmp_path):
+    with pytest.raises(ConfigError, match="batch_size=7"):
+        self_supervised.pretrain(
+            workdir=str(tmp_path / "w"), batch_size=7, strategy="mirrored"
+        )

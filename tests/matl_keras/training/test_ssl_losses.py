@@ -89,3 +89,29 @@ def test_info_nce_gradient_is_finite_with_masked_slots(tau):
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(ssl_losses.info_nce(q, q, tf.zeros([6, 4]), tau, tf.zeros([6], bool)))
     assert np.isfinite(tape.gradient(loss, q).numpy()).all()
+
+
+def test_momentum_constant_and_cosine():
+    m0, total = 0.99, 100
+    for t in (0, 25, 50, 100, 150):
+        assert ssl_losses.momentum_at(t, total, m0, "constant").numpy() == (
+            pytest.approx(m0)
+        )
+        expected = 1 - (1 - m0) * (np.cos(np.pi * min(t / total, 1)) + 1) / 2
+        got = ssl_losses.momentum_at(t, total, m0, "cosine").numpy()
+        assert got == pytest.approx(expected, abs=1e-6)
+    assert ssl_losses.momentum_at(0, total, m0, "cosine").numpy() == (
+        pytest.approx(m0)
+    )
+    assert ssl_losses.momentum_at(total, total, m0, "cosine").numpy() == (
+        pytest.approx(1.0)
+    )
+
+
+def test_momentum_schedule_refuses_unknown_names():
+    from matl_keras.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="momentum_schedule"):
+        ssl_losses.momentum_at(0, 10, 0.99, "linear")
+    with pytest.raises(ConfigError, match="total_steps"):
+        ssl_losses.momentum_at(0, 0, 0.99, "cosine")
