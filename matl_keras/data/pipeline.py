@@ -6,14 +6,21 @@ by the crop fraction, 256 for 224 as in the paper), cached as uint8 when they
 fit in memory, and cropped per epoch: random crop for training, center crop
 for evaluation. The evaluation transform here is the one the exported
 serving graph uses too.
+
+Training data is a pure function of `(seed, epoch)`: epoch e's order is a
+shuffle seeded by (seed, e) and the example at position p of epoch e is
+augmented with the stateless seed derived from (seed, e, p). Nothing
+depends on thread scheduling, on TensorFlow's global seed or on how many
+epochs ran before in this process, so the same command gives the same
+batches and a resumed run (`start_epoch`) the batches an uninterrupted
+one would have seen.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
-
-import dataclasses
 
 import tensorflow as tf
 
@@ -37,7 +44,7 @@ def load_size(image_size: int, crop_fraction: float) -> int:
             "`crop_fraction` must be in (0, 1]. Received: "
             f"crop_fraction={crop_fraction}"
         )
-    return max(image_size, int(round(image_size / crop_fraction)))
+    return max(image_size, round(image_size / crop_fraction))
 
 
 def resize(image: tf.Tensor, size: int) -> tf.Tensor:
@@ -71,7 +78,9 @@ def eval_transform(image: tf.Tensor, image_size: int, crop_fraction: float):
 def _subset(examples, count: int, seed: int):
     import numpy as np
 
-    keep = np.sort(np.random.default_rng(seed).choice(len(examples), count, replace=False))
+    keep = np.sort(
+        np.random.default_rng(seed).choice(len(examples), count, replace=False)
+    )
     labels = examples.labels
     if isinstance(examples, FileExamples):
         return FileExamples(
@@ -79,7 +88,8 @@ def _subset(examples, count: int, seed: int):
             None if labels is None else tuple(labels[i] for i in keep),
         )
     return ArrayExamples(
-        examples.images[keep], None if labels is None else np.asarray(labels)[keep]
+        examples.images[keep],
+        None if labels is None else np.asarray(labels)[keep],
     )
 
 
@@ -94,12 +104,112 @@ class Split:
     skipped: int = 0
 
 
-def _source(examples, size: int, on_bad_image: str, context: str):
-    """(uint8 image at load size, label) pairs and the labels kept."""
+# --- seeds --------------------------------------------------------------------
 
-    def to_uint8(image):
-        return to_load_uint8(image, size)
+# Tags that keep the random streams derived from one run seed apart.
+_DATA_STREAM = 0x44415441  # "DATA"
+_SHUFFLE = 1
+_AUGMENT = 2
+_BALANCE = 3
+_CLASS_SHUFFLE = 1000
+# Graph-level seed of the functions that build an epoch: tf.data's shuffle
+# combines the graph seed with its own, so fixing it here keeps an epoch's
+# order independent of TensorFlow's global seed.
+_GRAPH_SEED = 0x5EED
+_SHUFFLE_BUFFER = 16384
+TARGETS = ("labels", "indices")
 
+
+def epoch_seed(seed: int, epoch) -> tf.Tensor:
+    """The stateless seed (int64 `[2]`) of epoch `epoch` of a run seeded
+    with `seed`; everything random in that epoch is split from it."""
+    base = tf.constant([seed, _DATA_STREAM], tf.int64)
+    return tf.random.experimental.stateless_fold_in(
+        base, tf.cast(epoch, tf.int64)
+    )
+
+
+def example_seed(seed: int, epoch, position) -> tf.Tensor:
+    """The augmentation seed of the example at `position` of epoch `epoch`
+    (what `augment(image, seed)` receives)."""
+    stream = tf.random.experimental.stateless_fold_in(
+        epoch_seed(seed, epoch), _AUGMENT
+    )
+    return tf.random.experimental.stateless_fold_in(
+        stream, tf.cast(position, tf.int64)
+    )
+
+
+def _op_seed(seed: tf.Tensor, tag: int) -> tf.Tensor:
+    """An int64 scalar op seed for a tf.data op, drawn from `seed`."""
+    return tf.random.stateless_uniform(
+        [],
+        tf.random.experimental.stateless_fold_in(seed, tag),
+        minval=1,
+        maxval=2**31 - 1,
+        dtype=tf.int64,
+    )
+
+
+def _fix_graph_seed() -> None:
+    """Sets the graph-level seed of the function being traced (not the
+    global one: dataset functions are traced in graph mode). In tf.data's
+    debug mode, which runs them eagerly, the global seed is left alone
+    and the order then also depends on it."""
+    if not tf.executing_eagerly():
+        tf.compat.v1.set_random_seed(_GRAPH_SEED)
+
+
+# --- source -------------------------------------------------------------------
+
+
+def _to_uint8(value: tf.Tensor) -> tf.Tensor:
+    return tf.cast(tf.round(tf.clip_by_value(value, 0.0, 1.0) * 255.0), tf.uint8)
+
+
+def _to_float(element):
+    return tf.nest.map_structure(
+        lambda t: tf.image.convert_image_dtype(t, tf.float32), element
+    )
+
+
+def _check_prepare(prepare, context: str) -> None:
+    """Traces `prepare` once on a full-resolution image of unknown size:
+    it must return a dict of float tensors with static shapes (they are
+    cached), without the key `image` (the load-size image's)."""
+    traced = tf.function(prepare, autograph=True).get_concrete_function(
+        tf.TensorSpec([None, None, 3], tf.float32)
+    )
+    spec = traced.structured_outputs
+    if not isinstance(spec, dict) or "image" in spec or not spec:
+        raise ConfigError(
+            f"{context}: `prepare` must return a non-empty dict without the "
+            "key 'image' (reserved for the load-size image). Received: "
+            f"{type(spec).__name__} "
+            f"{sorted(spec) if isinstance(spec, dict) else spec}"
+        )
+    for key, value in spec.items():
+        if not value.shape.is_fully_defined():
+            raise ConfigError(
+                f"{context}: `prepare` output {key!r} must have a static "
+                f"shape (it is cached). Received: shape={value.shape}"
+            )
+
+
+def _source(examples, size: int, on_bad_image: str, context: str, prepare):
+    """(cached image, label, index) triples and the labels kept. The cached
+    image is the uint8 load-size image, or with `prepare` the dict
+    `{"image": that, **prepare(full-resolution image)}` in uint8."""
+
+    def cached_form(image):
+        load = to_load_uint8(image, size)
+        if prepare is None:
+            return load
+        extra = prepare(image)
+        return {"image": load, **{k: _to_uint8(v) for k, v in extra.items()}}
+
+    if prepare is not None:
+        _check_prepare(prepare, context)
     skipped = 0
     if isinstance(examples, FileExamples):
         keep, bad = decode.filter_bad_images(
@@ -111,13 +221,13 @@ def _source(examples, size: int, on_bad_image: str, context: str):
         if examples.labels is not None:
             labels = [examples.labels[i] for i in keep]
         images = tf.data.Dataset.from_tensor_slices(paths).map(
-            lambda p: to_uint8(decode.decode_image(tf.io.read_file(p))),
+            lambda p: cached_form(decode.decode_image(tf.io.read_file(p))),
             num_parallel_calls=AUTOTUNE,
         )
     elif isinstance(examples, ArrayExamples):
         labels = None if examples.labels is None else list(examples.labels)
         images = tf.data.Dataset.from_tensor_slices(examples.images).map(
-            lambda x: to_uint8(
+            lambda x: cached_form(
                 decode.to_rgb(tf.image.convert_image_dtype(x, tf.float32))
             ),
             num_parallel_calls=AUTOTUNE,
@@ -127,14 +237,50 @@ def _source(examples, size: int, on_bad_image: str, context: str):
             "Dataset.examples() must return FileExamples or ArrayExamples. "
             f"Received: {type(examples).__name__}"
         )
+    n = int(images.cardinality())
     if labels is not None:
         labels_ds = tf.data.Dataset.from_tensor_slices(
             tf.constant(labels, tf.int32)
         )
-        data = tf.data.Dataset.zip((images, labels_ds))
     else:
-        data = images.map(lambda x: (x, tf.constant(-1, tf.int32)))
+        labels_ds = tf.data.Dataset.from_tensors(tf.constant(-1, tf.int32))
+        labels_ds = labels_ds.repeat(n)
+    index_ds = tf.data.Dataset.range(n).map(lambda i: tf.cast(i, tf.int32))
+    data = tf.data.Dataset.zip((images, labels_ds, index_ds))
     return data, labels, skipped
+
+
+# --- training order -----------------------------------------------------------
+
+
+def _shuffled(data, n: int, seeds: tf.Tensor):
+    """One epoch in the order seeded by `seeds` (every example once)."""
+    return data.shuffle(
+        min(n, _SHUFFLE_BUFFER),
+        seed=_op_seed(seeds, _SHUFFLE),
+        reshuffle_each_iteration=False,
+    )
+
+
+def _balanced(data, labels: list[int], n: int, seeds: tf.Tensor):
+    """`n` examples with every present class equally likely (with
+    replacement within a class), seeded by `seeds`."""
+    present = sorted(set(labels))
+    per_class = [
+        data.filter(lambda x, y, i, c=c: tf.equal(y, c))
+        .shuffle(
+            labels.count(c),
+            seed=_op_seed(seeds, _CLASS_SHUFFLE + c),
+            reshuffle_each_iteration=True,
+        )
+        .repeat()
+        for c in present
+    ]
+    return tf.data.Dataset.sample_from_datasets(
+        per_class,
+        weights=[1.0 / len(present)] * len(present),
+        seed=_op_seed(seeds, _BALANCE),
+    ).take(n)
 
 
 def build_split(
@@ -144,13 +290,17 @@ def build_split(
     image_size: int,
     batch_size: int,
     training: bool,
-    augment: str | Callable[[tf.Tensor], Any] = "crop_flip",
+    augment: str | Callable[[Any, tf.Tensor], Any] = "crop_flip",
     crop_fraction: float = 0.875,
     on_bad_image: str = "refuse",
     cache: str = "auto",
     seed: int = 0,
     balance: bool = False,
     max_examples: int | None = None,
+    start_epoch: int = 0,
+    epochs: int | None = None,
+    prepare: Callable[[tf.Tensor], dict[str, tf.Tensor]] | None = None,
+    targets: str = "labels",
 ) -> Split:
     """The batched input of one split.
 
@@ -161,22 +311,45 @@ def build_split(
         batch_size: int. Global batch size.
         training: bool. Shuffle, augment and drop the last partial batch.
         augment: str or callable. Recipe of `matl_keras.data.augment`
-            (training only), or a function of one float32 image at load
-            size in [0, 1] returning the model input (any structure, e.g.
-            an SSL method's dict of views), written in TensorFlow ops.
+            (training only), or a function `augment(image, seed)` of one
+            float32 image at load size in [0, 1] (with `prepare`: the dict
+            described there) and a stateless seed (int64 `[2]`), returning
+            the model input (any structure, e.g. an SSL method's dict of
+            views), written in TensorFlow ops; its randomness must come
+            from `seed` alone.
         crop_fraction: float. `image_size / load size`.
         on_bad_image: str. `"refuse"` or `"skip"` unreadable files.
         cache: str. `"auto"` (memory when under 2 GiB), `"memory"`,
             `"none"`, or a file path prefix for an on-disk cache.
-        seed: int. Shuffle and augmentation seed.
+        seed: int. Shuffle and augmentation seed: epoch e is shuffled
+            with (seed, e), its example at position p augmented with
+            `example_seed(seed, e, p)`.
         balance: bool. Training only: draw every class equally often
-            (sampling with replacement per class; an epoch keeps its size).
+            (sampling with replacement per class; an epoch keeps its size),
+            seeded by (seed, epoch).
         max_examples: int or None. Use a random subset (seeded by `seed`,
             kept in the split's order) of at most this many examples.
+        start_epoch: int. Training only: the first epoch the data yields
+            (a resumed run passes the epochs already done).
+        epochs: int or None. Training only: the data yields epochs
+            `start_epoch .. epochs - 1` back to back, `steps` batches each,
+            so `Model.fit(..., steps_per_epoch=split.steps)` sees epoch e's
+            batches at epoch e. None: the one epoch `start_epoch`.
+        prepare: callable or None. Training only: `prepare(image) -> dict`
+            of float32 tensors in [0, 1] with static shapes, computed on
+            the full-resolution decoded image before the cache (e.g. crops
+            that must not be cut from the resized image) and cached in
+            uint8 with the load-size image as `{"image": ..., **prepare}`;
+            `augment` then receives that dict. Needs a callable `augment`.
+        targets: str. `"labels"`: elements are `(x, label)`; `"indices"`:
+            `(x, index)`, the int32 position of the example in
+            `dataset.examples(split)` (after `max_examples`), the image's
+            identity (SSL queues use it).
 
     Returns:
         `Split` yielding `(float32 images (b, s, s, 3) in [0, 1], int32
-        labels (b,))`; labels are -1 for unlabelled splits.
+        labels (b,))` (or the augment's structure and indices); labels are
+        -1 for unlabelled splits.
     """
     if image_size < 8:
         raise ConfigError(
@@ -186,13 +359,33 @@ def build_split(
         raise ConfigError(
             f"`batch_size` must be positive. Received: batch_size={batch_size}"
         )
+    if targets not in TARGETS:
+        raise ConfigError(
+            f"`targets` must be one of {TARGETS}. Received: targets={targets!r}"
+        )
+    if start_epoch < 0 or (epochs is not None and epochs < start_epoch):
+        raise ConfigError(
+            "`start_epoch` must be in 0..epochs. Received: "
+            f"start_epoch={start_epoch}, epochs={epochs}"
+        )
+    if training and prepare is not None and not callable(augment):
+        raise ConfigError(
+            "`prepare` gives the augmentation a dict, which only a callable "
+            f"`augment` takes. Received: augment={augment!r}"
+        )
     dataset.check_split(split)
     context = f"{dataset.name} split {split!r}"
     size = load_size(image_size, crop_fraction)
+    if training and not callable(augment):
+        transform = augment_lib.get_augment(augment, image_size)
+    elif training:
+        transform = augment
     examples = dataset.examples(split)
     if max_examples is not None and len(examples) > max_examples:
         examples = _subset(examples, max_examples, seed)
-    data, labels, skipped = _source(examples, size, on_bad_image, context)
+    data, labels, skipped = _source(
+        examples, size, on_bad_image, context, prepare if training else None
+    )
     if labels is not None and len(labels) and (
         min(labels) < 0 or max(labels) >= dataset.num_classes
     ):
@@ -209,39 +402,62 @@ def build_split(
             f"{context} has {n} images, fewer than one batch: lower "
             f"BATCH_SIZE. Received: batch_size={batch_size}"
         )
+    if training and balance and labels is None:
+        raise ConfigError(f"{context}: balanced sampling needs labels")
     if cache == "auto":
         cache = "memory" if n * size * size * 3 < AUTO_CACHE_BYTES else "none"
     if cache == "memory":
         data = data.cache()
     elif cache != "none":
         data = data.cache(cache)
-    if training and balance:
-        if labels is None:
-            raise ConfigError(f"{context}: balanced sampling needs labels")
-        present = sorted(set(labels))
-        per_class = [
-            data.filter(lambda x, y, c=c: tf.equal(y, c))
-            .shuffle(labels.count(c), seed=seed)
-            .repeat()
-            for c in present
-        ]
-        data = tf.data.Dataset.sample_from_datasets(
-            per_class, weights=[1.0 / len(present)] * len(present), seed=seed
-        ).take(n)
-    elif training:
-        data = data.shuffle(min(n, 16384), seed=seed)
-    if training and callable(augment):
-        transform = augment
-    elif training:
-        transform = augment_lib.get_augment(augment, image_size, seed)
 
-    def finish(image, label):
-        if not training:
-            return from_load_uint8(image, image_size), label
-        return transform(tf.image.convert_image_dtype(image, tf.float32)), label
+    def target(label, index):
+        return index if targets == "indices" else label
 
-    data = data.map(finish, num_parallel_calls=AUTOTUNE)
-    data = data.batch(batch_size, drop_remainder=training)
+    steps = n // batch_size if training else -(-n // batch_size)
+    if training:
+        end = start_epoch + 1 if epochs is None else epochs
+        per_epoch = steps * batch_size
+        cached = data
+
+        def epoch_data(epoch):
+            # One epoch: its order (and class draws) from (seed, epoch);
+            # the partial last batch is cut here so that every epoch
+            # gives exactly `steps` batches and batches never span epochs.
+            _fix_graph_seed()
+            seeds = epoch_seed(seed, epoch)
+            if balance:
+                ordered = _balanced(cached, labels, n, seeds)
+            else:
+                ordered = _shuffled(cached, n, seeds)
+            return ordered.take(per_epoch).enumerate().map(
+                lambda position, element: (epoch, position, element)
+            )
+
+        def finish(epoch, position, element):
+            image, label, index = element
+            views = transform(
+                _to_float(image), example_seed(seed, epoch, position)
+            )
+            return views, target(label, index)
+
+        data = tf.data.Dataset.range(start_epoch, end).flat_map(epoch_data)
+        # Parallel but ordered (tf.data's default `deterministic=True`);
+        # all randomness is the stateless per-example seed.
+        data = data.map(finish, num_parallel_calls=AUTOTUNE)
+        data = data.batch(batch_size, drop_remainder=True)
+        data = data.apply(
+            tf.data.experimental.assert_cardinality((end - start_epoch) * steps)
+        )
+    else:
+        data = data.map(
+            lambda image, label, index: (
+                from_load_uint8(image, image_size),
+                target(label, index),
+            ),
+            num_parallel_calls=AUTOTUNE,
+        )
+        data = data.batch(batch_size)
     data = data.prefetch(AUTOTUNE)
     # Multi-worker runs shard by example (tf.data's DATA policy, set here
     # rather than discovered by AUTO with a warning): every worker runs
@@ -253,7 +469,6 @@ def build_split(
         tf.data.experimental.AutoShardPolicy.DATA
     )
     data = data.with_options(options)
-    steps = n // batch_size if training else -(-n // batch_size)
     counts = {}
     if labels is not None:
         for index in labels:

@@ -150,6 +150,14 @@ class ResumableBackup(keras.callbacks.Callback):
                 found.append((int(match.group(1)), path))
         return sorted(found)
 
+    @staticmethod
+    def completed_epochs(directory: str) -> int:
+        """Epochs done by the latest complete backup in `directory` (0:
+        none), the epoch a rerun resumes at: the stages build their
+        training data from it before `fit` starts."""
+        backups = ResumableBackup._complete_backups(directory)
+        return backups[-1][0] if backups else 0
+
     def on_train_begin(self, logs=None):
         backups = self._complete_backups(self.backup_dir)
         if not backups:

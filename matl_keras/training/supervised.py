@@ -37,6 +37,7 @@ from matl_keras.models.resnet.resnet_image_classifier import (
     build_image_classifier,
 )
 from matl_keras.training import callbacks as callbacks_lib
+from matl_keras.training import determinism
 from matl_keras.training import optimizers
 from matl_keras.training import precision as precision_lib
 from matl_keras.training import strategies
@@ -122,6 +123,7 @@ def train(
     cache: str = "auto",
     class_balance: str = "none",
     seed: int = 0,
+    deterministic: bool | str = "auto",
     keep: str = "best",
     best_metric: str = "val_accuracy",
     train_split: str = "train",
@@ -175,7 +177,10 @@ def train(
         cache: str. Decoded-image cache, see `pipeline.build_split`.
         class_balance: str. `"none"`, `"weights"` (loss weighted by inverse
             class frequency) or `"sampling"` (classes drawn equally often).
-        seed: int. Seed of weights, shuffling and augmentation.
+        seed: int. Seed of weights, shuffling, augmentation and dropout.
+        deterministic: bool or `"auto"`. TensorFlow op determinism
+            (`"auto"`: on CPU; see `training.determinism`); `run.json`
+            records what was in force.
         keep: str. `"best"`: the final model is the epoch with the best
             `best_metric`; `"last"`: the last epoch.
         best_metric: str. Validation metric for `keep="best"`: `val_accuracy`,
@@ -216,6 +221,12 @@ def train(
     common_cache = strategies.worker_cache(cache, distribution)
 
     keras.utils.set_random_seed(seed)
+    determinism_record = determinism.configure(deterministic)
+    # The training data starts at the epoch the backup resumes from (read
+    # again by ResumableBackup at `fit`; EpochSeeds checks they agree).
+    start_epoch = min(
+        callbacks_lib.ResumableBackup.completed_epochs(backup_dir), epochs
+    )
     dataset = resolve_dataset(dataset)
     evaluators = resolve_evaluators(evaluators)
     transfer_evaluators = resolve_evaluators(
@@ -235,6 +246,8 @@ def train(
         training=True,
         augment=augment,
         balance=class_balance == "sampling",
+        start_epoch=start_epoch,
+        epochs=epochs,
         **common,
     )
     val_data = pipeline.build_split(
@@ -252,6 +265,7 @@ def train(
         "resumed": resuming,
         "scope": gin.current_scope_str(),
         "seed": seed,
+        **determinism_record,
         "init_backbone": init,
         "dataset": dataset.name,
         "class_names": list(dataset.class_names),
@@ -355,6 +369,7 @@ def train(
             backup_dir, write_dir=start.path(workdir_lib.BACKUP_DIR)
         ),
         keras.callbacks.TensorBoard(start.path("logs")),
+        determinism.EpochSeeds(seed, start_epoch),
     ]
     logging.info(
         "training %s (%d params) for %d epochs of %d steps on %d replica(s)",
@@ -367,6 +382,11 @@ def train(
     model.fit(
         train_data.data,
         epochs=epochs,
+        # The data holds epochs start_epoch..epochs-1 back to back; Keras
+        # keeps one iterator across the epochs of a fit given
+        # `steps_per_epoch`, so epoch e trains on epoch e's batches.
+        initial_epoch=start_epoch,
+        steps_per_epoch=train_data.steps,
         callbacks=callbacks,
         class_weight=(
             inverse_frequency_weights(

@@ -1,5 +1,7 @@
 """The Generator of Eq. 4: locate the lung, crop the five lobe regions,
 resize them; TensorFlow ops only (runs in `tf.data` and in graphs).
+Run it on the full-resolution image (`RegionAware.prepare` does, before the
+pipeline's cache), not on the load-size copy.
 
 Locate (paper section 5.3, made concrete for real slices):
 1. Gray image, smoothed by a 3x3 mean (JPEG noise would otherwise make
@@ -30,6 +32,17 @@ left lower (the region classifier's classes 0..4). Orientation: CT slices
 are shown in radiological convention, where the patient's right lung is on
 the image's LEFT (`orientation="radiological"`, the default; the COVID19-CT
 images follow it); `"neurological"` mirrors the boxes.
+
+Crop and resize (`square_boxes`, `crop_squares`): the region task must be
+solved from anatomy, not from how a crop was made. A lobe box resized to a
+square is stretched by its own aspect ratio, and the stretch leaves a
+texture signature (on pure noise, one statistic told right-lung from
+left-lung crops 100% of the time). So each region is a SQUARE around its
+lobe centre with the same side for all five regions of an image (the
+largest lobe extent, so every lobe is covered), shifted inside the image at
+its border, and resized with antialiasing: all five crops of an image are
+made by exactly the same geometry. `region_boxes` stays the anatomical
+lobe boxes (what each square must cover).
 """
 
 from __future__ import annotations
@@ -208,15 +221,78 @@ def region_boxes(box: tf.Tensor, orientation: str = "radiological") -> tf.Tensor
     return tf.stack([top, left, bottom, right], axis=1)
 
 
+def square_boxes(
+    box: tf.Tensor, height, width, orientation: str = "radiological"
+) -> tf.Tensor:
+    """(5, 4) int32 pixel boxes `(y0, x0, y1, x1)` (ends exclusive) of the
+    square crops around the lobe centres of `box`, for an image of
+    `height` x `width` pixels.
+
+    All five squares of an image have the same side: the largest extent
+    (width or height, in pixels) of the five lobe boxes, so each square
+    covers its lobe. A square that crosses the image border is shifted
+    inside it (neither squashed nor padded: padding would sit at a place
+    that tells the region, e.g. above the upper lobes); the side is at most
+    the image's shorter side (at least 1/16 of it, so never empty).
+    Corners are whole pixels. Why square and equal: lobe boxes of
+    different aspect ratios, each resized to a square, are stretched
+    differently, and that stretch alone tells right from left crops even on
+    pure noise (`tests/plugins/test_region_shortcut.py`).
+    """
+    if orientation not in ORIENTATIONS:
+        raise ValueError(
+            f"`orientation` must be one of {ORIENTATIONS}. Received: "
+            f"orientation={orientation!r}"
+        )
+    height = tf.cast(height, tf.float32)
+    width = tf.cast(width, tf.float32)
+    lobes = tf.constant(LOBES, tf.float32)
+    cx, cy, w, h = tf.unstack(lobes, axis=1)
+    if orientation == "neurological":
+        cx = 1.0 - cx
+    y0, x0, y1, x1 = tf.unstack(tf.cast(box, tf.float32))
+    box_h, box_w = (y1 - y0) * height, (x1 - x0) * width
+    shorter = tf.minimum(height, width)
+    side = tf.reduce_max(tf.maximum(w * box_w, h * box_h))
+    side = tf.clip_by_value(
+        tf.math.ceil(side), tf.maximum(1.0, tf.floor(shorter / 16.0)), shorter
+    )
+    centre_y = (y0 + cy * (y1 - y0)) * height
+    centre_x = (x0 + cx * (x1 - x0)) * width
+    top = tf.clip_by_value(tf.round(centre_y - side / 2), 0.0, height - side)
+    left = tf.clip_by_value(tf.round(centre_x - side / 2), 0.0, width - side)
+    boxes = tf.stack([top, left, top + side, left + side], axis=1)
+    return tf.cast(boxes, tf.int32)
+
+
+def crop_squares(image: tf.Tensor, boxes: tf.Tensor, size: int) -> tf.Tensor:
+    """The pixel `boxes` (from `square_boxes`) of `image` (H, W, C), each
+    resized to `size` x `size` with an antialiased bilinear filter:
+    `(5, size, size, C)`.
+
+    Crop first, then resize each crop: `tf.image.crop_and_resize` samples
+    without antialiasing, so downsampling a large full-resolution crop with
+    it aliases (keeps a random subset of pixels) instead of averaging.
+    """
+    image = tf.convert_to_tensor(image, tf.float32)
+    crops = []
+    for i in range(len(REGIONS)):
+        y0, x0, y1, x1 = tf.unstack(boxes[i])
+        crop = image[y0:y1, x0:x1]
+        crop = tf.image.resize(crop, [size, size], antialias=True)
+        crops.append(tf.clip_by_value(crop, 0.0, 1.0))
+    return tf.stack(crops)
+
+
 def generate_regions(
     image: tf.Tensor, size: int, orientation: str = "radiological", **locate
 ) -> tf.Tensor:
-    """Eq. 4: the five regions of `image` (H, W, C), each resized to
-    `size` x `size`: a `(5, size, size, C)` tensor (order: `REGIONS`)."""
-    boxes = region_boxes(lung_box(image, **locate), orientation)
-    return tf.image.crop_and_resize(
-        tf.convert_to_tensor(image, tf.float32)[None],
-        boxes,
-        tf.zeros([5], tf.int32),
-        [size, size],
-    )
+    """Eq. 4: the five regions of `image` (H, W, C), each a square around
+    its lobe (`square_boxes`) resized to `size` x `size`: a
+    `(5, size, size, C)` tensor (order: `REGIONS`). Give it the
+    full-resolution image: cropping the load-size cache would upsample
+    each region 2-3x and lose the fine texture the regions are for."""
+    image = tf.convert_to_tensor(image, tf.float32)
+    shape = tf.shape(image)
+    boxes = square_boxes(lung_box(image, **locate), shape[0], shape[1], orientation)
+    return crop_squares(image, boxes, size)

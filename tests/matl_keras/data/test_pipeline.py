@@ -1,5 +1,6 @@
 """tf.data pipelines built from dataset plugins."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -68,9 +69,165 @@ def test_training_split_shuffles_augments_and_keeps_pairs():
         np.testing.assert_array_equal(means > 0.3, labels.numpy() == 1)
         seen += list(labels.numpy())
     assert sorted(seen) == sorted(ds.labels)
-    first = [l.numpy().tolist() for _, l in split.data]
-    second = [l.numpy().tolist() for _, l in split.data]
-    assert first != second  # reshuffled every epoch
+
+
+def _labels(data):
+    return [y.numpy().tolist() for _, y in data]
+
+
+def test_training_data_is_a_pure_function_of_seed_and_epoch():
+    ds = Tiny(n=16)
+    kw = {"image_size": 32, "batch_size": 4, "training": True, "seed": 1}
+    split = pipeline.build_split(ds, "train", epochs=3, **kw)
+    assert split.steps == 4 and int(split.data.cardinality()) == 12
+    first = [(x.numpy(), y.numpy()) for x, y in split.data]
+    again = [(x.numpy(), y.numpy()) for x, y in split.data]
+    for (x1, y1), (x2, y2) in zip(first, again, strict=True):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    orders = [np.concatenate([y for _, y in first[e * 4 : e * 4 + 4]])
+              for e in range(3)]
+    # Reshuffled every epoch, every example once per epoch.
+    assert not np.array_equal(orders[0], orders[1])
+    for order in orders:
+        assert sorted(order) == sorted(ds.labels)
+    # TensorFlow's global seed (set elsewhere in the process) plays no part.
+    tf.random.set_seed(12345)
+    rebuilt = pipeline.build_split(ds, "train", epochs=3, **kw)
+    for (x1, _), (x2, _) in zip(first, rebuilt.data, strict=True):
+        np.testing.assert_array_equal(x1, x2.numpy())
+    # A resumed run (start_epoch=1) sees what epochs 1-2 were.
+    resumed = pipeline.build_split(ds, "train", start_epoch=1, epochs=3, **kw)
+    tail = [(x.numpy(), y.numpy()) for x, y in resumed.data]
+    assert len(tail) == 8
+    for (x1, y1), (x2, y2) in zip(first[4:], tail, strict=True):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    # One epoch when `epochs` is not given: epoch `start_epoch`.
+    one = pipeline.build_split(ds, "train", start_epoch=2, **kw)
+    assert _labels(one.data) == [y.tolist() for _, y in first[8:]]
+    # Another seed, another order.
+    other = pipeline.build_split(ds, "train", **{**kw, "seed": 2})
+    assert _labels(other.data) != [y.tolist() for _, y in first[:4]]
+
+
+def test_each_example_gets_the_seed_of_its_epoch_and_position():
+    ds = Tiny(n=10)
+
+    def augment(image, seed):
+        return pipeline.augment_lib.center_crop(image, 32), seed
+
+    split = pipeline.build_split(
+        ds, "train", image_size=32, batch_size=4, training=True, seed=7,
+        augment=augment, epochs=2, targets="indices",
+    )
+    batches = list(split.data)
+    assert len(batches) == 4  # 2 epochs of 2 batches; 2 images dropped
+    for step, ((_, seeds), _) in enumerate(batches):
+        epoch, first = divmod(step, 2)
+        for row in range(4):
+            expected = pipeline.example_seed(7, epoch, first * 4 + row)
+            np.testing.assert_array_equal(seeds[row], expected)
+    seeds = np.concatenate([s for (_, s), _ in batches])
+    assert len({tuple(s) for s in seeds}) == len(seeds)
+
+
+def test_indices_are_positions_in_the_examples():
+    ds = Tiny(n=12)
+    ds.images[:, 0, 0, 0] = np.arange(12) * 20  # the index in a pixel
+    split = pipeline.build_split(
+        ds, "train", image_size=40, crop_fraction=1.0, batch_size=4,
+        training=True, augment="none", targets="indices", epochs=2,
+    )
+    for images, index in split.data:
+        assert index.dtype == tf.int32
+        np.testing.assert_allclose(
+            images.numpy()[:, 0, 0, 0] * 255, index.numpy() * 20, atol=0.5
+        )
+    val = pipeline.build_split(
+        ds, "val", image_size=32, batch_size=5, training=False,
+        targets="indices",
+    )
+    assert np.concatenate([i for _, i in val.data]).tolist() == list(range(12))
+    with pytest.raises(ConfigError, match="targets"):
+        pipeline.build_split(ds, "val", image_size=32, batch_size=5,
+                             training=False, targets="ids")
+
+
+def test_prepare_runs_on_the_full_resolution_image_before_the_cache():
+    ds = Tiny(n=8, channels=3)
+    seen = {}
+
+    def prepare(image):
+        # A corner at full resolution (40 px), not cut from the load size.
+        return {"corner": tf.reshape(image[:8, :8, :], [8, 8, 3])}
+
+    def augment(element, seed):
+        seen["keys"] = sorted(element)
+        return element["corner"], element["image"][:16, :16]
+
+    split = pipeline.build_split(
+        ds, "train", image_size=16, crop_fraction=0.5, batch_size=8,
+        training=True, augment=augment, prepare=prepare, targets="indices",
+    )
+    (corners, small), index = next(iter(split.data))
+    assert seen["keys"] == ["corner", "image"]
+    assert small.shape == (8, 16, 16, 3)  # load size 32, from 40
+    expected = ds.images[index.numpy()][:, :8, :8, :] / 255.0
+    np.testing.assert_allclose(corners.numpy(), expected, atol=1e-6)
+    with pytest.raises(ConfigError, match="callable `augment`"):
+        pipeline.build_split(ds, "train", image_size=16, batch_size=8,
+                             training=True, prepare=prepare)
+    with pytest.raises(ConfigError, match="without the key 'image'"):
+        pipeline.build_split(
+            ds, "train", image_size=16, batch_size=8, training=True,
+            augment=augment, prepare=lambda x: {"image": x},
+        )
+    with pytest.raises(ConfigError, match="static shape"):
+        pipeline.build_split(
+            ds, "train", image_size=16, batch_size=8, training=True,
+            augment=augment,
+            prepare=lambda x: {"c": x[: tf.shape(x)[0] // 2]},
+        )
+
+
+def test_start_epoch_is_checked():
+    with pytest.raises(ConfigError, match="start_epoch"):
+        pipeline.build_split(Tiny(), "train", image_size=32, batch_size=2,
+                             training=True, start_epoch=3, epochs=2)
+
+
+class _Recorder(keras.Model):
+    """Records the labels of every batch `fit` trains on."""
+
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(1)
+        self.seen = []
+
+    def call(self, x):
+        return self.dense(keras.ops.mean(x, axis=(1, 2)))
+
+    def train_step(self, data):
+        self.seen.append(data[1].numpy().tolist())
+        return {"batches": len(self.seen)}
+
+
+@pytest.mark.parametrize("initial_epoch", [0, 1])
+def test_fit_sees_epoch_e_batches_at_epoch_e(initial_epoch):
+    """Keras keeps one iterator over the data across the epochs of a `fit`
+    given `steps_per_epoch`; `start_epoch` must match `initial_epoch`."""
+    ds = Tiny(n=12)
+    kw = {"image_size": 32, "batch_size": 4, "training": True, "seed": 3}
+    reference = _labels(pipeline.build_split(ds, "train", epochs=3, **kw).data)
+    split = pipeline.build_split(
+        ds, "train", start_epoch=initial_epoch, epochs=3, **kw
+    )
+    model = _Recorder()
+    model.compile(optimizer="sgd", run_eagerly=True)
+    model.fit(split.data, epochs=3, initial_epoch=initial_epoch,
+              steps_per_epoch=split.steps, shuffle=False, verbose=0)
+    assert model.seen == reference[initial_epoch * split.steps :]
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -153,6 +310,25 @@ def test_balanced_sampling_draws_classes_equally():
     labels = np.concatenate([y for _, y in split.data])
     assert len(labels) == 40
     assert 0.3 < labels.mean() < 0.7  # instead of 0.1
+
+
+def test_balanced_sampling_is_seeded_per_epoch():
+    ds = Tiny(n=40)
+    ds.labels = np.array([0] * 36 + [1] * 4)
+    kw = {"image_size": 32, "batch_size": 8, "training": True,
+          "balance": True, "seed": 5}
+    full = pipeline.build_split(ds, "train", epochs=2, **kw)
+    images = [x.numpy() for x, _ in full.data]
+    again = [x.numpy() for x, _ in full.data]
+    for a, b in zip(images, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    resumed = [x.numpy() for x, _ in pipeline.build_split(
+        ds, "train", start_epoch=1, epochs=2, **kw).data]
+    for a, b in zip(images[5:], resumed, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # The two epochs draw differently.
+    assert not np.array_equal(np.concatenate(images[:5]),
+                              np.concatenate(images[5:]))
 
 
 def test_max_examples_takes_a_seeded_subset_in_order():
