@@ -5,10 +5,15 @@ mean (over queries and val images) of each query's largest attention weight,
 the mean entropy (nats) and the uniform entropy ln(keys): at initialisation
 and after a short supervised fine-tune on covid_ct train (measured on val).
 `--score=dot` measures the old unscaled layer (same weights, old scores),
-the saturation of issue 15. Writes JSON and Markdown.
+the saturation of issue 15. `--stage_weights=stl_m=PATH,finetune=PATH`
+measures the backbones a chain's stages wrote (e.g. `runs/x/stl_m/
+backbone.weights.h5`) beside the initialisation. Writes JSON and Markdown.
 
     python tools/attention_stats.py --depth=18 --width=0.5 --image_size=96 \
         --epochs=2 --score=cosine --out=/tmp/attn_cosine
+    python tools/attention_stats.py --attention=1 --image_size=96 \
+        --stage_weights=stl_m=runs/a1/stl_m/backbone.weights.h5,\
+finetune=runs/a1/finetune/backbone.weights.h5 --out=/tmp/attn_chain_a1
 """
 
 import json
@@ -34,6 +39,8 @@ flags.DEFINE_integer("epochs", 0, "Fine-tune epochs on train (0: init only).")
 flags.DEFINE_float("lr", 0.01, "Fine-tune SGD learning rate.")
 flags.DEFINE_integer("max_val", 64, "Val images measured.")
 flags.DEFINE_string("weights", None, "Optional backbone weights file.")
+flags.DEFINE_string("attention", "5", "ATTENTION placement ('1', '5').")
+flags.DEFINE_list("stage_weights", [], "label=path of stage backbones.")
 flags.DEFINE_string("out", "/tmp/attention_stats", "Output path stem.")
 FLAGS = flags.FLAGS
 
@@ -84,7 +91,7 @@ def main(_):
     keras.utils.set_random_seed(0)
     backbone = ResNetBackbone(
         depth=FLAGS.depth, width_multiplier=FLAGS.width,
-        image_size=FLAGS.image_size, attention="5",
+        image_size=FLAGS.image_size, attention=FLAGS.attention,
     )
     for block in nonlocal_blocks(backbone):
         block.score = FLAGS.score
@@ -93,6 +100,10 @@ def main(_):
     val_x, _ = _split("val")
     val_x = val_x[: FLAGS.max_val]
     result = {"init": block_stats(backbone, val_x)}
+    for item in FLAGS.stage_weights:
+        label, path = item.split("=", 1)
+        backbone.load_weights(path)
+        result[label] = block_stats(backbone, val_x)
     if FLAGS.epochs:
         train_x, train_y = _split("train")
         features = backbone(backbone.input)

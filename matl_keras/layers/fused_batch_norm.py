@@ -16,6 +16,26 @@ synchronized across several replicas) and defers to Keras otherwise. The
 moving statistics follow Keras' rule, including its biased batch variance
 (the fused kernel returns the Bessel-corrected one; it is converted back).
 Weights, config and checkpoints are those of `keras.layers.BatchNormalization`.
+
+Grouped statistics (`groups > 1`), the one-device form of MoCo's
+shuffle-BN: MoCo's encoders must not share BatchNorm statistics between a
+query and its positive key, or the network lowers the contrastive loss
+through the batch statistics instead of the images ("intra-batch
+communication", He et al. 2020, section 3.3; Kaiming He in
+facebookresearch/moco#46: synchronized BN "is not sufficient in the case of
+MoCo"). MoCo trains on 8 GPUs, each normalising its own 32 images, and
+shuffles the key batch across GPUs; on one device MoCo's CIFAR demo and
+lightly's `SplitBatchNorm` normalise `groups` chunks of the batch
+separately, and `ContrastiveModel` permutes the key batch so that each key
+group mixes images of several query groups. `groups` counts chunks of the
+GLOBAL batch (contiguous, in its order): under R replicas each normalises
+its own `groups / R` chunks, exactly the global chunks it holds, so the
+outputs equal one device's; the moving statistics take the mean over
+groups (as MoCo's demo) and Keras averages the replicas' assignments (the
+variables' `mean` aggregation), so they equal one device's too. Inference
+uses the moving statistics. It is an option of this class, not a subclass,
+because Keras names a functional model's layers in weights files by their
+class: a backbone pretrained with groups must load into a plain one.
 """
 
 from __future__ import annotations
@@ -26,7 +46,95 @@ import tensorflow as tf
 
 @keras.saving.register_keras_serializable(package="matl_keras")
 class FusedBatchNormalization(keras.layers.BatchNormalization):
-    """`keras.layers.BatchNormalization` on TensorFlow's fused kernel."""
+    """`keras.layers.BatchNormalization` on TensorFlow's fused kernel.
+
+    Args:
+        groups: int. Training statistics per chunk of the global batch
+            (>= 1; 1: the whole replica's batch, Keras' behaviour). The
+            global batch must be divisible by `groups`, and `groups` by
+            the number of replicas. Excludes `synchronized=True`.
+        **kwargs: as `keras.layers.BatchNormalization`.
+    """
+
+    def __init__(self, groups: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+            raise ValueError(
+                f"`groups` must be a positive int. Received: groups={groups!r}"
+            )
+        if groups > 1 and self.synchronized:
+            raise ValueError(
+                "BatchNorm groups and synchronized statistics exclude each "
+                f"other. Received: groups={groups}, synchronized=True"
+            )
+        self.groups = groups
+
+    def get_config(self):
+        return {**super().get_config(), "groups": self.groups}
+
+    def _local_groups(self) -> int:
+        context = tf.distribute.get_replica_context()
+        replicas = 1 if context is None else context.num_replicas_in_sync
+        if self.groups % replicas:
+            raise ValueError(
+                f"{self.name}: `groups` ({self.groups}) must be a multiple of "
+                f"the number of replicas ({replicas})"
+            )
+        return self.groups // replicas
+
+    def _grouped_call(self, inputs, mask):
+        if mask is not None or self.renorm or self.axis not in (-1, 3):
+            raise ValueError(
+                f"{self.name}: grouped statistics support channels-last "
+                "input without mask or renorm"
+            )
+        groups = self._local_groups()
+        x = tf.cast(inputs, tf.float32)
+        shape = tf.shape(x)
+        batch = shape[0]
+        tf.debugging.assert_equal(
+            batch % groups,
+            0,
+            message=(
+                f"{self.name}: the per-replica batch must be divisible by "
+                f"its {groups} BatchNorm group(s)"
+            ),
+        )
+        channels = x.shape[-1]
+        grouped = tf.reshape(x, [groups, -1, channels])
+        mean, variance = tf.nn.moments(grouped, axes=[1], keepdims=True)
+        gamma = tf.cast(self.gamma, tf.float32) if self.scale else 1.0
+        beta = tf.cast(self.beta, tf.float32) if self.center else 0.0
+        y = (grouped - mean) * tf.math.rsqrt(variance + self.epsilon)
+        y = tf.reshape(y * gamma + beta, shape)
+        # Keras' rule with the mean over groups (biased batch variance,
+        # as keras.layers.BatchNormalization).
+        momentum = self.momentum
+        group_mean = tf.reduce_mean(mean, axis=[0, 1])
+        group_variance = tf.reduce_mean(variance, axis=[0, 1])
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            # Keras' moving statistics have no aggregation: each replica
+            # would keep its own. Every replica assigns the mean over all
+            # groups of the global batch instead, as one device does.
+            group_mean, group_variance = context.all_reduce(
+                tf.distribute.ReduceOp.MEAN, [group_mean, group_variance]
+            )
+        self.moving_mean.assign(
+            tf.cast(
+                tf.cast(self.moving_mean, tf.float32) * momentum
+                + group_mean * (1.0 - momentum),
+                self.moving_mean.dtype,
+            )
+        )
+        self.moving_variance.assign(
+            tf.cast(
+                tf.cast(self.moving_variance, tf.float32) * momentum
+                + group_variance * (1.0 - momentum),
+                self.moving_variance.dtype,
+            )
+        )
+        return tf.cast(y, self.compute_dtype)
 
     def _can_fuse(self, inputs, training, mask) -> bool:
         if keras.backend.backend() != "tensorflow" or mask is not None:
@@ -39,6 +147,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         return True
 
     def call(self, inputs, training=None, mask=None):
+        if self.groups > 1 and training and self.trainable:
+            return self._grouped_call(inputs, mask)
         if not self._can_fuse(inputs, training, mask):
             return super().call(inputs, training=training, mask=mask)
         x = tf.convert_to_tensor(inputs)

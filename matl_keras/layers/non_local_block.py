@@ -32,6 +32,8 @@ import numpy as np
 from keras import layers
 from keras import ops
 
+from matl_keras.layers.fused_batch_norm import FusedBatchNormalization
+
 
 @keras.saving.register_keras_serializable(package="matl_keras")
 class NonLocalBlock(keras.layers.Layer):
@@ -49,6 +51,9 @@ class NonLocalBlock(keras.layers.Layer):
             softmax over key positions (columns of Eq. 1 transposed).
         sync_batchnorm: bool. The output BatchNormalization uses the global
             batch of all replicas (`synchronized=True`).
+        batchnorm_groups: int. The output BatchNormalization's training
+            statistics per chunk of the global batch
+            (`FusedBatchNormalization(groups=...)`, MoCo's shuffle-BN); 1: off.
         score: str. `"cosine"`: softmax(tau * cos(q, k)) with a learnable
             tau (see the module docstring); `"dot"`: the old unscaled
             softmax(q . k), which saturates on ResNet activations.
@@ -73,6 +78,7 @@ class NonLocalBlock(keras.layers.Layer):
         subsample=1,
         return_attention=False,
         sync_batchnorm=False,
+        batchnorm_groups=1,
         score="cosine",
         logit_scale=4.0,
         max_logit_scale=10.0,
@@ -116,6 +122,7 @@ class NonLocalBlock(keras.layers.Layer):
         self.subsample = subsample
         self.return_attention = return_attention
         self.sync_batchnorm = sync_batchnorm
+        self.batchnorm_groups = batchnorm_groups
 
     def build(self, input_shape):
         channels = input_shape[-1]
@@ -139,12 +146,20 @@ class NonLocalBlock(keras.layers.Layer):
         self.output_conv = layers.Conv2D(
             channels, 1, dtype=self.dtype_policy, name=f"{name}_out"
         )
-        self.output_bn = layers.BatchNormalization(
-            gamma_initializer="zeros",
-            synchronized=self.sync_batchnorm,
-            dtype=self.dtype_policy,
-            name=f"{name}_out_bn",
-        )
+        if self.batchnorm_groups > 1:
+            self.output_bn = FusedBatchNormalization(
+                groups=self.batchnorm_groups,
+                gamma_initializer="zeros",
+                dtype=self.dtype_policy,
+                name=f"{name}_out_bn",
+            )
+        else:
+            self.output_bn = layers.BatchNormalization(
+                gamma_initializer="zeros",
+                synchronized=self.sync_batchnorm,
+                dtype=self.dtype_policy,
+                name=f"{name}_out_bn",
+            )
         self.pool = None
         kv_shape = input_shape
         if self.subsample > 1:
@@ -252,6 +267,7 @@ class NonLocalBlock(keras.layers.Layer):
                 "subsample": self.subsample,
                 "return_attention": self.return_attention,
                 "sync_batchnorm": self.sync_batchnorm,
+                "batchnorm_groups": self.batchnorm_groups,
                 "score": self.score,
                 "logit_scale": self.logit_scale,
                 "max_logit_scale": self.max_logit_scale,

@@ -26,14 +26,52 @@ from matl_keras.data.dataset import Dataset
 from matl_keras.errors import ConfigError
 from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
 from matl_keras.training import callbacks as callbacks_lib
+from matl_keras.training import determinism
 from matl_keras.training import optimizers
 from matl_keras.training import precision as precision_lib
 from matl_keras.training import strategies
 from matl_keras.training import workdir as workdir_lib
+from matl_keras.training.ssl_method import RunSchedule
 from matl_keras.training.ssl_method import SSLMethod
 from matl_keras.models.backbone_weights import load_backbone
 from matl_keras.training.supervised import describe_backbone
 from matl_keras.training.supervised import resolve_dataset
+
+
+def resolve_batchnorm_groups(
+    setting: int | str, global_batch_size: int, replicas: int
+) -> int:
+    """BatchNorm groups of a shuffle-BN method's backbones.
+
+    `"auto"`: groups of about 32 images (MoCo's per-GPU batch), at least 2;
+    an int: that many (1: no shuffle-BN). The groups must split the global
+    batch into chunks of at least 2 images and be a multiple of the number
+    of replicas (each replica normalises whole groups).
+    """
+    allowed = [
+        g
+        for g in range(2, global_batch_size // 2 + 1)
+        if global_batch_size % g == 0 and g % replicas == 0
+    ]
+    if setting == 1:
+        return 1
+    if setting == "auto":
+        if not allowed:
+            raise ConfigError(
+                "shuffle-BN needs a global batch that splits into at least "
+                f"2 groups of 2 images on {replicas} replica(s). Received: "
+                f"batch_size={global_batch_size}; set "
+                "pretrain.batchnorm_groups = 1 to turn it off"
+            )
+        target = global_batch_size / 32
+        return min(allowed, key=lambda g: (abs(g - target), g))
+    if setting not in allowed:
+        raise ConfigError(
+            "`pretrain.batchnorm_groups` must be 'auto', 1 or one of "
+            f"{allowed} for batch_size={global_batch_size} on {replicas} "
+            f"replica(s). Received: batchnorm_groups={setting!r}"
+        )
+    return setting
 
 
 def build_method(
@@ -41,33 +79,47 @@ def build_method(
     backbone: Callable[..., keras.Model],
     image_size: int,
     sync_batchnorm: bool = True,
+    batchnorm_groups: int = 1,
 ) -> SSLMethod:
-    """Instantiates the SSL method with its backbone(s)."""
-    if method is None:
-        raise ConfigError(
-            "no SSL method: bind `pretrain.method` (gin: SSL_METHOD = "
-            "@region_aware, @moco, @simclr or an installed plugin's name)"
-        )
-    registry = registry_lib.default_registry()
-    if isinstance(method, str):
-        registry.load("ssl_methods", method)
-        method = registry.infos("ssl_methods")[method].factory
-    needs_key = getattr(method, "needs_key_encoder", False)
-    kwargs: dict[str, Any] = {
-        "backbone": backbone(image_size=image_size, sync_batchnorm=sync_batchnorm),
-        "image_size": image_size,
-    }
-    if needs_key:
-        kwargs["key_backbone"] = backbone(
-            image_size=image_size, sync_batchnorm=sync_batchnorm, name="key_resnet"
-        )
-    model = method(**kwargs)
+    """Instantiates the SSL method with its backbone(s).
+
+    Backbones of a method with `shuffle_batchnorm` get `batchnorm_groups`
+    (when > 1) instead of synchronized BatchNorm."""
+    factory = resolve_method(method)
+    kwargs: dict[str, Any] = {"image_size": image_size}
+    if getattr(factory, "shuffle_batchnorm", False) and batchnorm_groups > 1:
+        kwargs["batchnorm_groups"] = batchnorm_groups
+    else:
+        kwargs["sync_batchnorm"] = sync_batchnorm
+    model = factory(
+        backbone=backbone(**kwargs),
+        image_size=image_size,
+        **(
+            {"key_backbone": backbone(**kwargs, name="key_resnet")}
+            if getattr(factory, "needs_key_encoder", False)
+            else {}
+        ),
+    )
     if not isinstance(model, SSLMethod):
         raise ConfigError(
             "`pretrain.method` must build an SSLMethod (a subclass of "
             f"matl_keras.training.ssl_method.SSLMethod). Received: {model!r}"
         )
     return model
+
+
+def resolve_method(method) -> Callable[..., SSLMethod]:
+    """The method factory of a name or callable (gin: `@moco`)."""
+    if method is None:
+        raise ConfigError(
+            "no SSL method: bind `pretrain.method` (gin: SSL_METHOD = "
+            "@region_aware, @moco, @simclr or an installed plugin's name)"
+        )
+    if isinstance(method, str):
+        registry = registry_lib.default_registry()
+        registry.load("ssl_methods", method)
+        method = registry.infos("ssl_methods")[method].factory
+    return method
 
 
 def pretrain(
@@ -85,9 +137,11 @@ def pretrain(
     precision: str = "auto",
     jit_compile: bool | str = "auto",
     sync_batchnorm: bool = True,
+    batchnorm_groups: int | str = "auto",
     on_bad_image: str = "refuse",
     cache: str = "auto",
     seed: int = 0,
+    deterministic: bool | str = "auto",
     train_split: str = "train",
     monitor_split: str | None = "val",
     monitor_bank_split: str = "train",
@@ -119,9 +173,14 @@ def pretrain(
         jit_compile: bool or `"auto"`. XLA for the SSL step (`"auto"`: on
             GPU only; tested equal to the plain step on CPU, one device and
             MirroredStrategy).
-        sync_batchnorm: bool. BatchNorm over the global batch (see
-            `contrastive`); leave on for MoCo under several replicas.
-        on_bad_image, cache, seed: as in `supervised.train`.
+        sync_batchnorm: bool. BatchNorm over the global batch for methods
+            without shuffle-BN (SimCLR), or with `batchnorm_groups=1`.
+        batchnorm_groups: int or `"auto"`. Shuffle-BN groups of the
+            backbones of methods that declare `shuffle_batchnorm` (MoCo,
+            region_aware); see `resolve_batchnorm_groups`. 1: off.
+        on_bad_image, cache, seed: as in `supervised.train`; the seed also
+            drives every view's augmentation and the key permutation.
+        deterministic: bool or `"auto"`. As in `supervised.train`.
         train_split: str. Split pretrained on.
         monitor_split: str or None. Labelled split whose kNN accuracy is
             logged after every epoch (None: no monitor). Skipped, with a
@@ -143,16 +202,46 @@ def pretrain(
         return workdir_lib.read_json(os.path.join(workdir, "metrics.json"))
     metrics_path = start.path("metrics.json")
     keras.utils.set_random_seed(seed)
+    determinism_record = determinism.configure(deterministic)
+    start_epoch = min(
+        callbacks_lib.ResumableBackup.completed_epochs(start.backup_dir), epochs
+    )
     dataset = resolve_dataset(dataset)
+    groups = (
+        resolve_batchnorm_groups(
+            batchnorm_groups, batch_size, distribution.num_replicas_in_sync
+        )
+        if getattr(resolve_method(method), "shuffle_batchnorm", False)
+        else 1
+    )
     with distribution.scope(), precision_lib.dtype_policy(precision) as policy:
-        model = build_method(method, backbone, image_size, sync_batchnorm)
+        model = build_method(
+            method, backbone, image_size, sync_batchnorm, groups
+        )
     common = dict(
         image_size=image_size, batch_size=batch_size,
         crop_fraction=crop_fraction, on_bad_image=on_bad_image,
         cache=strategies.worker_cache(cache, distribution), seed=seed,
     )
     train_data = pipeline.build_split(
-        dataset, train_split, training=True, augment=model.views, **common
+        dataset,
+        train_split,
+        training=True,
+        augment=model.views,
+        prepare=model.prepare,
+        targets="indices",
+        start_epoch=start_epoch,
+        epochs=epochs,
+        **common,
+    )
+    model.configure(
+        RunSchedule(
+            num_examples=train_data.num_examples,
+            steps_per_epoch=train_data.steps,
+            epochs=epochs,
+            global_batch_size=batch_size,
+            seed=seed,
+        )
     )
     print(
         f"dataset {dataset.name}: {train_split} {train_data.num_examples} "
@@ -182,10 +271,17 @@ def pretrain(
         "resumed": start.resuming,
         "scope": gin.current_scope_str(),
         "seed": seed,
+        **determinism_record,
         "init_backbone": start.init,
         "dataset": dataset.name,
         "class_names": list(dataset.class_names),
         "method": type(model).__name__,
+        "batchnorm": (
+            f"shuffle-BN, {groups} groups" if groups > 1
+            else ("synchronized" if sync_batchnorm else "per replica")
+        ),
+        "queue_size": getattr(model, "queue_size", None),
+        "momentum_schedule": getattr(model, "momentum_schedule", None),
         "precision": policy,
         "architecture": describe_backbone(model.backbone),
         "num_examples": {train_split: train_data.num_examples},
@@ -196,8 +292,7 @@ def pretrain(
         model.build()
         if init_backbone:
             load_backbone(model.backbone, init_backbone)
-            if model.key_backbone is not None:
-                model.key_backbone.set_weights(model.backbone.get_weights())
+            model.init_from_backbone()
             print(f"starting from backbone {init_backbone}", flush=True)
         model.compile(
             optimizer=optimizer(
@@ -228,6 +323,7 @@ def pretrain(
             start.backup_dir, write_dir=start.path(workdir_lib.BACKUP_DIR)
         ),
         keras.callbacks.TensorBoard(start.path("logs")),
+        determinism.EpochSeeds(seed, start_epoch),
     ]
     logging.info(
         "pretraining %s for %d epochs of %d steps on %d replica(s)",
@@ -237,6 +333,9 @@ def pretrain(
     history = model.fit(
         train_data.data,
         epochs=epochs,
+        # Epochs start_epoch..epochs-1 back to back (see supervised.train).
+        initial_epoch=start_epoch,
+        steps_per_epoch=train_data.steps,
         callbacks=callbacks,
         shuffle=False,  # tf.data shuffles.
         verbose=1 if sys.stdout.isatty() else 2,

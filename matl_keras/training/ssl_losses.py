@@ -41,8 +41,9 @@ def info_nce(
         positive_key: (B, D) key projections `x_k+` of the same images.
         queue: (K, D) negative keys `x_k-` (already normalized).
         temperature: float. tau.
-        queue_valid: (K,) bool or None. False for queue slots never written
-            (they must not count as negatives).
+        queue_valid: (K,) or (B, K) bool, or None. False for queue slots
+            that are not negatives (of any query, or of query i): slots
+            never written, and keys of the query's own image.
 
     Returns:
         (B,) loss per query.
@@ -52,7 +53,8 @@ def info_nce(
     positive = tf.reduce_sum(q * k, axis=-1, keepdims=True)  # (B, 1)
     negative = tf.matmul(q, tf.cast(queue, tf.float32), transpose_b=True)
     if queue_valid is not None:
-        negative = tf.where(queue_valid[None, :], negative, _MASKED)
+        # (K,) broadcasts over the queries.
+        negative = tf.where(queue_valid, negative, _MASKED)
     logits = tf.concat([positive, negative], axis=1) / temperature
     return -tf.nn.log_softmax(logits, axis=1)[:, 0]
 

@@ -2,8 +2,10 @@
 
 The query encoder (backbone + MLP head) is trained by backpropagation on
 Eq. 2; the key encoder follows it by momentum (Eq. 3); a FIFO queue of past
-keys provides the negatives. Two MoCo v2 augmentations of each image are
-the query and key views. The machinery (queue, momentum, distribution) is
+keys provides the negatives, never a key of the query's own image. Two
+augmentations of each image (independent draws of one recipe) are the
+query and key views; the key batch is shuffled across BatchNorm groups
+(shuffle-BN). The machinery (queue, momentum, shuffle-BN, distribution) is
 the core's `ContrastiveModel`.
 """
 
@@ -15,6 +17,7 @@ import keras
 import tensorflow as tf
 
 from matl_keras.data import augment as augment_lib
+from matl_keras.errors import ConfigError
 from matl_keras.training import ssl_losses
 from matl_keras.training.contrastive import ContrastiveModel
 
@@ -23,14 +26,19 @@ class MoCo(ContrastiveModel):
     """MoCo v2.
 
     Args (beyond `ContrastiveModel`'s):
-        augment: str. Augmentation recipe of both views (`moco_v2`).
-        seed: int. Augmentation seed (the key view uses `seed + 1`).
+        augment: str. Augmentation recipe of both views
+            (`matl_keras.data.augment.RECIPES`; `moco_v2` is MoCo v2's
+            `aug_plus`, `ct_intensity` a CT-aware variant,
+            `sstl_m_paper` the paper's literal SSTL-M recipe).
 
-    Defaults are MoCo v2's: tau 0.2, m 0.999, queue 65536, 128-d output,
-    2048-d hidden layer (gin/sstl_m.gin sets the paper's tau 0.07).
+    Defaults are MoCo v2's: tau 0.2, m 0.999, 128-d output, 2048-d hidden
+    layer; the queue is sized to the data (`queue_size="auto"`, at most
+    MoCo's 65536). `gin/stages/sstl_m.gin` sets the paper's tau 0.07 and
+    the momentum schedule for short runs.
     """
 
     needs_key_encoder = True
+    shuffle_batchnorm = True
 
     def __init__(
         self,
@@ -38,9 +46,8 @@ class MoCo(ContrastiveModel):
         key_backbone: keras.Model | None = None,
         temperature: float = 0.2,
         momentum: float = 0.999,
-        queue_size: int = 65536,
+        queue_size: int | str = "auto",
         augment: str = "moco_v2",
-        seed: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -52,21 +59,36 @@ class MoCo(ContrastiveModel):
             **kwargs,
         )
         self.augment_name = augment
-        self._query_augment = augment_lib.get_augment(augment, self.image_size, seed)
-        self._key_augment = augment_lib.get_augment(augment, self.image_size, seed + 1)
+        self._augment = augment_lib.get_augment(augment, self.image_size)
 
-    def views(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {"query": self._query_augment(image), "key": self._key_augment(image)}
+    def configure(self, schedule):
+        super().configure(schedule)
+        if not self.queue_size:
+            raise ConfigError(
+                f"{type(self).__name__} needs negatives: a queue of at least "
+                f"one batch ({schedule.global_batch_size} keys). Received: "
+                f"queue_size={self.queue_size_setting!r}"
+            )
 
-    def contrastive_loss(self, views):
+    def views(self, image, seed: tf.Tensor) -> dict[str, tf.Tensor]:
+        query_seed, key_seed = augment_lib.split_seed(seed, 2)
+        image = image["image"] if isinstance(image, dict) else image
+        return {
+            "query": self._augment(image, query_seed),
+            "key": self._augment(image, key_seed),
+        }
+
+    def contrastive_loss(self, views, ids):
         """Eq. 2 for this replica's queries and the keys to enqueue."""
         query = self.encode(views["query"], training=True)
         keys = self.encode_keys(views["key"])
-        loss = ssl_losses.info_nce(
-            query, keys, self.queue, self.temperature, self.queue_valid()
+        mask = self.queue_mask(ids) if self.queue_size else None
+        queue = self.queue if self.queue_size else tf.zeros(
+            [0, self.projection_dim]
         )
+        loss = ssl_losses.info_nce(query, keys, queue, self.temperature, mask)
         return loss, keys
 
-    def per_example_loss(self, views):
-        loss, keys = self.contrastive_loss(views)
+    def per_example_loss(self, views, ids):
+        loss, keys = self.contrastive_loss(views, ids)
         return loss, {"keys": keys}

@@ -2,10 +2,14 @@
 branch plus a region-scale branch.
 
 The Generator (Eq. 4, `lung_regions`) cuts five lobe regions from each
-image in `tf.data`; they pass through the same backbone as the queries; a
-shared 5-way classifier predicts which region each crop is (Eq. 5); the
-loss per image is Eq. 6, `alpha1 * L_cons + alpha2 * L_ra` (see
-`ssl_losses.combined` for how we read Eq. 6's sum over negatives).
+image's full-resolution decode (`prepare`, cached by the pipeline): squares
+of one side around the lobe centres, so that a crop's geometry says
+nothing about its region. They are augmented like the views but never
+flipped (a flip would turn a right-lung crop into a left-lung look-alike),
+pass through the same backbone as the queries, and a shared 5-way
+classifier predicts which region each crop is (Eq. 5); the loss per image
+is Eq. 6, `alpha1 * L_cons + alpha2 * L_ra` (see `ssl_losses.combined` for
+how we read Eq. 6's sum over negatives).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from matl_keras.data import augment as augment_lib
 from matl_keras.training import ssl_losses
 from matl_keras_plugins.ssl_methods import lung_regions
 from matl_keras_plugins.ssl_methods.moco import MoCo
@@ -29,8 +34,12 @@ class RegionAware(MoCo):
         orientation: str. `"radiological"` (patient's right lung on the
             image's left, the CT display convention and COVID19-CT's) or
             `"neurological"` (mirrored).
-        augment_regions: bool. Augment the crops like the views (the paper
-            does: "all images as well as cropped regions").
+        augment_regions: bool. Augment the crops like the views, without
+            the flip (the paper augments "all images as well as cropped
+            regions"); False: each crop resized to the view size.
+        region_load_size: int or None. Side at which the crops are cut
+            from the full-resolution image and cached (None: the views'
+            load size, `image_size / 0.875` rounded).
     """
 
     def __init__(
@@ -41,6 +50,7 @@ class RegionAware(MoCo):
         alpha2: float = 0.8,
         orientation: str = "radiological",
         augment_regions: bool = True,
+        region_load_size: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(backbone, key_backbone=key_backbone, **kwargs)
@@ -49,35 +59,63 @@ class RegionAware(MoCo):
                 f"`orientation` must be one of {lung_regions.ORIENTATIONS}. "
                 f"Received: orientation={orientation!r}"
             )
+        if region_load_size is not None and region_load_size < self.image_size:
+            raise ValueError(
+                "`region_load_size` must be at least `image_size` "
+                f"({self.image_size}). Received: "
+                f"region_load_size={region_load_size!r}"
+            )
         self.alpha1 = alpha1
         self.alpha2 = alpha2
         self.orientation = orientation
         self.augment_regions = augment_regions
-        self.region_pool = keras.layers.GlobalAveragePooling2D(name="region_pool")
+        self.region_load_size = region_load_size or round(
+            self.image_size / 0.875
+        )
+        self._region_augment = augment_lib.get_augment(
+            self.augment_name, self.image_size, flip=False
+        )
+        self.region_pool = keras.layers.GlobalAveragePooling2D(
+            name="region_pool"
+        )
         self.region_classifier = keras.layers.Dense(
             len(lung_regions.REGIONS), name="region_classifier"
         )
         self.region_loss_tracker = keras.metrics.Mean(name="region_loss")
-        self.region_accuracy_tracker = keras.metrics.Mean(name="region_accuracy")
+        self.region_accuracy_tracker = keras.metrics.Mean(
+            name="region_accuracy"
+        )
 
     def build_heads(self, feature_shape):
         self.region_classifier.build((None, feature_shape[-1]))
 
-    def views(self, image):
-        views = super().views(image)
-        load = tf.shape(image)[0]
-        regions = lung_regions.generate_regions(image, load, self.orientation)
+    def prepare(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Eq. 4 on the full-resolution image: `(5, L, L, 3)` crops."""
+        return {
+            "regions": lung_regions.generate_regions(
+                image, self.region_load_size, self.orientation
+            )
+        }
+
+    def views(self, image, seed):
+        view_seed, region_seed = augment_lib.split_seed(seed, 2)
+        views = super().views(image["image"], view_seed)
+        regions = image["regions"]
+        count = len(lung_regions.REGIONS)
         if self.augment_regions:
+            seeds = augment_lib.split_seed(region_seed, count)
             regions = tf.stack(
-                [self._query_augment(regions[i]) for i in range(len(lung_regions.REGIONS))]
+                [self._region_augment(regions[i], seeds[i]) for i in range(count)]
             )
         else:
-            regions = tf.image.resize(regions, [self.image_size, self.image_size])
+            regions = tf.image.resize(
+                regions, [self.image_size, self.image_size], antialias=True
+            )
         views["regions"] = regions
         return views
 
-    def per_example_loss(self, views):
-        contrastive, keys = self.contrastive_loss(views)
+    def per_example_loss(self, views, ids):
+        contrastive, keys = self.contrastive_loss(views, ids)
         regions = views["regions"]  # (b, 5, s, s, 3)
         shape = tf.shape(regions)
         crops = tf.reshape(regions, [-1, shape[2], shape[3], shape[4]])

@@ -22,8 +22,8 @@ class SimCLR(ContrastiveModel):
     """SimCLR.
 
     Args (beyond `ContrastiveModel`'s):
-        augment: str. Augmentation recipe of both views.
-        seed: int. Augmentation seed (the second view uses `seed + 1`).
+        augment: str. Augmentation recipe of both views (independent
+            draws).
 
     Default temperature 0.1 (SimCLR's, for large batches 0.5 is common).
     """
@@ -36,18 +36,23 @@ class SimCLR(ContrastiveModel):
         key_backbone: keras.Model | None = None,
         temperature: float = 0.1,
         augment: str = "moco_v2",
-        seed: int = 0,
         **kwargs: Any,
     ) -> None:
         del key_backbone  # SimCLR has no key encoder
         super().__init__(backbone, temperature=temperature, **kwargs)
-        self._augment1 = augment_lib.get_augment(augment, self.image_size, seed)
-        self._augment2 = augment_lib.get_augment(augment, self.image_size, seed + 1)
+        self.augment_name = augment
+        self._augment = augment_lib.get_augment(augment, self.image_size)
 
-    def views(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {"view1": self._augment1(image), "view2": self._augment2(image)}
+    def views(self, image, seed: tf.Tensor) -> dict[str, tf.Tensor]:
+        seed1, seed2 = augment_lib.split_seed(seed, 2)
+        image = image["image"] if isinstance(image, dict) else image
+        return {
+            "view1": self._augment(image, seed1),
+            "view2": self._augment(image, seed2),
+        }
 
-    def per_example_loss(self, views):
+    def per_example_loss(self, views, ids):
+        del ids  # the negatives are the other images of the batch
         b = tf.shape(views["view1"])[0]
         # One forward pass over both views.
         z = self.encode(tf.concat([views["view1"], views["view2"]], 0), training=True)

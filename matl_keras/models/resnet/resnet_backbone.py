@@ -44,10 +44,12 @@ def scaled_filters(filters, width_multiplier):
 BN_MOMENTUM = 0.9
 
 
-def _bn(name, synchronized=False):
+def _bn(name, synchronized=False, groups=1):
     # The fused kernel (same weights and math as layers.BatchNormalization;
-    # see layers/fused_batch_norm.py for why).
+    # see layers/fused_batch_norm.py for why, and for `groups`: per-group
+    # statistics for MoCo's shuffle-BN).
     return FusedBatchNormalization(
+        groups=groups,
         axis=-1,
         momentum=BN_MOMENTUM,
         epsilon=_BN_EPSILON,
@@ -56,34 +58,34 @@ def _bn(name, synchronized=False):
     )
 
 
-def apply_bottleneck_block(x, filters, stride, conv_shortcut, name, sync=False):
+def apply_bottleneck_block(x, filters, stride, conv_shortcut, name, sync=False, groups=1):
     """keras.applications' `block1`: 1x1 (strided) -> 3x3 -> 1x1 (x4)."""
     if conv_shortcut:
         shortcut = layers.Conv2D(
             4 * filters, 1, strides=stride, name=f"{name}_0_conv"
         )(x)
-        shortcut = _bn(f"{name}_0_bn", sync)(shortcut)
+        shortcut = _bn(f"{name}_0_bn", sync, groups)(shortcut)
     else:
         shortcut = x
     x = layers.Conv2D(filters, 1, strides=stride, name=f"{name}_1_conv")(x)
-    x = _bn(f"{name}_1_bn", sync)(x)
+    x = _bn(f"{name}_1_bn", sync, groups)(x)
     x = layers.Activation("relu", name=f"{name}_1_relu")(x)
     x = layers.Conv2D(filters, 3, padding="same", name=f"{name}_2_conv")(x)
-    x = _bn(f"{name}_2_bn", sync)(x)
+    x = _bn(f"{name}_2_bn", sync, groups)(x)
     x = layers.Activation("relu", name=f"{name}_2_relu")(x)
     x = layers.Conv2D(4 * filters, 1, name=f"{name}_3_conv")(x)
-    x = _bn(f"{name}_3_bn", sync)(x)
+    x = _bn(f"{name}_3_bn", sync, groups)(x)
     x = layers.Add(name=f"{name}_add")([shortcut, x])
     return layers.Activation("relu", name=f"{name}_out")(x)
 
 
-def apply_basic_block(x, filters, stride, conv_shortcut, name, sync=False):
+def apply_basic_block(x, filters, stride, conv_shortcut, name, sync=False, groups=1):
     """Two 3x3 convolutions (ResNet-18/34)."""
     if conv_shortcut:
         shortcut = layers.Conv2D(
             filters, 1, strides=stride, use_bias=False, name=f"{name}_0_conv"
         )(x)
-        shortcut = _bn(f"{name}_0_bn", sync)(shortcut)
+        shortcut = _bn(f"{name}_0_bn", sync, groups)(shortcut)
     else:
         shortcut = x
     x = layers.Conv2D(
@@ -94,23 +96,23 @@ def apply_basic_block(x, filters, stride, conv_shortcut, name, sync=False):
         use_bias=False,
         name=f"{name}_1_conv",
     )(x)
-    x = _bn(f"{name}_1_bn", sync)(x)
+    x = _bn(f"{name}_1_bn", sync, groups)(x)
     x = layers.Activation("relu", name=f"{name}_1_relu")(x)
     x = layers.Conv2D(
         filters, 3, padding="same", use_bias=False, name=f"{name}_2_conv"
     )(x)
-    x = _bn(f"{name}_2_bn", sync)(x)
+    x = _bn(f"{name}_2_bn", sync, groups)(x)
     x = layers.Add(name=f"{name}_add")([shortcut, x])
     return layers.Activation("relu", name=f"{name}_out")(x)
 
 
-def apply_stem(x, width_multiplier, sync=False):
+def apply_stem(x, width_multiplier, sync=False, groups=1):
     """7x7/2 convolution and 3x3/2 max-pool (keras.applications names)."""
     x = layers.ZeroPadding2D(padding=((3, 3), (3, 3)), name="conv1_pad")(x)
     x = layers.Conv2D(
         scaled_filters(64, width_multiplier), 7, strides=2, name="conv1_conv"
     )(x)
-    x = _bn("conv1_bn", sync)(x)
+    x = _bn("conv1_bn", sync, groups)(x)
     x = layers.Activation("relu", name="conv1_relu")(x)
     x = layers.ZeroPadding2D(padding=((1, 1), (1, 1)), name="pool1_pad")(x)
     return layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
@@ -149,6 +151,10 @@ class ResNetBackbone(keras.Model):
             all replicas (`synchronized=True`) instead of each replica's
             share: the same statistics as on one device. Weights are the
             same either way.
+        batchnorm_groups: int. Training statistics per chunk of the global
+            batch (`FusedBatchNormalization(groups=...)`; MoCo's shuffle-BN on
+            one device); 1: over the whole (replica's) batch. Weights are
+            the same either way.
         name: str. Model name.
 
     Example:
@@ -168,6 +174,7 @@ class ResNetBackbone(keras.Model):
         attention_reduction=2,
         attention_subsample=1,
         sync_batchnorm=False,
+        batchnorm_groups=1,
         name="resnet",
         **kwargs,
     ):
@@ -202,7 +209,7 @@ class ResNetBackbone(keras.Model):
         x = InputNormalization(normalization, name="input_normalization")(
             inputs
         )
-        x = apply_stem(x, width_multiplier, sync_batchnorm)
+        x = apply_stem(x, width_multiplier, sync_batchnorm, batchnorm_groups)
         pyramid_outputs = {}
         attention_outputs = {}
         for stage_index, (stage, num_blocks) in enumerate(zip(STAGES, blocks)):
@@ -224,6 +231,7 @@ class ResNetBackbone(keras.Model):
                     conv_shortcut,
                     name=f"{stage}_block{block + 1}",
                     sync=sync_batchnorm,
+                    groups=batchnorm_groups,
                 )
                 if block + 1 in placement.get(stage, ()):
                     block_name = f"{stage}_block{block + 1}_nonlocal"
@@ -232,6 +240,7 @@ class ResNetBackbone(keras.Model):
                         subsample=attention_subsample,
                         return_attention=True,
                         sync_batchnorm=sync_batchnorm,
+                        batchnorm_groups=batchnorm_groups,
                         name=block_name,
                     )(x)
                     attention_outputs[block_name] = attention_weights
@@ -247,6 +256,7 @@ class ResNetBackbone(keras.Model):
         self.attention_reduction = attention_reduction
         self.attention_subsample = attention_subsample
         self.sync_batchnorm = sync_batchnorm
+        self.batchnorm_groups = batchnorm_groups
         self.attention_placement = placement
         self.pyramid_outputs = pyramid_outputs
         self.attention_outputs = attention_outputs
@@ -261,6 +271,7 @@ class ResNetBackbone(keras.Model):
             "attention_reduction": self.attention_reduction,
             "attention_subsample": self.attention_subsample,
             "sync_batchnorm": self.sync_batchnorm,
+            "batchnorm_groups": self.batchnorm_groups,
             "name": self.name,
             "trainable": self.trainable,
         }

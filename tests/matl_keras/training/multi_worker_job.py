@@ -23,8 +23,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tests.matl_keras.training.test_contrastive import _build  # noqa: E402
-from tests.matl_keras.training.test_contrastive import _views  # noqa: E402
+from tests.matl_keras.training.ssl_testing import build as _build  # noqa: E402
+from tests.matl_keras.training.ssl_testing import data as _data  # noqa: E402
 from matl_keras_plugins.ssl_methods.moco import MoCo  # noqa: E402
 from matl_keras_plugins.ssl_methods.region_aware import RegionAware  # noqa: E402
 from matl_keras_plugins.ssl_methods.simclr import SimCLR  # noqa: E402
@@ -51,9 +51,7 @@ def main(out: str, initial_path: str | None) -> None:
             )
         for i, w in enumerate(model.get_weights()):
             results[f"{name}/initial/{i}"] = w
-        data = tf.data.Dataset.from_tensor_slices(
-            (_views(cls, 16), np.zeros(16, np.int32))
-        ).batch(8)
+        data = _data(cls)
         history = model.fit(data, epochs=1, verbose=0, shuffle=False)
         for i, w in enumerate(model.get_weights()):
             results[f"{name}/final/{i}"] = w

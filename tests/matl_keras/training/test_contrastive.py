@@ -1,33 +1,23 @@
 """The contrastive machinery: momentum update, queue, and every SSL method
 under MirroredStrategy (2 logical CPUs) equal to one device."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
+from matl_keras.errors import ConfigError
+from matl_keras.layers.fused_batch_norm import FusedBatchNormalization
+from matl_keras.training import contrastive
+from matl_keras.training import ssl_losses
 from matl_keras.training import strategies
+from matl_keras.training.ssl_method import RunSchedule
 from matl_keras_plugins.ssl_methods.moco import MoCo
 from matl_keras_plugins.ssl_methods.region_aware import RegionAware
 from matl_keras_plugins.ssl_methods.simclr import SimCLR
-
-SIZE = 32
-
-
-def _backbone(name="resnet"):
-    return ResNetBackbone(depth=18, width_multiplier=0.25, image_size=SIZE,
-                          sync_batchnorm=True, name=name)
-
-
-def _build(cls, **kwargs):
-    args = dict(backbone=_backbone(), image_size=SIZE, hidden_dim=16,
-                projection_dim=8)
-    if cls.needs_key_encoder:
-        args.update(key_backbone=_backbone("key_resnet"), queue_size=16, momentum=0.9)
-    args.update(kwargs)
-    model = cls(**args)
-    model.build()
-    return model
+from tests.matl_keras.training.ssl_testing import SIZE
+from tests.matl_keras.training.ssl_testing import build as _build
+from tests.matl_keras.training.ssl_testing import data as _data
 
 
 def test_key_encoder_starts_equal_and_momentum_update_is_eq_3():
@@ -40,27 +30,35 @@ def test_key_encoder_starts_equal_and_momentum_update_is_eq_3():
     before = [k.numpy() for k in model.key_weights]
     model.momentum_update()
     for k, old, q in zip(model.key_weights, before, model.query_weights):
-        np.testing.assert_allclose(k.numpy(), 0.9 * old + 0.1 * q.numpy(), rtol=1e-6)
+        np.testing.assert_allclose(k.numpy(), 0.9 * old + 0.1 * q.numpy(), rtol=1e-6, atol=1e-7)
     # Key encoder: not optimized, but BatchNorm still in training mode.
     ids = {id(v) for v in model.optimized_variables}
     assert not any(id(v) in ids for v in model.key_weights)
     assert model.key_backbone.trainable
 
 
-def test_queue_is_fifo_and_wraps():
+def _ids(start, n):
+    return tf.range(start, start + n, dtype=tf.int32)
+
+
+def test_queue_is_fifo_wraps_and_keeps_the_images_identities():
     model = _build(MoCo)
     keys = [np.full((6, 8), i + 1, np.float32) for i in range(3)]
-    model.enqueue(tf.constant(keys[0]))
+    model.enqueue(tf.constant(keys[0]), _ids(0, 6))
     assert int(model.queue_pointer.numpy()) == 6
     assert int(model.queue_filled.numpy()) == 6
-    assert model.queue_valid().numpy().sum() == 6
-    model.enqueue(tf.constant(keys[1]))
-    model.enqueue(tf.constant(keys[2]))  # 18 > 16: wraps
+    # Never-written slots are no query's negatives.
+    assert model.queue_mask(_ids(100, 2)).numpy().sum(1).tolist() == [6, 6]
+    model.enqueue(tf.constant(keys[1]), _ids(6, 6))
+    model.enqueue(tf.constant(keys[2]), _ids(12, 6))  # 18 > 16: wraps
     queue = model.queue.numpy()[:, 0]
     np.testing.assert_array_equal(queue, [3, 3] + [1] * 4 + [2] * 6 + [3] * 4)
+    np.testing.assert_array_equal(
+        model.queue_ids.numpy(), [16, 17, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
+    )
     assert int(model.queue_pointer.numpy()) == 2
     assert int(model.queue_filled.numpy()) == 16
-    model.enqueue(tf.constant(keys[0][:3]))  # a partial batch
+    model.enqueue(tf.constant(keys[0][:3]), _ids(0, 3))  # a partial batch
     assert int(model.queue_pointer.numpy()) == 5
     np.testing.assert_array_equal(model.queue.numpy()[2:5, 0], [1, 1, 1])
 
@@ -68,23 +66,144 @@ def test_queue_is_fifo_and_wraps():
 def test_queue_smaller_than_the_batch_is_an_error():
     model = _build(MoCo, queue_size=4)
     with pytest.raises(tf.errors.InvalidArgumentError, match="queue_size"):
-        model.enqueue(tf.zeros([6, 8]))
+        model.enqueue(tf.zeros([6, 8]), _ids(0, 6))
 
 
-def _views(cls, n):
+def test_a_query_never_has_a_key_of_its_own_image_as_a_negative():
+    """A queue full of the query's own image: the degenerate case where an
+    unmasked InfoNCE pushes an image away from its own views."""
+    model = _build(MoCo, queue_size=8)
     rng = np.random.default_rng(0)
-    image = lambda *s: rng.uniform(0, 1, (n, *s, SIZE, SIZE, 3)).astype(np.float32)  # noqa
-    if cls is SimCLR:
-        return {"view1": image(), "view2": image()}
-    views = {"query": image(), "key": image()}
-    if cls is RegionAware:
-        views["regions"] = image(5)
-    return views
+    query = rng.normal(size=(2, 8)).astype(np.float32)
+    key = query + 0.1 * rng.normal(size=(2, 8)).astype(np.float32)
+    own = ssl_losses.l2_normalize(np.repeat(key[:1], 6, 0)).numpy()
+    others = ssl_losses.l2_normalize(rng.normal(size=(2, 8))).numpy()
+    model.enqueue(tf.constant(np.concatenate([own, others])), tf.constant([5] * 6 + [7, 8]))
+    ids = tf.constant([5, 6])
+    mask = model.queue_mask(ids).numpy()
+    assert mask[0].tolist() == [False] * 6 + [True, True]  # 0 self-negatives
+    assert mask[1].all()
+    got = ssl_losses.info_nce(query, key, model.queue, 0.2, model.queue_mask(ids)).numpy()
+    # Reference: query 0 against the other images' keys only.
+    q = query[0] / np.linalg.norm(query[0])
+    k = key[0] / np.linalg.norm(key[0])
+    logits = np.array([q @ k, *(others @ q)]) / 0.2
+    expected = -(logits[0] - np.log(np.exp(logits).sum()))
+    np.testing.assert_allclose(got[0], expected, rtol=1e-5)
+    unmasked = ssl_losses.info_nce(query, key, model.queue, 0.2).numpy()
+    assert unmasked[0] > got[0] + 1.0  # what the mask prevents
+
+
+def _schedule(num_examples, batch=8, epochs=3, seed=0):
+    return RunSchedule(num_examples=num_examples, steps_per_epoch=num_examples // batch,
+                       epochs=epochs, global_batch_size=batch, seed=seed)
+
+
+def test_queue_is_sized_to_the_data_and_a_larger_one_refused():
+    def moco(**kwargs):
+        return MoCo(backbone=_build(MoCo).backbone, image_size=SIZE,
+                    key_backbone=_build(MoCo).key_backbone, **kwargs)
+
+    model = moco(queue_size="auto")
+    model.configure(_schedule(425, batch=32))
+    # 13 steps x 32 = 416 images an epoch, minus a batch, whole batches.
+    assert model.queue_size == 384
+    paper = moco(queue_size="auto")
+    paper.configure(_schedule(425, batch=256))  # one step an epoch
+    assert paper.queue_size == 256
+    with pytest.raises(ConfigError, match=r"queue_size` \(4096\).*425 training images"):
+        moco(queue_size=4096).configure(_schedule(425, batch=32))
+    with pytest.raises(ConfigError, match="at least the global batch"):
+        moco(queue_size=16).configure(_schedule(425, batch=32))
+    with pytest.raises(ConfigError, match="needs negatives"):
+        moco(queue_size=0).configure(_schedule(425, batch=32))
+
+
+def test_cosine_momentum_schedule_is_used_by_the_update():
+    model = _build(MoCo, momentum=0.9, momentum_schedule="cosine")
+    model.configure(_schedule(32, batch=8, epochs=2))  # 8 steps
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
+    for q in model.query_weights:
+        q.assign(q + 1.0)
+    model.optimizer.iterations.assign(1)  # the first step was just taken
+    before = [k.numpy() for k in model.key_weights]
+    model.momentum_update()
+    for k, old, q in zip(model.key_weights, before, model.query_weights):
+        np.testing.assert_allclose(k.numpy(), 0.9 * old + 0.1 * q.numpy(), rtol=1e-5, atol=1e-7)
+    model.optimizer.iterations.assign(9)  # t = T: m = 1
+    before = [k.numpy() for k in model.key_weights]
+    model.momentum_update()
+    for k, old in zip(model.key_weights, before):
+        np.testing.assert_array_equal(k.numpy(), old)
+
+
+def test_shuffle_permutation_mixes_every_key_group():
+    seed = tf.constant([3, 4], tf.int64)
+    for batch, groups in [(8, 2), (32, 2), (32, 4), (12, 3), (64, 8)]:
+        perm = contrastive.shuffle_permutation(batch, groups, seed).numpy()
+        assert sorted(perm) == list(range(batch))
+        size = batch // groups
+        query_groups = [set(range(g * size, (g + 1) * size)) for g in range(groups)]
+        for k in range(groups):
+            key_group = set(perm[k * size:(k + 1) * size])
+            assert key_group not in query_groups
+            # Images of at least two query groups meet in every key group.
+            assert sum(bool(key_group & q) for q in query_groups) >= 2
+    other = contrastive.shuffle_permutation(32, 4, tf.constant([3, 5], tf.int64))
+    assert not np.array_equal(other.numpy(), contrastive.shuffle_permutation(32, 4, seed).numpy())
+    with pytest.raises(ValueError, match="groups"):
+        contrastive.shuffle_permutation(8, 1, seed)
+
+
+def test_grouped_batchnorm_normalises_each_group_alone():
+    layer = FusedBatchNormalization(groups=2, momentum=0.5, epsilon=1e-3)
+    x = np.random.default_rng(0).normal(2.0, 3.0, (4, 3, 3, 5)).astype(np.float32)
+    x[2:] *= 10.0  # the second group has other statistics
+    y = layer(x, training=True).numpy()
+    for g in (slice(0, 2), slice(2, 4)):
+        part = x[g]
+        mean = part.mean((0, 1, 2))
+        var = part.var((0, 1, 2))
+        np.testing.assert_allclose(y[g], (part - mean) / np.sqrt(var + 1e-3), atol=1e-4)
+    groups = x.reshape(2, -1, 5)
+    np.testing.assert_allclose(layer.moving_mean.numpy(), 0.5 * groups.mean(1).mean(0), rtol=1e-5)
+    np.testing.assert_allclose(layer.moving_variance.numpy(), 0.5 + 0.5 * groups.var(1).mean(0), rtol=1e-5)
+    # Inference: the moving statistics, whatever the groups.
+    plain = keras.layers.BatchNormalization(momentum=0.5, epsilon=1e-3)
+    plain.build(x.shape)
+    plain.set_weights(layer.get_weights())
+    np.testing.assert_allclose(layer(x).numpy(), plain(x).numpy(), atol=1e-4)
+    with pytest.raises(ValueError, match="exclude"):
+        FusedBatchNormalization(groups=2, synchronized=True)
+
+
+def test_keys_come_from_shuffled_groups_and_return_in_order():
+    """Shuffle-BN: each key is computed with the BatchNorm statistics of a
+    key group that is not its query's group, and handed back in the
+    query's order."""
+    model = _build(MoCo)
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
+    images = tf.constant(np.random.default_rng(1).uniform(0, 1, (8, SIZE, SIZE, 3)), tf.float32)
+    keys = model.encode_keys(images).numpy()
+    perm = contrastive.shuffle_permutation(8, 2, model._key_seed()).numpy()
+    expected = np.zeros_like(keys)
+    # Reference: a plain-BN copy of the key encoder run on each key group
+    # alone, so that each group is normalised with its own statistics only.
+    from tests.matl_keras.training.ssl_testing import backbone
+
+    plain = backbone("plain_key")
+    plain.build((None, SIZE, SIZE, 3))
+    plain.set_weights(model.key_backbone.get_weights())
+    for k in range(2):
+        members = perm[k * 4:(k + 1) * 4]
+        alone = tf.gather(images, members)
+        single = model.key_projector(plain(alone, training=True))
+        expected[members] = ssl_losses.l2_normalize(single).numpy()
+        assert set(members) not in ({0, 1, 2, 3}, {4, 5, 6, 7})
+    np.testing.assert_allclose(keys, expected, atol=1e-4)
 
 
 def _fit(cls, strategy_name, weights):
-    import keras
-
     # The same initial weights whatever ran before in this process.
     keras.utils.set_random_seed(0)
     strategy = strategies.get_strategy(strategy_name)
@@ -103,7 +222,7 @@ def _fit(cls, strategy_name, weights):
         model.compile(optimizer=keras.optimizers.SGD(1e-4, momentum=0.9), jit_compile=False)
     # Two steps: the second uses the queue filled by the first and the
     # momentum-updated key encoder.
-    data = tf.data.Dataset.from_tensor_slices((_views(cls, 16), np.zeros(16, np.int32))).batch(8)
+    data = _data(cls)
     history = model.fit(data, epochs=1, verbose=0, shuffle=False)
     return model, initial, history.history
 
@@ -149,16 +268,22 @@ def test_the_equivalence_check_catches_a_wrong_reduction(monkeypatch):
     """The check above can fail: a loss divided by the replica's batch
     instead of the global batch (the mistake built-in losses make for you
     and a custom train_step must avoid) doubles every update."""
-    from matl_keras.training import contrastive
-
     one, initial, _ = _fit(MoCo, "default", None)
-    real = contrastive._replica_context
     monkeypatch.setattr(
-        contrastive, "_replica_context", lambda: (*real()[:1], 1, real()[2])
+        contrastive, "_global_batch",
+        lambda per_example: tf.cast(tf.shape(per_example)[0], tf.float32),
     )
     two, _, _ = _fit(MoCo, "mirrored", initial)
     mismatch = _update_mismatch(one, two, initial)
     assert mismatch["conv1_conv/kernel"] > 0.5
+
+
+def _seeded(fn, element):
+    """`fn(element, seed)` for 4 examples with seeds (i, 0), as tf.data."""
+    return list(
+        tf.data.Dataset.from_tensors(element).repeat(4).enumerate()
+        .map(lambda i, x: fn(x, tf.stack([i, tf.constant(0, tf.int64)])))
+    )
 
 
 def test_views_are_two_independent_augmentations_and_five_regions():
@@ -166,17 +291,55 @@ def test_views_are_two_independent_augmentations_and_five_regions():
 
     image, _ = _phantom(40)
     moco = _build(MoCo)
-    data = tf.data.Dataset.from_tensors(tf.constant(image)).repeat(4).map(moco.views)
-    views = [v for v in data]
+    views = _seeded(moco.views, tf.constant(image))
     for v in views:
         assert v["query"].shape == v["key"].shape == (SIZE, SIZE, 3)
         # Same image, two different random augmentations (else MoCo's
         # positive pair would be trivial).
         assert not np.allclose(v["query"].numpy(), v["key"].numpy())
-    # And different draws for the same image across examples.
+    # Different draws for the same image across examples, and the same
+    # views again for the same seed (nothing random outside the seed).
     assert not np.allclose(views[0]["query"].numpy(), views[1]["query"].numpy())
+    again = _seeded(moco.views, tf.constant(image))
+    np.testing.assert_array_equal(views[2]["key"].numpy(), again[2]["key"].numpy())
     region = _build(RegionAware, augment_regions=False)
-    crops = next(iter(tf.data.Dataset.from_tensors(tf.constant(image)).map(region.views)))["regions"]
+    full = tf.constant(_phantom(120)[0])  # the Generator sees full resolution
+    element = {"image": tf.image.resize(full, [37, 37]), **region.prepare(full)}
+    assert element["regions"].shape == (5, region.region_load_size, region.region_load_size, 3)
+    crops = _seeded(region.views, element)[0]["regions"]
     assert crops.shape == (5, SIZE, SIZE, 3)
     flat = crops.numpy().reshape(5, -1)
     assert all(not np.allclose(flat[i], flat[j]) for i in range(5) for j in range(i + 1, 5))
+
+
+def test_region_crops_are_augmented_but_never_flipped():
+    """A flip would make a right-lung crop look like a left-lung one."""
+    region = _build(RegionAware)
+    half = np.zeros((40, 40, 3), np.float32)
+    half[:, 20:] = 1.0  # dark left, bright right: a flip shows as bright left
+    element = {"image": tf.constant(half), "regions": tf.constant(np.stack([half] * 5))}
+    for v in _seeded(region.views, element) + _seeded(
+        region.views, {k: v for k, v in element.items()}
+    ):
+        crops = v["regions"].numpy()
+        assert (crops[:, :, : SIZE // 4].mean() < crops[:, :, -SIZE // 4:].mean())
+    # The views themselves are flipped about half the time.
+    flips = [
+        v["query"].numpy()[:, :4].mean() > v["query"].numpy()[:, -4:].mean()
+        for i in range(8)
+        for v in [region.views(element, tf.constant([i, 1], tf.int64))]
+    ]
+    assert 0 < sum(flips) < 8
+
+
+def test_key_permutation_is_the_same_under_xla():
+    """XLA's Philox differs from TensorFlow's kernel; the permutation uses
+    an integer hash so that jit_compile cannot change the training."""
+    def perm(seed):
+        return contrastive.shuffle_permutation(32, 4, seed)
+
+    for seed in ([0, 1], [7, 123456], [2**31 - 1, 5]):
+        seed = tf.constant(seed, tf.int64)
+        np.testing.assert_array_equal(
+            tf.function(perm, jit_compile=True)(seed).numpy(), perm(seed).numpy()
+        )

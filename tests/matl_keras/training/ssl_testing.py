@@ -1,0 +1,58 @@
+"""Shared helpers of the SSL tests: tiny methods and fixed views (not a
+test module; imported by test_contrastive, test_precision and the
+multi-worker job)."""
+
+import numpy as np
+import tensorflow as tf
+
+from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
+from matl_keras_plugins.ssl_methods.region_aware import RegionAware
+from matl_keras_plugins.ssl_methods.simclr import SimCLR
+
+SIZE = 32
+# Shuffle-BN groups of the tiny methods with a key encoder (global batch 8:
+# two groups of 4, one per replica under a 2-replica strategy).
+GROUPS = 2
+
+
+def backbone(name="resnet", groups=1):
+    if groups > 1:
+        return ResNetBackbone(depth=18, width_multiplier=0.25, image_size=SIZE,
+                              batchnorm_groups=groups, name=name)
+    return ResNetBackbone(depth=18, width_multiplier=0.25, image_size=SIZE,
+                          sync_batchnorm=True, name=name)
+
+
+def build(cls, groups=None, **kwargs):
+    """A built tiny `cls`; methods with a key encoder get shuffle-BN
+    (`groups`, default GROUPS), as the SSTL-M stage builds them."""
+    if groups is None:
+        groups = GROUPS if cls.shuffle_batchnorm else 1
+    args = dict(backbone=backbone(groups=groups), image_size=SIZE,
+                hidden_dim=16, projection_dim=8)
+    if cls.needs_key_encoder:
+        args.update(key_backbone=backbone("key_resnet", groups), queue_size=16,
+                    momentum=0.9)
+    args.update(kwargs)
+    model = cls(**args)
+    model.build()
+    return model
+
+
+def views(cls, n, seed=0):
+    """Fixed random views of `n` images in `cls`'s structure."""
+    rng = np.random.default_rng(seed)
+    image = lambda *s: rng.uniform(0, 1, (n, *s, SIZE, SIZE, 3)).astype(np.float32)  # noqa
+    if cls is SimCLR:
+        return {"view1": image(), "view2": image()}
+    out = {"query": image(), "key": image()}
+    if cls is RegionAware:
+        out["regions"] = image(5)
+    return out
+
+
+def data(cls, n=16, batch=8):
+    """`(views, dataset indices)` batches, as the SSTL-M pipeline gives."""
+    return tf.data.Dataset.from_tensor_slices(
+        (views(cls, n), np.arange(n, dtype=np.int32))
+    ).batch(batch)
