@@ -174,7 +174,14 @@ def parse(
 
 
 def _syntax_error(binding: str) -> str | None:
-    """Parses one binding alone, so a syntax error names its --gin_param."""
+    """Parses one binding alone, so a syntax error names its --gin_param.
+
+    Gin parses all bindings as one text: an unclosed bracket or quote in one
+    (a `tokenize.TokenError`, not a `SyntaxError`) would otherwise be
+    reported, without a name, at the end of the last one.
+    """
+    import tokenize
+
     from gin import config_parser
 
     try:
@@ -183,6 +190,8 @@ def _syntax_error(binding: str) -> str | None:
         ))
     except SyntaxError as e:
         return f"{e.msg}, line {e.lineno}" if e.lineno else str(e.msg)
+    except tokenize.TokenError as e:
+        return f"{e.args[0]} (an unclosed bracket or quote)"
     except Exception:  # noqa: BLE001 - not a syntax problem of this binding
         return None
     return None
