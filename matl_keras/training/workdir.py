@@ -189,12 +189,83 @@ def prepare(workdir: str) -> None:
 BACKUP_DIR = "backup"
 
 
-def previous_run(workdir: str, digest: str) -> dict[str, Any] | None:
+def config_bindings(text: str) -> dict[str, str]:
+    """`{binding or macro: value}` of a gin config text as gin writes it
+    (`config.gin`): one binding per line, a value continued on indented
+    lines, comments and blank lines ignored."""
+    bindings: dict[str, str] = {}
+    key = None
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if line[0].isspace() and key is not None:
+            bindings[key] += " " + stripped
+            continue
+        name, sep, value = stripped.partition("=")
+        if sep:
+            key = name.strip()
+            bindings[key] = value.strip()
+    return bindings
+
+
+def config_diff(old: str, new: str, limit: int = 8) -> str:
+    """The bindings that differ between two gin config texts, on one line:
+    `NAME: OLD -> NEW`, `NAME = OLD (not bound now)`, `NAME = NEW (new)`;
+    after `limit` of them, how many more."""
+    before, after = config_bindings(old), config_bindings(new)
+    changes = []
+    for name in sorted(before.keys() | after.keys()):
+        if name not in after:
+            changes.append(f"{name} = {before[name]} (not bound now)")
+        elif name not in before:
+            changes.append(f"{name} = {after[name]} (new)")
+        elif before[name] != after[name]:
+            changes.append(f"{name}: {before[name]} -> {after[name]}")
+    more = len(changes) - limit
+    return "; ".join(changes[:limit]) + (f"; and {more} more" if more > 0 else "")
+
+
+def _what_changed(
+    workdir: str,
+    record: dict[str, Any],
+    config_text: str | None,
+    init: dict[str, str] | None,
+) -> str:
+    """What differs between the run recorded in `workdir` and this one."""
+    parts = []
+    old_init = (record.get("init_backbone") or {}).get("sha256")
+    new_init = (init or {}).get("sha256")
+    if old_init != new_init:
+        parts.append(f"init_backbone content sha256: {old_init} -> {new_init}")
+    path = os.path.join(workdir, "config.gin")
+    if config_text is not None and os.path.exists(path):
+        with open(path) as f:
+            diff = config_diff(f.read(), config_text)
+        if diff:
+            parts.append(diff)
+    return "; ".join(parts)
+
+
+def previous_run(
+    workdir: str,
+    digest: str,
+    config_text: str | None = None,
+    init: dict[str, str] | None = None,
+) -> dict[str, Any] | None:
     """The run recorded in `workdir`, if it has the same config.
 
     A run of another config that never completed an epoch (no `backup/`,
     e.g. it stopped on a wrong weights path) holds nothing to lose: it is
     forgotten and the workdir reused.
+
+    Args:
+        workdir: str. The stage's folder.
+        digest: str. This run's config hash.
+        config_text: str or None. This run's stage config (what
+            `config.gin` holds); the refusal then names the bindings that
+            differ from the recorded run's `config.gin`.
+        init: dict or None. This run's `init_backbone` record.
 
     Raises:
         ConfigError: the workdir holds trained results of another config.
@@ -209,11 +280,13 @@ def previous_run(workdir: str, digest: str) -> dict[str, Any] | None:
     if record.get("config_hash") != digest and not trained:
         return None
     if record.get("config_hash") != digest:
+        changed = _what_changed(workdir, record, config_text, init)
+        changed = f"; changed: {changed}" if changed else ""
         raise ConfigError(
             f"--workdir={workdir!r} already holds a run with a different "
             f"config (config hash {record.get('config_hash')}, this one "
-            f"{digest}; see {os.path.join(workdir, 'config.gin')}). Use "
-            "another --workdir, or delete that one to start over."
+            f"{digest}; see {os.path.join(workdir, 'config.gin')}{changed}). "
+            "Use another --workdir, or delete that one to start over."
         )
     return record
 
@@ -306,7 +379,7 @@ def begin(workdir: str, init_backbone: str | None, strategy=None) -> Start:
     digest = config_hash(
         config_text + f"\n# init_backbone sha256: {init and init['sha256']}\n"
     )
-    record = previous_run(workdir, digest)
+    record = previous_run(workdir, digest, config_text, init)
     backup_dir = os.path.join(workdir, BACKUP_DIR)
     complete = bool(record and record.get("status") == "complete")
     resuming = os.path.isdir(backup_dir)
