@@ -380,10 +380,8 @@ def stage_config_str(scope: str | None = None, operative: bool = False) -> str:
 def save_config(workdir: str, filename: str, operative: bool) -> str:
     """Writes the (operative) gin config of the current scope to
     `workdir/filename`."""
-    text = stage_config_str(operative=operative)
+    from matl_keras.training import workdir as workdir_lib
+
     path = os.path.join(workdir, filename)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    workdir_lib.write_text(path, stage_config_str(operative=operative))
     return path

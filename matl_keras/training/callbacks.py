@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -14,6 +16,7 @@ from absl import logging
 
 from matl_keras.evaluation import metrics as metrics_lib
 from matl_keras.evaluation.evaluator import predict_split
+from matl_keras.training import workdir as workdir_lib
 
 
 def _diverged(logs) -> bool:
@@ -114,6 +117,36 @@ class Throughput(keras.callbacks.Callback):
 _WEIGHTS = "model.weights.h5"
 
 
+def save_weights(model: keras.Model, path: str) -> None:
+    """`model.save_weights(path)`, failing cleanly when the disk is full.
+
+    HDF5 failing in the middle of a file leaves objects whose clean-up
+    prints tracebacks and then crashes the process (a segmentation fault,
+    seen on a full disk). So the file is built in memory, with the H5 store
+    Keras itself uses inside `.keras` archives (Keras is pinned in
+    setup.py), and written with one plain write, whose failure is an
+    ordinary `OSError` that `workdir.writing` turns into one line.
+    """
+    from keras.src.saving import saving_lib
+
+    if not model.built:
+        raise ValueError(f"cannot save the weights of unbuilt {model.name}")
+    buffer = io.BytesIO()
+    store = saving_lib.H5IOStore(buffer, mode="w")
+    try:
+        saving_lib._save_state(  # noqa: SLF001
+            model,
+            weights_store=store,
+            assets_store=None,
+            inner_path="",
+            visited_saveables=set(),
+        )
+    finally:
+        store.close()
+    with open(path, "wb") as f:
+        f.write(buffer.getvalue())
+
+
 class ResumableBackup(keras.callbacks.Callback):
     """Backs up weights and optimizer state after every epoch; a rerun
     resumes from the last complete backup.
@@ -184,13 +217,76 @@ class ResumableBackup(keras.callbacks.Callback):
         final = os.path.join(self.write_dir, f"epoch-{epoch + 1}")
         tmp = final + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        self.model.save_weights(os.path.join(tmp, _WEIGHTS))
-        os.replace(tmp, final)
+        # A failed write (disk full) removes the partial folder and raises
+        # a one-line WriteError; the last complete backup stays.
+        with workdir_lib.writing(os.path.join(tmp, _WEIGHTS), partial=tmp):
+            os.makedirs(tmp)
+            save_weights(self.model, os.path.join(tmp, _WEIGHTS))
+            os.replace(tmp, final)
         for _, path in self._complete_backups(self.write_dir):
             if path != final:
                 shutil.rmtree(path, ignore_errors=True)
 
+
+
+def truncate_history(path: str, epochs: int) -> None:
+    """Keeps in the CSV history `path` the header and one row (the last
+    written) of each epoch below `epochs`.
+
+    A run killed after an epoch's row but before its backup, or before its
+    first backup, left rows that the rerun writes again; rows of an older
+    version's duplicates and a row cut short by the kill go too.
+    """
+    if not os.path.exists(path):
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or "epoch" not in rows[0]:
+        return
+    header, column = rows[0], rows[0].index("epoch")
+    kept: dict[int, list[str]] = {}
+    for row in rows[1:]:
+        if len(row) == len(header) and row[column].isdigit():
+            if int(row[column]) < epochs:
+                kept[int(row[column])] = row
+    body = [kept[e] for e in sorted(kept)]
+    if body == rows[1:]:
+        return
+    tmp = path + ".tmp"
+    with workdir_lib.writing(path, partial=tmp):
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows([header] + body)
+        os.replace(tmp, path)
+
+
+class HistoryCSV(keras.callbacks.CSVLogger):
+    """`history.csv`: one row per completed epoch, exactly once after any
+    crash and rerun.
+
+    Before training it drops the rows of epochs the backup being resumed
+    does not hold (`truncate_history`), then appends as Keras' CSVLogger;
+    a failed write is a one-line `WriteError` naming the file.
+
+    Args:
+        filename: str. The CSV file.
+        backup_dir: str. The backups the run resumes from (see
+            `ResumableBackup`).
+    """
+
+    def __init__(self, filename: str, backup_dir: str):
+        super().__init__(filename, append=True)
+        self.backup_dir = backup_dir
+
+    def on_train_begin(self, logs=None):
+        truncate_history(
+            self.filename, ResumableBackup.completed_epochs(self.backup_dir)
+        )
+        with workdir_lib.writing(self.filename):
+            super().on_train_begin(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        with workdir_lib.writing(self.filename):
+            super().on_epoch_end(epoch, logs)
 
 
 class BestCheckpoint(keras.callbacks.Callback):
@@ -268,10 +364,11 @@ class BestCheckpoint(keras.callbacks.Callback):
         best = {"epoch": epoch + 1, "monitor": self.monitor, "value": value}
         tmp, old = self.directory + ".tmp", self.directory + ".old"
         shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        self.model.save_weights(os.path.join(tmp, _WEIGHTS))
-        with open(os.path.join(tmp, "best.json"), "w") as f:
-            json.dump(best, f)
+        with workdir_lib.writing(os.path.join(tmp, _WEIGHTS), partial=tmp):
+            os.makedirs(tmp)
+            save_weights(self.model, os.path.join(tmp, _WEIGHTS))
+            with open(os.path.join(tmp, "best.json"), "w") as f:
+                json.dump(best, f)
         if os.path.isdir(self.directory):
             shutil.rmtree(old, ignore_errors=True)
             os.replace(self.directory, old)

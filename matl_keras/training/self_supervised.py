@@ -223,7 +223,7 @@ def pretrain(
     if monitor is not None:
         callbacks.append(monitor)
     callbacks += [
-        keras.callbacks.CSVLogger(start.path("history.csv"), append=True),
+        callbacks_lib.HistoryCSV(start.path("history.csv"), start.backup_dir),
         callbacks_lib.ResumableBackup(
             start.backup_dir, write_dir=start.path(workdir_lib.BACKUP_DIR)
         ),
@@ -242,8 +242,8 @@ def pretrain(
         verbose=1 if sys.stdout.isatty() else 2,
     )
     nan_guard.raise_if_failed("pretraining", start.backup_dir)
-    model.save_weights(start.path("ssl_model.weights.h5"))
-    model.backbone.save_weights(start.path(workdir_lib.BACKBONE_FILE))
+    callbacks_lib.save_weights(model, start.path("ssl_model.weights.h5"))
+    callbacks_lib.save_weights(model.backbone, start.path(workdir_lib.BACKBONE_FILE))
     final = {k: float(v[-1]) for k, v in history.history.items() if v}
     results: dict[str, Any] = {"final_epoch": final}
     if monitor is not None:

@@ -364,7 +364,7 @@ def train(
             val_data.data, dataset.positive_index()
         ),
         best,
-        keras.callbacks.CSVLogger(start.path("history.csv"), append=True),
+        callbacks_lib.HistoryCSV(start.path("history.csv"), backup_dir),
         callbacks_lib.ResumableBackup(
             backup_dir, write_dir=start.path(workdir_lib.BACKUP_DIR)
         ),
@@ -410,8 +410,12 @@ def train(
         )
     else:
         record["kept"] = {"keep": "last", "epoch": epochs}
-    model.save(start.path(workdir_lib.MODEL_FILE))
-    features.save_weights(start.path(workdir_lib.BACKBONE_FILE))
+    with workdir_lib.writing(start.path(workdir_lib.MODEL_FILE)):
+        model.save(start.path(workdir_lib.MODEL_FILE))
+    with workdir_lib.writing(start.path(workdir_lib.BACKBONE_FILE)):
+        callbacks_lib.save_weights(
+            features, start.path(workdir_lib.BACKBONE_FILE)
+        )
     results = {
         val_split: evaluate(
             model, val_data.data, val_split, dataset, evaluators, start.out

@@ -9,18 +9,24 @@ resumed; a complete one is not recomputed.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import platform
+import re
+import shutil
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from matl_keras.errors import ConfigError
+from matl_keras.errors import WriteError
 
 # The files of a stage's workdir that other parts read (the next stage,
 # transferability scoring, `evaluate`/`explain`/`export`).
@@ -32,13 +38,99 @@ TRANSFER_FILE = "transferability.json"
 SUMMARY_FILE = "summary.json"
 
 
+# OS errors that mean "the disk (or quota, or file size limit) is full" or
+# "this filesystem cannot be written": the user's to fix, anywhere.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+
+
+def os_errno(error: OSError) -> int | None:
+    """The OS error number, also when only the message has it: h5py's
+    (`errno = 28`) and gin's re-raised copy (`[Errno 28] ...`)."""
+    if error.errno:
+        return error.errno
+    match = re.search(r"errno = (\d+)|^\[Errno (\d+)\]", str(error))
+    return int(match.group(1) or match.group(2)) if match else None
+
+
+def _failed_file(error: OSError) -> str | None:
+    """The file named by the error, or by its message (h5py, gin)."""
+    if error.filename:
+        return str(error.filename)
+    first = str(error).splitlines()[0] if str(error) else ""
+    match = re.search(r"filename = '([^']+)'|^\[Errno \d+\] .*: '(.+)'$", first)
+    return (match.group(1) or match.group(2)) if match else None
+
+
+def _release(error: BaseException) -> None:
+    """Frees what the failed write's frames hold (an h5py file half
+    written) now, so that h5py's failure to close it is not printed later
+    as "Exception ignored" tracebacks (or worse, at exit)."""
+    import gc
+    import traceback
+
+    hook = sys.unraisablehook
+
+    def quiet(unraisable):
+        if not isinstance(unraisable.exc_value, (RuntimeError, OSError)):
+            hook(unraisable)
+
+    sys.unraisablehook = quiet
+    try:
+        traceback.clear_frames(error.__traceback__)
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+
+
+def as_write_error(error: OSError, path: str | None = None) -> WriteError:
+    """The one-line `WriteError` of an OS error while writing `path`."""
+    number = os_errno(error)
+    reason = os.strerror(number) if number else (error.strerror or str(error))
+    reason = reason[:1].lower() + reason[1:]
+    _release(error)
+    return WriteError(
+        f"cannot write {path or _failed_file(error) or 'a file'}: {reason}"
+        f"{f' (errno {number})' if number else ''}. Free some space (or "
+        "fix the folder) and run the same command again: it resumes from "
+        "the last complete backup, which is kept."
+    )
+
+
+@contextlib.contextmanager
+def writing(path: str, partial: str | None = None) -> Iterator[None]:
+    """Turns an `OSError` (h5py's too) raised while writing `path` into a
+    one-line `WriteError` that names `path` and the OS reason.
+
+    Args:
+        path: str. The file being written.
+        partial: str or None. A temporary file or folder the write was
+            filling, removed on failure (it frees the space it took).
+    """
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as e:
+        error = as_write_error(e, path)
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
+            if os.path.isfile(partial):
+                os.remove(partial)
+        raise error from None
+
+
+def write_text(path: str, text: str) -> None:
+    """Writes a text file atomically (temp file + rename)."""
+    tmp = f"{path}.tmp"
+    with writing(path, partial=tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+
+
 def write_json(path: str, data: Any) -> None:
     """Writes JSON atomically (temp file + rename)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=False, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def read_json(path: str) -> Any:
@@ -398,8 +490,7 @@ def begin(workdir: str, init_backbone: str | None, strategy=None) -> Start:
             flush=True,
         )
     else:
-        with open(os.path.join(out, "config.gin"), "w") as f:
-            f.write(config_text)
+        write_text(os.path.join(out, "config.gin"), config_text)
     return Start(
         digest=digest,
         record=record,
