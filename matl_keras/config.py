@@ -377,6 +377,27 @@ def stage_config_str(scope: str | None = None, operative: bool = False) -> str:
     return gin.config._config_str(kept)
 
 
+def binding_in_force(name: str, param: str) -> str:
+    """The binding that sets `name.param` in the current gin scope, as a
+    user writes it to change the value: with the scope of the most
+    specific binding that reaches here (`sstl_m/pretrain.on_bad_image`,
+    since `gin/stages/sstl_m.gin` binds it in that scope), unscoped when
+    only an unscoped one (or none) does. Rebinding that key wins; a less
+    specific one would have no effect.
+
+    Uses gin 0.5's `_CONFIG` (see `stage_config_str`).
+    """
+    active = set(filter(None, gin.current_scope_str().split("/")))
+    best: list[str] = []
+    for (key_scope, selector), values in gin.config._CONFIG.items():
+        if selector.split(".")[-1] != name or param not in values:
+            continue
+        parts = list(filter(None, key_scope.split("/")))
+        if set(parts) <= active and len(parts) > len(best):
+            best = parts
+    return "/".join([*best, f"{name}.{param}"])
+
+
 def save_config(workdir: str, filename: str, operative: bool) -> str:
     """Writes the (operative) gin config of the current scope to
     `workdir/filename`."""

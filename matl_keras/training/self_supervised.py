@@ -21,6 +21,7 @@ import keras
 from absl import logging
 
 from matl_keras import registry as registry_lib
+from matl_keras.data import decode
 from matl_keras.data import pipeline
 from matl_keras.data.dataset import Dataset
 from matl_keras.errors import ConfigError
@@ -86,6 +87,7 @@ def pretrain(
     jit_compile: bool | str = "auto",
     sync_batchnorm: bool = True,
     on_bad_image: str = "refuse",
+    max_image_pixels: int = decode.MAX_PIXELS,
     cache: str = "auto",
     seed: int = 0,
     train_split: str = "train",
@@ -121,7 +123,8 @@ def pretrain(
             MirroredStrategy).
         sync_batchnorm: bool. BatchNorm over the global batch (see
             `contrastive`); leave on for MoCo under several replicas.
-        on_bad_image, cache, seed: as in `supervised.train`.
+        on_bad_image, max_image_pixels, cache, seed: as in
+            `supervised.train`.
         train_split: str. Split pretrained on.
         monitor_split: str or None. Labelled split whose kNN accuracy is
             logged after every epoch (None: no monitor). Skipped, with a
@@ -144,6 +147,15 @@ def pretrain(
     metrics_path = start.path("metrics.json")
     keras.utils.set_random_seed(seed)
     dataset = resolve_dataset(dataset)
+    # --- faults (issue 19): every bad file of every split read, up front.
+    monitored = {monitor_split, monitor_bank_split}
+    monitored = sorted(monitored) if monitor_split and monitored <= set(
+        dataset.splits()) else []
+    decode.check_splits(
+        dataset, [train_split, *monitored], on_bad_image,
+        config.binding_in_force("pretrain", "on_bad_image"), max_image_pixels,
+    )
+    # --- end faults
     with distribution.scope(), precision_lib.dtype_policy(precision) as policy:
         model = build_method(method, backbone, image_size, sync_batchnorm)
     common = dict(

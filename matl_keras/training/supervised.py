@@ -21,6 +21,7 @@ import keras
 from absl import logging
 
 from matl_keras import registry as registry_lib
+from matl_keras.data import decode
 from matl_keras.data import pipeline
 from matl_keras.data.dataset import Dataset
 from matl_keras.errors import ConfigError
@@ -120,6 +121,7 @@ def train(
     transfer_max_examples: int | None = 5000,
     sources: Sequence[dict[str, str]] = (),
     on_bad_image: str = "refuse",
+    max_image_pixels: int = decode.MAX_PIXELS,
     cache: str = "auto",
     class_balance: str = "none",
     seed: int = 0,
@@ -173,7 +175,10 @@ def train(
             all.
         sources: sequence of `{"stage", "workdir"}`. The earlier stages of
             the chain (the pipeline passes them).
-        on_bad_image: str. `"refuse"` or `"skip"` unreadable image files.
+        on_bad_image: str. `"refuse"` or `"skip"` unreadable image files
+            (every file of every split used is checked before training).
+        max_image_pixels: int. Images whose header claims more pixels
+            (width x height) are bad files, refused before decoding.
         cache: str. Decoded-image cache, see `pipeline.build_split`.
         class_balance: str. `"none"`, `"weights"` (loss weighted by inverse
             class frequency) or `"sampling"` (classes drawn equally often).
@@ -228,6 +233,23 @@ def train(
         callbacks_lib.ResumableBackup.completed_epochs(backup_dir), epochs
     )
     dataset = resolve_dataset(dataset)
+    # --- faults (issue 19): one-class data; every bad file of every split
+    # used, named before anything trains.
+    if dataset.num_classes < 2:
+        raise ConfigError(
+            f"dataset {dataset.name} has {dataset.num_classes} class(es) "
+            f"{list(dataset.class_names)}; a classifier needs at least 2 "
+            "(image_folder: one sub-folder per class, root/<class>/<image>)"
+        )
+    decode.check_splits(
+        dataset,
+        [train_split, val_split, transfer_split or train_split]
+        + ([test_split] if test_split in dataset.splits() else []),
+        on_bad_image,
+        config.binding_in_force("train", "on_bad_image"),
+        max_image_pixels,
+    )
+    # --- end faults
     evaluators = resolve_evaluators(evaluators)
     transfer_evaluators = resolve_evaluators(
         transfer_evaluators, "train.transfer_evaluators"
