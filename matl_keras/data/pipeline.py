@@ -223,7 +223,9 @@ def _source(examples, size: int, on_bad_image: str, context: str, prepare):
         if examples.labels is not None:
             labels = [examples.labels[i] for i in keep]
         images = tf.data.Dataset.from_tensor_slices(paths).map(
-            lambda p: cached_form(decode.decode_file_image(tf.io.read_file(p))),
+            lambda p: cached_form(
+                decode.decode_file_image(tf.io.read_file(p))
+            ),
             num_parallel_calls=AUTOTUNE,
         )
     elif isinstance(examples, ArrayExamples):

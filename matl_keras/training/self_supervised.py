@@ -148,11 +148,11 @@ def pretrain(
     keras.utils.set_random_seed(seed)
     dataset = resolve_dataset(dataset)
     # --- faults (issue 19): every bad file of every split read, up front.
-    monitored = {monitor_split, monitor_bank_split}
-    monitored = sorted(monitored) if monitor_split and monitored <= set(
-        dataset.splits()) else []
+    read = [train_split, monitor_bank_split, monitor_split]
+    if not (monitor_split and set(read) <= set(dataset.splits())):
+        read = [train_split]  # no kNN monitor
     decode.check_splits(
-        dataset, [train_split, *monitored], on_bad_image,
+        dataset, read, on_bad_image,
         config.binding_in_force("pretrain", "on_bad_image"), max_image_pixels,
     )
     # --- end faults
@@ -255,7 +255,9 @@ def pretrain(
     )
     nan_guard.raise_if_failed("pretraining", start.backup_dir)
     callbacks_lib.save_weights(model, start.path("ssl_model.weights.h5"))
-    callbacks_lib.save_weights(model.backbone, start.path(workdir_lib.BACKBONE_FILE))
+    callbacks_lib.save_weights(
+        model.backbone, start.path(workdir_lib.BACKBONE_FILE)
+    )
     final = {k: float(v[-1]) for k, v in history.history.items() if v}
     results: dict[str, Any] = {"final_epoch": final}
     if monitor is not None:

@@ -432,8 +432,9 @@ def train(
         )
     else:
         record["kept"] = {"keep": "last", "epoch": epochs}
-    with workdir_lib.writing(start.path(workdir_lib.MODEL_FILE)):
-        model.save(start.path(workdir_lib.MODEL_FILE))
+    model_path = start.path(workdir_lib.MODEL_FILE)
+    with workdir_lib.writing(model_path, partial=model_path):
+        model.save(model_path)
     with workdir_lib.writing(start.path(workdir_lib.BACKBONE_FILE)):
         callbacks_lib.save_weights(
             features, start.path(workdir_lib.BACKBONE_FILE)
