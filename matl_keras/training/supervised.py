@@ -95,6 +95,40 @@ def describe_backbone(features: keras.Model) -> dict[str, Any]:
     return {k: config[k] for k in keys if k in config} | {"name": features.name}
 
 
+def fit_resuming(
+    model, data, steps, epochs, start_epoch, start_step=0, **kwargs
+) -> None:
+    """`model.fit` on `data`, which holds epochs `start_epoch .. epochs-1`
+    back to back (`steps` batches each), resuming after `start_step` steps
+    of epoch `start_epoch`.
+
+    Keras keeps one iterator across the epochs of a fit given
+    `steps_per_epoch`, so epoch e trains on epoch e's batches. A fit has
+    one `steps_per_epoch`, so the rest of a partly done epoch is a fit of
+    its own, on the data past its done batches: the data is a pure
+    function of (seed, epoch, position), so these are the batches an
+    uninterrupted run trains on (`ResumableBackup` restores the rest).
+    """
+    if start_step:
+        model.fit(
+            data.skip(start_step),
+            initial_epoch=start_epoch,
+            epochs=start_epoch + 1,
+            steps_per_epoch=steps - start_step,
+            **kwargs,
+        )
+        if model.stop_training or start_epoch + 1 >= epochs:
+            return
+        data, start_epoch = data.skip(steps), start_epoch + 1
+    model.fit(
+        data,
+        initial_epoch=start_epoch,
+        epochs=epochs,
+        steps_per_epoch=steps,
+        **kwargs,
+    )
+
+
 KEEP = ("best", "last")
 BEST_METRICS = ("val_accuracy", "val_f1", "val_auc", "val_loss")
 
@@ -128,6 +162,7 @@ def train(
     deterministic: bool | str = "auto",
     keep: str = "best",
     best_metric: str = "val_accuracy",
+    backup_every_steps: int | None = None,
     train_split: str = "train",
     val_split: str = "val",
     test_split: str = "test",
@@ -190,6 +225,10 @@ def train(
             `best_metric`; `"last"`: the last epoch.
         best_metric: str. Validation metric for `keep="best"`: `val_accuracy`,
             `val_f1`, `val_auc` (higher is better) or `val_loss`.
+        backup_every_steps: int or None. Also back up every this many
+            steps inside an epoch (long epochs): a killed run resumes at
+            that step, with the result of an uninterrupted run. None: after
+            every epoch only.
         train_split: str. Split to train on.
         val_split: str. Split scored after every epoch.
         test_split: str. Split scored at the end when the dataset has it.
@@ -229,9 +268,11 @@ def train(
     determinism_record = determinism.configure(deterministic)
     # The training data starts at the epoch the backup resumes from (read
     # again by ResumableBackup at `fit`; EpochSeeds checks they agree).
-    start_epoch = min(
-        callbacks_lib.ResumableBackup.completed_epochs(backup_dir), epochs
+    start_epoch, start_step = callbacks_lib.ResumableBackup.resume_point(
+        backup_dir
     )
+    if start_epoch >= epochs:
+        start_epoch, start_step = epochs, 0
     dataset = resolve_dataset(dataset)
     # --- faults (issue 19): one-class data; every bad file of every split
     # used, named before anything trains.
@@ -388,7 +429,9 @@ def train(
         best,
         callbacks_lib.HistoryCSV(start.path("history.csv"), backup_dir),
         callbacks_lib.ResumableBackup(
-            backup_dir, write_dir=start.path(workdir_lib.BACKUP_DIR)
+            backup_dir,
+            write_dir=start.path(workdir_lib.BACKUP_DIR),
+            every_steps=backup_every_steps,
         ),
         keras.callbacks.TensorBoard(start.path("logs")),
         determinism.EpochSeeds(seed, start_epoch),
@@ -401,14 +444,13 @@ def train(
         train_data.steps,
         distribution.num_replicas_in_sync,
     )
-    model.fit(
+    fit_resuming(
+        model,
         train_data.data,
-        epochs=epochs,
-        # The data holds epochs start_epoch..epochs-1 back to back; Keras
-        # keeps one iterator across the epochs of a fit given
-        # `steps_per_epoch`, so epoch e trains on epoch e's batches.
-        initial_epoch=start_epoch,
-        steps_per_epoch=train_data.steps,
+        train_data.steps,
+        epochs,
+        start_epoch,
+        start_step,
         callbacks=callbacks,
         class_weight=(
             inverse_frequency_weights(

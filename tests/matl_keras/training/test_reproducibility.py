@@ -127,3 +127,37 @@ def test_deterministic_option_is_checked_and_recorded():
         determinism.configure("yes")
     assert determinism.configure(False)["deterministic"] is False
     assert determinism.configure("auto")["deterministic"] is True  # CPU
+
+
+def test_killed_mid_epoch_resumes_at_its_step_backup_and_equals_uninterrupted(
+    tmp_path, monkeypatch, capsys
+):
+    """`backup_every_steps`: a kill inside epoch 0 (3 steps) after its
+    step-2 backup resumes at step 2, finishes that epoch on its last batch
+    only, then trains epoch 1: weights, history (epoch means of the
+    training metrics too) and metrics equal an uninterrupted run's."""
+    _train(tmp_path / "straight", backup_every_steps=2)
+
+    class KilledAtThirdStep(callbacks_lib.Throughput):
+        def on_train_batch_end(self, batch, logs=None):
+            super().on_train_batch_end(batch, logs)
+            if batch == 2:
+                raise KeyboardInterrupt  # as if killed in the third step
+
+    monkeypatch.setattr(callbacks_lib, "Throughput", KilledAtThirdStep)
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path / "resumed", backup_every_steps=2)
+    backup = str(tmp_path / "resumed" / "backup")
+    assert callbacks_lib.ResumableBackup.resume_point(backup) == (0, 2)
+    monkeypatch.undo()
+    capsys.readouterr()
+    _train(tmp_path / "resumed", backup_every_steps=2)
+    assert "resuming after epoch 0, step 2 from" in capsys.readouterr().out
+    _assert_same_run(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_backup_every_steps_is_checked():
+    from matl_keras.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="backup_every_steps=0"):
+        callbacks_lib.ResumableBackup("backup", every_steps=0)
