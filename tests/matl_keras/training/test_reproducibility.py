@@ -161,3 +161,11 @@ def test_backup_every_steps_is_checked():
 
     with pytest.raises(ConfigError, match="backup_every_steps=0"):
         callbacks_lib.ResumableBackup("backup", every_steps=0)
+
+
+def test_backup_every_steps_is_refused_on_several_replicas(tmp_path):
+    from matl_keras.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="works on one replica; this run has 2"):
+        _train(tmp_path, backup_every_steps=2, strategy="mirrored")
+    assert not (tmp_path / "run.json").exists()  # refused before anything
