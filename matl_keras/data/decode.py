@@ -249,8 +249,11 @@ def _decode_reason(message: str, data: bytes = b"") -> str:
         return f"not an image: the content is not {FORMATS}"
     if "Input is empty" in message:
         return "empty file (0 bytes)"
-    detail = message.split("]")[-1].strip() or message
-    return f"corrupt or truncated image data ({detail.splitlines()[0]})"
+    # TensorFlow wraps its reason: "{{function_node ...}} Invalid PNG
+    # data, size 300 [Op:DecodeImage] name: ".
+    detail = re.sub(r"\{\{.*?\}\}|\[Op:[^\]]*\]|\bname:.*$", "", message)
+    detail = (detail.strip() or message).splitlines()[0]
+    return f"corrupt or truncated image data ({detail})"
 
 
 # Bad files found per list of paths (by a digest of the list), so that the

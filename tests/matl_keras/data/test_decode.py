@@ -203,7 +203,10 @@ BROKEN = {
         "the header claims 12000x10000 = 120000000 pixels, more than the "
         "limit of 100000000",
     ),
-    "crc.png": (_corrupt_chunk_png, "corrupt or truncated"),
+    "crc.png": (
+        _corrupt_chunk_png,
+        "corrupt or truncated image data (Invalid PNG data, size ",
+    ),
     "random.jpg": (
         lambda: np.random.default_rng(1).bytes(2000),
         "not an image: the content is not PNG, JPEG, BMP, GIF, TIFF or WebP",
