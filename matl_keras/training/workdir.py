@@ -96,6 +96,19 @@ def as_write_error(error: OSError, path: str | None = None) -> WriteError:
     )
 
 
+def reported_write_error(error: BaseException) -> WriteError | None:
+    """The `WriteError` of a failed write that TensorFlow reports in its
+    own words (TensorBoard's event files: a `ResourceExhaustedError`
+    "{{...}} FILE; No space left on device"), or None for other errors."""
+    text = str(error)
+    for number in WRITE_ERRNOS:
+        reason = os.strerror(number)
+        match = re.search(rf"([^\s{{}}]+); {re.escape(reason)}", text)
+        if match:
+            return as_write_error(OSError(number, reason, match.group(1)))
+    return None
+
+
 @contextlib.contextmanager
 def writing(path: str, partial: str | None = None) -> Iterator[None]:
     """Turns an `OSError` (h5py's too) raised while writing `path` into a

@@ -180,3 +180,31 @@ def test_save_weights_in_memory_equals_keras_save_weights(tmp_path):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(model.optimizer.variables, clone.optimizer.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_cli_turns_tensorflow_write_errors_into_one_line(tmp_path):
+    """TensorBoard's event files are written by TensorFlow, which reports
+    a full disk as a ResourceExhaustedError naming the file."""
+    script = (
+        "import tensorflow as tf\n"
+        "from matl_keras.training import workdir\n"
+        "def full(*a, **k):\n"
+        "    raise tf.errors.ResourceExhaustedError(None, None, (\n"
+        "        '{{function_node __wrapped__WriteSummary_device_/job:local}}'\n"
+        "        ' /w/logs/events.v2; No space left on device\\n'\n"
+        "        '\\tFailed to flush 11 events to /w/logs/events.v2'))\n"
+        "workdir.write_text = full\n"
+        "from matl_keras import cli\n"
+        "cli.run()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, *TINY, f"--workdir={tmp_path}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert (
+        "matl-keras: error: cannot write /w/logs/events.v2: no space left on "
+        "device (errno 28)."
+    ) in result.stderr
