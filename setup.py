@@ -45,6 +45,8 @@ setuptools.setup(
         # needs it.
         "tensorboard>=2.21,<2.22",
         "numpy>=1.26,<3",
+        # TIFF and WebP decoding, image headers read before decoding.
+        "pillow>=10,<14",
         "matplotlib>=3.8,<4",
         # Grad-CAM (0.8.7: first release on Keras 3 / TF backend).
         "tf-keras-vis==0.8.7",

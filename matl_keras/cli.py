@@ -256,6 +256,21 @@ def main(argv: Sequence[str]) -> None:
         # gin appends "  In call to configurable ..." lines to errors raised
         # inside configurables: not for users.
         _fail(str(e).split("\n  In call to configurable")[0])
+    except OSError as e:
+        # A full disk anywhere else (a TensorFlow or Keras write the stages
+        # do not wrap): one line too.
+        from matl_keras.training import workdir as workdir_lib
+
+        if workdir_lib.os_errno(e) not in workdir_lib.WRITE_ERRNOS:
+            raise
+        _fail(str(workdir_lib.as_write_error(e)))
+    except Exception as e:  # noqa: BLE001 - re-raised unless a write error
+        from matl_keras.training import workdir as workdir_lib
+
+        error = workdir_lib.reported_write_error(e)
+        if error is None:
+            raise
+        _fail(str(error))
     except KeyboardInterrupt as e:
         name, status = (
             ("SIGTERM", 143) if isinstance(e, Terminated) else ("SIGINT", 130)

@@ -174,7 +174,14 @@ def parse(
 
 
 def _syntax_error(binding: str) -> str | None:
-    """Parses one binding alone, so a syntax error names its --gin_param."""
+    """Parses one binding alone, so a syntax error names its --gin_param.
+
+    Gin parses all bindings as one text: an unclosed bracket or quote in one
+    (a `tokenize.TokenError`, not a `SyntaxError`) would otherwise be
+    reported, without a name, at the end of the last one.
+    """
+    import tokenize
+
     from gin import config_parser
 
     try:
@@ -183,6 +190,8 @@ def _syntax_error(binding: str) -> str | None:
         ))
     except SyntaxError as e:
         return f"{e.msg}, line {e.lineno}" if e.lineno else str(e.msg)
+    except tokenize.TokenError as e:
+        return f"{e.args[0]} (an unclosed bracket or quote)"
     except Exception:  # noqa: BLE001 - not a syntax problem of this binding
         return None
     return None
@@ -368,13 +377,32 @@ def stage_config_str(scope: str | None = None, operative: bool = False) -> str:
     return gin.config._config_str(kept)
 
 
+def binding_in_force(name: str, param: str) -> str:
+    """The binding that sets `name.param` in the current gin scope, as a
+    user writes it to change the value: with the scope of the most
+    specific binding that reaches here (`sstl_m/pretrain.on_bad_image`,
+    since `gin/stages/sstl_m.gin` binds it in that scope), unscoped when
+    only an unscoped one (or none) does. Rebinding that key wins; a less
+    specific one would have no effect.
+
+    Uses gin 0.5's `_CONFIG` (see `stage_config_str`).
+    """
+    active = set(filter(None, gin.current_scope_str().split("/")))
+    best: list[str] = []
+    for (key_scope, selector), values in gin.config._CONFIG.items():
+        if selector.split(".")[-1] != name or param not in values:
+            continue
+        parts = list(filter(None, key_scope.split("/")))
+        if set(parts) <= active and len(parts) > len(best):
+            best = parts
+    return "/".join([*best, f"{name}.{param}"])
+
+
 def save_config(workdir: str, filename: str, operative: bool) -> str:
     """Writes the (operative) gin config of the current scope to
     `workdir/filename`."""
-    text = stage_config_str(operative=operative)
+    from matl_keras.training import workdir as workdir_lib
+
     path = os.path.join(workdir, filename)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    workdir_lib.write_text(path, stage_config_str(operative=operative))
     return path

@@ -19,3 +19,8 @@ class DataError(MatlError, ValueError):
 
 class PluginError(MatlError, LookupError):
     """A plugin is unknown, failed to load or breaks its contract."""
+
+
+class WriteError(MatlError, OSError):
+    """A file of the run cannot be written (disk full, quota, file size
+    limit, read-only filesystem)."""

@@ -17,6 +17,7 @@ import numpy as np
 
 from matl_keras import PLUGIN_API_VERSION
 from matl_keras.errors import DataError
+from matl_keras.errors import PluginError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,3 +153,22 @@ class Dataset(abc.ABC):
             return {}
         counts = np.bincount(np.asarray(labels), minlength=self.num_classes)
         return {n: int(c) for n, c in zip(self.class_names, counts)}
+
+
+def examples_of(dataset: Dataset, split: str) -> Examples:
+    """`dataset.examples(split)`, checked against the contract.
+
+    Raises:
+        DataError: `split` is not one of `dataset.splits()`.
+        PluginError: the plugin returned something else than
+            `FileExamples` or `ArrayExamples`.
+    """
+    dataset.check_split(split)
+    examples = dataset.examples(split)
+    if not isinstance(examples, (FileExamples, ArrayExamples)):
+        raise PluginError(
+            f"dataset {dataset.name}: examples({split!r}) must return "
+            "FileExamples or ArrayExamples (matl_keras.data.dataset). "
+            f"Received: {type(examples).__name__}"
+        )
+    return examples

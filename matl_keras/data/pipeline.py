@@ -29,8 +29,10 @@ from matl_keras.data import decode
 from matl_keras.data.dataset import ArrayExamples
 from matl_keras.data.dataset import Dataset
 from matl_keras.data.dataset import FileExamples
+from matl_keras.data.dataset import examples_of
 from matl_keras.errors import ConfigError
 from matl_keras.errors import DataError
+from matl_keras.errors import PluginError
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Cache decoded images in memory when they take less than this.
@@ -221,7 +223,9 @@ def _source(examples, size: int, on_bad_image: str, context: str, prepare):
         if examples.labels is not None:
             labels = [examples.labels[i] for i in keep]
         images = tf.data.Dataset.from_tensor_slices(paths).map(
-            lambda p: cached_form(decode.decode_image(tf.io.read_file(p))),
+            lambda p: cached_form(
+                decode.decode_file_image(tf.io.read_file(p))
+            ),
             num_parallel_calls=AUTOTUNE,
         )
     elif isinstance(examples, ArrayExamples):
@@ -233,9 +237,9 @@ def _source(examples, size: int, on_bad_image: str, context: str, prepare):
             num_parallel_calls=AUTOTUNE,
         )
     else:
-        raise TypeError(
-            "Dataset.examples() must return FileExamples or ArrayExamples. "
-            f"Received: {type(examples).__name__}"
+        raise PluginError(
+            f"{context}: the dataset's examples() must return FileExamples "
+            f"or ArrayExamples. Received: {type(examples).__name__}"
         )
     n = int(images.cardinality())
     if labels is not None:
@@ -373,14 +377,13 @@ def build_split(
             "`prepare` gives the augmentation a dict, which only a callable "
             f"`augment` takes. Received: augment={augment!r}"
         )
-    dataset.check_split(split)
     context = f"{dataset.name} split {split!r}"
     size = load_size(image_size, crop_fraction)
     if training and not callable(augment):
         transform = augment_lib.get_augment(augment, image_size)
     elif training:
         transform = augment
-    examples = dataset.examples(split)
+    examples = examples_of(dataset, split)
     if max_examples is not None and len(examples) > max_examples:
         examples = _subset(examples, max_examples, seed)
     data, labels, skipped = _source(

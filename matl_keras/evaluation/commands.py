@@ -24,7 +24,6 @@ from matl_keras.evaluation.evaluator import resolve_evaluators
 from matl_keras.evaluation.evaluator import run_evaluators
 from matl_keras.training import workdir as workdir_lib
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 
 def evaluate(
@@ -92,7 +91,7 @@ def _image_files(paths: Sequence[str]) -> list[str]:
         if os.path.isdir(path):
             found = sorted(
                 os.path.join(path, name) for name in os.listdir(path)
-                if name.lower().endswith(IMAGE_EXTENSIONS)
+                if name.lower().endswith(decode.IMAGE_EXTENSIONS)
             )
             if not found:
                 raise ConfigError(f"--images: no image files in folder {path!r}")
@@ -144,7 +143,7 @@ def explain_images(
         chunk = files[start:start + batch_size]
         batch = np.stack([
             pipeline.eval_transform(
-                decode.decode_image(tf.io.read_file(f)),
+                decode.decode_file_image(tf.io.read_file(f)),
                 prep["image_size"], prep["crop_fraction"],
             ).numpy()
             for f in chunk

@@ -21,6 +21,7 @@ import keras
 from absl import logging
 
 from matl_keras import registry as registry_lib
+from matl_keras.data import decode
 from matl_keras.data import pipeline
 from matl_keras.data.dataset import Dataset
 from matl_keras.errors import ConfigError
@@ -139,6 +140,7 @@ def pretrain(
     sync_batchnorm: bool = True,
     batchnorm_groups: int | str = "auto",
     on_bad_image: str = "refuse",
+    max_image_pixels: int = decode.MAX_PIXELS,
     cache: str = "auto",
     seed: int = 0,
     deterministic: bool | str = "auto",
@@ -178,8 +180,9 @@ def pretrain(
         batchnorm_groups: int or `"auto"`. Shuffle-BN groups of the
             backbones of methods that declare `shuffle_batchnorm` (MoCo,
             region_aware); see `resolve_batchnorm_groups`. 1: off.
-        on_bad_image, cache, seed: as in `supervised.train`; the seed also
-            drives every view's augmentation and the key permutation.
+        on_bad_image, max_image_pixels, cache, seed: as in
+            `supervised.train`; the seed also drives every view's
+            augmentation and the key permutation.
         deterministic: bool or `"auto"`. As in `supervised.train`.
         train_split: str. Split pretrained on.
         monitor_split: str or None. Labelled split whose kNN accuracy is
@@ -207,6 +210,14 @@ def pretrain(
         callbacks_lib.ResumableBackup.completed_epochs(start.backup_dir), epochs
     )
     dataset = resolve_dataset(dataset)
+    # Every bad file of every split read, up front (before any model).
+    read = [train_split, monitor_bank_split, monitor_split]
+    if not (monitor_split and set(read) <= set(dataset.splits())):
+        read = [train_split]  # no kNN monitor
+    decode.check_splits(
+        dataset, read, on_bad_image,
+        config.binding_in_force("pretrain", "on_bad_image"), max_image_pixels,
+    )
     groups = (
         resolve_batchnorm_groups(
             batchnorm_groups, batch_size, distribution.num_replicas_in_sync
@@ -318,7 +329,7 @@ def pretrain(
     if monitor is not None:
         callbacks.append(monitor)
     callbacks += [
-        keras.callbacks.CSVLogger(start.path("history.csv"), append=True),
+        callbacks_lib.HistoryCSV(start.path("history.csv"), start.backup_dir),
         callbacks_lib.ResumableBackup(
             start.backup_dir, write_dir=start.path(workdir_lib.BACKUP_DIR)
         ),
@@ -341,8 +352,10 @@ def pretrain(
         verbose=1 if sys.stdout.isatty() else 2,
     )
     nan_guard.raise_if_failed("pretraining", start.backup_dir)
-    model.save_weights(start.path("ssl_model.weights.h5"))
-    model.backbone.save_weights(start.path(workdir_lib.BACKBONE_FILE))
+    callbacks_lib.save_weights(model, start.path("ssl_model.weights.h5"))
+    callbacks_lib.save_weights(
+        model.backbone, start.path(workdir_lib.BACKBONE_FILE)
+    )
     final = {k: float(v[-1]) for k, v in history.history.items() if v}
     results: dict[str, Any] = {"final_epoch": final}
     if monitor is not None:

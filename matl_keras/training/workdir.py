@@ -9,18 +9,24 @@ resumed; a complete one is not recomputed.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import platform
+import re
+import shutil
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from matl_keras.errors import ConfigError
+from matl_keras.errors import WriteError
 
 # The files of a stage's workdir that other parts read (the next stage,
 # transferability scoring, `evaluate`/`explain`/`export`).
@@ -32,13 +38,112 @@ TRANSFER_FILE = "transferability.json"
 SUMMARY_FILE = "summary.json"
 
 
+# OS errors that mean "the disk (or quota, or file size limit) is full" or
+# "this filesystem cannot be written": the user's to fix, anywhere.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+
+
+def os_errno(error: OSError) -> int | None:
+    """The OS error number, also when only the message has it: h5py's
+    (`errno = 28`) and gin's re-raised copy (`[Errno 28] ...`)."""
+    if error.errno:
+        return error.errno
+    match = re.search(r"errno = (\d+)|^\[Errno (\d+)\]", str(error))
+    return int(match.group(1) or match.group(2)) if match else None
+
+
+def _failed_file(error: OSError) -> str | None:
+    """The file named by the error, or by its message (h5py, gin)."""
+    if error.filename:
+        return str(error.filename)
+    first = str(error).splitlines()[0] if str(error) else ""
+    match = re.search(r"filename = '([^']+)'|^\[Errno \d+\] .*: '(.+)'$", first)
+    return (match.group(1) or match.group(2)) if match else None
+
+
+def _release(error: BaseException) -> None:
+    """Frees what the failed write's frames hold (an h5py file half
+    written) now, so that h5py's failure to close it is not printed later
+    as "Exception ignored" tracebacks (or worse, at exit)."""
+    import gc
+    import traceback
+
+    hook = sys.unraisablehook
+
+    def quiet(unraisable):
+        if not isinstance(unraisable.exc_value, (RuntimeError, OSError)):
+            hook(unraisable)
+
+    sys.unraisablehook = quiet
+    try:
+        traceback.clear_frames(error.__traceback__)
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+
+
+def as_write_error(error: OSError, path: str | None = None) -> WriteError:
+    """The one-line `WriteError` of an OS error while writing `path`."""
+    number = os_errno(error)
+    reason = os.strerror(number) if number else (error.strerror or str(error))
+    reason = reason[:1].lower() + reason[1:]
+    _release(error)
+    return WriteError(
+        f"cannot write {path or _failed_file(error) or 'a file'}: {reason}"
+        f"{f' (errno {number})' if number else ''}. Free some space (or "
+        "fix the folder) and run the same command again: it resumes from "
+        "the last complete backup, which is kept."
+    )
+
+
+def reported_write_error(error: BaseException) -> WriteError | None:
+    """The `WriteError` of a failed write that TensorFlow reports in its
+    own words (TensorBoard's event files: a `ResourceExhaustedError`
+    "{{...}} FILE; No space left on device"), or None for other errors."""
+    text = str(error)
+    for number in WRITE_ERRNOS:
+        reason = os.strerror(number)
+        match = re.search(rf"([^\s{{}}]+); {re.escape(reason)}", text)
+        if match:
+            return as_write_error(OSError(number, reason, match.group(1)))
+    return None
+
+
+@contextlib.contextmanager
+def writing(path: str, partial: str | None = None) -> Iterator[None]:
+    """Turns an `OSError` (h5py's too) raised while writing `path` into a
+    one-line `WriteError` that names `path` and the OS reason.
+
+    Args:
+        path: str. The file being written.
+        partial: str or None. A temporary file or folder the write was
+            filling, removed on failure (it frees the space it took).
+    """
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as e:
+        error = as_write_error(e, path)
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
+            if os.path.isfile(partial):
+                os.remove(partial)
+        raise error from None
+
+
+def write_text(path: str, text: str) -> None:
+    """Writes a text file atomically (temp file + rename)."""
+    tmp = f"{path}.tmp"
+    with writing(path, partial=tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+
+
 def write_json(path: str, data: Any) -> None:
     """Writes JSON atomically (temp file + rename)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=False, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def read_json(path: str) -> Any:
@@ -189,12 +294,83 @@ def prepare(workdir: str) -> None:
 BACKUP_DIR = "backup"
 
 
-def previous_run(workdir: str, digest: str) -> dict[str, Any] | None:
+def config_bindings(text: str) -> dict[str, str]:
+    """`{binding or macro: value}` of a gin config text as gin writes it
+    (`config.gin`): one binding per line, a value continued on indented
+    lines, comments and blank lines ignored."""
+    bindings: dict[str, str] = {}
+    key = None
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if line[0].isspace() and key is not None:
+            bindings[key] += " " + stripped
+            continue
+        name, sep, value = stripped.partition("=")
+        if sep:
+            key = name.strip()
+            bindings[key] = value.strip()
+    return bindings
+
+
+def config_diff(old: str, new: str, limit: int = 8) -> str:
+    """The bindings that differ between two gin config texts, on one line:
+    `NAME: OLD -> NEW`, `NAME = OLD (not bound now)`, `NAME = NEW (new)`;
+    after `limit` of them, how many more."""
+    before, after = config_bindings(old), config_bindings(new)
+    changes = []
+    for name in sorted(before.keys() | after.keys()):
+        if name not in after:
+            changes.append(f"{name} = {before[name]} (not bound now)")
+        elif name not in before:
+            changes.append(f"{name} = {after[name]} (new)")
+        elif before[name] != after[name]:
+            changes.append(f"{name}: {before[name]} -> {after[name]}")
+    more = len(changes) - limit
+    return "; ".join(changes[:limit]) + (f"; and {more} more" if more > 0 else "")
+
+
+def _what_changed(
+    workdir: str,
+    record: dict[str, Any],
+    config_text: str | None,
+    init: dict[str, str] | None,
+) -> str:
+    """What differs between the run recorded in `workdir` and this one."""
+    parts = []
+    old_init = (record.get("init_backbone") or {}).get("sha256")
+    new_init = (init or {}).get("sha256")
+    if old_init != new_init:
+        parts.append(f"init_backbone content sha256: {old_init} -> {new_init}")
+    path = os.path.join(workdir, "config.gin")
+    if config_text is not None and os.path.exists(path):
+        with open(path) as f:
+            diff = config_diff(f.read(), config_text)
+        if diff:
+            parts.append(diff)
+    return "; ".join(parts)
+
+
+def previous_run(
+    workdir: str,
+    digest: str,
+    config_text: str | None = None,
+    init: dict[str, str] | None = None,
+) -> dict[str, Any] | None:
     """The run recorded in `workdir`, if it has the same config.
 
     A run of another config that never completed an epoch (no `backup/`,
     e.g. it stopped on a wrong weights path) holds nothing to lose: it is
     forgotten and the workdir reused.
+
+    Args:
+        workdir: str. The stage's folder.
+        digest: str. This run's config hash.
+        config_text: str or None. This run's stage config (what
+            `config.gin` holds); the refusal then names the bindings that
+            differ from the recorded run's `config.gin`.
+        init: dict or None. This run's `init_backbone` record.
 
     Raises:
         ConfigError: the workdir holds trained results of another config.
@@ -209,11 +385,13 @@ def previous_run(workdir: str, digest: str) -> dict[str, Any] | None:
     if record.get("config_hash") != digest and not trained:
         return None
     if record.get("config_hash") != digest:
+        changed = _what_changed(workdir, record, config_text, init)
+        changed = f"; changed: {changed}" if changed else ""
         raise ConfigError(
             f"--workdir={workdir!r} already holds a run with a different "
             f"config (config hash {record.get('config_hash')}, this one "
-            f"{digest}; see {os.path.join(workdir, 'config.gin')}). Use "
-            "another --workdir, or delete that one to start over."
+            f"{digest}; see {os.path.join(workdir, 'config.gin')}{changed}). "
+            "Use another --workdir, or delete that one to start over."
         )
     return record
 
@@ -306,7 +484,7 @@ def begin(workdir: str, init_backbone: str | None, strategy=None) -> Start:
     digest = config_hash(
         config_text + f"\n# init_backbone sha256: {init and init['sha256']}\n"
     )
-    record = previous_run(workdir, digest)
+    record = previous_run(workdir, digest, config_text, init)
     backup_dir = os.path.join(workdir, BACKUP_DIR)
     complete = bool(record and record.get("status") == "complete")
     resuming = os.path.isdir(backup_dir)
@@ -325,8 +503,7 @@ def begin(workdir: str, init_backbone: str | None, strategy=None) -> Start:
             flush=True,
         )
     else:
-        with open(os.path.join(out, "config.gin"), "w") as f:
-            f.write(config_text)
+        write_text(os.path.join(out, "config.gin"), config_text)
     return Start(
         digest=digest,
         record=record,

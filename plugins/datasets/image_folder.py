@@ -6,8 +6,9 @@ Two layouts are recognised under `root`:
   by a hash of each file's relative path (`val_fraction` of each class goes
   to `val`), so adding images never moves existing ones between splits.
 
-Files with an image extension (.png .jpg .jpeg .bmp .gif, any case) are
-used; their content decides how they are decoded. Other files are ignored.
+Files with an image extension (.png .jpg .jpeg .bmp .gif .tif .tiff .webp,
+any case) are used; their content decides how they are decoded. Other files
+are ignored.
 Classes are the sub-folder names in sorted order unless `class_names` is
 given.
 """
@@ -18,11 +19,11 @@ import hashlib
 import os
 from collections.abc import Sequence
 
+from matl_keras.data.decode import IMAGE_EXTENSIONS
 from matl_keras.data.dataset import Dataset
 from matl_keras.data.dataset import FileExamples
 from matl_keras.errors import DataError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 SPLIT_NAMES = ("train", "val", "test")
 
 

@@ -71,6 +71,7 @@ def test_finetune_job_end_to_end_then_skip_then_refuse(tmp_path):
     other = matl(*TINY, "--gin_param=FINETUNE_EPOCHS = 3", f"--workdir={top}")
     assert other.returncode == 2
     assert "different config" in error_line(other)
+    assert "changed: FINETUNE_EPOCHS: 2 -> 3)" in error_line(other)
     assert "In call to configurable" not in other.stderr
     # Nothing that was written is lost.
     assert json.load(open(os.path.join(workdir, "metrics.json"))) == metrics

@@ -108,3 +108,33 @@ def test_bad_macro_values_are_one_line_errors(binding, expected):
     assert expected in str(info.value)
     assert "\n" not in str(info.value)
     gin.clear_config()
+
+
+@pytest.mark.parametrize(
+    "binding, expected",
+    [
+        ("train.epochs = [1,", "EOF in multi-line statement (an unclosed"),
+        ("train.epochs = '3", "Unable to parse value"),
+        ("train.epochs 3", "expected ':' or '='"),
+        ("train.dropout = 0.5)", "Expected newline"),
+    ],
+)
+def test_gin_param_syntax_error_names_that_param(binding, expected):
+    """Gin parses every --gin_param as one text; the error must still say
+    which one is wrong, on one line."""
+    import gin
+    from matl_keras import config as config_lib
+    from matl_keras.errors import ConfigError
+    from matl_keras.registry import Registry
+
+    gin.clear_config()
+    with pytest.raises(ConfigError) as info:
+        config_lib.parse(
+            [os.path.join(REPO, "gin/finetune.gin")],
+            ["IMAGE_SIZE = 32", binding, "BATCH_SIZE = 8"],
+            Registry(on_load=config_lib.register_plugin),
+        )
+    message = str(info.value)
+    assert message.startswith(f"gin: syntax error in --gin_param={binding!r}: ")
+    assert expected in message
+    assert "\n" not in message

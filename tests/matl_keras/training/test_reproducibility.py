@@ -175,3 +175,45 @@ def test_interrupted_then_resumed_pretrain_equals_uninterrupted(tmp_path, monkey
     _pretrain(tmp_path / "resumed")
     assert json.load(open(tmp_path / "resumed" / "run.json"))["resumed"] is True
     _assert_same_pretrain(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_killed_mid_epoch_resumes_at_its_step_backup_and_equals_uninterrupted(
+    tmp_path, monkeypatch, capsys
+):
+    """`backup_every_steps`: a kill inside epoch 0 (3 steps) after its
+    step-2 backup resumes at step 2, finishes that epoch on its last batch
+    only, then trains epoch 1: weights, history (epoch means of the
+    training metrics too) and metrics equal an uninterrupted run's."""
+    _train(tmp_path / "straight", backup_every_steps=2)
+
+    class KilledAtThirdStep(callbacks_lib.Throughput):
+        def on_train_batch_end(self, batch, logs=None):
+            super().on_train_batch_end(batch, logs)
+            if batch == 2:
+                raise KeyboardInterrupt  # as if killed in the third step
+
+    monkeypatch.setattr(callbacks_lib, "Throughput", KilledAtThirdStep)
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path / "resumed", backup_every_steps=2)
+    backup = str(tmp_path / "resumed" / "backup")
+    assert callbacks_lib.ResumableBackup.resume_point(backup) == (0, 2)
+    monkeypatch.undo()
+    capsys.readouterr()
+    _train(tmp_path / "resumed", backup_every_steps=2)
+    assert "resuming after epoch 0, step 2 from" in capsys.readouterr().out
+    _assert_same_run(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_backup_every_steps_is_checked():
+    from matl_keras.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="backup_every_steps=0"):
+        callbacks_lib.ResumableBackup("backup", every_steps=0)
+
+
+def test_backup_every_steps_is_refused_on_several_replicas(tmp_path):
+    from matl_keras.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="works on one replica; this run has 2"):
+        _train(tmp_path, backup_every_steps=2, strategy="mirrored")
+    assert not (tmp_path / "run.json").exists()  # refused before anything

@@ -99,3 +99,60 @@ def test_released_at_exit(tmp_path):
     workdir_lib.lock(path)
     workdir_lib.unlock(path)
     assert time.time() - start < 5
+
+
+OLD_CONFIG = """# Macros:
+# ==============================================================================
+FINETUNE_EPOCHS = 2
+IMAGE_SIZE = 32
+
+# Parameters for train:
+# ==============================================================================
+train.epochs = %FINETUNE_EPOCHS
+train.evaluators = ['metrics',
+                    'leep']
+finetune/train.dropout = 0.5
+"""
+
+
+def _trained_run(path, config_text):
+    path.mkdir()
+    (path / "run.json").write_text(
+        json.dumps({"status": "running", "config_hash": "old",
+                    "init_backbone": None})
+    )
+    (path / "config.gin").write_text(config_text)
+    (path / workdir_lib.BACKUP_DIR).mkdir()
+
+
+def test_refusal_names_the_bindings_that_changed(tmp_path):
+    path = tmp_path / "run"
+    _trained_run(path, OLD_CONFIG)
+    new = (
+        OLD_CONFIG.replace("FINETUNE_EPOCHS = 2", "FINETUNE_EPOCHS = 3")
+        .replace("                    'leep']", "                    'gradcam']")
+        .replace("finetune/train.dropout = 0.5\n", "train.seed = 1\n")
+    )
+    init = {"path": "/x.h5", "sha256": "abc"}
+    with pytest.raises(ConfigError) as e:
+        workdir_lib.previous_run(str(path), "new", new, init)
+    message = str(e.value)
+    assert "\n" not in message
+    assert "different config" in message
+    assert (
+        "changed: init_backbone content sha256: None -> abc; "
+        "FINETUNE_EPOCHS: 2 -> 3; "
+        "finetune/train.dropout = 0.5 (not bound now); "
+        "train.evaluators: ['metrics', 'leep'] -> ['metrics', 'gradcam']; "
+        "train.seed = 1 (new)). Use another --workdir"
+    ) in message
+    # The same config is the same run (no refusal).
+    assert workdir_lib.previous_run(str(path), "old", OLD_CONFIG) is not None
+
+
+def test_config_diff_is_bounded():
+    old = "\n".join(f"a.p{i} = {i}" for i in range(12))
+    new = "\n".join(f"a.p{i} = {i + 1}" for i in range(12))
+    diff = workdir_lib.config_diff(old, new, limit=3)
+    assert diff == "a.p0: 0 -> 1; a.p1: 1 -> 2; a.p10: 10 -> 11; and 9 more"
+    assert workdir_lib.config_diff(old, old) == ""

@@ -1,0 +1,210 @@
+"""A full disk and a crash between an epoch's row and its backup: one line,
+exit 2, the last complete backup kept, each epoch once in history.csv."""
+
+import csv
+import errno
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from matl_keras.errors import WriteError
+from matl_keras.training import callbacks as callbacks_lib
+from matl_keras.training import workdir as workdir_lib
+from tests.conftest import REPO
+from tests.matl_keras.test_cli import CLI
+from tests.matl_keras.test_cli import TINY
+from tests.matl_keras.test_cli import matl
+from tests.matl_keras.training.test_supervised import run_train
+
+# Runs the CLI with a file size limit (RLIMIT_FSIZE, no privileges needed)
+# from epoch 1 on: every write past it fails with a real OS error (EFBIG)
+# inside h5py, as a full disk does (ENOSPC).
+LIMITED_CLI = """
+import resource, signal, sys
+from matl_keras.training import callbacks
+
+class Limited(callbacks.Throughput):
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
+        if epoch == 1:
+            resource.setrlimit(
+                resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY)
+            )
+
+callbacks.Throughput = Limited
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not a kill
+from matl_keras import cli
+sys.argv = [sys.argv[0], *sys.argv[1:]]
+cli.run()
+"""
+
+
+def _epochs(path):
+    return [int(r["epoch"]) for r in csv.DictReader(open(path))]
+
+
+def test_write_error_in_a_backup_is_one_line_and_keeps_the_last(tmp_path):
+    top = str(tmp_path / "run")
+    stage = os.path.join(top, "finetune")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    failed = subprocess.run(
+        [sys.executable, "-c", LIMITED_CLI, *TINY, f"--workdir={top}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env=env,
+    )
+    # Not 139 (HDF5 cleaning up a half-written file segfaulted).
+    assert failed.returncode == 2, failed.stderr[-3000:]
+    assert "Traceback" not in failed.stderr, failed.stderr[-3000:]
+    lines = [
+        line for line in failed.stderr.splitlines()
+        if line.startswith("matl-keras: error:")
+    ]
+    assert len(lines) == 1, failed.stderr[-3000:]
+    assert lines[0].startswith(
+        f"matl-keras: error: cannot write {stage}/backup/epoch-2.tmp/"
+        "model.weights.h5: file too large (errno 27). Free some space"
+    ) or lines[0].startswith(
+        f"matl-keras: error: cannot write {stage}/best.tmp/"
+        "model.weights.h5: file too large (errno 27). Free some space"
+    ), lines[0]
+    assert sorted(os.listdir(os.path.join(stage, "backup"))) == ["epoch-1"]
+    assert not os.path.exists(os.path.join(stage, "best.tmp"))
+    resumed = matl(*TINY, f"--workdir={top}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming after epoch 1" in resumed.stdout
+    assert _epochs(os.path.join(stage, "history.csv")) == [0, 1]
+
+
+def test_history_has_each_epoch_once_after_a_crash_before_its_backup(
+    tmp_path, monkeypatch
+):
+    real = callbacks_lib.ResumableBackup.on_epoch_end
+
+    def killed_before_second_backup(self, epoch, logs=None):
+        if epoch == 1:  # epoch 1's history row is written, its backup not
+            raise KeyboardInterrupt
+        real(self, epoch, logs)
+
+    monkeypatch.setattr(
+        callbacks_lib.ResumableBackup, "on_epoch_end",
+        killed_before_second_backup,
+    )
+    with pytest.raises(KeyboardInterrupt):
+        run_train(tmp_path, epochs=3)
+    assert _epochs(tmp_path / "history.csv") == [0, 1]
+    monkeypatch.undo()
+    run_train(tmp_path, epochs=3)
+    assert _epochs(tmp_path / "history.csv") == [0, 1, 2]
+
+
+def test_truncate_history_keeps_one_row_per_backed_up_epoch(tmp_path):
+    path = str(tmp_path / "history.csv")
+    with open(path, "w", newline="") as f:
+        f.write("epoch,loss\r\n0,1.0\r\n0,0.9\r\n1,0.8\r\n2,0.7\r\n3,0.")
+    callbacks_lib.truncate_history(path, 2)
+    # The last row of a repeated epoch (the one the backup holds) is kept.
+    assert open(path).read() == "epoch,loss\n0,0.9\n1,0.8\n"
+    callbacks_lib.truncate_history(path, 0)  # killed before any backup
+    assert open(path).read() == "epoch,loss\n"
+    callbacks_lib.truncate_history(str(tmp_path / "none.csv"), 3)  # no file
+
+
+def test_write_errors_name_the_file_and_the_os_reason(tmp_path, monkeypatch):
+    path = str(tmp_path / "run.json")
+    workdir_lib.write_json(path, {"a": 1})
+
+    def disk_full(src, dst):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(WriteError) as e:
+        workdir_lib.write_json(path, {"a": 2})
+    assert str(e.value).startswith(
+        f"cannot write {path}: no space left on device (errno 28). "
+    )
+    assert "\n" not in str(e.value)
+    monkeypatch.undo()
+    assert json.load(open(path)) == {"a": 1}  # the last complete file
+    assert os.listdir(tmp_path) == ["run.json"]  # no partial file left
+    # h5py puts the errno in its message only.
+    partial = tmp_path / "epoch-2.tmp"
+    partial.mkdir()
+    with pytest.raises(WriteError, match=r"x\.h5: no space left on device"):
+        with workdir_lib.writing(str(partial / "x.h5"), partial=str(partial)):
+            raise OSError(
+                "Can't synchronously write data (file write failed: "
+                "filename = 'x.h5', errno = 28, error message = 'No space')"
+            )
+    assert not partial.exists()
+
+
+def test_cli_turns_a_full_disk_anywhere_into_one_line(tmp_path):
+    """A write the stages do not wrap (here, the first one: config.gin)."""
+    script = (
+        "import errno, sys\n"
+        "from matl_keras.training import workdir\n"
+        "def full(*a, **k):\n"
+        "    raise OSError(errno.ENOSPC, 'No space left on device', 'f.bin')\n"
+        "workdir.write_text = full\n"
+        "from matl_keras import cli\n"
+        "cli.run()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, *TINY, f"--workdir={tmp_path}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert (
+        "matl-keras: error: cannot write f.bin: no space left on device "
+        "(errno 28)."
+    ) in result.stderr
+
+
+def test_save_weights_in_memory_equals_keras_save_weights(tmp_path):
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(np.ones((4, 3)), np.ones((4, 2)), verbose=0)
+    callbacks_lib.save_weights(model, str(tmp_path / "ours.weights.h5"))
+    clone = keras.models.clone_model(model)
+    clone.compile(optimizer="sgd", loss="mse")
+    clone.optimizer.build(clone.trainable_variables)
+    clone.load_weights(str(tmp_path / "ours.weights.h5"))
+    for a, b in zip(model.get_weights(), clone.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(model.optimizer.variables, clone.optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_cli_turns_tensorflow_write_errors_into_one_line(tmp_path):
+    """TensorBoard's event files are written by TensorFlow, which reports
+    a full disk as a ResourceExhaustedError naming the file."""
+    script = (
+        "import tensorflow as tf\n"
+        "from matl_keras.training import workdir\n"
+        "def full(*a, **k):\n"
+        "    raise tf.errors.ResourceExhaustedError(None, None, (\n"
+        "        '{{function_node __wrapped__WriteSummary_device_/job:local}}'\n"
+        "        ' /w/logs/events.v2; No space left on device\\n'\n"
+        "        '\\tFailed to flush 11 events to /w/logs/events.v2'))\n"
+        "workdir.write_text = full\n"
+        "from matl_keras import cli\n"
+        "cli.run()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, *TINY, f"--workdir={tmp_path}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert (
+        "matl-keras: error: cannot write /w/logs/events.v2: no space left on "
+        "device (errno 28)."
+    ) in result.stderr
