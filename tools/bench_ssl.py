@@ -26,6 +26,7 @@ from absl import flags  # noqa: E402
 from matl_keras.data import pipeline  # noqa: E402
 from matl_keras.models.resnet.resnet_backbone import ResNetBackbone  # noqa: E402
 from matl_keras.training import self_supervised  # noqa: E402
+from matl_keras.training.ssl_method import RunSchedule  # noqa: E402
 
 flags.DEFINE_list("methods", ["moco", "simclr", "region_aware"], "SSL methods.")
 flags.DEFINE_integer("depth", 50, "ResNet depth.")
@@ -48,15 +49,30 @@ def main(argv):
     rows = []
     for name in FLAGS.methods:
         keras.backend.clear_session()
+        groups = self_supervised.resolve_batchnorm_groups(
+            "auto", FLAGS.batch_size, 1
+        )
         model = self_supervised.build_method(
             name,
             lambda **kw: ResNetBackbone(depth=FLAGS.depth, width_multiplier=FLAGS.width, **kw),
             size,
             sync_batchnorm=False,
+            batchnorm_groups=groups,
         )
+        # A queue of 4096 keys (the data size only sizes the queue here).
+        model.configure(RunSchedule(
+            num_examples=4096 + FLAGS.batch_size, steps_per_epoch=100,
+            epochs=1, global_batch_size=FLAGS.batch_size, seed=0))
         model.build()
         model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), jit_compile=False)
-        data = tf.data.Dataset.from_tensor_slices(images).map(model.views)
+
+        def example(index, image, model=model):
+            if model.prepare is not None:
+                image = {"image": image, **model.prepare(image)}
+            seed = tf.stack([index, tf.constant(0, tf.int64)])
+            return model.views(image, seed), tf.cast(index, tf.int32)
+
+        data = tf.data.Dataset.from_tensor_slices(images).enumerate().map(example)
         batches = iter(data.repeat().batch(FLAGS.batch_size))
         batch = next(batches)  # the first one includes tracing
         start = time.perf_counter()

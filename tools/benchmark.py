@@ -170,11 +170,17 @@ def step(kind: str, backbone_name: str, size: int, batch: int, warmup: int,
             data = (images(), tf.zeros([batch], tf.int32))
             flops_model = model
         else:
+            from matl_keras.training.ssl_method import RunSchedule
+
             model = self_supervised.build_method(
                 kind,
                 lambda **kw: ResNetBackbone(FLAGS.depth, 1.0, attention=attention, **kw),
                 size, sync_batchnorm=True,
+                batchnorm_groups=self_supervised.resolve_batchnorm_groups("auto", batch, 1),
             )
+            # A queue of 4096 keys (the data size only sizes the queue).
+            model.configure(RunSchedule(num_examples=4096 + batch, steps_per_epoch=100,
+                                        epochs=1, global_batch_size=batch, seed=0))
             model.build()
             model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
                           jit_compile=jit_compile)
@@ -185,11 +191,13 @@ def step(kind: str, backbone_name: str, size: int, batch: int, warmup: int,
                 if kind == "region_aware":
                     data["regions"] = images(5)
                 data = (data,)
+            # The SSL step takes (views, dataset indices).
+            data = (data[0], tf.range(batch, dtype=tf.int32))
             flops_model = _encoder(model.backbone)
     forward = forward_flops(flops_model, size)
     model.make_train_function()
     train_step = model.train_function
-    dataset = tf.data.Dataset.from_tensors(data if kind == "supervised" else data[0]).repeat()
+    dataset = tf.data.Dataset.from_tensors(data).repeat()
     iterator = iter(dataset)
 
     def one():
@@ -239,14 +247,16 @@ def input_pipeline(kind: str, size: int, root: str, count: int) -> dict:
             examples = real.examples(split)
             return type(examples)(examples.paths[:count], examples.labels[:count])
 
-    augment = "crop_flip"
+    augment, extra = "crop_flip", {}
     if kind != "supervised":
-        augment = self_supervised.build_method(
+        model = self_supervised.build_method(
             kind, lambda **kw: ResNetBackbone(18, 0.25, **kw), size
-        ).views
+        )
+        augment = model.views
+        extra = {"prepare": model.prepare, "targets": "indices"}
     split = pipeline.build_split(
         Subset(), "train", image_size=size, batch_size=32, training=True,
-        augment=augment, cache="memory", seed=0,
+        augment=augment, cache="memory", seed=0, **extra,
     )
 
     def epoch():
