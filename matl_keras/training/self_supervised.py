@@ -36,6 +36,7 @@ from matl_keras.training.ssl_method import RunSchedule
 from matl_keras.training.ssl_method import SSLMethod
 from matl_keras.models.backbone_weights import load_backbone
 from matl_keras.training.supervised import describe_backbone
+from matl_keras.training.supervised import fit_resuming
 from matl_keras.training.supervised import resolve_dataset
 
 
@@ -144,6 +145,7 @@ def pretrain(
     cache: str = "auto",
     seed: int = 0,
     deterministic: bool | str = "auto",
+    backup_every_steps: int | None = None,
     train_split: str = "train",
     monitor_split: str | None = "val",
     monitor_bank_split: str = "train",
@@ -184,6 +186,8 @@ def pretrain(
             `supervised.train`; the seed also drives every view's
             augmentation and the key permutation.
         deterministic: bool or `"auto"`. As in `supervised.train`.
+        backup_every_steps: int or None. As in `supervised.train` (one
+            replica only): a killed run resumes at the last such step.
         train_split: str. Split pretrained on.
         monitor_split: str or None. Labelled split whose kNN accuracy is
             logged after every epoch (None: no monitor). Skipped, with a
@@ -200,15 +204,24 @@ def pretrain(
 
     distribution = strategies.get_strategy(strategy)
     strategies.check_replica_split(batch_size, distribution)
+    if backup_every_steps and distribution.num_replicas_in_sync > 1:
+        raise ConfigError(
+            "`backup_every_steps` works on one replica; this run has "
+            f"{distribution.num_replicas_in_sync}. Received: "
+            f"backup_every_steps={backup_every_steps}"
+        )
     start = workdir_lib.begin(workdir, init_backbone, distribution)
     if start.complete:
         return workdir_lib.read_json(os.path.join(workdir, "metrics.json"))
     metrics_path = start.path("metrics.json")
     keras.utils.set_random_seed(seed)
     determinism_record = determinism.configure(deterministic)
-    start_epoch = min(
-        callbacks_lib.ResumableBackup.completed_epochs(start.backup_dir), epochs
+    # The data starts where the backup resumes (see supervised.train).
+    start_epoch, start_step = callbacks_lib.ResumableBackup.resume_point(
+        start.backup_dir
     )
+    if start_epoch >= epochs:
+        start_epoch, start_step = epochs, 0
     dataset = resolve_dataset(dataset)
     # Every bad file of every split read, up front (before any model).
     read = [train_split, monitor_bank_split, monitor_split]
@@ -331,7 +344,9 @@ def pretrain(
     callbacks += [
         callbacks_lib.HistoryCSV(start.path("history.csv"), start.backup_dir),
         callbacks_lib.ResumableBackup(
-            start.backup_dir, write_dir=start.path(workdir_lib.BACKUP_DIR)
+            start.backup_dir,
+            write_dir=start.path(workdir_lib.BACKUP_DIR),
+            every_steps=backup_every_steps,
         ),
         keras.callbacks.TensorBoard(start.path("logs")),
         determinism.EpochSeeds(seed, start_epoch),
@@ -341,16 +356,18 @@ def pretrain(
         type(model).__name__, epochs, train_data.steps,
         distribution.num_replicas_in_sync,
     )
-    history = model.fit(
+    fit_resuming(
+        model,
         train_data.data,
-        epochs=epochs,
-        # Epochs start_epoch..epochs-1 back to back (see supervised.train).
-        initial_epoch=start_epoch,
-        steps_per_epoch=train_data.steps,
+        train_data.steps,
+        epochs,
+        start_epoch,
+        start_step,
         callbacks=callbacks,
         shuffle=False,  # tf.data shuffles.
         verbose=1 if sys.stdout.isatty() else 2,
     )
+    history = model.history
     nan_guard.raise_if_failed("pretraining", start.backup_dir)
     callbacks_lib.save_weights(model, start.path("ssl_model.weights.h5"))
     callbacks_lib.save_weights(

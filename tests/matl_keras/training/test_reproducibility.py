@@ -217,3 +217,27 @@ def test_backup_every_steps_is_refused_on_several_replicas(tmp_path):
     with pytest.raises(ConfigError, match="works on one replica; this run has 2"):
         _train(tmp_path, backup_every_steps=2, strategy="mirrored")
     assert not (tmp_path / "run.json").exists()  # refused before anything
+
+
+def test_pretrain_killed_mid_epoch_resumes_at_its_step_and_equals_uninterrupted(
+    tmp_path, monkeypatch
+):
+    """SSTL-M with `backup_every_steps=1` (2 steps an epoch): killed in the
+    second step of epoch 0, it resumes after step 1 with the queue, key
+    encoder and optimizer of that step, and ends as an uninterrupted run."""
+    _pretrain(tmp_path / "straight", backup_every_steps=1)
+
+    class KilledInSecondStep(callbacks_lib.Throughput):
+        def on_train_batch_end(self, batch, logs=None):
+            super().on_train_batch_end(batch, logs)
+            if batch == 1:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(callbacks_lib, "Throughput", KilledInSecondStep)
+    with pytest.raises(KeyboardInterrupt):
+        _pretrain(tmp_path / "resumed", backup_every_steps=1)
+    backup = str(tmp_path / "resumed" / "backup")
+    assert callbacks_lib.ResumableBackup.resume_point(backup) == (0, 1)
+    monkeypatch.undo()
+    _pretrain(tmp_path / "resumed", backup_every_steps=1)
+    _assert_same_pretrain(tmp_path / "straight", tmp_path / "resumed")
