@@ -138,10 +138,12 @@ def cmd_run_job() -> None:
     from matl_keras import config
     from matl_keras import registry as registry_lib
 
-    from matl_keras.training import strategies
-
     if not FLAGS.gin_file:
         _fail(f"no --gin_file given; nothing to run.\n{USAGE}")
+    # A missing file is reported before TensorFlow is imported (seconds).
+    config.check_gin_files(FLAGS.gin_file)
+    from matl_keras.training import strategies
+
     # First, before any TensorFlow op: multi-worker collectives can only be
     # configured at program start.
     strategies.start_multi_worker_from_env()
