@@ -28,7 +28,7 @@ def _build_and_install(tmp_path):
     # never touch the checkout.
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("setup.py", "pyproject.toml", "README.md"):
+    for name in ("setup.py", "pyproject.toml", "README.md", "matl_keras_cli.py"):
         shutil.copy(os.path.join(REPO, name), src / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
     for name in ("matl_keras", "plugins", "gin"):
