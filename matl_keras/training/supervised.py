@@ -37,6 +37,7 @@ from matl_keras.models.resnet.resnet_image_classifier import (
     build_image_classifier,
 )
 from matl_keras.training import callbacks as callbacks_lib
+from matl_keras.training import progress
 from matl_keras.training import determinism
 from matl_keras.training import optimizers
 from matl_keras.training import precision as precision_lib
@@ -360,6 +361,7 @@ def train(
     callbacks = [
         throughput,
         nan_guard,
+        progress.Progress(batch_size),
         callbacks_lib.ValidationMetrics(
             val_data.data, dataset.positive_index()
         ),
