@@ -23,6 +23,8 @@ import tensorflow as tf
 from matl_keras.errors import DataError
 
 ON_BAD_IMAGE = ("refuse", "skip")
+# What file-based datasets list (any case); the content decides the decoder.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 
 def decode_image(contents: tf.Tensor) -> tf.Tensor:
