@@ -269,6 +269,8 @@ def train(
         **determinism_record,
         "init_backbone": init,
         "dataset": dataset.name,
+        # Tells two runs of one plugin on different folders apart (report).
+        "dataset_root": getattr(dataset, "root", None),
         "class_names": list(dataset.class_names),
         "class_counts": {
             train_split: train_data.class_counts,
