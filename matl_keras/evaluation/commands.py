@@ -68,6 +68,7 @@ def evaluate(
         class_names=tuple(data_plugin.class_names),
         positive_index=data_plugin.positive_index(),
         workdir=os.path.dirname(os.path.abspath(output)),
+        prefix=os.path.splitext(os.path.basename(output))[0],
     )
     results = run_evaluators(context, plugins)
     report = {

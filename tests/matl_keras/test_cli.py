@@ -47,6 +47,8 @@ def test_finetune_job_end_to_end_then_skip_then_refuse(tmp_path):
     for name in (
         "config.gin", "operative_config.gin", "run.json", "history.csv",
         "model.keras", "backbone.weights.h5", "metrics.json",
+        "val_roc.png", "val_confusion_matrix.png", "test_roc.png",
+        "test_confusion_matrix.png",
     ):
         assert os.path.exists(os.path.join(workdir, name)), name
     assert os.listdir(os.path.join(workdir, "logs"))  # TensorBoard
@@ -59,6 +61,7 @@ def test_finetune_job_end_to_end_then_skip_then_refuse(tmp_path):
     run = json.load(open(os.path.join(workdir, "run.json")))
     assert run["status"] == "complete"
     assert run["class_counts"]["train"] == {"NonCOVID": 8, "COVID": 8}
+    assert run["dataset"] == "SyntheticCT" and run["dataset_root"] is None
     operative = open(os.path.join(workdir, "operative_config.gin")).read()
     assert "DEPTH = 18" in operative
     assert "resnet_backbone.depth = %DEPTH" in operative
