@@ -5,6 +5,7 @@
     matl-keras --help | --version
     matl-keras evaluate --model=RUN --dataset=NAME [--split=test] [--evaluators=metrics,leep]
     matl-keras explain --model=RUN --images=PATH [--output_dir=DIR]
+    matl-keras predict --model=RUN --images=PATH [--output_dir=DIR]
     matl-keras report --runs=DIR[,DIR...] [--output_dir=DIR]
     matl-keras export --model=RUN --export_dir=DIR [--model_version=N]
 
@@ -54,8 +55,8 @@ flags.DEFINE_boolean(
 )
 flags.DEFINE_string(
     "model", None,
-    "`evaluate`, `explain`, `export`: a trained model: a .keras file, a stage "
-    "workdir or a pipeline workdir (its last supervised stage).",
+    "`evaluate`, `explain`, `predict`, `export`: a trained model: a .keras "
+    "file, a stage workdir or a pipeline workdir (its last supervised stage).",
 )
 flags.DEFINE_string("dataset", None, "`evaluate`: dataset plugin name.")
 flags.DEFINE_string("split", "test", "`evaluate`: split to score.")
@@ -66,13 +67,16 @@ flags.DEFINE_string(
     "output", None,
     "`evaluate`: JSON file (default: <stage>/evaluate_<dataset>_<split>.json).",
 )
-flags.DEFINE_integer("batch_size", 32, "`evaluate`, `explain`: batch size.")
+flags.DEFINE_integer(
+    "batch_size", 32, "`evaluate`, `explain`, `predict`: batch size."
+)
 flags.DEFINE_multi_string(
-    "images", [], "`explain`: image files or folders (repeatable)."
+    "images", [], "`explain`, `predict`: image files or folders (repeatable)."
 )
 flags.DEFINE_string(
     "output_dir", None,
-    "`explain`: folder of the PNGs (default: <stage>/explain); "
+    "`explain`: folder of the PNGs (default: <stage>/explain); `predict`: "
+    "folder of predictions.csv and embeddings.npy (default: <stage>/predict); "
     "`report`: folder of the tables (default: reports/transferability).",
 )
 flags.DEFINE_string(
@@ -103,6 +107,7 @@ USAGE = """usage:
       [--evaluators=metrics,leep] [--output=FILE] [--gin_param=...]
   matl-keras explain --model=RUN --images=PATH [--images=...] [--output_dir=DIR]
       [--layer=NAME] [--class_name=NAME]
+  matl-keras predict --model=RUN --images=PATH [--images=...] [--output_dir=DIR]
   matl-keras report --runs=DIR[,DIR...] [--output_dir=DIR]
   matl-keras export --model=RUN --export_dir=DIR [--model_version=N]
       [--model_name=NAME]
@@ -113,6 +118,7 @@ COMMANDS_HELP = """commands:
   plugins    list the installed datasets, SSL methods and evaluators
   evaluate   score a trained model on a dataset split (metrics.json-style)
   explain    Grad-CAM and attention-map PNGs for images
+  predict    per-image predictions (CSV) and embeddings (.npy) for images
   report     transferability tables (the paper's Tables 2-6) over runs
   export     a TF Serving SavedModel of a trained model"""
 
@@ -265,6 +271,20 @@ def cmd_explain() -> None:
     )
 
 
+def cmd_predict() -> None:
+    _require("model", "images")
+    tf_startup.import_tensorflow()
+    from matl_keras.evaluation import commands
+    from matl_keras.evaluation import trained
+
+    output_dir = FLAGS.output_dir or os.path.join(
+        trained.find(FLAGS.model).stage_dir, "predict"
+    )
+    commands.predict_images(
+        FLAGS.model, FLAGS.images, output_dir, FLAGS.batch_size
+    )
+
+
 def cmd_report() -> None:
     from matl_keras import registry as registry_lib
 
@@ -293,6 +313,7 @@ COMMANDS = {
     "export": cmd_export,
     "evaluate": cmd_evaluate,
     "explain": cmd_explain,
+    "predict": cmd_predict,
     "report": cmd_report,
 }
 

@@ -145,7 +145,7 @@ def test_help_and_version_exit_0():
 
     result = matl("--help")
     assert result.returncode == 0, result.stderr
-    for text in ("usage:", "commands:", "evaluate", "export", "--gin_file",
+    for text in ("usage:", "commands:", "evaluate", "export", "predict", "--gin_file",
                  "--gin_param", "--workdir", "--model_version", "sstl_m.gin"):
         assert text in result.stdout, text
     result = matl("--version")
@@ -163,6 +163,7 @@ IMPORTS_TENSORFLOW = re.compile(r"\|\s*(tensorflow|keras)\s*$", re.MULTILINE)
     (["--gin_fil=x.gin"], 2),
     (["trian"], 2),
     (["evaluate"], 2),
+    (["predict", "--model=x"], 2),
     (["export", "--model=x"], 2),
     (["--gin_file=nope.gin"], 2),
 ])
