@@ -46,8 +46,10 @@ def test_level_0_shows_everything_and_1_keeps_warnings():
 
 
 def test_import_in_a_fresh_process_drops_the_noise_only():
+    # As the console script does: its launcher first, so that importing the
+    # package does not import TensorFlow itself (matl_keras/__init__.py).
     code = (
-        "import sys; from matl_keras import tf_startup; "
+        "import sys, matl_keras_cli; from matl_keras import tf_startup; "
         "tf = tf_startup.import_tensorflow(); "
         "print('after', file=sys.stderr); print(tf.__version__)"
     )
