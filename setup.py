@@ -27,14 +27,21 @@ setuptools.setup(
     python_requires=">=3.10,<3.14",
     packages=(
         setuptools.find_packages(include=["matl_keras", "matl_keras.*"])
-        + ["matl_keras_plugins"]
+        + ["matl_keras.gin", "matl_keras_plugins"]
         + [
             "matl_keras_plugins." + p
             for p in setuptools.find_packages(where="plugins")
         ]
     ),
-    package_dir={"matl_keras_plugins": "plugins"},
-    package_data={"matl_keras": ["py.typed"]},
+    # The jobs (`gin/`) ship as package data under `matl_keras/gin/`, mapped
+    # rather than moved: `--gin_file=gin/sstl_m.gin` keeps working from a
+    # clone, and the files stay where every README line and test names them.
+    # `matl_keras.config.shipped_gin_dir()` finds them in either layout.
+    package_dir={"matl_keras_plugins": "plugins", "matl_keras.gin": "gin"},
+    package_data={"matl_keras": ["py.typed"], "matl_keras.gin": ["**/*.gin"]},
+    # The console script's launcher: `--help`, `--version` and `plugins`
+    # answer without importing Keras (see matl_keras_cli.py).
+    py_modules=["matl_keras_cli"],
     # Versions tested together on Python 3.11 / CPU (see README "Versions").
     install_requires=[
         "tensorflow>=2.21,<2.22",
@@ -65,7 +72,7 @@ setuptools.setup(
         "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
     },
     entry_points={
-        "console_scripts": ["matl-keras = matl_keras.cli:run"],
+        "console_scripts": ["matl-keras = matl_keras_cli:run"],
         "matl_keras.datasets": [
             "synthetic_ct = matl_keras_plugins.datasets.synthetic_ct:SyntheticCT",
             "synthetic_cxr = matl_keras_plugins.datasets.synthetic_cxr:SyntheticCXR",

@@ -13,3 +13,17 @@ __version__ = "0.1.0"
 # A plugin declares the version it was written for in `api_version`.
 PLUGIN_API_VERSION = 1
 SUPPORTED_PLUGIN_API_VERSIONS = (1,)
+
+# keras-hub's convention: importing the package registers its Keras objects,
+# so `keras.saving.load_model(path, safe_mode=True)` works after
+# `import matl_keras` alone. That imports Keras and TensorFlow (seconds). The
+# `matl-keras` console script must answer `--help`, `--version`, `plugins`
+# and argument errors without them, so its entry point is a separate
+# top-level module, `matl_keras_cli`, imported before this package: when it
+# is loaded, the registration is left to the commands that need Keras (a job
+# builds its models from these modules; `evaluate`, `explain` and `export`
+# load through `evaluation.trained`, which imports `keras_objects`).
+import sys as _sys
+
+if "matl_keras_cli" not in _sys.modules:
+    from matl_keras import keras_objects  # noqa: E402,F401

@@ -1,14 +1,20 @@
 """`matl-keras`: flags -> plugins -> gin -> the job or a command.
 
     matl-keras --gin_file=gin/finetune.gin [--gin_param=...] [--workdir=...]
-    matl-keras plugins [--json]
+    matl-keras plugins [--check] [--json]
+    matl-keras --help | --version
     matl-keras evaluate --model=RUN --dataset=NAME [--split=test] [--evaluators=metrics,leep]
     matl-keras explain --model=RUN --images=PATH [--output_dir=DIR]
+    matl-keras predict --model=RUN --images=PATH [--output_dir=DIR]
     matl-keras report --runs=DIR[,DIR...] [--output_dir=DIR]
-    matl-keras export --model=RUN --export_dir=DIR [--version=N]
+    matl-keras export --model=RUN --export_dir=DIR [--model_version=N]
 
 Errors the user can fix (bad flags, gin, data, plugins) are printed as
 `matl-keras: error: ...` with exit status 2, without a traceback.
+
+`--help`, `--version`, `plugins` and argument errors answer without importing
+TensorFlow (a fraction of a second instead of seconds); the commands that
+need it import it through `tf_startup`, which drops its start-up noise.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from collections.abc import Sequence
 from absl import app
 from absl import flags
 
+from matl_keras import tf_startup
 from matl_keras.errors import MatlError
 
 FLAGS = flags.FLAGS
@@ -41,10 +48,15 @@ flags.DEFINE_string(
     "Running the same command again resumes or skips a finished run.",
 )
 flags.DEFINE_boolean("json", False, "`plugins`: print JSON.")
+flags.DEFINE_boolean(
+    "check", False,
+    "`plugins`: import every plugin and report the ones that are broken "
+    "(imports TensorFlow; without it, plugins are listed from their metadata).",
+)
 flags.DEFINE_string(
     "model", None,
-    "`evaluate`, `explain`, `export`: a trained model: a .keras file, a stage "
-    "workdir or a pipeline workdir (its last supervised stage).",
+    "`evaluate`, `explain`, `predict`, `export`: a trained model: a .keras "
+    "file, a stage workdir or a pipeline workdir (its last supervised stage).",
 )
 flags.DEFINE_string("dataset", None, "`evaluate`: dataset plugin name.")
 flags.DEFINE_string("split", "test", "`evaluate`: split to score.")
@@ -55,13 +67,16 @@ flags.DEFINE_string(
     "output", None,
     "`evaluate`: JSON file (default: <stage>/evaluate_<dataset>_<split>.json).",
 )
-flags.DEFINE_integer("batch_size", 32, "`evaluate`, `explain`: batch size.")
+flags.DEFINE_integer(
+    "batch_size", 32, "`evaluate`, `explain`, `predict`: batch size."
+)
 flags.DEFINE_multi_string(
-    "images", [], "`explain`: image files or folders (repeatable)."
+    "images", [], "`explain`, `predict`: image files or folders (repeatable)."
 )
 flags.DEFINE_string(
     "output_dir", None,
-    "`explain`: folder of the PNGs (default: <stage>/explain); "
+    "`explain`: folder of the PNGs (default: <stage>/explain); `predict`: "
+    "folder of predictions.csv and embeddings.npy (default: <stage>/predict); "
     "`report`: folder of the tables (default: reports/transferability).",
 )
 flags.DEFINE_string(
@@ -74,7 +89,8 @@ flags.DEFINE_string(
 flags.DEFINE_list("runs", [], "`report`: pipeline workdirs to tabulate.")
 flags.DEFINE_string("export_dir", None, "`export`: TF Serving model base folder.")
 flags.DEFINE_integer(
-    "version", None, "`export`: version number (default: the next free one)."
+    "model_version", None,
+    "`export`: TF Serving version number (default: the next free one).",
 )
 flags.DEFINE_string(
     "model_name", None,
@@ -86,13 +102,49 @@ flags.DEFINE_string(
 
 USAGE = """usage:
   matl-keras --gin_file=FILE [--gin_param=BINDING ...] [--workdir=DIR]
-  matl-keras plugins [--json]
+  matl-keras plugins [--check] [--json]
   matl-keras evaluate --model=RUN --dataset=NAME [--split=test]
       [--evaluators=metrics,leep] [--output=FILE] [--gin_param=...]
   matl-keras explain --model=RUN --images=PATH [--images=...] [--output_dir=DIR]
       [--layer=NAME] [--class_name=NAME]
+  matl-keras predict --model=RUN --images=PATH [--images=...] [--output_dir=DIR]
   matl-keras report --runs=DIR[,DIR...] [--output_dir=DIR]
-  matl-keras export --model=RUN --export_dir=DIR [--version=N] [--model_name=NAME]"""
+  matl-keras export --model=RUN --export_dir=DIR [--model_version=N]
+      [--model_name=NAME]
+  matl-keras --help | --version"""
+
+COMMANDS_HELP = """commands:
+  (none)     run the job the --gin_file files configure
+  plugins    list the installed datasets, SSL methods and evaluators
+  evaluate   score a trained model on a dataset split (metrics.json-style)
+  explain    Grad-CAM and attention-map PNGs for images
+  predict    per-image predictions (CSV) and embeddings (.npy) for images
+  report     transferability tables (the paper's Tables 2-6) over runs
+  export     a TF Serving SavedModel of a trained model"""
+
+
+def _help() -> str:
+    from matl_keras import config
+
+    jobs_dir = config.shipped_gin_dir()
+    jobs = sorted(
+        f for f in os.listdir(jobs_dir) if f.endswith(".gin")
+    ) if os.path.isdir(jobs_dir) else []
+    flag_help = FLAGS.module_help(__name__).split("\n", 2)[-1]
+    return (
+        f"matl-keras {_version()}: multi-stage attentive transfer learning "
+        f"for medical images.\n\n{USAGE}\n\n{COMMANDS_HELP}\n\n"
+        f"jobs shipped with matl-keras (--gin_file=NAME from any folder):\n"
+        f"  {' '.join(jobs)}\n  in {jobs_dir}\n\n"
+        f"flags:\n{flag_help}\n\n"
+        "Every flag, absl's included: matl-keras --helpfull\n"
+    )
+
+
+def _version() -> str:
+    from matl_keras import __version__
+
+    return __version__
 
 
 def _fail(message: str) -> None:
@@ -101,6 +153,13 @@ def _fail(message: str) -> None:
 
 
 def _parse_flags(argv: Sequence[str]) -> list[str]:
+    # Before absl's own --help (which prints "Try --helpfull" and exits 1).
+    if any(a in ("--help", "-h", "help") for a in argv[1:]):
+        sys.stdout.write(_help())
+        sys.exit(0)
+    if "--version" in argv[1:]:
+        print(f"matl-keras {_version()}")
+        sys.exit(0)
     try:
         return FLAGS(argv)
     except flags.Error as e:
@@ -108,14 +167,17 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
     return []
 
 
-def cmd_plugins(as_json: bool) -> None:
-    """Lists every plugin by group with its distribution and status."""
+def cmd_plugins(as_json: bool, check: bool) -> None:
+    """Lists every plugin by group with its distribution and status: from
+    entry-point metadata only, or imported and checked with `--check`."""
     from matl_keras import registry as registry_lib
 
+    if check:
+        tf_startup.import_tensorflow()
     registry = registry_lib.default_registry()
     report = {}
     for group in registry_lib.GROUPS:
-        infos = registry.load_all(group)
+        infos = registry.load_all(group) if check else registry.infos(group)
         report[group] = {name: info.as_dict() for name, info in infos.items()}
     if as_json:
         print(json.dumps(report, indent=2))
@@ -126,11 +188,14 @@ def cmd_plugins(as_json: bool) -> None:
             print("  (none installed)")
         for name, info in infos.items():
             print(
-                f"  {name:<20} {info['status']:<6} "
+                f"  {name:<20} {info['status']:<10} "
                 f"{info['dist']} {info['version']}  ({info['value']})"
             )
             if info["error"]:
                 print(f"      error: {info['error']}")
+    if not check:
+        print("(not loaded: `matl-keras plugins --check` imports each one "
+              "and reports the broken ones)")
 
 
 def cmd_run_job() -> None:
@@ -138,10 +203,13 @@ def cmd_run_job() -> None:
     from matl_keras import config
     from matl_keras import registry as registry_lib
 
-    from matl_keras.training import strategies
-
     if not FLAGS.gin_file:
         _fail(f"no --gin_file given; nothing to run.\n{USAGE}")
+    # A missing file is reported before TensorFlow is imported (seconds).
+    config.check_gin_files(FLAGS.gin_file)
+    tf_startup.import_tensorflow()
+    from matl_keras.training import strategies
+
     # First, before any TensorFlow op: multi-worker collectives can only be
     # configured at program start.
     strategies.start_multi_worker_from_env()
@@ -177,9 +245,10 @@ def _parse_gin_if_given() -> None:
 
 
 def cmd_evaluate() -> None:
+    _require("model", "dataset")
+    tf_startup.import_tensorflow()
     from matl_keras.evaluation import commands
 
-    _require("model", "dataset")
     _parse_gin_if_given()
     commands.evaluate(
         FLAGS.model, FLAGS.dataset, FLAGS.split, FLAGS.evaluators,
@@ -188,10 +257,11 @@ def cmd_evaluate() -> None:
 
 
 def cmd_explain() -> None:
+    _require("model", "images")
+    tf_startup.import_tensorflow()
     from matl_keras.evaluation import commands
     from matl_keras.evaluation import trained
 
-    _require("model", "images")
     output_dir = FLAGS.output_dir or os.path.join(
         trained.find(FLAGS.model).stage_dir, "explain"
     )
@@ -201,10 +271,25 @@ def cmd_explain() -> None:
     )
 
 
+def cmd_predict() -> None:
+    _require("model", "images")
+    tf_startup.import_tensorflow()
+    from matl_keras.evaluation import commands
+    from matl_keras.evaluation import trained
+
+    output_dir = FLAGS.output_dir or os.path.join(
+        trained.find(FLAGS.model).stage_dir, "predict"
+    )
+    commands.predict_images(
+        FLAGS.model, FLAGS.images, output_dir, FLAGS.batch_size
+    )
+
+
 def cmd_report() -> None:
     from matl_keras import registry as registry_lib
 
     _require("runs")
+    tf_startup.import_tensorflow()
     _parse_gin_if_given()
     reporter = registry_lib.default_registry().create("evaluators", FLAGS.report)
     if not hasattr(reporter, "report"):
@@ -215,16 +300,20 @@ def cmd_report() -> None:
 
 
 def cmd_export() -> None:
+    _require("model", "export_dir")
+    tf_startup.import_tensorflow()
     from matl_keras import export
 
-    _require("model", "export_dir")
-    export.export(FLAGS.model, FLAGS.export_dir, FLAGS.version, FLAGS.model_name)
+    export.export(
+        FLAGS.model, FLAGS.export_dir, FLAGS.model_version, FLAGS.model_name
+    )
 
 
 COMMANDS = {
     "export": cmd_export,
     "evaluate": cmd_evaluate,
     "explain": cmd_explain,
+    "predict": cmd_predict,
     "report": cmd_report,
 }
 
@@ -247,7 +336,7 @@ def main(argv: Sequence[str]) -> None:
         if not args:
             cmd_run_job()
         elif args == ["plugins"]:
-            cmd_plugins(FLAGS.json)
+            cmd_plugins(FLAGS.json, FLAGS.check)
         elif len(args) == 1 and args[0] in COMMANDS:
             COMMANDS[args[0]]()
         else:

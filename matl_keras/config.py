@@ -115,6 +115,51 @@ def add_search_path(path: str) -> None:
         gin.add_config_file_search_path(path)
 
 
+def shipped_gin_dir() -> str:
+    """The folder of the jobs that ship with matl-keras.
+
+    A wheel holds them as package data in `matl_keras/gin/` (setup.py maps
+    the repository's `gin/` there); a clone or an editable install reads
+    the repository's `gin/`, next to the `matl_keras` package.
+    """
+    package = os.path.dirname(os.path.abspath(__file__))
+    installed = os.path.join(package, "gin")
+    if os.path.isdir(installed):
+        return installed
+    return os.path.join(os.path.dirname(package), "gin")
+
+
+def add_shipped_search_paths() -> None:
+    """Puts the shipped jobs on gin's search path, after the user's folders.
+
+    `sstl_m.gin` and `include 'finetune.gin'` then resolve from any folder
+    (the shipped folder), and so does `gin/sstl_m.gin` (its parent), as
+    written in the README. A file of that name in the current folder or in
+    the folder of a `--gin_file` comes first (gin searches in order).
+    """
+    shipped = shipped_gin_dir()
+    add_search_path(shipped)
+    add_search_path(os.path.dirname(shipped))
+
+
+def check_gin_files(gin_files: Sequence[str]) -> None:
+    """Refuses a missing `--gin_file` (before anything heavy is imported).
+
+    Raises:
+        ConfigError: the first file that is found nowhere.
+    """
+    for path in gin_files:
+        add_search_path(os.path.dirname(os.path.abspath(path)))
+    add_shipped_search_paths()
+    for path in gin_files:
+        if _resolve(path) is None:
+            raise ConfigError(
+                f"--gin_file: gin file not found: {path!r} (looked in the "
+                f"current directory {os.getcwd()!r}, the folders of the "
+                f"--gin_file flags and the shipped jobs {shipped_gin_dir()!r})"
+            )
+
+
 def load_plugins_named_in(texts: Sequence[str], registry: Any) -> None:
     """Imports the plugins whose names occur in `texts`.
 
@@ -147,11 +192,10 @@ def parse(
         ConfigError: a missing file, a syntax error, an unknown configurable
             or parameter; the message names it and where it came from.
     """
+    # `include 'datasets/x.gin'` inside gin/finetune.gin resolves relative
+    # to the including file's folder as well, then to the shipped jobs.
+    check_gin_files(gin_files)
     register_core()
-    for path in gin_files:
-        # `include 'datasets/x.gin'` inside gin/finetune.gin resolves
-        # relative to the including file's folder as well.
-        add_search_path(os.path.dirname(os.path.abspath(path)))
     texts: list[str] = []
     seen: set[str] = set()
     for path in gin_files:

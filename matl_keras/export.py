@@ -1,6 +1,6 @@
 """Export a trained classifier for TensorFlow Serving.
 
-    matl-keras export --model=RUN_OR_STAGE_DIR --export_dir=DIR [--version=N]
+    matl-keras export --model=RUN_OR_STAGE_DIR --export_dir=DIR [--model_version=N]
 
 writes TF Serving's versioned layout, `DIR/<model_name>/<N>/`:
 
@@ -211,12 +211,12 @@ def export(
     if version is None:
         version = _next_version(base)
     if version < 1:
-        raise ConfigError(f"--version must be a positive integer. Received: {version}")
+        raise ConfigError(f"--model_version must be a positive integer. Received: {version}")
     final = os.path.join(base, str(version))
     if os.path.exists(final):
         raise ConfigError(
-            f"--version: {final!r} exists; TF Serving versions are never "
-            "overwritten (leave --version out for the next free one)"
+            f"--model_version: {final!r} exists; TF Serving versions are never "
+            "overwritten (leave --model_version out for the next free one)"
         )
     os.makedirs(base, exist_ok=True)
     staging = os.path.join(base, f".tmp-{version}")

@@ -4,6 +4,7 @@ and calls these."""
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -20,6 +21,7 @@ from matl_keras.evaluation import explain
 from matl_keras.evaluation import metrics as metrics_lib
 from matl_keras.evaluation import trained as trained_lib
 from matl_keras.evaluation.evaluator import EvalContext
+from matl_keras.evaluation.evaluator import feature_model
 from matl_keras.evaluation.evaluator import resolve_evaluators
 from matl_keras.evaluation.evaluator import run_evaluators
 from matl_keras.training import workdir as workdir_lib
@@ -67,6 +69,7 @@ def evaluate(
         class_names=tuple(data_plugin.class_names),
         positive_index=data_plugin.positive_index(),
         workdir=os.path.dirname(os.path.abspath(output)),
+        prefix=os.path.splitext(os.path.basename(output))[0],
     )
     results = run_evaluators(context, plugins)
     report = {
@@ -181,3 +184,64 @@ def explain_images(
     )
     print(f"wrote {len(records)} figure(s) to {output_dir}")
     return records
+
+
+PREDICTIONS_FILE = "predictions.csv"
+EMBEDDINGS_FILE = "embeddings.npy"
+
+
+def predict_images(
+    model: str,
+    images: Sequence[str],
+    output_dir: str,
+    batch_size: int = 32,
+) -> tuple[str, str]:
+    """Per-image predictions and embeddings of a trained classifier.
+
+    Images are decoded and preprocessed as evaluation in training does.
+    Writes `predictions.csv` (image, predicted class, one probability column
+    per class) and `embeddings.npy` (float32 `(images, channels)`, the
+    pooled backbone features; row i is the CSV's row i) into `output_dir`;
+    returns their paths.
+    """
+    import keras
+
+    trained = trained_lib.find(model)
+    keras_model = trained.load()
+    names = trained.class_names or [
+        str(i) for i in range(int(keras_model.output.shape[-1]))
+    ]
+    files = _image_files(images)
+    prep = trained.preprocessing(int(keras_model.input.shape[1]))
+    # One pass gives both: probabilities and the pooled features.
+    both = keras.Model(
+        keras_model.input,
+        [keras_model.output, feature_model(keras_model).output],
+    )
+    probabilities, embeddings = [], []
+    for start in range(0, len(files), batch_size):
+        batch = np.stack([
+            pipeline.eval_transform(
+                decode.decode_image(tf.io.read_file(f)),
+                prep["image_size"], prep["crop_fraction"],
+            ).numpy()
+            for f in files[start:start + batch_size]
+        ])
+        probs, features = both.predict(batch, verbose=0)
+        probabilities.append(np.asarray(probs))
+        embeddings.append(np.asarray(features, np.float32))
+    probs = np.concatenate(probabilities)
+    os.makedirs(output_dir, exist_ok=True)
+    csv_path = os.path.join(output_dir, PREDICTIONS_FILE)
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "predicted"] + [f"p_{n}" for n in names])
+        for path, p in zip(files, probs):
+            writer.writerow(
+                [os.path.abspath(path), names[int(p.argmax())]]
+                + [f"{v:.6f}" for v in p]
+            )
+    npy_path = os.path.join(output_dir, EMBEDDINGS_FILE)
+    np.save(npy_path, np.concatenate(embeddings))
+    print(f"wrote {csv_path} and {npy_path} ({len(files)} images)")
+    return csv_path, npy_path

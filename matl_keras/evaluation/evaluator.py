@@ -77,6 +77,8 @@ class EvalContext:
         class_names: tuple of str. Class names in label order.
         positive_index: int or None. Positive class of a binary task.
         workdir: str or None. Where an evaluator may write files.
+        prefix: str or None. Start of the names of the files written next
+            to the scores (default: the split, as in `val_roc.png`).
     """
 
     model: Any
@@ -85,6 +87,7 @@ class EvalContext:
     class_names: tuple[str, ...]
     positive_index: int | None = None
     workdir: str | None = None
+    prefix: str | None = None
     _cache: tuple[np.ndarray, np.ndarray] | None = dataclasses.field(
         default=None, repr=False
     )

@@ -40,9 +40,9 @@ class Trained:
         import keras
 
         # Registers the custom layers (InputNormalization, NonLocalBlock,
-        # ResNetBackbone) with Keras' deserializer.
-        import matl_keras.layers  # noqa: F401
-        import matl_keras.models.resnet.resnet_backbone  # noqa: F401
+        # ResNetBackbone) with Keras' deserializer; the CLI does not import
+        # them with the package (see matl_keras/__init__.py).
+        import matl_keras.keras_objects  # noqa: F401
 
         return keras.saving.load_model(self.model_path, compile=False)
 

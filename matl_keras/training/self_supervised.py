@@ -28,6 +28,7 @@ from matl_keras.errors import ConfigError
 from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
 from matl_keras.training import callbacks as callbacks_lib
 from matl_keras.training import determinism
+from matl_keras.training import progress
 from matl_keras.training import optimizers
 from matl_keras.training import precision as precision_lib
 from matl_keras.training import strategies
@@ -338,7 +339,7 @@ def pretrain(
     workdir_lib.write_json(start.path(workdir_lib.RUN_FILE), record)
     nan_guard = callbacks_lib.StopOnNonFinite()
     throughput = callbacks_lib.Throughput()
-    callbacks = [throughput, nan_guard]
+    callbacks = [throughput, nan_guard, progress.Progress(batch_size)]
     if monitor is not None:
         callbacks.append(monitor)
     callbacks += [

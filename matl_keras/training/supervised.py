@@ -38,6 +38,7 @@ from matl_keras.models.resnet.resnet_image_classifier import (
     build_image_classifier,
 )
 from matl_keras.training import callbacks as callbacks_lib
+from matl_keras.training import progress
 from matl_keras.training import determinism
 from matl_keras.training import optimizers
 from matl_keras.training import precision as precision_lib
@@ -340,6 +341,8 @@ def train(
         **determinism_record,
         "init_backbone": init,
         "dataset": dataset.name,
+        # Tells two runs of one plugin on different folders apart (report).
+        "dataset_root": getattr(dataset, "root", None),
         "class_names": list(dataset.class_names),
         "class_counts": {
             train_split: train_data.class_counts,
@@ -432,6 +435,7 @@ def train(
     callbacks = [
         throughput,
         nan_guard,
+        progress.Progress(batch_size),
         callbacks_lib.ValidationMetrics(
             val_data.data, dataset.positive_index()
         ),

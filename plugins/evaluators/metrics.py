@@ -1,8 +1,11 @@
 """`metrics` evaluator: accuracy, F1, AUC, sensitivity, specificity and loss
-with bootstrap confidence intervals, the confusion matrix and ROC points."""
+with bootstrap confidence intervals, the confusion matrix and ROC points;
+with a workdir, also as figures next to `metrics.json`:
+`<split>_roc.png` and `<split>_confusion_matrix.png`."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -130,3 +133,60 @@ class ClassificationMetrics(Evaluator):
                 "thresholds": [_json(v) for v in thresholds],  # first: +inf -> null
             }
         yield "roc", roc
+        if context.workdir:
+            prefix = os.path.join(context.workdir, context.prefix or context.split)
+            _plot_roc(roc, scores, num_classes, f"{prefix}_roc.png", context.split)
+            _plot_confusion(
+                matrix, context.class_names, f"{prefix}_confusion_matrix.png",
+                context.split,
+            )
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    return pyplot
+
+
+def _plot_roc(roc, scores, num_classes, path: str, split: str) -> None:
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(4.2, 4.2))
+    axis.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1)
+    for name, curve in roc.items():
+        label = name
+        if num_classes == 2 and scores.get("auc") is not None:
+            label = f"{name} (AUC {scores['auc']:.3f})"
+        axis.plot(curve["fpr"], curve["tpr"], linewidth=1.5, label=label)
+    axis.set_xlabel("false positive rate (1 - specificity)")
+    axis.set_ylabel("true positive rate (sensitivity)")
+    axis.set_title(f"ROC, {split}")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1.01)
+    axis.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _plot_confusion(matrix, class_names, path: str, split: str) -> None:
+    plt = _pyplot()
+    n = len(class_names)
+    side = 2.4 + 0.6 * n
+    figure, axis = plt.subplots(figsize=(side, side))
+    axis.imshow(matrix, cmap="Blues")
+    high = matrix.max() if matrix.size else 0
+    for i in range(n):
+        for j in range(n):
+            axis.text(j, i, str(int(matrix[i, j])), ha="center", va="center",
+                      color="white" if matrix[i, j] > high / 2 else "black")
+    axis.set_xticks(range(n), class_names, rotation=30, ha="right", fontsize=8)
+    axis.set_yticks(range(n), class_names, fontsize=8)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    axis.set_title(f"confusion matrix, {split}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -27,6 +27,12 @@ scored. It writes, as Markdown and CSV:
 Values are percentages with one decimal, as in the paper; Improv. is a
 difference in percentage points (LEEP: in LEEP units). A cell without data
 is empty; a table without runs of its kind says so.
+
+Runs on different target data or image sizes are not comparable: every
+table has Dataset (the plugin, and its root folder when it has one) and
+Size columns, rows are ordered by them, and an Improv. is only ever taken
+against a run of the same dataset, size and group. Table 6 and Fig. 3 get
+one column / panel per dataset, size and group when there are several.
 """
 
 from __future__ import annotations
@@ -80,6 +86,16 @@ def describe(run_dir: str) -> dict[str, Any]:
             f"(status {summary.get('status')!r}); finish or leave it out"
         )
     target = lineage[-1]
+    # The target stage's own record: its input size and data folder.
+    stage_run: dict[str, Any] = {}
+    run_json = os.path.join(run_dir, target.get("workdir") or "", "run.json")
+    if os.path.isfile(run_json):
+        with open(run_json) as f:
+            stage_run = json.load(f)
+    dataset = target.get("dataset") or stage_run.get("dataset") or ""
+    if stage_run.get("dataset_root"):
+        dataset = f"{dataset} {stage_run['dataset_root']}"
+    image_size = (stage_run.get("preprocessing") or {}).get("image_size")
     arch = target.get("architecture") or {}
     depth, width = arch.get("depth"), arch.get("width_multiplier", 1.0)
     group = f"R-{depth}" + ("" if width in (None, 1, 1.0) else f"x{width:g}")
@@ -106,7 +122,8 @@ def describe(run_dir: str) -> dict[str, Any]:
         if values.get("leep") is not None:
             leep[label] = values["leep"]
     return {
-        "run": run_dir, "group": group, "variant": variant, "chain": chain,
+        "run": run_dir, "dataset": dataset, "image_size": image_size,
+        "group": group, "variant": variant, "chain": chain,
         "method": method, "split": split, "scores": scores, "leep": leep,
         "leep_split": (target.get("transferability") or {}).get("split"),
     }
@@ -129,19 +146,32 @@ def _label(chain: tuple[str, ...]) -> str:
 def _variant_key(row: dict[str, Any]) -> tuple:
     variant = row["variant"]
     rank = VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER)
-    return (row["group"], rank, variant)
+    return (row["dataset"], row["image_size"] or 0, row["group"], rank, variant)
+
+
+def _same(row: dict[str, Any]) -> dict[str, Any]:
+    """What a reference row must share with `row` for an Improv."""
+    return {"dataset": row["dataset"], "image_size": row["image_size"],
+            "group": row["group"]}
+
+
+def _column(row: dict[str, Any], several: bool) -> str:
+    if not several:
+        return row["group"]
+    return f"{row['group']} {row['dataset'] or '?'} {row['image_size'] or '?'}px"
 
 
 def _metric_table(rows, names, reference) -> tuple[list[str], list[list[str]]]:
     """Value / CI / Improv. columns per metric; `reference(row)` is the row
     its Improv. is measured against (None: no Improv.)."""
-    header = ["Group", "Model"]
+    header = ["Dataset", "Size", "Group", "Model"]
     for _, title in METRICS:
         header += [f"{title}", f"{title} 95% CI", f"{title} Improv."]
     body = []
     for row, name in zip(rows, names):
         ref = reference(row)
-        line = [row["group"], name]
+        size = row["image_size"]
+        line = [row["dataset"], "" if size is None else str(size), row["group"], name]
         for key, _ in METRICS:
             value = row["scores"].get(key)
             line += [_pct(value), _ci(row["scores"].get(f"{key}_ci"))]
@@ -174,7 +204,7 @@ class Transferability(ReportEvaluator):
             "(Improv. against the group's Baseline)",
             *_metric_table(
                 table2, [r["variant"] for r in table2],
-                lambda r: _first(table2, group=r["group"], variant="Baseline"),
+                lambda r: _first(table2, **_same(r), variant="Baseline"),
             ),
         )
         ssl = [r for r in described if "SSTL-M" in r["chain"] and r["method"]]
@@ -183,7 +213,7 @@ class Transferability(ReportEvaluator):
             "(Improv. against MoCo)",
             *_metric_table(
                 ssl, [f"{r['variant']} w {r['method']}" for r in ssl],
-                lambda r: _first(ssl, group=r["group"], variant=r["variant"], method="MoCo"),
+                lambda r: _first(ssl, **_same(r), variant=r["variant"], method="MoCo"),
             ),
         )
         plain = [r for r in described if not r["chain"]]
@@ -193,7 +223,7 @@ class Transferability(ReportEvaluator):
             *_metric_table(
                 table4,
                 [f"{r['variant']} {'w TL' if r['chain'] else 'w/o TL'}" for r in table4],
-                lambda r: _first(plain, group=r["group"], variant=r["variant"]),
+                lambda r: _first(plain, **_same(r), variant=r["variant"]),
             ),
         )
         single = [r for r in described if r["chain"] in ((), ("STL-N",), ("STL-M",))]
@@ -202,7 +232,7 @@ class Transferability(ReportEvaluator):
             "Table 5: each supervised stage alone (Improv. against w/o TL)",
             *_metric_table(
                 single, [f"{r['variant']} {_label(r['chain'])}" for r in single],
-                lambda r: _first(plain, group=r["group"], variant=r["variant"]),
+                lambda r: _first(plain, **_same(r), variant=r["variant"]),
             ),
         )
         leep_rows, points = self._leep(described)
@@ -213,11 +243,12 @@ class Transferability(ReportEvaluator):
             f"Table 6: LEEP on {where} (natural log; Improv. against w/o TL)",
             *leep_rows,
         )
-        runs_header = ["Run", "Group", "Model", "Pretraining", "SSL", "Split",
+        runs_header = ["Run", "Dataset", "Size", "Group", "Model", "Pretraining", "SSL", "Split",
                        "Accuracy", "Accuracy 95% CI", "F1-Score", "F1-Score 95% CI",
                        "AUC", "AUC 95% CI", "LEEP"]
         runs_body = [
-            [r["run"], r["group"], r["variant"], _label(r["chain"]), r["method"] or "",
+            [r["run"], r["dataset"], "" if r["image_size"] is None else str(r["image_size"]),
+             r["group"], r["variant"], _label(r["chain"]), r["method"] or "",
              r["split"]]
             + sum(([_pct(r["scores"].get(k)), _ci(r["scores"].get(f"{k}_ci"))] for k, _ in METRICS), [])
             + ["; ".join(f"{k}: {v:.3f}" for k, v in r["leep"].items())]
@@ -259,13 +290,15 @@ class Transferability(ReportEvaluator):
     @staticmethod
     def _leep(described):
         """Table 6 rows and the Fig. 3 points `{group: {variant: [(label, leep)]}}`."""
-        groups = sorted({r["group"] for r in described})
+        several = len({(r["dataset"], r["image_size"]) for r in described}) > 1
+        groups = sorted({_column(r, several) for r in described})
         values: dict[tuple[str, str], dict[str, float]] = {}
         points: dict[str, dict[str, list[tuple[str, float]]]] = {}
         for r in described:
+            column = _column(r, several)
             for label, value in r["leep"].items():
-                values.setdefault((r["variant"], label), {}).setdefault(r["group"], value)
-                series = points.setdefault(r["group"], {}).setdefault(r["variant"], [])
+                values.setdefault((r["variant"], label), {}).setdefault(column, value)
+                series = points.setdefault(column, {}).setdefault(r["variant"], [])
                 if label not in [p[0] for p in series]:
                     series.append((label, value))
         header = ["Model"] + sum(([g, f"{g} Improv."] for g in groups), [])

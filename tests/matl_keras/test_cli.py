@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -46,6 +47,8 @@ def test_finetune_job_end_to_end_then_skip_then_refuse(tmp_path):
     for name in (
         "config.gin", "operative_config.gin", "run.json", "history.csv",
         "model.keras", "backbone.weights.h5", "metrics.json",
+        "val_roc.png", "val_confusion_matrix.png", "test_roc.png",
+        "test_confusion_matrix.png",
     ):
         assert os.path.exists(os.path.join(workdir, name)), name
     assert os.listdir(os.path.join(workdir, "logs"))  # TensorBoard
@@ -58,6 +61,7 @@ def test_finetune_job_end_to_end_then_skip_then_refuse(tmp_path):
     run = json.load(open(os.path.join(workdir, "run.json")))
     assert run["status"] == "complete"
     assert run["class_counts"]["train"] == {"NonCOVID": 8, "COVID": 8}
+    assert run["dataset"] == "SyntheticCT" and run["dataset_root"] is None
     operative = open(os.path.join(workdir, "operative_config.gin")).read()
     assert "DEPTH = 18" in operative
     assert "resnet_backbone.depth = %DEPTH" in operative
@@ -114,7 +118,7 @@ def test_unwritable_workdir(tmp_path):
 
 
 def test_plugins_json():
-    result = matl("plugins", "--json")
+    result = matl("plugins", "--check", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert set(report) == {"datasets", "ssl_methods", "evaluators"}
@@ -122,12 +126,74 @@ def test_plugins_json():
     assert ct["status"] == "ok" and ct["error"] is None
     assert ct["dist"] == "matl-keras" and ct["version"]
     assert report["evaluators"]["metrics"]["status"] == "ok"
+    # Without --check: the same plugins, from their metadata only.
+    listed = json.loads(matl("plugins", "--json").stdout)
+    assert {g: set(i) for g, i in listed.items()} == {
+        g: set(i) for g, i in report.items()
+    }
+    assert listed["datasets"]["synthetic_ct"]["status"] == "not loaded"
 
 
 def test_plugins_table():
     result = matl("plugins")
     assert result.returncode == 0
-    assert "synthetic_natural" in result.stdout and "ok" in result.stdout
+    assert "synthetic_natural" in result.stdout and "not loaded" in result.stdout
+    assert "plugins --check" in result.stdout
+
+
+def test_help_and_version_exit_0():
+    from matl_keras import __version__
+
+    result = matl("--help")
+    assert result.returncode == 0, result.stderr
+    for text in ("usage:", "commands:", "evaluate", "export", "predict", "--gin_file",
+                 "--gin_param", "--workdir", "--model_version", "sstl_m.gin"):
+        assert text in result.stdout, text
+    result = matl("--version")
+    assert (result.returncode, result.stdout) == (0, f"matl-keras {__version__}\n")
+
+
+IMPORTS_TENSORFLOW = re.compile(r"\|\s*(tensorflow|keras)\s*$", re.MULTILINE)
+
+
+@pytest.mark.parametrize("args,status", [
+    (["--help"], 0),
+    (["--version"], 0),
+    (["plugins"], 0),
+    (["plugins", "--json"], 0),
+    (["--gin_fil=x.gin"], 2),
+    (["trian"], 2),
+    (["evaluate"], 2),
+    (["predict", "--model=x"], 2),
+    (["export", "--model=x"], 2),
+    (["--gin_file=nope.gin"], 2),
+])
+def test_answers_without_importing_tensorflow(args, status):
+    # -X importtime lists every module the process imports, on stderr.
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", CLI, *args], cwd=REPO,
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == status, result.stderr[-2000:]
+    assert "matl_keras.cli" in result.stderr  # the listing is there
+    assert not IMPORTS_TENSORFLOW.search(result.stderr), (
+        IMPORTS_TENSORFLOW.search(result.stderr).group(0)
+    )
+
+
+def test_no_cuda_probe_noise_on_stderr():
+    """Without TF_CPP_MIN_LOG_LEVEL from the user, a command that imports
+    TensorFlow prints its own line only (on this CPU machine: no
+    cudart_stub / cuInit / absl pre-initialisation lines)."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run(
+        [CLI, "evaluate", "--model=/nonexistent", "--dataset=synthetic_ct"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "matl-keras: error: --model: '/nonexistent' does not exist"
+    ], result.stderr
 
 
 def test_job_files_name_the_documented_macros():

@@ -196,7 +196,7 @@ def test_versions_and_errors(run, tmp_path):
     assert export.export(run, base, model_name="m").endswith(os.path.join("m", "2"))
     assert not [d for d in os.listdir(os.path.join(base, "m")) if d.startswith(".tmp")]
     line = error_line(matl("export", f"--model={run}", f"--export_dir={base}",
-                           "--model_name=m", "--version=2"))
+                           "--model_name=m", "--model_version=2"))
     assert "exists" in line and "never overwritten" in line
     assert "--export_dir is required" in error_line(matl("export", f"--model={run}"))
 

@@ -84,3 +84,25 @@ def test_metrics_refuses_a_head_of_another_task():
     three = np.concatenate([probs * 0.5, np.full((20, 1), 0.5)], axis=1)
     with pytest.raises(ConfigError, match="predicts 3 classes.*--evaluators=leep"):
         dict(ClassificationMetrics(bootstrap_samples=0).run(_context(labels, three)))
+
+
+def test_metrics_figures_next_to_the_scores(tmp_path):
+    from PIL import Image
+
+    labels, probs = _binary(2)
+    context = _context(labels, probs)
+    context.workdir = str(tmp_path)
+    out = dict(ClassificationMetrics(bootstrap_samples=0).run(context))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "test_confusion_matrix.png", "test_roc.png"]
+    for name in ("test_confusion_matrix.png", "test_roc.png"):
+        image = np.asarray(Image.open(tmp_path / name).convert("L"))
+        assert image.shape[0] > 200 and image.std() > 5
+    assert "roc" in out  # the numbers stay in metrics.json
+    context = _context(labels, probs)
+    context.workdir, context.prefix = str(tmp_path), "evaluate_covid_ct_test"
+    dict(ClassificationMetrics(bootstrap_samples=0).run(context))
+    assert (tmp_path / "evaluate_covid_ct_test_roc.png").is_file()
+    # Without a workdir (per-epoch scoring), nothing is written.
+    dict(ClassificationMetrics(bootstrap_samples=0).run(_context(labels, probs)))
+    assert len(list(tmp_path.iterdir())) == 4

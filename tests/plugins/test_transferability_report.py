@@ -14,7 +14,8 @@ from matl_keras_plugins.evaluators.transferability import Transferability
 STAGE_METHOD = {"MoCo": "MoCo", "Ours": "RegionAware", "SimCLR": "SimCLR"}
 
 
-def _run(root, name, attention, chain, accuracy, method=None, leep=None, depth=50):
+def _run(root, name, attention, chain, accuracy, method=None, leep=None, depth=50,
+         dataset=None, size=None, data_root=None):
     lineage = []
     for stage in list(chain) + ["finetune"]:
         entry = {"stage": stage, "workdir": stage}
@@ -34,6 +35,12 @@ def _run(root, name, attention, chain, accuracy, method=None, leep=None, depth=5
     )
     folder = root / name
     folder.mkdir(parents=True)
+    if dataset:
+        lineage[-1]["dataset"] = dataset
+        (folder / "finetune").mkdir()
+        (folder / "finetune" / "run.json").write_text(json.dumps({
+            "dataset": dataset, "dataset_root": data_root,
+            "preprocessing": {"image_size": size, "crop_fraction": 0.875}}))
     (folder / "summary.json").write_text(json.dumps(
         {"status": "complete", "stages": [e["stage"] for e in lineage], "lineage": lineage}))
     return str(folder)
@@ -109,3 +116,32 @@ def test_empty_kinds_say_so_and_bad_runs_are_named(tmp_path):
     (root / "only" / "summary.json").write_text(json.dumps(summary))
     with pytest.raises(ConfigError, match="not a complete pipeline run"):
         Transferability().report([one], out)
+
+
+def test_runs_on_other_data_or_sizes_are_grouped_not_compared(tmp_path):
+    root = tmp_path / "runs"
+    for data_root, size, base in (("/data/a", 32, 0.70), ("/data/a", 64, 0.75),
+                                  ("/data/b", 32, 0.60)):
+        tag = f"{data_root[-1]}{size}"
+        kw = dict(dataset="ImageFolder", size=size, data_root=data_root)
+        _run(root, f"{tag}_wo", "none", (), base, leep=None, **kw)
+        _run(root, f"{tag}_m", "none", ("stl_m",), base + 0.05, leep=[-0.6], **kw)
+    _run(root, "synthetic", "none", (), 0.9, dataset="SyntheticCT", size=96)
+    out = str(tmp_path / "report")
+    Transferability().report([str(root)], out)
+    t5 = _rows(os.path.join(out, "table5_stages.csv"))
+    assert [(r["Dataset"], r["Size"], r["Model"], r["Accuracy Improv."]) for r in t5] == [
+        ("ImageFolder /data/a", "32", "Baseline w/o TL", "0.0"),
+        ("ImageFolder /data/a", "32", "Baseline w STL-M", "5.0"),
+        ("ImageFolder /data/a", "64", "Baseline w/o TL", "0.0"),
+        ("ImageFolder /data/a", "64", "Baseline w STL-M", "5.0"),
+        ("ImageFolder /data/b", "32", "Baseline w/o TL", "0.0"),
+        ("ImageFolder /data/b", "32", "Baseline w STL-M", "5.0"),
+        ("SyntheticCT", "96", "Baseline w/o TL", "0.0"),
+    ]
+    t6 = _rows(os.path.join(out, "table6_leep.csv"))
+    assert "R-50 ImageFolder /data/a 64px" in t6[0] and "R-50 SyntheticCT 96px" in t6[0]
+    runs = _rows(os.path.join(out, "runs.csv"))
+    assert {(r["Dataset"], r["Size"]) for r in runs} == {
+        ("ImageFolder /data/a", "32"), ("ImageFolder /data/a", "64"),
+        ("ImageFolder /data/b", "32"), ("SyntheticCT", "96")}

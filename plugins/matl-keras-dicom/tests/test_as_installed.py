@@ -10,7 +10,7 @@ from tests_dicom_phantoms import write_volume
 
 
 def _plugins(target):
-    result = matl("plugins", "--json", target=target)
+    result = matl("plugins", "--check", "--json", target=target)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 

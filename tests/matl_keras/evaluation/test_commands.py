@@ -82,6 +82,45 @@ def test_explain_writes_one_fig4_row_per_image(stage, tmp_path):
     assert "broken.png" in line
 
 
+def test_predict_writes_csv_and_embeddings_row_for_row(stage, tmp_path):
+    import csv
+
+    import keras
+    import tensorflow as tf
+
+    from matl_keras.data import decode
+    from matl_keras.data import pipeline
+    from matl_keras.evaluation.evaluator import feature_model
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (90, 70), np.uint8)).save(images / "b.png")
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), np.uint8)).save(images / "a.jpg")
+    Image.fromarray(rng.integers(0, 255, (40, 80, 3), np.uint8)).save(images / "c.png")
+    result = matl("predict", f"--model={stage}", f"--images={images}", "--batch_size=2")
+    assert result.returncode == 0, result.stderr
+    out = os.path.join(stage, "predict")
+    rows = list(csv.DictReader(open(os.path.join(out, "predictions.csv"))))
+    assert [os.path.basename(r["image"]) for r in rows] == ["a.jpg", "b.png", "c.png"]
+    assert list(rows[0]) == ["image", "predicted", "p_NonCOVID", "p_COVID"]
+    embeddings = np.load(os.path.join(out, "embeddings.npy"))
+    # What the saved model computes in this process, on the same files.
+    model = keras.saving.load_model(os.path.join(stage, "model.keras"))
+    batch = np.stack([
+        pipeline.eval_transform(decode.decode_image(tf.io.read_file(r["image"])), 64, 0.875)
+        for r in rows
+    ])
+    probs = np.asarray(model(batch, training=False))
+    np.testing.assert_allclose(
+        [[float(r["p_NonCOVID"]), float(r["p_COVID"])] for r in rows], probs, atol=1e-5)
+    assert [r["predicted"] for r in rows] == [["NonCOVID", "COVID"][i] for i in probs.argmax(1)]
+    features = np.asarray(feature_model(model)(batch, training=False))
+    assert embeddings.dtype == np.float32 and embeddings.shape == features.shape
+    np.testing.assert_allclose(embeddings, features, atol=1e-4)
+    assert "--images is required" in error_line(matl("predict", f"--model={stage}"))
+
+
 def test_report_command(tmp_path):
     from tests.plugins.test_transferability_report import _run
 
