@@ -103,7 +103,7 @@ class ClassificationMetrics(Evaluator):
                 if name in intervals:
                     yield f"{name}_ci", [_json(v) for v in intervals[name]]
             yield "ci", {
-                "method": "percentile bootstrap",
+                "method": "percentile bootstrap, stratified by class",
                 "samples": self.bootstrap_samples,
                 "confidence": self.confidence,
                 "seed": self.seed,
