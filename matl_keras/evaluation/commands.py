@@ -18,6 +18,7 @@ from matl_keras.errors import ConfigError
 from matl_keras.errors import DataError
 from matl_keras.evaluation import explain
 from matl_keras.evaluation import metrics as metrics_lib
+from matl_keras.evaluation import operating_point
 from matl_keras.evaluation import trained as trained_lib
 from matl_keras.evaluation.evaluator import EvalContext
 from matl_keras.evaluation.evaluator import resolve_evaluators
@@ -63,11 +64,20 @@ def evaluate(
     output = output or os.path.join(
         trained.stage_dir, f"evaluate_{dataset}_{split}.json"
     )
+    # The stage's val-fitted operating point, if it has one (and the head
+    # is this dataset's): the split is also scored at it.
+    decision_path = os.path.join(trained.stage_dir, operating_point.DECISION_FILE)
+    decision = (
+        workdir_lib.read_json(decision_path)
+        if os.path.isfile(decision_path) and classes == data_plugin.num_classes
+        else None
+    )
     context = EvalContext(
         model=keras_model, data=data.data, split=split,
         class_names=tuple(data_plugin.class_names),
         positive_index=data_plugin.positive_index(),
         workdir=os.path.dirname(os.path.abspath(output)),
+        decision=decision,
     )
     results = run_evaluators(context, plugins)
     report = {

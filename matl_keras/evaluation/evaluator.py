@@ -77,6 +77,9 @@ class EvalContext:
         class_names: tuple of str. Class names in label order.
         positive_index: int or None. Positive class of a binary task.
         workdir: str or None. Where an evaluator may write files.
+        decision: dict or None. The operating point and temperature fitted
+            on the validation split (`operating_point.fit_decision`), when
+            there is one; evaluators score other splits at it.
     """
 
     model: Any
@@ -85,6 +88,7 @@ class EvalContext:
     class_names: tuple[str, ...]
     positive_index: int | None = None
     workdir: str | None = None
+    decision: dict[str, Any] | None = None
     _cache: tuple[np.ndarray, np.ndarray] | None = dataclasses.field(
         default=None, repr=False
     )

@@ -248,4 +248,17 @@ def format_table(results: dict) -> str:
         )
         text = f"{value:.4f}" if isinstance(value, float) else str(value)
         lines.append(f"  {name:<14} {text:>8}   {shown}")
+    at = results.get("operating_point")
+    if isinstance(at, dict) and at.get("threshold") is not None:
+        lines.append(f"  at the operating point: {at.get('description')}")
+        lines += format_table(
+            {k: v for k, v in at.items() if k not in ("threshold", "temperature")}
+        ).splitlines()[1:]
+    if isinstance(at, dict) and at.get("calibration"):
+        c = at["calibration"]
+        lines.append(
+            f"  calibration (T={at['temperature']:.3f}): ECE "
+            f"{c['ece_before']:.4f} -> {c['ece_after']:.4f}, Brier "
+            f"{c['brier_before']:.4f} -> {c['brier_after']:.4f}"
+        )
     return "\n".join(lines)

@@ -1,5 +1,7 @@
 """`metrics` evaluator: accuracy, F1, AUC, sensitivity, specificity and loss
-with bootstrap confidence intervals, the confusion matrix and ROC points."""
+with bootstrap confidence intervals, the confusion matrix and ROC points;
+given a decision fitted on val, the same split scored at its operating point
+and calibration before/after temperature scaling (`operating_point`)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import numpy as np
 
 from matl_keras.errors import ConfigError
 from matl_keras.evaluation import metrics as metrics_lib
+from matl_keras.evaluation import operating_point
 from matl_keras.evaluation.evaluator import EvalContext
 from matl_keras.evaluation.evaluator import Evaluator
 
@@ -130,3 +133,10 @@ class ClassificationMetrics(Evaluator):
                 "thresholds": [_json(v) for v in thresholds],  # first: +inf -> null
             }
         yield "roc", roc
+        if context.decision is not None:
+            # Argmax scores above; the val-fitted decision's beside them.
+            yield "operating_point", operating_point.score_at(
+                context.decision, labels, probs, context.split,
+                bootstrap_samples=self.bootstrap_samples,
+                confidence=self.confidence, seed=self.seed,
+            )

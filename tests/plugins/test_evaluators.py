@@ -84,3 +84,29 @@ def test_metrics_refuses_a_head_of_another_task():
     three = np.concatenate([probs * 0.5, np.full((20, 1), 0.5)], axis=1)
     with pytest.raises(ConfigError, match="predicts 3 classes.*--evaluators=leep"):
         dict(ClassificationMetrics(bootstrap_samples=0).run(_context(labels, three)))
+
+
+def test_metrics_score_the_split_at_the_val_fitted_decision():
+    from matl_keras.evaluation import operating_point
+
+    val_y, val_p = _binary(5)
+    test_y, test_p = _binary(6)
+    decision = operating_point.fit_decision(
+        val_y, val_p, 0, ["CT_COVID", "CT_NonCOVID"], rule="specificity", target=0.9)
+    context = _context(test_y, test_p)
+    plain = dict(ClassificationMetrics(bootstrap_samples=100).run(context))
+    assert "operating_point" not in plain
+    context.decision = decision
+    out = dict(ClassificationMetrics(bootstrap_samples=100).run(context))
+    json.dumps(out, allow_nan=False)
+    at = out["operating_point"]
+    # Argmax scores stay; the decision's are beside them, at val's threshold.
+    assert out["sensitivity"] == plain["sensitivity"]
+    assert at["threshold"] == decision["threshold"] and at["fitted_on"] == "val"
+    _, decided = operating_point.apply(decision, test_p)
+    assert at["specificity"] == pytest.approx(np.mean(decided[test_y == 1] == 1))
+    assert at["sensitivity"] == pytest.approx(np.mean(decided[test_y == 0] == 0))
+    for name in ("accuracy", "f1", "sensitivity", "specificity"):
+        low, high = at[f"{name}_ci"]
+        assert low <= at[name] <= high, name
+    assert set(at["calibration"]) >= {"ece_before", "ece_after", "brier_before", "brier_after"}

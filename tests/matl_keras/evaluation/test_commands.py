@@ -90,3 +90,26 @@ def test_report_command(tmp_path):
     assert result.returncode == 0, result.stderr
     assert os.path.getsize(tmp_path / "rep" / "fig3_leep.png") > 1000
     assert "w STL-N" in open(tmp_path / "rep" / "table6_leep.md").read()
+
+
+def test_evaluate_scores_at_the_stage_decision(stage, tmp_path):
+    from matl_keras.evaluation import operating_point
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 40)
+    p1 = np.clip(0.3 + 0.2 * y + rng.normal(0, 0.1, 40), 0.01, 0.99)
+    decision = operating_point.fit_decision(y, np.stack([1 - p1, p1], 1), 1,
+                                            ["NonCOVID", "COVID"])
+    path = os.path.join(stage, "decision.json")
+    with open(path, "w") as f:
+        json.dump(decision, f)
+    try:
+        out = str(tmp_path / "scores.json")
+        result = matl("evaluate", f"--model={stage}", "--dataset=synthetic_ct",
+                      f"--output={out}", *CT)
+        assert result.returncode == 0, result.stderr
+        at = json.load(open(out))["results"]["operating_point"]
+        assert at["threshold"] == decision["threshold"] and at["rule"] == "youden"
+        assert "at the operating point: Youden's J on val (40 images)" in result.stdout
+    finally:
+        os.remove(path)
