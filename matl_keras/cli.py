@@ -66,7 +66,8 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string(
     "layer", None,
-    "`explain`: Grad-CAM layer (default: the last residual block's output).",
+    "`explain`: Grad-CAM layer (default: the last feature map before the "
+    "global pooling, or the deepest with >= 3x3 positions).",
 )
 flags.DEFINE_string(
     "class_name", None, "`explain`: class to explain (default: predicted)."

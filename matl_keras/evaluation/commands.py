@@ -145,8 +145,10 @@ def explain_images(
     prep = trained.preprocessing(int(keras_model.input.shape[1]))
     try:
         cam = explain.GradCAM(keras_model, layer)  # set up once for all batches
-    except ValueError:
-        raise ConfigError(f"--layer: the model has no layer {layer!r}") from None
+    except ValueError as e:
+        if layer is not None and "No such layer" in str(e):
+            raise ConfigError(f"--layer: the model has no layer {layer!r}") from None
+        raise ConfigError(f"--layer: {e}") from None
     layer = cam.layer
     os.makedirs(output_dir, exist_ok=True)
     records = []
@@ -187,6 +189,7 @@ def explain_images(
     workdir_lib.write_json(
         os.path.join(output_dir, "explain.json"),
         {"model": os.path.abspath(trained.model_path), "gradcam_layer": layer,
+         "gradcam_layer_note": cam.note,
          "attention_block": explain.last_block_name(keras_model),
          "images": records},
     )

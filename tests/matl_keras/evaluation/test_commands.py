@@ -71,12 +71,17 @@ def test_explain_writes_one_fig4_row_per_image(stage, tmp_path):
     result = matl("explain", f"--model={stage}", f"--images={images}", f"--output_dir={out}")
     assert result.returncode == 0, result.stderr
     record = json.load(open(out / "explain.json"))
-    assert record["gradcam_layer"] == "conv5_block2_out"
+    # res5 is 2x2 at 64 px: the deepest map with >= 3x3 positions, and why.
+    assert record["gradcam_layer"] == "conv4_block2_nonlocal"
+    assert "2x2 positions" in record["gradcam_layer_note"]
     assert record["attention_block"] == "conv5_block2_nonlocal"
     assert [os.path.basename(r["image"]) for r in record["images"]] == ["c.jpg", "gray.png", "rgba.png"]
     for r in record["images"]:
         png = Image.open(r["png"])
         assert png.size[0] > 4 * png.size[1]  # five panels side by side
+    line = error_line(matl("explain", f"--model={stage}", f"--images={images}",
+                           f"--output_dir={out}", "--layer=conv5_block2_out"))
+    assert "--layer" in line and "2x2 positions" in line
     (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     line = error_line(matl("explain", f"--model={stage}", f"--images={images}", f"--output_dir={out}"))
     assert "broken.png" in line
