@@ -96,6 +96,11 @@ def evaluate(
     return report
 
 
+def _mean(values: Sequence[float | None]) -> float | None:
+    defined = [v for v in values if v is not None]
+    return float(np.mean(defined)) if defined else None
+
+
 def _image_files(paths: Sequence[str]) -> list[str]:
     files = []
     for path in paths:
@@ -150,6 +155,10 @@ def explain_images(
             raise ConfigError(f"--layer: the model has no layer {layer!r}") from None
         raise ConfigError(f"--layer: {e}") from None
     layer = cam.layer
+    # The share of Grad-CAM mass inside the lung box, from the `gradcam`
+    # evaluator plugin (it holds the lung locator; None without it).
+    scorer = registry_lib.default_registry().create("evaluators", "gradcam")
+    lung_mass = getattr(scorer, "lung_mass", None)
     os.makedirs(output_dir, exist_ok=True)
     records = []
     for start in range(0, len(files), batch_size):
@@ -165,6 +174,8 @@ def explain_images(
         targets = probs.argmax(1) if class_index is None else np.full(len(chunk), class_index)
         cams = cam(batch, targets)
         attention = explain.attention_map(keras_model, batch)
+        shares, boxes, found = (
+            lung_mass(batch, cams) if lung_mass else ([None] * len(chunk),) * 3)
         for i, path in enumerate(chunk):
             predicted = int(probs[i].argmax())
             stem = os.path.splitext(os.path.basename(path))[0]
@@ -185,12 +196,19 @@ def explain_images(
                 "probabilities": {n: float(p) for n, p in zip(names, probs[i])},
                 "gradcam_class": names[int(targets[i])],
                 "gradcam_peak_yx": [int(v) for v in np.unravel_index(cams[i].argmax(), cams[i].shape)],
+                "lung_mass": metrics_lib.to_json_value(shares[i]),
+                "lung_box": boxes[i],
+                "lung_found": found[i],
             })
     workdir_lib.write_json(
         os.path.join(output_dir, "explain.json"),
         {"model": os.path.abspath(trained.model_path), "gradcam_layer": layer,
          "gradcam_layer_note": cam.note,
          "attention_block": explain.last_block_name(keras_model),
+         "lung_mass_mean": _mean([r["lung_mass"] for r in records]),
+         "lung_mass": "share of the Grad-CAM mass inside the lung box "
+                      "(lung_box of the region-aware Generator; its central "
+                      "fallback box where lung_found is false)",
          "images": records},
     )
     print(f"wrote {len(records)} figure(s) to {output_dir}")

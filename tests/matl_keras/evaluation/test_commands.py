@@ -74,6 +74,9 @@ def test_explain_writes_one_fig4_row_per_image(stage, tmp_path):
     # res5 is 2x2 at 64 px: the deepest map with >= 3x3 positions, and why.
     assert record["gradcam_layer"] == "conv4_block2_nonlocal"
     assert "2x2 positions" in record["gradcam_layer_note"]
+    shares = [r["lung_mass"] for r in record["images"]]
+    assert all(0.0 <= v <= 1.0 for v in shares) and len(record["images"][0]["lung_box"]) == 4
+    assert record["lung_mass_mean"] == pytest.approx(np.mean(shares))
     assert record["attention_block"] == "conv5_block2_nonlocal"
     assert [os.path.basename(r["image"]) for r in record["images"]] == ["c.jpg", "gray.png", "rgba.png"]
     for r in record["images"]:
