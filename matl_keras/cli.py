@@ -73,6 +73,8 @@ flags.DEFINE_string(
     "class_name", None, "`explain`: class to explain (default: predicted)."
 )
 flags.DEFINE_list("runs", [], "`report`: pipeline workdirs to tabulate.")
+flags.DEFINE_list("splits", [], "`audit`: splits to compare (default: all).")
+flags.DEFINE_enum("on_leak", "warn", ["warn", "refuse"], "`audit`: a leak's effect.")
 flags.DEFINE_string("export_dir", None, "`export`: TF Serving model base folder.")
 flags.DEFINE_integer(
     "version", None, "`export`: version number (default: the next free one)."
@@ -93,7 +95,9 @@ USAGE = """usage:
   matl-keras explain --model=RUN --images=PATH [--images=...] [--output_dir=DIR]
       [--layer=NAME] [--class_name=NAME]
   matl-keras report --runs=DIR[,DIR...] [--output_dir=DIR]
-  matl-keras export --model=RUN --export_dir=DIR [--version=N] [--model_name=NAME]"""
+  matl-keras export --model=RUN --export_dir=DIR [--version=N] [--model_name=NAME]
+  matl-keras audit --dataset=NAME [--splits=train,val] [--on_leak=warn|refuse]
+      [--output=FILE] [--gin_param=...]"""
 
 
 def _fail(message: str) -> None:
@@ -222,7 +226,18 @@ def cmd_export() -> None:
     export.export(FLAGS.model, FLAGS.export_dir, FLAGS.version, FLAGS.model_name)
 
 
+def cmd_audit() -> None:
+    from matl_keras import registry as registry_lib
+    from matl_keras.evaluation import audit
+
+    _require("dataset")
+    _parse_gin_if_given()
+    dataset = registry_lib.default_registry().create("datasets", FLAGS.dataset)
+    audit.run(dataset, FLAGS.splits or None, FLAGS.on_leak, FLAGS.output)
+
+
 COMMANDS = {
+    "audit": cmd_audit,
     "export": cmd_export,
     "evaluate": cmd_evaluate,
     "explain": cmd_explain,
