@@ -197,7 +197,8 @@ def explain_images(
                 "gradcam_class": names[int(targets[i])],
                 "gradcam_peak_yx": [int(v) for v in np.unravel_index(cams[i].argmax(), cams[i].shape)],
                 "lung_mass": metrics_lib.to_json_value(shares[i]),
-                "lung_box": boxes[i],
+                "lung_box": boxes[i] and boxes[i]["box"],
+                "lung_mass_chance": boxes[i] and boxes[i]["chance"],
                 "lung_found": found[i],
             })
     workdir_lib.write_json(
@@ -206,9 +207,11 @@ def explain_images(
          "gradcam_layer_note": cam.note,
          "attention_block": explain.last_block_name(keras_model),
          "lung_mass_mean": _mean([r["lung_mass"] for r in records]),
+         "lung_mass_chance_mean": _mean([r["lung_mass_chance"] for r in records]),
          "lung_mass": "share of the Grad-CAM mass inside the lung box "
                       "(lung_box of the region-aware Generator; its central "
-                      "fallback box where lung_found is false)",
+                      "fallback box where lung_found is false); chance: the "
+                      "share of a uniform map (the box's area)",
          "images": records},
     )
     print(f"wrote {len(records)} figure(s) to {output_dir}")

@@ -22,16 +22,18 @@ from matl_keras.evaluation.evaluator import first_images
 from matl_keras_plugins.ssl_methods import lung_regions
 
 
-def lung_mass(images: np.ndarray, cams: np.ndarray) -> tuple[list[float], list[list[float]], list[bool]]:
-    """Per image: the share of Grad-CAM mass inside the lung box, the box
-    `(y0, x0, y1, x1)` (normalized) and whether the lung was found (else
-    the box is the Generator's central fallback)."""
+def lung_mass(images: np.ndarray, cams: np.ndarray) -> tuple[list[float], list[dict[str, Any]], list[bool]]:
+    """Per image: the share of Grad-CAM mass inside the lung box; the box
+    `(y0, x0, y1, x1)` (normalized) with `chance`, the share a uniform
+    heatmap would get (the box's area: a share near it says nothing);
+    and whether the lung was found (else the box is the Generator's
+    central fallback)."""
     shares, boxes, found = [], [], []
     for image, cam in zip(images, cams):
         box, ok = lung_regions.lung_box(image, return_found=True)
         box = [float(v) for v in np.asarray(box)]
         shares.append(explain.mass_inside(cam, box))
-        boxes.append(box)
+        boxes.append({"box": box, "chance": explain.mass_inside(np.ones_like(cam), box)})
         found.append(bool(ok))
     return shares, boxes, found
 
@@ -84,6 +86,7 @@ class GradCAM(Evaluator):
             "layer": cam.layer, "layer_note": cam.note, "images": len(images),
             "files": files,
             "lung_mass_mean": float(np.mean(defined)) if defined else None,
+            "lung_mass_chance_mean": float(np.mean([b["chance"] for b in boxes])),
             "lung_found": int(sum(found)),
         }
         if folder:
@@ -93,7 +96,8 @@ class GradCAM(Evaluator):
                     **summary,
                     "lung_mass": "share of the Grad-CAM mass inside the lung box "
                                  "(lung_regions.lung_box; central fallback box "
-                                 "where lung_found is false)",
+                                 "where lung_found is false); chance: the share "
+                                 "of a uniform map (the box's area)",
                     "per_image": [
                         {k: (None if isinstance(v, float) and math.isnan(v) else v)
                          for k, v in r.items()} for r in records],

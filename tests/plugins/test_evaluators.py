@@ -134,6 +134,9 @@ def test_gradcam_evaluator_titles_both_labels_and_scores_lung_mass(tmp_path, mon
                                                      np.stack([inside, corner]))
     assert found == [True, True]
     assert shares[0] == pytest.approx(1.0) and shares[1] == pytest.approx(0.0)
+    # Chance: what a uniform map would score, the lung box's area.
+    area = (boxes[0]["box"][2] - boxes[0]["box"][0]) * (boxes[0]["box"][3] - boxes[0]["box"][1])
+    assert boxes[0]["chance"] == pytest.approx(area, abs=0.05)
 
     titles = []
     real_write = explain.write_row
@@ -153,5 +156,6 @@ def test_gradcam_evaluator_titles_both_labels_and_scores_lung_mass(tmp_path, mon
     saved = json.load(open(tmp_path / "explain" / "val" / "explain.json"))
     assert [r["true"] for r in saved["per_image"]] == ["COVID", "NonCOVID"]
     assert 0.0 <= saved["lung_mass_mean"] <= 1.0 and saved["lung_mass_mean"] == out["lung_mass_mean"]
+    assert 0.0 < saved["lung_mass_chance_mean"] < 1.0
     dict(AttentionMaps(num_images=2).run(context))
     assert titles[-1].startswith(f"val #1: true NonCOVID, predicted {names[predicted[1]]}")

@@ -77,6 +77,7 @@ def test_explain_writes_one_fig4_row_per_image(stage, tmp_path):
     shares = [r["lung_mass"] for r in record["images"]]
     assert all(0.0 <= v <= 1.0 for v in shares) and len(record["images"][0]["lung_box"]) == 4
     assert record["lung_mass_mean"] == pytest.approx(np.mean(shares))
+    assert 0.0 < record["images"][0]["lung_mass_chance"] < 1.0
     assert record["attention_block"] == "conv5_block2_nonlocal"
     assert [os.path.basename(r["image"]) for r in record["images"]] == ["c.jpg", "gray.png", "rgba.png"]
     for r in record["images"]:
