@@ -155,6 +155,9 @@ def explain_images(
             raise ConfigError(f"--layer: the model has no layer {layer!r}") from None
         raise ConfigError(f"--layer: {e}") from None
     layer = cam.layer
+    decision_path = os.path.join(trained.stage_dir, operating_point.DECISION_FILE)
+    decision = (workdir_lib.read_json(decision_path)
+                if os.path.isfile(decision_path) else None)
     # The share of Grad-CAM mass inside the lung box, from the `gradcam`
     # evaluator plugin (it holds the lung locator; None without it).
     scorer = registry_lib.default_registry().create("evaluators", "gradcam")
@@ -171,13 +174,17 @@ def explain_images(
             for f in chunk
         ])
         probs = keras_model.predict(batch, verbose=0)
-        targets = probs.argmax(1) if class_index is None else np.full(len(chunk), class_index)
+        # The stage's decision (calibration, operating point), as served.
+        decided = probs.argmax(1)
+        if decision is not None:
+            probs, decided = operating_point.apply(decision, probs)
+        targets = decided if class_index is None else np.full(len(chunk), class_index)
         cams = cam(batch, targets)
         attention = explain.attention_map(keras_model, batch)
         shares, boxes, found = (
             lung_mass(batch, cams) if lung_mass else ([None] * len(chunk),) * 3)
         for i, path in enumerate(chunk):
-            predicted = int(probs[i].argmax())
+            predicted = int(decided[i])
             stem = os.path.splitext(os.path.basename(path))[0]
             out = os.path.join(output_dir, f"{start + i:04d}_{stem}.png")
             title = (
@@ -205,6 +212,8 @@ def explain_images(
         os.path.join(output_dir, "explain.json"),
         {"model": os.path.abspath(trained.model_path), "gradcam_layer": layer,
          "gradcam_layer_note": cam.note,
+         "predicted_by": ("argmax (no decision.json)" if decision is None
+                          else operating_point.describe(decision)),
          "attention_block": explain.last_block_name(keras_model),
          "lung_mass_mean": _mean([r["lung_mass"] for r in records]),
          "lung_mass_chance_mean": _mean([r["lung_mass_chance"] for r in records]),

@@ -86,6 +86,27 @@ def test_explain_writes_one_fig4_row_per_image(stage, tmp_path):
     line = error_line(matl("explain", f"--model={stage}", f"--images={images}",
                            f"--output_dir={out}", "--layer=conv5_block2_out"))
     assert "--layer" in line and "2x2 positions" in line
+    assert record["predicted_by"] == "argmax (no decision.json)"
+    # With the stage's decision, "predicted" is the served decision.
+    from matl_keras.evaluation import operating_point
+
+    decision = operating_point.fit_decision(
+        np.array([0, 1, 0, 1]), np.array([[0.9, 0.1], [0.7, 0.3], [0.8, 0.2], [0.6, 0.4]]),
+        1, ["NonCOVID", "COVID"], calibrate=False)
+    assert decision["threshold"] < 0.4  # low: COVID whenever p >= ~0.25
+    with open(os.path.join(stage, "decision.json"), "w") as f:
+        json.dump(decision, f)
+    try:
+        out2 = tmp_path / "out2"
+        result = matl("explain", f"--model={stage}", f"--images={images}", f"--output_dir={out2}")
+        assert result.returncode == 0, result.stderr
+        with_decision = json.load(open(out2 / "explain.json"))
+    finally:
+        os.remove(os.path.join(stage, "decision.json"))
+    assert "Youden's J on val (4 images)" in with_decision["predicted_by"]
+    for r in with_decision["images"]:
+        p = r["probabilities"]["COVID"]
+        assert r["predicted"] == ("COVID" if p >= decision["threshold"] else "NonCOVID")
     (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     line = error_line(matl("explain", f"--model={stage}", f"--images={images}", f"--output_dir={out}"))
     assert "broken.png" in line
