@@ -113,6 +113,7 @@ def test_metrics_score_the_split_at_the_val_fitted_decision():
 
 
 def test_gradcam_evaluator_titles_both_labels_and_scores_lung_mass(tmp_path, monkeypatch):
+    import keras
     import tensorflow as tf
 
     from matl_keras.evaluation import explain
@@ -142,6 +143,9 @@ def test_gradcam_evaluator_titles_both_labels_and_scores_lung_mass(tmp_path, mon
     real_write = explain.write_row
     monkeypatch.setattr(explain, "write_row",
                         lambda path, *a, **k: titles.append(a[3]) or real_write(path, *a, **k))
+    # Seeded: an unlucky random init can give an all-zero Grad-CAM (ReLU of
+    # negative evidence), whose lung mass is undefined (None).
+    keras.utils.set_random_seed(0)
     model = build_image_classifier(ResNetBackbone(18, 0.25, 64, attention="5"), 2)
     images = np.stack([image, image[::-1]]).astype(np.float32)
     data = tf.data.Dataset.from_tensor_slices((images, np.array([1, 0]))).batch(2)
