@@ -81,12 +81,15 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string(
     "layer", None,
-    "`explain`: Grad-CAM layer (default: the last residual block's output).",
+    "`explain`: Grad-CAM layer (default: the last feature map before the "
+    "global pooling, or the deepest with >= 3x3 positions).",
 )
 flags.DEFINE_string(
     "class_name", None, "`explain`: class to explain (default: predicted)."
 )
 flags.DEFINE_list("runs", [], "`report`: pipeline workdirs to tabulate.")
+flags.DEFINE_list("splits", [], "`audit`: splits to compare (default: all).")
+flags.DEFINE_enum("on_leak", "warn", ["warn", "refuse"], "`audit`: a leak's effect.")
 flags.DEFINE_string("export_dir", None, "`export`: TF Serving model base folder.")
 flags.DEFINE_integer(
     "model_version", None,
@@ -111,6 +114,8 @@ USAGE = """usage:
   matl-keras report --runs=DIR[,DIR...] [--output_dir=DIR]
   matl-keras export --model=RUN --export_dir=DIR [--model_version=N]
       [--model_name=NAME]
+  matl-keras audit --dataset=NAME [--splits=train,val] [--on_leak=warn|refuse]
+      [--output=FILE] [--gin_param=...]
   matl-keras --help | --version"""
 
 COMMANDS_HELP = """commands:
@@ -120,6 +125,7 @@ COMMANDS_HELP = """commands:
   explain    Grad-CAM and attention-map PNGs for images
   predict    per-image predictions (CSV) and embeddings (.npy) for images
   report     transferability tables (the paper's Tables 2-6) over runs
+  audit      leakage audit: duplicates and patients across splits
   export     a TF Serving SavedModel of a trained model"""
 
 
@@ -309,7 +315,18 @@ def cmd_export() -> None:
     )
 
 
+def cmd_audit() -> None:
+    from matl_keras import registry as registry_lib
+    from matl_keras.evaluation import audit
+
+    _require("dataset")
+    _parse_gin_if_given()
+    dataset = registry_lib.default_registry().create("datasets", FLAGS.dataset)
+    audit.run(dataset, FLAGS.splits or None, FLAGS.on_leak, FLAGS.output)
+
+
 COMMANDS = {
+    "audit": cmd_audit,
     "export": cmd_export,
     "evaluate": cmd_evaluate,
     "explain": cmd_explain,

@@ -9,7 +9,15 @@ writes TF Serving's versioned layout, `DIR/<model_name>/<N>/`:
     `tf.string` batch of encoded PNG / JPEG / BMP / GIF files (any size;
     grayscale, RGB or RGBA; in REST as `{"b64": ...}`); outputs
     `probabilities` (float32 `[batch, classes]`) and `classes` (string
-    `[batch]`, the predicted class name).
+    `[batch]`, the decided class name). When the stage has a
+    `decision.json` (the operating point and temperature fitted on its
+    validation split, `evaluation.operating_point`), `probabilities` are
+    the temperature-scaled ones and `classes` is the decision at the
+    operating point ("positive when p >= threshold"); otherwise raw
+    probabilities and argmax. A request fails as a whole, with a message
+    naming the index of every image that is empty, not an image file or
+    cannot be decoded (truncated, corrupt), or saying that `images` is not
+    a batch (rank 1).
   - `serving_pixels`: input `pixels`, float32 `[batch, size, size, 3]` in
     [0, 1], already preprocessed by the client; same outputs.
   The bytes signature decodes and preprocesses inside the graph with the
@@ -19,7 +27,8 @@ writes TF Serving's versioned layout, `DIR/<model_name>/<N>/`:
 - `assets.extra/tf_serving_warmup_requests`: `PredictionLog` records TF
   Serving replays at load, so the first real request is not slow.
 - `metadata.json` and `config.gin`: what is deployed (name, version, class
-  names, input size, the stages and datasets it went through, its config).
+  names, input size, the stages and datasets it went through, its config,
+  the decision: threshold, temperature, rule and the split it was chosen on).
 
 A version is written to a temporary folder and renamed into place: TF
 Serving, which watches `DIR/<model_name>/`, never sees half a model. An
@@ -42,6 +51,8 @@ import tensorflow as tf
 from matl_keras.data import decode
 from matl_keras.data import pipeline
 from matl_keras.errors import ConfigError
+from matl_keras.evaluation import calibration
+from matl_keras.evaluation import operating_point
 from matl_keras.evaluation import trained as trained_lib
 
 SIGNATURE_BYTES = "serving_default"
@@ -79,13 +90,60 @@ def check_encoded(images: tf.Tensor) -> tf.Tensor:
         return tf.identity(images)
 
 
+def check_rank(images: tf.Tensor) -> tf.Tensor:
+    """Asserts that `images` is a batch (rank 1). TF Serving feeds a
+    request's tensor whatever its shape; a single string (rank 0) would
+    otherwise fail deep inside with "WhereOp: Unhandled input dimensions".
+    The rank is computed from the runtime shape's values, which graph
+    optimization cannot fold to the signature's static rank."""
+    rank = tf.reduce_sum(tf.sign(tf.shape(images) + 1))
+    check = tf.debugging.Assert(
+        tf.equal(rank, 1),
+        ["`images` must be a batch (rank 1) of encoded images, e.g. "
+         "[png_bytes]; received a tensor of rank", rank],
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(images)
+
+
+def check_decodable(images: tf.Tensor, image_size: int,
+                    crop_fraction: float) -> tf.Tensor:
+    """Asserts that every image decodes and preprocesses; the error names
+    the index of each one that does not (a truncated PNG, a PNG header
+    followed by zeros, a corrupt JPEG). A graph cannot catch an op's
+    error, but `tf.data`'s `ignore_errors` drops the elements whose map
+    failed: the indices that did not come through are the failures."""
+    count = tf.shape(images, out_type=tf.int64)[0]
+    # The map's result must be used by value: its shape alone is static
+    # and tf.data's graph optimization would then never decode.
+    passed = (
+        tf.data.Dataset.from_tensor_slices((tf.range(count), images))
+        .map(lambda i, data: (i, tf.reduce_max(pipeline.eval_transform(
+            decode.decode_image(data), image_size, crop_fraction))))
+        .ignore_errors()
+        .reduce(tf.zeros([count], tf.bool),
+                lambda ok, item: tf.tensor_scatter_nd_update(
+                    ok, [[item[0]]], [tf.math.is_finite(item[1])]))
+    )
+    check = tf.debugging.Assert(
+        tf.reduce_all(passed),
+        ["`images`: cannot decode the image(s) at index",
+         tf.where(tf.logical_not(passed))[:, 0],
+         "(truncated or corrupt file; the request fails as a whole)"],
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(images)
+
+
 def preprocess_encoded(
     images: tf.Tensor, image_size: int, crop_fraction: float
 ) -> tf.Tensor:
     """Encoded image batch -> model input, as evaluation in training does
     (decode by content, RGB, resize to the load size, uint8, center crop).
     Images of different sizes may share a batch."""
+    images = check_rank(images)
     images = check_encoded(images)
+    images = check_decodable(images, image_size, crop_fraction)
     return tf.map_fn(
         lambda data: pipeline.eval_transform(
             decode.decode_image(data), image_size, crop_fraction
@@ -95,12 +153,37 @@ def preprocess_encoded(
     )
 
 
-def _outputs(model: keras.Model, pixels: tf.Tensor, labels: tf.Tensor) -> dict[str, tf.Tensor]:
+def _outputs(model: keras.Model, pixels: tf.Tensor, labels: tf.Tensor,
+             decision: dict[str, Any] | None = None) -> dict[str, tf.Tensor]:
     probabilities = tf.cast(model(pixels, training=False), tf.float32)
+    if decision is None:
+        return {
+            "probabilities": probabilities,
+            "classes": tf.gather(labels, tf.argmax(probabilities, axis=-1)),
+        }
+    # calibration.scale and operating_point.apply, in float64 as there.
+    logits = tf.math.log(tf.clip_by_value(
+        tf.cast(probabilities, tf.float64), calibration.EPS, 1.0))
+    scaled = tf.nn.softmax(logits / decision["temperature"], axis=-1)
+    if decision.get("threshold") is None:
+        decided = tf.argmax(scaled, axis=-1, output_type=tf.int32)
+    else:
+        positive = int(decision["positive_index"])
+        decided = tf.where(scaled[:, positive] >= decision["threshold"],
+                           positive, 1 - positive)
     return {
-        "probabilities": probabilities,
-        "classes": tf.gather(labels, tf.argmax(probabilities, axis=-1)),
+        "probabilities": tf.cast(scaled, tf.float32),
+        "classes": tf.gather(labels, decided),
     }
+
+
+def read_decision(stage_dir: str) -> dict[str, Any] | None:
+    """The stage's `decision.json`, or None (a run from before it)."""
+    path = os.path.join(stage_dir, operating_point.DECISION_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 def _next_version(base: str) -> int:
@@ -144,20 +227,22 @@ def write_warmup(path: str, model_name: str, examples: Sequence[bytes]) -> None:
 
 
 def _archive(model: keras.Model, class_names: Sequence[str], image_size: int,
-             crop_fraction: float, dedupe: bool = True) -> keras.export.ExportArchive:
+             crop_fraction: float, dedupe: bool = True,
+             decision: dict[str, Any] | None = None) -> keras.export.ExportArchive:
     labels = tf.constant(list(class_names))
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
         SIGNATURE_BYTES,
         lambda images: _outputs(
-            model, preprocess_encoded(images, image_size, crop_fraction), labels
+            model, preprocess_encoded(images, image_size, crop_fraction),
+            labels, decision,
         ),
         input_signature=[tf.TensorSpec([None], tf.string, name="images")],
     )
     archive.add_endpoint(
         SIGNATURE_PIXELS,
-        lambda pixels: _outputs(model, pixels, labels),
+        lambda pixels: _outputs(model, pixels, labels, decision),
         input_signature=[
             tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="pixels")
         ],
@@ -222,8 +307,15 @@ def export(
     staging = os.path.join(base, f".tmp-{version}")
     shutil.rmtree(staging, ignore_errors=True)
 
+    decision = read_decision(trained.stage_dir)
+    if decision is not None and decision.get("class_names") not in (None, list(class_names)):
+        raise ConfigError(
+            f"--model: decision.json is for classes {decision['class_names']}, "
+            f"the model predicts {list(class_names)}"
+        )
     archive = _archive(
-        keras_model, class_names, image_size, prep["crop_fraction"], dedupe
+        keras_model, class_names, image_size, prep["crop_fraction"], dedupe,
+        decision,
     )
     archive.write_out(staging, verbose=False)
     with open(os.path.join(staging, LABELS_FILE), "w") as f:
@@ -231,6 +323,7 @@ def export(
     load = pipeline.load_size(image_size, prep["crop_fraction"])
     write_warmup(os.path.join(staging, WARMUP_FILE), name, _example_images(load))
     metadata = _metadata(trained, name, version, class_names, prep, image_size)
+    metadata["decision"] = _decision_metadata(decision)
     with open(os.path.join(staging, METADATA_FILE), "w") as f:
         json.dump(metadata, f, indent=2)
     config = os.path.join(trained.stage_dir, "operative_config.gin")
@@ -255,7 +348,7 @@ def _metadata(trained, name, version, class_names, prep, image_size) -> dict[str
             "load_size": pipeline.load_size(image_size, prep["crop_fraction"]),
         },
         "outputs": {"probabilities": f"float32 [batch, {len(class_names)}]",
-                    "classes": "string [batch]"},
+                    "classes": "string [batch]"},  # described in "decision"
         "source_model": os.path.abspath(trained.model_path),
         "dataset": run.get("dataset"),
         "architecture": run.get("architecture"),
@@ -265,4 +358,33 @@ def _metadata(trained, name, version, class_names, prep, image_size) -> dict[str
             for entry in trained.lineage
         ],
         "versions": run.get("versions"),
+    }
+
+
+def _decision_metadata(decision: dict[str, Any] | None) -> dict[str, Any]:
+    """What `probabilities` and `classes` mean in this version."""
+    if decision is None:
+        return {
+            "probabilities": "uncalibrated softmax",
+            "classes": "argmax",
+            "note": "the stage has no decision.json (trained before "
+                    "operating points existed): no calibration, argmax",
+        }
+    threshold = decision.get("threshold")
+    return {
+        "probabilities": f"temperature-scaled softmax, T={decision['temperature']}",
+        "classes": (
+            "argmax" if threshold is None else
+            f"{decision['positive_class']} when its probability >= threshold"
+        ),
+        "threshold": threshold,
+        "positive_class": decision.get("positive_class"),
+        "rule": decision.get("rule"),
+        "target": decision.get("target"),
+        "chosen_on": decision.get("fitted_on"),
+        "chosen_on_examples": decision.get("num_examples"),
+        "how": operating_point.describe(decision),
+        "temperature": decision["temperature"],
+        "calibration": decision.get("calibration"),
+        "at_chosen_split": decision.get(decision.get("fitted_on")),
     }

@@ -19,6 +19,7 @@ from matl_keras.errors import ConfigError
 from matl_keras.errors import DataError
 from matl_keras.evaluation import explain
 from matl_keras.evaluation import metrics as metrics_lib
+from matl_keras.evaluation import operating_point
 from matl_keras.evaluation import trained as trained_lib
 from matl_keras.evaluation.evaluator import EvalContext
 from matl_keras.evaluation.evaluator import feature_model
@@ -64,12 +65,21 @@ def evaluate(
     output = output or os.path.join(
         trained.stage_dir, f"evaluate_{dataset}_{split}.json"
     )
+    # The stage's val-fitted operating point, if it has one (and the head
+    # is this dataset's): the split is also scored at it.
+    decision_path = os.path.join(trained.stage_dir, operating_point.DECISION_FILE)
+    decision = (
+        workdir_lib.read_json(decision_path)
+        if os.path.isfile(decision_path) and classes == data_plugin.num_classes
+        else None
+    )
     context = EvalContext(
         model=keras_model, data=data.data, split=split,
         class_names=tuple(data_plugin.class_names),
         positive_index=data_plugin.positive_index(),
         workdir=os.path.dirname(os.path.abspath(output)),
         prefix=os.path.splitext(os.path.basename(output))[0],
+        decision=decision,
     )
     results = run_evaluators(context, plugins)
     report = {
@@ -86,6 +96,11 @@ def evaluate(
     print(metrics_lib.format_table(results))
     print(f"wrote {output}")
     return report
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    defined = [v for v in values if v is not None]
+    return float(np.mean(defined)) if defined else None
 
 
 def _image_files(paths: Sequence[str]) -> list[str]:
@@ -137,9 +152,18 @@ def explain_images(
     prep = trained.preprocessing(int(keras_model.input.shape[1]))
     try:
         cam = explain.GradCAM(keras_model, layer)  # set up once for all batches
-    except ValueError:
-        raise ConfigError(f"--layer: the model has no layer {layer!r}") from None
+    except ValueError as e:
+        if layer is not None and "No such layer" in str(e):
+            raise ConfigError(f"--layer: the model has no layer {layer!r}") from None
+        raise ConfigError(f"--layer: {e}") from None
     layer = cam.layer
+    decision_path = os.path.join(trained.stage_dir, operating_point.DECISION_FILE)
+    decision = (workdir_lib.read_json(decision_path)
+                if os.path.isfile(decision_path) else None)
+    # The share of Grad-CAM mass inside the lung box, from the `gradcam`
+    # evaluator plugin (it holds the lung locator; None without it).
+    scorer = registry_lib.default_registry().create("evaluators", "gradcam")
+    lung_mass = getattr(scorer, "lung_mass", None)
     os.makedirs(output_dir, exist_ok=True)
     records = []
     for start in range(0, len(files), batch_size):
@@ -152,11 +176,17 @@ def explain_images(
             for f in chunk
         ])
         probs = keras_model.predict(batch, verbose=0)
-        targets = probs.argmax(1) if class_index is None else np.full(len(chunk), class_index)
+        # The stage's decision (calibration, operating point), as served.
+        decided = probs.argmax(1)
+        if decision is not None:
+            probs, decided = operating_point.apply(decision, probs)
+        targets = decided if class_index is None else np.full(len(chunk), class_index)
         cams = cam(batch, targets)
         attention = explain.attention_map(keras_model, batch)
+        shares, boxes, found = (
+            lung_mass(batch, cams) if lung_mass else ([None] * len(chunk),) * 3)
         for i, path in enumerate(chunk):
-            predicted = int(probs[i].argmax())
+            predicted = int(decided[i])
             stem = os.path.splitext(os.path.basename(path))[0]
             out = os.path.join(output_dir, f"{start + i:04d}_{stem}.png")
             title = (
@@ -175,11 +205,24 @@ def explain_images(
                 "probabilities": {n: float(p) for n, p in zip(names, probs[i])},
                 "gradcam_class": names[int(targets[i])],
                 "gradcam_peak_yx": [int(v) for v in np.unravel_index(cams[i].argmax(), cams[i].shape)],
+                "lung_mass": metrics_lib.to_json_value(shares[i]),
+                "lung_box": boxes[i] and boxes[i]["box"],
+                "lung_mass_chance": boxes[i] and boxes[i]["chance"],
+                "lung_found": found[i],
             })
     workdir_lib.write_json(
         os.path.join(output_dir, "explain.json"),
         {"model": os.path.abspath(trained.model_path), "gradcam_layer": layer,
+         "gradcam_layer_note": cam.note,
+         "predicted_by": ("argmax (no decision.json)" if decision is None
+                          else operating_point.describe(decision)),
          "attention_block": explain.last_block_name(keras_model),
+         "lung_mass_mean": _mean([r["lung_mass"] for r in records]),
+         "lung_mass_chance_mean": _mean([r["lung_mass_chance"] for r in records]),
+         "lung_mass": "share of the Grad-CAM mass inside the lung box "
+                      "(lung_box of the region-aware Generator; its central "
+                      "fallback box where lung_found is false); chance: the "
+                      "share of a uniform map (the box's area)",
          "images": records},
     )
     print(f"wrote {len(records)} figure(s) to {output_dir}")

@@ -79,6 +79,9 @@ class EvalContext:
         workdir: str or None. Where an evaluator may write files.
         prefix: str or None. Start of the names of the files written next
             to the scores (default: the split, as in `val_roc.png`).
+        decision: dict or None. The operating point and temperature fitted
+            on the validation split (`operating_point.fit_decision`), when
+            there is one; evaluators score other splits at it.
     """
 
     model: Any
@@ -88,6 +91,7 @@ class EvalContext:
     positive_index: int | None = None
     workdir: str | None = None
     prefix: str | None = None
+    decision: dict[str, Any] | None = None
     _cache: tuple[np.ndarray, np.ndarray] | None = dataclasses.field(
         default=None, repr=False
     )

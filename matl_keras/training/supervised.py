@@ -26,6 +26,7 @@ from matl_keras.data import pipeline
 from matl_keras.data.dataset import Dataset
 from matl_keras.errors import ConfigError
 from matl_keras.evaluation import metrics as metrics_lib
+from matl_keras.evaluation import operating_point
 from matl_keras.evaluation import transfer
 from matl_keras.evaluation.evaluator import EvalContext
 from matl_keras.evaluation.evaluator import Evaluator
@@ -76,8 +77,12 @@ def inverse_frequency_weights(
     }
 
 
-def evaluate(model, split_data, split, dataset, evaluators, workdir=None):
-    """Runs `evaluators` on one split; returns `{metric: value}`."""
+def evaluate(model, split_data, split, dataset, evaluators, workdir=None,
+             decision=None, fit_decision=False):
+    """Runs `evaluators` on one split; returns `{metric: value}`. With
+    `fit_decision` (the val split only), first fits the operating point and
+    temperature there (`operating_point.fit_and_write`) and returns
+    `(results, decision)`; `decision` scores another split at it."""
     context = EvalContext(
         model=model,
         data=split_data,
@@ -85,7 +90,11 @@ def evaluate(model, split_data, split, dataset, evaluators, workdir=None):
         class_names=tuple(dataset.class_names),
         positive_index=dataset.positive_index(),
         workdir=workdir,
+        decision=decision,
     )
+    if fit_decision:
+        context.decision = operating_point.fit_and_write(context, workdir)
+        return run_evaluators(context, evaluators), context.decision
     return run_evaluators(context, evaluators)
 
 
@@ -494,17 +503,19 @@ def train(
         callbacks_lib.save_weights(
             features, start.path(workdir_lib.BACKBONE_FILE)
         )
-    results = {
-        val_split: evaluate(
-            model, val_data.data, val_split, dataset, evaluators, start.out
-        )
-    }
+    # Operating point and temperature: fitted on val, never on test.
+    results = {}
+    results[val_split], decision = evaluate(
+        model, val_data.data, val_split, dataset, evaluators, start.out,
+        fit_decision=True,
+    )
     if test_split in dataset.splits():
         test_data = pipeline.build_split(
             dataset, test_split, training=False, **common
         )
         results[test_split] = evaluate(
-            model, test_data.data, test_split, dataset, evaluators, start.out
+            model, test_data.data, test_split, dataset, evaluators, start.out,
+            decision=decision,
         )
     workdir_lib.write_json(metrics_path, results)
     config.save_config(start.out, "operative_config.gin", operative=True)

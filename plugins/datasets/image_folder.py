@@ -24,8 +24,9 @@ the order of the names. The classes, their counts and the positive class are
 printed when the dataset is opened.
 
 Files with an extension of `matl_keras.data.decode.IMAGE_EXTENSIONS`
-(.png .jpg .jpeg .bmp .gif .tif .tiff .webp, any case) are used; their content decides how they are decoded. Other files and
-hidden files and folders are ignored.
+(.png .jpg .jpeg .bmp .gif .tif .tiff .webp, any case) are used; their
+content decides how they are decoded. Other files and hidden files and
+folders are ignored.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ import os
 import re
 from collections.abc import Sequence
 
-from matl_keras.data.decode import IMAGE_EXTENSIONS
 from matl_keras.data.dataset import Dataset
 from matl_keras.data.dataset import FileExamples
 from matl_keras.data.decode import IMAGE_EXTENSIONS

@@ -8,6 +8,8 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
+
 from matl_keras.evaluation import explain
 from matl_keras.evaluation.evaluator import EvalContext
 from matl_keras.evaluation.evaluator import Evaluator
@@ -34,6 +36,7 @@ class AttentionMaps(Evaluator):
             return
         images, labels = first_images(context.data, self.num_images)
         maps = explain.attention_map(context.model, images)
+        predicted = np.asarray(context.model.predict(images, verbose=0)).argmax(axis=1)
         files = []
         if context.workdir:
             folder = os.path.join(context.workdir, "explain", context.split)
@@ -41,7 +44,8 @@ class AttentionMaps(Evaluator):
                 path = os.path.join(folder, f"attention_{i:04d}.png")
                 files.append(explain.write_row(
                     path, image, heat, None,
-                    f"{context.split} #{i}: label {context.class_names[int(labels[i])]}",
+                    f"{context.split} #{i}: true {context.class_names[int(labels[i])]}, "
+                    f"predicted {context.class_names[int(predicted[i])]}",
                     cam_label="attention",
                 ))
         yield "attention_maps", {"block": block, "images": len(images), "files": files}

@@ -1,7 +1,9 @@
 """`metrics` evaluator: accuracy, F1, AUC, sensitivity, specificity and loss
 with bootstrap confidence intervals, the confusion matrix and ROC points;
 with a workdir, also as figures next to `metrics.json`:
-`<split>_roc.png` and `<split>_confusion_matrix.png`."""
+`<split>_roc.png` and `<split>_confusion_matrix.png`; given a decision
+fitted on val, the same split scored at its operating point and calibration
+before/after temperature scaling (`operating_point`)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import numpy as np
 
 from matl_keras.errors import ConfigError
 from matl_keras.evaluation import metrics as metrics_lib
+from matl_keras.evaluation import operating_point
 from matl_keras.evaluation.evaluator import EvalContext
 from matl_keras.evaluation.evaluator import Evaluator
 
@@ -106,7 +109,7 @@ class ClassificationMetrics(Evaluator):
                 if name in intervals:
                     yield f"{name}_ci", [_json(v) for v in intervals[name]]
             yield "ci", {
-                "method": "percentile bootstrap",
+                "method": "percentile bootstrap, stratified by class",
                 "samples": self.bootstrap_samples,
                 "confidence": self.confidence,
                 "seed": self.seed,
@@ -133,6 +136,13 @@ class ClassificationMetrics(Evaluator):
                 "thresholds": [_json(v) for v in thresholds],  # first: +inf -> null
             }
         yield "roc", roc
+        if context.decision is not None:
+            # Argmax scores above; the val-fitted decision's beside them.
+            yield "operating_point", operating_point.score_at(
+                context.decision, labels, probs, context.split,
+                bootstrap_samples=self.bootstrap_samples,
+                confidence=self.confidence, seed=self.seed,
+            )
         if context.workdir:
             prefix = os.path.join(context.workdir, context.prefix or context.split)
             _plot_roc(roc, scores, num_classes, f"{prefix}_roc.png", context.split)

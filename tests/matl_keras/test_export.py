@@ -15,6 +15,7 @@ from PIL import Image
 from matl_keras import export
 from matl_keras.data import decode
 from matl_keras.data import pipeline
+from matl_keras.evaluation import operating_point
 from matl_keras.evaluation import trained as trained_lib
 from tests.conftest import SHARED_DATA
 from tests.matl_keras.test_cli import error_line
@@ -27,7 +28,7 @@ TRAIN = [
     "--gin_param=synthetic_ct.image_size = 80",
     "--gin_param=synthetic_ct.num_train = 16",
     "--gin_param=synthetic_ct.num_val = 8",
-    "--gin_param=synthetic_ct.num_test = 0",
+    "--gin_param=synthetic_ct.num_test = 8",
     "--gin_param=train.evaluators = ['metrics']",
 ]
 
@@ -100,16 +101,22 @@ reply = serve(**inputs)
 result["request"] = reply["probabilities"].numpy().tolist()
 # Bad requests: an InvalidArgument that names the problem; the model still answers after.
 errors = {}
+png = data[0]
 for name, batch in {
     "not_image": [b"hello, I am a text file"],
     "empty": [data[0], b""],
     "truncated": [data[0][: len(data[0]) // 2]],
+    "truncated_second": [png, png[: len(png) // 2], png],
+    "header_then_zeros": [png, png, png[:16] + bytes(400)],
+    "two_bad": [png[:100], png, png[:33] + bytes(50)],
+    "rank0": png,
 }.items():
     try:
         serve(images=tf.constant(batch))
         errors[name] = None
     except tf.errors.InvalidArgumentError as e:
-        errors[name] = e.message.splitlines()[0][:300]
+        errors[name] = " ".join(line for line in e.message.splitlines()
+                                if "assertion failed" in line)[:400] or e.message[:400]
     result.setdefault("after_error", []).append(
         serve(images=tf.constant(data[:1]))["probabilities"].numpy()[0].tolist())
 result["errors"] = errors
@@ -138,7 +145,9 @@ def _client(version_dir, files, tmp_path):
     return json.load(open(out))
 
 
-def _keras_predictions(run_dir, files):
+def _keras_predictions(run_dir, files, decided=False):
+    """Raw probabilities and class names; with `decided`, the stage's
+    calibrated probabilities and decided labels instead."""
     trained = trained_lib.find(run_dir)
     model = trained.load()
     prep = trained.preprocessing(64)
@@ -147,7 +156,12 @@ def _keras_predictions(run_dir, files):
                                 prep["image_size"], prep["crop_fraction"]).numpy()
         for f in files
     ])
-    return model.predict(batch, verbose=0), trained.class_names
+    probs = model.predict(batch, verbose=0)
+    if decided:
+        decision = json.load(open(os.path.join(trained.stage_dir, "decision.json")))
+        scaled, labels = operating_point.apply(decision, probs)
+        return scaled, [trained.class_names[i] for i in labels], decision
+    return probs, trained.class_names
 
 
 def test_served_predictions_equal_the_trained_model(run, tmp_path):
@@ -156,15 +170,23 @@ def test_served_predictions_equal_the_trained_model(run, tmp_path):
     assert version == str(tmp_path / "serving" / "attn5_run" / "1")
     result = _client(version, files, tmp_path)
     assert not result["imported_matl_keras"]
-    expected, names = _keras_predictions(run, files)
+    expected, decided, decision = _keras_predictions(run, files, decided=True)
+    names = trained_lib.find(run).class_names
+    # Served: the val-fitted temperature and operating point.
+    assert decision["fitted_on"] == "val" and decision["temperature"] != 1.0
     np.testing.assert_allclose(result["probabilities"], expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(result["single"], expected, rtol=1e-5, atol=1e-6)
-    assert result["classes"] == [names[i] for i in expected.argmax(1)]
+    assert result["classes"] == decided
     np.testing.assert_allclose(result["request"], expected[:2], rtol=1e-5, atol=1e-6)
     errors = result["errors"]
-    assert "not a PNG, JPEG, BMP or GIF file at index" in errors["not_image"]
-    assert "empty string(s) at index" in errors["empty"]
-    assert errors["truncated"]  # the decoder's own message
+    assert "not a PNG, JPEG, BMP or GIF file at index] [0]" in errors["not_image"]
+    assert "empty string(s) at index] [1]" in errors["empty"]
+    # Every decode failure names its image(s).
+    assert "cannot decode the image(s) at index] [0]" in errors["truncated"]
+    assert "cannot decode the image(s) at index] [1]" in errors["truncated_second"]
+    assert "cannot decode the image(s) at index] [2]" in errors["header_then_zeros"]
+    assert "cannot decode the image(s) at index] [0 2]" in errors["two_bad"]
+    assert "must be a batch (rank 1)" in errors["rank0"], errors["rank0"]
     for answer in result["after_error"]:  # not left broken
         np.testing.assert_allclose(answer, expected[0], rtol=1e-5, atol=1e-6)
     assert result["warmup"] == [["serving_default", 1], ["serving_default", 2]]
@@ -173,6 +195,16 @@ def test_served_predictions_equal_the_trained_model(run, tmp_path):
     metadata = json.load(open(os.path.join(version, "metadata.json")))
     assert metadata["class_names"] == names and metadata["version"] == 1
     assert metadata["input"]["image_size"] == 64 and metadata["stages"][0]["stage"] == "finetune"
+    served = metadata["decision"]
+    assert served["threshold"] == decision["threshold"] and served["rule"] == "youden"
+    assert served["chosen_on"] == "val" and served["temperature"] == decision["temperature"]
+    assert "Youden's J on val (8 images)" in served["how"]
+    # The stage scored test at the same val-chosen point, beside argmax.
+    metrics = json.load(open(os.path.join(run, "finetune", "metrics.json")))
+    at = metrics["test"]["operating_point"]
+    assert at["threshold"] == decision["threshold"] and at["fitted_on"] == "val"
+    assert "sensitivity_ci" in at and "sensitivity" in metrics["test"]
+    assert os.path.isfile(os.path.join(run, "finetune", "reliability_val.png"))
     assert os.path.isfile(os.path.join(version, "config.gin"))
 
 
@@ -220,5 +252,6 @@ def test_every_variant_exports_and_serves(variant, tmp_path):
     files = _images(str(tmp_path / "images"))[:3]
     version = export.export(run_dir, str(tmp_path / "serving"))
     result = _client(version, files, tmp_path)
-    expected, _ = _keras_predictions(run_dir, files)
+    expected, decided, _ = _keras_predictions(run_dir, files, decided=True)
     np.testing.assert_allclose(result["probabilities"], expected, rtol=1e-5, atol=1e-6)
+    assert result["classes"] == decided

@@ -106,3 +106,82 @@ def test_metrics_figures_next_to_the_scores(tmp_path):
     # Without a workdir (per-epoch scoring), nothing is written.
     dict(ClassificationMetrics(bootstrap_samples=0).run(_context(labels, probs)))
     assert len(list(tmp_path.iterdir())) == 4
+
+
+def test_metrics_score_the_split_at_the_val_fitted_decision():
+    from matl_keras.evaluation import operating_point
+
+    val_y, val_p = _binary(5)
+    test_y, test_p = _binary(6)
+    decision = operating_point.fit_decision(
+        val_y, val_p, 0, ["CT_COVID", "CT_NonCOVID"], rule="specificity", target=0.9)
+    context = _context(test_y, test_p)
+    plain = dict(ClassificationMetrics(bootstrap_samples=100).run(context))
+    assert "operating_point" not in plain
+    context.decision = decision
+    out = dict(ClassificationMetrics(bootstrap_samples=100).run(context))
+    json.dumps(out, allow_nan=False)
+    at = out["operating_point"]
+    # Argmax scores stay; the decision's are beside them, at val's threshold.
+    assert out["sensitivity"] == plain["sensitivity"]
+    assert at["threshold"] == decision["threshold"] and at["fitted_on"] == "val"
+    _, decided = operating_point.apply(decision, test_p)
+    assert at["specificity"] == pytest.approx(np.mean(decided[test_y == 1] == 1))
+    assert at["sensitivity"] == pytest.approx(np.mean(decided[test_y == 0] == 0))
+    for name in ("accuracy", "f1", "sensitivity", "specificity"):
+        low, high = at[f"{name}_ci"]
+        assert low <= at[name] <= high, name
+    assert set(at["calibration"]) >= {"ece_before", "ece_after", "brier_before", "brier_after"}
+
+
+def test_gradcam_evaluator_titles_both_labels_and_scores_lung_mass(tmp_path, monkeypatch):
+    import keras
+    import tensorflow as tf
+
+    from matl_keras.evaluation import explain
+    from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
+    from matl_keras.models.resnet.resnet_image_classifier import build_image_classifier
+    from matl_keras_plugins.evaluators import gradcam as gradcam_plugin
+    from matl_keras_plugins.evaluators.attention_maps import AttentionMaps
+    from tests.plugins.test_lung_regions import _phantom
+
+    # lung_mass: a heatmap inside the phantom's lungs scores ~1, one on the
+    # text label in the corner ~0.
+    image, box = _phantom(64)
+    inside = np.zeros((64, 64), np.float32)
+    y0, x0, y1, x1 = (box * 64).astype(int)
+    inside[(y0 + y1) // 2 - 2:(y0 + y1) // 2 + 2, x0 + 3:x0 + 8] = 1.0
+    corner = np.zeros((64, 64), np.float32)
+    corner[1:4, 1:6] = 1.0
+    shares, boxes, found = gradcam_plugin.lung_mass(np.stack([image, image]),
+                                                     np.stack([inside, corner]))
+    assert found == [True, True]
+    assert shares[0] == pytest.approx(1.0) and shares[1] == pytest.approx(0.0)
+    # Chance: what a uniform map would score, the lung box's area.
+    area = (boxes[0]["box"][2] - boxes[0]["box"][0]) * (boxes[0]["box"][3] - boxes[0]["box"][1])
+    assert boxes[0]["chance"] == pytest.approx(area, abs=0.05)
+
+    titles = []
+    real_write = explain.write_row
+    monkeypatch.setattr(explain, "write_row",
+                        lambda path, *a, **k: titles.append(a[3]) or real_write(path, *a, **k))
+    # Seeded: an unlucky random init can give an all-zero Grad-CAM (ReLU of
+    # negative evidence), whose lung mass is undefined (None).
+    keras.utils.set_random_seed(0)
+    model = build_image_classifier(ResNetBackbone(18, 0.25, 64, attention="5"), 2)
+    images = np.stack([image, image[::-1]]).astype(np.float32)
+    data = tf.data.Dataset.from_tensor_slices((images, np.array([1, 0]))).batch(2)
+    context = EvalContext(model=model, data=data, split="val", class_names=("NonCOVID", "COVID"),
+                          positive_index=1, workdir=str(tmp_path))
+    out = dict(gradcam_plugin.GradCAM(num_images=2).run(context))["gradcam"]
+    predicted = model.predict(images, verbose=0).argmax(1)
+    names = ("NonCOVID", "COVID")
+    assert titles[0].startswith(f"val #0: true COVID, predicted {names[predicted[0]]}")
+    assert titles[1].startswith(f"val #1: true NonCOVID, predicted {names[predicted[1]]}")
+    assert out["layer"] == "conv4_block2_nonlocal" and "2x2" in out["layer_note"]
+    saved = json.load(open(tmp_path / "explain" / "val" / "explain.json"))
+    assert [r["true"] for r in saved["per_image"]] == ["COVID", "NonCOVID"]
+    assert 0.0 <= saved["lung_mass_mean"] <= 1.0 and saved["lung_mass_mean"] == out["lung_mass_mean"]
+    assert 0.0 < saved["lung_mass_chance_mean"] < 1.0
+    dict(AttentionMaps(num_images=2).run(context))
+    assert titles[-1].startswith(f"val #1: true NonCOVID, predicted {names[predicted[1]]}")

@@ -71,12 +71,42 @@ def test_explain_writes_one_fig4_row_per_image(stage, tmp_path):
     result = matl("explain", f"--model={stage}", f"--images={images}", f"--output_dir={out}")
     assert result.returncode == 0, result.stderr
     record = json.load(open(out / "explain.json"))
-    assert record["gradcam_layer"] == "conv5_block2_out"
+    # res5 is 2x2 at 64 px: the deepest map with >= 3x3 positions, and why.
+    assert record["gradcam_layer"] == "conv4_block2_nonlocal"
+    assert "2x2 positions" in record["gradcam_layer_note"]
+    shares = [r["lung_mass"] for r in record["images"]]
+    assert all(0.0 <= v <= 1.0 for v in shares) and len(record["images"][0]["lung_box"]) == 4
+    assert record["lung_mass_mean"] == pytest.approx(np.mean(shares))
+    assert 0.0 < record["images"][0]["lung_mass_chance"] < 1.0
     assert record["attention_block"] == "conv5_block2_nonlocal"
     assert [os.path.basename(r["image"]) for r in record["images"]] == ["c.jpg", "gray.png", "rgba.png"]
     for r in record["images"]:
         png = Image.open(r["png"])
         assert png.size[0] > 4 * png.size[1]  # five panels side by side
+    line = error_line(matl("explain", f"--model={stage}", f"--images={images}",
+                           f"--output_dir={out}", "--layer=conv5_block2_out"))
+    assert "--layer" in line and "2x2 positions" in line
+    assert record["predicted_by"] == "argmax (no decision.json)"
+    # With the stage's decision, "predicted" is the served decision.
+    from matl_keras.evaluation import operating_point
+
+    decision = operating_point.fit_decision(
+        np.array([0, 1, 0, 1]), np.array([[0.9, 0.1], [0.7, 0.3], [0.8, 0.2], [0.6, 0.4]]),
+        1, ["NonCOVID", "COVID"], calibrate=False)
+    assert decision["threshold"] < 0.4  # low: COVID whenever p >= ~0.25
+    with open(os.path.join(stage, "decision.json"), "w") as f:
+        json.dump(decision, f)
+    try:
+        out2 = tmp_path / "out2"
+        result = matl("explain", f"--model={stage}", f"--images={images}", f"--output_dir={out2}")
+        assert result.returncode == 0, result.stderr
+        with_decision = json.load(open(out2 / "explain.json"))
+    finally:
+        os.remove(os.path.join(stage, "decision.json"))
+    assert "Youden's J on val (4 images)" in with_decision["predicted_by"]
+    for r in with_decision["images"]:
+        p = r["probabilities"]["COVID"]
+        assert r["predicted"] == ("COVID" if p >= decision["threshold"] else "NonCOVID")
     (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     line = error_line(matl("explain", f"--model={stage}", f"--images={images}", f"--output_dir={out}"))
     assert "broken.png" in line
@@ -129,3 +159,26 @@ def test_report_command(tmp_path):
     assert result.returncode == 0, result.stderr
     assert os.path.getsize(tmp_path / "rep" / "fig3_leep.png") > 1000
     assert "w STL-N" in open(tmp_path / "rep" / "table6_leep.md").read()
+
+
+def test_evaluate_scores_at_the_stage_decision(stage, tmp_path):
+    from matl_keras.evaluation import operating_point
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 40)
+    p1 = np.clip(0.3 + 0.2 * y + rng.normal(0, 0.1, 40), 0.01, 0.99)
+    decision = operating_point.fit_decision(y, np.stack([1 - p1, p1], 1), 1,
+                                            ["NonCOVID", "COVID"])
+    path = os.path.join(stage, "decision.json")
+    with open(path, "w") as f:
+        json.dump(decision, f)
+    try:
+        out = str(tmp_path / "scores.json")
+        result = matl("evaluate", f"--model={stage}", "--dataset=synthetic_ct",
+                      f"--output={out}", *CT)
+        assert result.returncode == 0, result.stderr
+        at = json.load(open(out))["results"]["operating_point"]
+        assert at["threshold"] == decision["threshold"] and at["rule"] == "youden"
+        assert "at the operating point: Youden's J on val (40 images)" in result.stdout
+    finally:
+        os.remove(path)

@@ -50,14 +50,77 @@ def test_gradcam_peaks_where_the_class_evidence_is(corner):
 
 
 def test_gradcam_layer_of_a_resnet_and_unknown_layers():
+    # Large enough: the last feature map before pooling, i.e. the output of
+    # the res5 attention block (the paper's Fig. 4), not the block's input.
+    big = build_image_classifier(ResNetBackbone(18, 0.25, 128, attention="5"), 2)
+    assert explain.choose_gradcam_layer(big) == ("conv5_block2_nonlocal", None)
+    plain = build_image_classifier(ResNetBackbone(18, 0.25, 128), 2)
+    assert explain.gradcam_layer(plain) == "conv5_block2_out"
+    # At 64 px res5 is 2x2: the deepest map with >= 3x3 positions, and why.
     model = build_image_classifier(ResNetBackbone(18, 0.25, 64, attention="5"), 2)
-    # The last residual block's output, before the res5 attention block.
-    assert explain.gradcam_layer(model) == "conv5_block2_out"
+    layer, note = explain.choose_gradcam_layer(model)
+    assert layer == "conv4_block2_nonlocal"
+    assert "has 2x2 positions" in note and "(4x4)" in note
     assert explain.last_block_name(model) == "conv5_block2_nonlocal"
+    # A layer named by the caller that is too small is refused with the reason.
+    with pytest.raises(ValueError, match="2x2 positions.*try 'conv4_block2_nonlocal'"):
+        explain.GradCAM(model, "conv5_block2_out")
     with pytest.raises(ValueError, match="No such layer: nope"):
         explain.gradcam(model, np.zeros((1, 64, 64, 3), np.float32), 0, layer="nope")
     with pytest.raises(ValueError, match="convN_blockM_out"):
         explain.gradcam_layer(_plain())
+    # A model where nothing has 3x3 positions: refused, not blank.
+    images = keras.Input((8, 8, 3))
+    small = keras.layers.Conv2D(4, 3, strides=4, name="conv5_block1_out")(images)
+    pooled = keras.layers.GlobalAveragePooling2D(name="avg_pool")(small)
+    tiny = keras.Model(images, keras.layers.Dense(2, activation="softmax")(pooled))
+    with pytest.raises(ValueError, match="Grad-CAM would be blank"):
+        explain.GradCAM(tiny)
+
+
+def test_one_centre_aligned_upsampling_for_both_panels():
+    # Half-pixel centres: cell (1, 2) of a 4x4 map covers rows 8-15 and
+    # columns 16-23 of a 32 px image, so its upsampled mass is centred on
+    # (11.5, 19.5). A corner-aligned zoom (scipy.ndimage.zoom, as in
+    # tf-keras-vis) centres it on (10.3, 20.7): off by a pixel or more.
+    cell = np.zeros((1, 4, 4), np.float32)
+    cell[0, 1, 2] = 1.0
+    up = explain.upsample(cell, (32, 32))[0]
+    weights = up / up.sum()
+    assert (weights.sum(1) * np.arange(32)).sum() == pytest.approx(11.5, abs=1e-4)
+    assert (weights.sum(0) * np.arange(32)).sum() == pytest.approx(19.5, abs=1e-4)
+    # An edge cell stays on its own area: its peak and most of its mass lie
+    # in rows 0-7, columns 24-31.
+    edge = np.zeros((1, 4, 4), np.float32)
+    edge[0, 0, 3] = 1.0
+    up = explain.upsample(edge, (32, 32))[0]
+    ys, xs = np.nonzero(up == up.max())
+    assert ys.max() <= 7 and xs.min() >= 24
+    assert up[:8, 24:].sum() / up.sum() > 0.5
+    # Grad-CAM goes through it: the corner detector's map is its 8x8
+    # brightness grid, so the Grad-CAM panel is exactly that grid upsampled.
+    model = _corner_detector()
+    image = np.full((1, 32, 32, 3), 0.05, np.float32)
+    image[0, 0:4, 28:32] = 1.0  # one grid cell, at the image's corner
+    grid = image[0, :, :, 0].reshape(8, 4, 8, 4).mean(axis=(1, 3))[None]
+    cam = explain.gradcam(model, image, class_index=1)
+    np.testing.assert_allclose(cam, explain.upsample(grid, (32, 32)), atol=1e-5)
+    # The attention panel too.
+    attn = build_image_classifier(ResNetBackbone(18, 0.25, 64, attention="5"), 2)
+    x = np.random.default_rng(0).uniform(0, 1, (2, 64, 64, 3)).astype("float32")
+    raw = attention_maps.attention_maps(attn, x)["conv5_block2_nonlocal"].mean(axis=1)
+    side = int(np.sqrt(raw.shape[-1]))
+    np.testing.assert_allclose(explain.attention_map(attn, x),
+                               explain.upsample(raw.reshape(2, side, side), (64, 64)), atol=1e-6)
+
+
+def test_mass_inside_a_box():
+    heat = np.zeros((10, 10))
+    heat[2:4, 2:4] = 1.0
+    heat[8, 8] = 4.0
+    assert explain.mass_inside(heat, (0.0, 0.0, 0.5, 0.5)) == pytest.approx(0.5)
+    assert explain.mass_inside(heat, (0.0, 0.0, 1.0, 1.0)) == 1.0
+    assert np.isnan(explain.mass_inside(np.zeros((4, 4)), (0, 0, 1, 1)))
 
 
 def _plain():

@@ -106,7 +106,7 @@ def test_bootstrap_ci_equals_a_direct_numpy_bootstrap_with_sklearn():
     got = metrics.bootstrap_ci(
         labels, probs,
         lambda y, p: metrics.classification_metrics(y, p, 1),
-        num_samples=300, confidence=0.9, seed=7,
+        num_samples=300, confidence=0.9, seed=7, stratified=False,
     )
     # The same resamples, drawn and scored independently.
     draws = np.random.default_rng(7).integers(0, 80, (300, 80))
@@ -138,3 +138,48 @@ def test_bootstrap_undefined_values_are_left_out_or_nan():
     assert got["accuracy"][0] < 0.95 <= got["accuracy"][1] == 1.0
     with pytest.raises(ValueError, match="confidence"):
         metrics.bootstrap_ci(labels, probs, lambda y, p: {}, confidence=95)
+
+
+def test_stratified_bootstrap_keeps_the_class_counts_of_every_resample():
+    rng = np.random.default_rng(3)
+    labels = rng.permutation(np.r_[np.zeros(120, int), np.ones(80, int)])
+    plain = metrics.resample_indices(labels, 1000, seed=0, stratified=False)
+    share = labels[plain].mean(axis=1)
+    assert share.max() - share.min() > 0.1  # what the class mix did before
+    idx = metrics.resample_indices(labels, 1000, seed=0)
+    assert idx.shape == (1000, 200)
+    np.testing.assert_array_equal(labels[idx].sum(axis=1), np.full(1000, 80))
+    # Within a class, positions are drawn with replacement from that class.
+    positives = np.flatnonzero(labels == 1)
+    assert set(idx[:, 120:].ravel()) == set(positives)
+    # Same seed, same resamples; a stratified interval of sensitivity is
+    # then only the within-class spread.
+    np.testing.assert_array_equal(idx, metrics.resample_indices(labels, 1000, seed=0))
+    probs = np.tile([0.3, 0.7], (200, 1))
+    probs[labels == 0] = [0.8, 0.2]
+    probs[positives[:20]] = [0.6, 0.4]  # sensitivity 0.75 exactly
+    got = metrics.bootstrap_ci(labels, probs,
+                               lambda y, p: metrics.classification_metrics(y, p, 1))
+    assert got["specificity"] == (1.0, 1.0)
+    assert got["sensitivity"][0] < 0.75 < got["sensitivity"][1]
+
+
+def test_f1_without_a_positive_is_nan_not_zero():
+    assert math.isnan(metrics.f1_binary([0, 0, 0], [0, 1, 0], positive=1))
+    assert math.isnan(metrics.f1_binary([0, 0], [0, 0], positive=1))
+    assert metrics.f1_binary([1, 0], [0, 0], positive=1) == 0.0
+    scores = metrics.classification_metrics([0, 0], np.array([[0.9, 0.1], [0.2, 0.8]]), 1)
+    assert math.isnan(scores["f1"]) and scores["accuracy"] == 0.5
+    # Macro F1 averages the classes that occur.
+    three = metrics.classification_metrics(
+        [0, 1, 0], np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.2, 0.1, 0.7]]))
+    np.testing.assert_allclose(three["f1"], np.mean([2 / 3, 1.0]))
+    # In a bootstrap, resamples without a positive leave F1's interval
+    # instead of pulling it to 0.
+    labels = np.array([1] + [0] * 9)
+    probs = np.tile([0.8, 0.2], (10, 1))
+    probs[0] = [0.1, 0.9]
+    got = metrics.bootstrap_ci(labels, probs,
+                               lambda y, p: metrics.classification_metrics(y, p, 1),
+                               num_samples=200, stratified=False)
+    assert got["f1"] == (1.0, 1.0)
