@@ -544,6 +544,30 @@ class KnnMonitor(keras.callbacks.Callback):
             bank, bank_labels, queries, query_labels, self.num_classes, self.k
         )
 
+    def linear_probe(self, positive_index=None, seed: int = 0) -> dict:
+        """The standard SSL protocol beside kNN: a logistic-regression probe
+        on the frozen pooled features, fitted on the bank split (penalty by
+        5-fold CV on it, `evaluation.linear_probe`), scored on the query
+        split: accuracy, and AUC of the positive class for two classes."""
+        from matl_keras.evaluation import linear_probe as probe_lib
+        from matl_keras.evaluation import metrics as metrics_lib
+
+        bank, bank_labels = pooled_features(self.backbone, self.bank)
+        queries, labels = pooled_features(self.backbone, self.queries)
+        probe = probe_lib.linear_probe(
+            bank, bank_labels, queries, self.num_classes, seed=seed
+        )
+        result = {
+            "accuracy": metrics_lib.accuracy(labels, probe.probs),
+            "penalty": probe.penalty,
+        }
+        if self.num_classes == 2:
+            positive = 1 if positive_index is None else positive_index
+            result["auc"] = metrics_lib.roc_auc_binary(
+                labels == positive, probe.probs[:, positive]
+            )
+        return result
+
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None and not _diverged(logs):
             logs["knn_accuracy"] = self.score()

@@ -386,6 +386,14 @@ def pretrain(
             "bank": monitor_bank_split,
             "queries": monitor_split,
         }
+        # The frozen backbone's linear probe (fitted on the bank split,
+        # scored on the query split), the standard SSL score beside kNN.
+        results["linear_probe"] = {
+            **monitor.linear_probe(dataset.positive_index(), seed),
+            "fitted_on": monitor_bank_split,
+            "scored_on": monitor_split,
+        }
+        print(f"linear probe: {results['linear_probe']}", flush=True)
     workdir_lib.write_json(metrics_path, results)
     config.save_config(start.out, "operative_config.gin", operative=True)
     record.update(

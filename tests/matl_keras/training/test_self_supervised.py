@@ -42,6 +42,9 @@ def test_sstl_m_job_through_the_cli(tmp_path, method):
     metrics = sstl["metrics"]
     assert 0.0 <= metrics["knn_accuracy"]["before"] <= 1.0
     assert 0.0 <= metrics["knn_accuracy"]["after"] <= 1.0
+    probe = metrics["linear_probe"]
+    assert 0.0 <= probe["accuracy"] <= 1.0 and 0.0 <= probe["auc"] <= 1.0
+    assert (probe["fitted_on"], probe["scored_on"]) == ("train", "val")
     history = open(os.path.join(workdir, "sstl_m", "history.csv")).read()
     assert "knn_accuracy" in history
     assert ("region_accuracy" in history) == (method == "region_aware")
