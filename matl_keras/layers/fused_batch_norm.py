@@ -117,8 +117,13 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             # Keras' moving statistics have no aggregation: each replica
             # would keep its own. Every replica assigns the mean over all
             # groups of the global batch instead, as one device does.
-            group_mean, group_variance = context.all_reduce(
-                tf.distribute.ReduceOp.MEAN, [group_mean, group_variance]
+            # One tensor per call, as Keras' synchronized BatchNorm does
+            # (a list fails under MultiWorkerMirroredStrategy).
+            group_mean = context.all_reduce(
+                tf.distribute.ReduceOp.MEAN, group_mean
+            )
+            group_variance = context.all_reduce(
+                tf.distribute.ReduceOp.MEAN, group_variance
             )
         self.moving_mean.assign(
             tf.cast(

@@ -82,6 +82,14 @@ def _replica_context() -> tuple[Any, int, Any]:
     return context, context.num_replicas_in_sync, context.replica_id_in_sync_group
 
 
+def _on_replica_device(tensor: tf.Tensor) -> tf.Tensor:
+    """`tensor` as an op of this replica's device. Input batches carry no
+    device, and MultiWorkerMirroredStrategy's all_gather of such a tensor
+    fails ("destinations can not be empty"); an identity made inside the
+    replica function is placed on the replica's device."""
+    return tf.identity(tensor)
+
+
 def _global_batch(per_example: tf.Tensor) -> tf.Tensor:
     """Examples in the global batch (this replica's times the replicas)."""
     _, replicas, _ = _replica_context()
@@ -380,7 +388,9 @@ class ContrastiveModel(SSLMethod):
         context, replicas, replica = _replica_context()
         local = tf.shape(images)[0]
         gathered = (
-            context.all_gather(images, axis=0) if replicas > 1 else images
+            context.all_gather(_on_replica_device(images), axis=0)
+            if replicas > 1
+            else images
         )
         perm = shuffle_permutation(
             tf.shape(gathered)[0], groups, self._key_seed()
@@ -429,7 +439,7 @@ class ContrastiveModel(SSLMethod):
         ids = tf.cast(ids, tf.int32)
         if replicas > 1:
             keys = context.all_gather(keys, axis=0)
-            ids = context.all_gather(ids, axis=0)
+            ids = context.all_gather(_on_replica_device(ids), axis=0)
         n = tf.shape(keys)[0]
         tf.debugging.assert_less_equal(
             n, self.queue_size,

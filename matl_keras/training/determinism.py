@@ -38,7 +38,10 @@ def configure(deterministic: bool | str) -> dict[str, object]:
     """Turns TensorFlow's op determinism on when asked (`"auto"`: on CPU).
 
     On CPU the cost is small (the tf.data maps run in order anyway and the
-    CPU kernels used here are deterministic); on GPU op determinism picks
+    CPU kernels used here are deterministic; `tools/bench_determinism.py`
+    measures it). Keras compiles no XLA while op determinism is on (its
+    `model_supports_jit`), which the stages record as `jit_compile` in
+    `run.json`. On GPU op determinism picks
     slower deterministic cuDNN kernels and makes ops without one (e.g.
     some scatter and resize gradients) raise, so `"auto"` leaves it off
     there. Op determinism is a process-wide switch that cannot be turned
@@ -63,9 +66,9 @@ def configure(deterministic: bool | str) -> dict[str, object]:
     enabled = tf_config.is_op_determinism_enabled()
     if enabled and gpu:
         reason = (
-            "op determinism on GPU: deterministic cuDNN kernels; XLA and "
-            "mixed precision are deterministic too but give other bits "
-            "than a float32 run without XLA"
+            "op determinism on GPU: deterministic cuDNN kernels; Keras "
+            "compiles no XLA while it is on (run.json jit_compile); mixed "
+            "precision gives other bits than a float32 run"
         )
     elif enabled:
         reason = "op determinism on CPU"

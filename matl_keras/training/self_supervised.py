@@ -336,6 +336,8 @@ def pretrain(
             before = monitor.score()
         record["knn_accuracy_before"] = before
         print(f"kNN accuracy before pretraining: {before:.4f}", flush=True)
+    # What Keras compiled: it turns XLA off while op determinism is on.
+    record["jit_compile"] = bool(model.jit_compile)
     workdir_lib.write_json(start.path(workdir_lib.RUN_FILE), record)
     nan_guard = callbacks_lib.StopOnNonFinite()
     throughput = callbacks_lib.Throughput()

@@ -429,6 +429,8 @@ def train(
                 jit_compile, distribution, "auto"
             ),
         )
+    # What Keras compiled: it turns XLA off while op determinism is on.
+    record["jit_compile"] = bool(model.jit_compile)
     workdir_lib.write_json(start.path(workdir_lib.RUN_FILE), record)
     nan_guard = callbacks_lib.StopOnNonFinite()
     throughput = callbacks_lib.Throughput()

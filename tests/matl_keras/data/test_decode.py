@@ -241,7 +241,7 @@ def test_check_splits_names_every_bad_file_of_every_split(tmp_path):
     from matl_keras_plugins.datasets.image_folder import ImageFolder
 
     paths = _awkward_folder(tmp_path)
-    dataset = ImageFolder(str(tmp_path))
+    dataset = ImageFolder(str(tmp_path), positive_class="b")
     with pytest.raises(DataError) as e:
         decode.check_splits(
             dataset, ["train", "val"], "refuse", "sstl_m/pretrain.on_bad_image"
@@ -273,7 +273,7 @@ def test_skipped_bad_files_are_not_decoded_again_and_valid_ones_load(
     from matl_keras_plugins.datasets.image_folder import ImageFolder
 
     _awkward_folder(tmp_path)
-    dataset = ImageFolder(str(tmp_path))
+    dataset = ImageFolder(str(tmp_path), positive_class="b")
     bad = decode.check_splits(dataset, ["train", "val"], "skip", "x")
     assert sum(len(b) for b in bad.values()) == len(BROKEN)
 

@@ -55,7 +55,7 @@ def root(tmp_path):
 def _dataset(root):
     from matl_keras_plugins.datasets.image_folder import ImageFolder
 
-    return ImageFolder(root=root)
+    return ImageFolder(root=root, positive_class="b")
 
 
 def test_finds_planted_duplicates_and_patients(root):
@@ -99,14 +99,16 @@ def test_refuse_and_cli(root, tmp_path):
     with pytest.raises(DataError, match="on_leak"):
         audit.audit(_dataset(root), on_leak="ignore")
     gin = f"--gin_param=image_folder.root = {root!r}"
-    warned = matl("audit", "--dataset=image_folder", gin, f"--output={out}")
+    positive = "--gin_param=image_folder.positive_class = 'b'"
+    warned = matl("audit", "--dataset=image_folder", gin, positive, f"--output={out}")
     assert warned.returncode == 0, warned.stderr
     assert "LEAK: findings across splits" in warned.stdout
     assert "patient p_shared: train 1 (train3.png); val 1 (val1.png)" in warned.stdout
-    line = error_line(matl("audit", "--dataset=image_folder", gin, "--on_leak=refuse"))
+    line = error_line(matl("audit", "--dataset=image_folder", gin, positive, "--on_leak=refuse"))
     assert "leakage audit" in line and "on_leak='refuse'" in line
     # One split alone has no leak to refuse.
-    ok = matl("audit", "--dataset=image_folder", gin, "--splits=val", "--on_leak=refuse")
+    ok = matl("audit", "--dataset=image_folder", gin, positive, "--splits=val",
+              "--on_leak=refuse")
     assert ok.returncode == 0 and "no finding across splits" in ok.stdout
 
 

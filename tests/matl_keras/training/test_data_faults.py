@@ -36,7 +36,9 @@ def _folder(root, classes=("a", "b"), bad=True):
     if bad:
         (root / "train" / classes[0] / "empty.png").write_bytes(b"")
         (root / "val" / classes[-1] / "page.jpg").write_bytes(b"<html></html>")
-    return ImageFolder(str(root))
+    # Folder names that do not tell the positive class: name it.
+    positive = classes[-1] if len(classes) == 2 else None
+    return ImageFolder(str(root), positive_class=positive)
 
 
 def _nothing_may_be_built(monkeypatch):

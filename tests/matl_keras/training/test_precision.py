@@ -14,6 +14,7 @@ from matl_keras.errors import ConfigError
 from matl_keras.layers.non_local_block import NonLocalBlock
 from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
 from matl_keras.models.resnet.resnet_image_classifier import build_image_classifier
+from matl_keras.training import determinism
 from matl_keras.training import precision
 from matl_keras.training import strategies
 from matl_keras_plugins.ssl_methods.moco import MoCo
@@ -66,6 +67,10 @@ def test_mixed_float16_dtypes_and_policy_restored():
 def _two_steps(cls, policy="float32", jit_compile=False, strategy="default",
                loss_scale=None, learning_rate=0.01):
     keras.utils.set_random_seed(0)
+    # Keras turns XLA off while TensorFlow's op determinism is on (which
+    # another test of this process may have left on): these tests are about
+    # XLA, so determinism is off here.
+    determinism.configure(False)
     distribution = strategies.get_strategy(strategy)
     with distribution.scope(), precision.dtype_policy(policy):
         model = _build(cls)
