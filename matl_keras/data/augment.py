@@ -437,27 +437,36 @@ def _stl_m(size: int, use_flip: bool) -> Augment:
     return augment
 
 
+def _resized_crop_recipe(size: int, use_flip: bool, *steps: Augment) -> Augment:
+    """RandomResizedCrop(size, scale=(0.2, 1)) of the load-size image, then
+    `steps` in order, GaussianBlur(sigma in [0.1, 2]) with p=0.5 and the
+    horizontal flip: the geometry MoCo v2 and the CT recipe share."""
+    blur = with_probability(random_blur(size), 0.5)
+
+    def augment(image, seed):
+        seeds = split_seed(seed, len(steps) + 3)
+        image = random_resized_crop(image, seeds[0], size)
+        for step, step_seed in zip((*steps, blur), seeds[1:-1]):
+            image = step(image, step_seed)
+        if use_flip:
+            image = flip(image, seeds[-1])
+        return _finish(image, size)
+
+    return augment
+
+
 def _moco_v2(size: int, use_flip: bool) -> Augment:
     """MoCo v2 (Chen et al. 2020; `aug_plus` of facebookresearch/moco
     `main_moco.py`), in its order: RandomResizedCrop(size, scale=(0.2, 1))
     of the load-size image, ColorJitter(0.4, 0.4, 0.4, 0.1) with p=0.8
     (random order of the four, as torchvision), RandomGrayscale(p=0.2),
     GaussianBlur(sigma in [0.1, 2]) with p=0.5, horizontal flip."""
-    jitter = with_probability(color_jitter, 0.8)
-    gray = with_probability(lambda x, s: grayscale(x), 0.2)
-    blur = with_probability(random_blur(size), 0.5)
-
-    def augment(image, seed):
-        seeds = split_seed(seed, 5)
-        image = random_resized_crop(image, seeds[0], size)
-        image = jitter(image, seeds[1])
-        image = gray(image, seeds[2])
-        image = blur(image, seeds[3])
-        if use_flip:
-            image = flip(image, seeds[4])
-        return _finish(image, size)
-
-    return augment
+    return _resized_crop_recipe(
+        size,
+        use_flip,
+        with_probability(color_jitter, 0.8),
+        with_probability(lambda x, s: grayscale(x), 0.2),
+    )
 
 
 def _sstl_m_paper(size: int, use_flip: bool) -> Augment:
@@ -488,21 +497,12 @@ def _ct_intensity(size: int, use_flip: bool) -> Augment:
     level +-0.1) with p=0.8 and gamma U[0.7, 1.5] with p=0.5. The crop
     scale is MoCo's so that a comparison with `moco_v2` measures the
     intensity part only."""
-    window = with_probability(window_level, 0.8)
-    gam = with_probability(gamma, 0.5)
-    blur = with_probability(random_blur(size), 0.5)
-
-    def augment(image, seed):
-        seeds = split_seed(seed, 5)
-        image = random_resized_crop(image, seeds[0], size)
-        image = window(image, seeds[1])
-        image = gam(image, seeds[2])
-        image = blur(image, seeds[3])
-        if use_flip:
-            image = flip(image, seeds[4])
-        return _finish(image, size)
-
-    return augment
+    return _resized_crop_recipe(
+        size,
+        use_flip,
+        with_probability(window_level, 0.8),
+        with_probability(gamma, 0.5),
+    )
 
 
 RECIPES: dict[str, Callable[[int, bool], Augment]] = {
@@ -513,6 +513,15 @@ RECIPES: dict[str, Callable[[int, bool], Augment]] = {
     "sstl_m_paper": _sstl_m_paper,
     "ct_intensity": _ct_intensity,
 }
+
+
+def two_views(augment: Augment, image, seed: tf.Tensor):
+    """Two independent draws of `augment` of one image (an SSL method's
+    positive pair), from the two halves of `seed`; `image` may be the
+    pipeline's `{"image": ..., **prepare}` dict."""
+    first, second = split_seed(seed, 2)
+    image = image["image"] if isinstance(image, dict) else image
+    return augment(image, first), augment(image, second)
 
 
 def get_augment(name: str, size: int, *, flip: bool = True) -> Augment:

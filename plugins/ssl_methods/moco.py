@@ -71,12 +71,8 @@ class MoCo(ContrastiveModel):
             )
 
     def views(self, image, seed: tf.Tensor) -> dict[str, tf.Tensor]:
-        query_seed, key_seed = augment_lib.split_seed(seed, 2)
-        image = image["image"] if isinstance(image, dict) else image
-        return {
-            "query": self._augment(image, query_seed),
-            "key": self._augment(image, key_seed),
-        }
+        query, key = augment_lib.two_views(self._augment, image, seed)
+        return {"query": query, "key": key}
 
     def contrastive_loss(self, views, ids):
         """Eq. 2 for this replica's queries and the keys to enqueue."""

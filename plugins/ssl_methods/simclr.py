@@ -44,12 +44,8 @@ class SimCLR(ContrastiveModel):
         self._augment = augment_lib.get_augment(augment, self.image_size)
 
     def views(self, image, seed: tf.Tensor) -> dict[str, tf.Tensor]:
-        seed1, seed2 = augment_lib.split_seed(seed, 2)
-        image = image["image"] if isinstance(image, dict) else image
-        return {
-            "view1": self._augment(image, seed1),
-            "view2": self._augment(image, seed2),
-        }
+        view1, view2 = augment_lib.two_views(self._augment, image, seed)
+        return {"view1": view1, "view2": view2}
 
     def per_example_loss(self, views, ids):
         del ids  # the negatives are the other images of the batch

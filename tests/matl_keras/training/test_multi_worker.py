@@ -133,7 +133,7 @@ TINY_PIPELINE = [
     "--gin_param=FINETUNE_EPOCHS = 2",
     "--gin_param=IMAGE_SIZE = 32",
     "--gin_param=BATCH_SIZE = 8",
-    "--gin_param=SSL_QUEUE_SIZE = 32",
+    "--gin_param=SSL_QUEUE_SIZE = 'auto'",
     "--gin_param=synthetic_ct.image_size = 48",
     "--gin_param=synthetic_ct.num_train = 16",
     "--gin_param=synthetic_ct.num_val = 8",

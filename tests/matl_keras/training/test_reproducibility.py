@@ -147,21 +147,31 @@ def _assert_same_pretrain(first, second):
     assert rows[0] == rows[1]
 
 
-def test_same_ssl_pretrain_twice_is_bitwise_identical(tmp_path):
+@pytest.fixture(scope="module")
+def straight_pretrain(tmp_path_factory):
+    """One uninterrupted tiny MoCo pretraining, shared by the tests below."""
+    import gin
+
+    gin.clear_config()
+    path = tmp_path_factory.mktemp("pretrain") / "straight"
+    _pretrain(path)
+    return path
+
+
+def test_same_ssl_pretrain_twice_is_bitwise_identical(tmp_path, straight_pretrain):
     """MoCo with shuffle-BN (the key permutation is seeded by the run seed
     and the step), a queue and two augmented views per image."""
-    _pretrain(tmp_path / "a")
     _pretrain(tmp_path / "b")
-    _assert_same_pretrain(tmp_path / "a", tmp_path / "b")
+    _assert_same_pretrain(straight_pretrain, tmp_path / "b")
     _pretrain(tmp_path / "c", seed=6)
-    ours = _weights(tmp_path / "a" / "backbone.weights.h5")
+    ours = _weights(straight_pretrain / "backbone.weights.h5")
     other = _weights(tmp_path / "c" / "backbone.weights.h5")
     assert any(not np.array_equal(ours[k], other[k]) for k in ours)
 
 
-def test_interrupted_then_resumed_pretrain_equals_uninterrupted(tmp_path, monkeypatch):
-    _pretrain(tmp_path / "straight")
-
+def test_interrupted_then_resumed_pretrain_equals_uninterrupted(
+    tmp_path, monkeypatch, straight_pretrain
+):
     class KilledAfterFirstEpoch(callbacks_lib.Throughput):
         def on_epoch_begin(self, epoch, logs=None):
             if epoch == 1:
@@ -174,7 +184,7 @@ def test_interrupted_then_resumed_pretrain_equals_uninterrupted(tmp_path, monkey
     monkeypatch.undo()
     _pretrain(tmp_path / "resumed")
     assert json.load(open(tmp_path / "resumed" / "run.json"))["resumed"] is True
-    _assert_same_pretrain(tmp_path / "straight", tmp_path / "resumed")
+    _assert_same_pretrain(straight_pretrain, tmp_path / "resumed")
 
 
 def test_killed_mid_epoch_resumes_at_its_step_backup_and_equals_uninterrupted(
@@ -220,12 +230,12 @@ def test_backup_every_steps_is_refused_on_several_replicas(tmp_path):
 
 
 def test_pretrain_killed_mid_epoch_resumes_at_its_step_and_equals_uninterrupted(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, straight_pretrain
 ):
     """SSTL-M with `backup_every_steps=1` (2 steps an epoch): killed in the
     second step of epoch 0, it resumes after step 1 with the queue, key
-    encoder and optimizer of that step, and ends as an uninterrupted run."""
-    _pretrain(tmp_path / "straight", backup_every_steps=1)
+    encoder and optimizer of that step, and ends as an uninterrupted run
+    (step backups change nothing else)."""
 
     class KilledInSecondStep(callbacks_lib.Throughput):
         def on_train_batch_end(self, batch, logs=None):
@@ -240,4 +250,4 @@ def test_pretrain_killed_mid_epoch_resumes_at_its_step_and_equals_uninterrupted(
     assert callbacks_lib.ResumableBackup.resume_point(backup) == (0, 1)
     monkeypatch.undo()
     _pretrain(tmp_path / "resumed", backup_every_steps=1)
-    _assert_same_pretrain(tmp_path / "straight", tmp_path / "resumed")
+    _assert_same_pretrain(straight_pretrain, tmp_path / "resumed")
