@@ -262,18 +262,23 @@ def cmd_evaluate() -> None:
     )
 
 
+def _output_dir(name: str) -> str:
+    """--output_dir, or the folder `name` in the trained stage's folder."""
+    from matl_keras.evaluation import trained
+
+    return FLAGS.output_dir or os.path.join(
+        trained.find(FLAGS.model).stage_dir, name
+    )
+
+
 def cmd_explain() -> None:
     _require("model", "images")
     tf_startup.import_tensorflow()
     from matl_keras.evaluation import commands
-    from matl_keras.evaluation import trained
 
-    output_dir = FLAGS.output_dir or os.path.join(
-        trained.find(FLAGS.model).stage_dir, "explain"
-    )
     commands.explain_images(
-        FLAGS.model, FLAGS.images, output_dir, FLAGS.layer, FLAGS.class_name,
-        FLAGS.batch_size,
+        FLAGS.model, FLAGS.images, _output_dir("explain"), FLAGS.layer,
+        FLAGS.class_name, FLAGS.batch_size,
     )
 
 
@@ -281,13 +286,9 @@ def cmd_predict() -> None:
     _require("model", "images")
     tf_startup.import_tensorflow()
     from matl_keras.evaluation import commands
-    from matl_keras.evaluation import trained
 
-    output_dir = FLAGS.output_dir or os.path.join(
-        trained.find(FLAGS.model).stage_dir, "predict"
-    )
     commands.predict_images(
-        FLAGS.model, FLAGS.images, output_dir, FLAGS.batch_size
+        FLAGS.model, FLAGS.images, _output_dir("predict"), FLAGS.batch_size
     )
 
 

@@ -142,21 +142,30 @@ def test_write_errors_name_the_file_and_the_os_reason(tmp_path, monkeypatch):
     assert not partial.exists()
 
 
-def test_cli_turns_a_full_disk_anywhere_into_one_line(tmp_path):
-    """A write the stages do not wrap (here, the first one: config.gin)."""
+def _cli_with_failing_write(tmp_path, failure: str):
+    """Runs the CLI's tiny job in a fresh process where the first write
+    of the run (config.gin) raises `failure` (a Python expression)."""
     script = (
         "import errno, sys\n"
+        "import tensorflow as tf\n"
         "from matl_keras.training import workdir\n"
         "def full(*a, **k):\n"
-        "    raise OSError(errno.ENOSPC, 'No space left on device', 'f.bin')\n"
+        f"    raise {failure}\n"
         "workdir.write_text = full\n"
         "from matl_keras import cli\n"
         "cli.run()\n"
     )
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", script, *TINY, f"--workdir={tmp_path}"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
+
+
+def test_cli_turns_a_full_disk_anywhere_into_one_line(tmp_path):
+    """A write the stages do not wrap (here, the first one: config.gin)."""
+    result = _cli_with_failing_write(
+        tmp_path, "OSError(errno.ENOSPC, 'No space left on device', 'f.bin')"
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -185,22 +194,12 @@ def test_save_weights_in_memory_equals_keras_save_weights(tmp_path):
 def test_cli_turns_tensorflow_write_errors_into_one_line(tmp_path):
     """TensorBoard's event files are written by TensorFlow, which reports
     a full disk as a ResourceExhaustedError naming the file."""
-    script = (
-        "import tensorflow as tf\n"
-        "from matl_keras.training import workdir\n"
-        "def full(*a, **k):\n"
-        "    raise tf.errors.ResourceExhaustedError(None, None, (\n"
-        "        '{{function_node __wrapped__WriteSummary_device_/job:local}}'\n"
-        "        ' /w/logs/events.v2; No space left on device\\n'\n"
-        "        '\\tFailed to flush 11 events to /w/logs/events.v2'))\n"
-        "workdir.write_text = full\n"
-        "from matl_keras import cli\n"
-        "cli.run()\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script, *TINY, f"--workdir={tmp_path}"],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    result = _cli_with_failing_write(
+        tmp_path,
+        "tf.errors.ResourceExhaustedError(None, None, ("
+        "'{{function_node __wrapped__WriteSummary_device_/job:local}}'"
+        "' /w/logs/events.v2; No space left on device\\n'"
+        "'\\tFailed to flush 11 events to /w/logs/events.v2'))",
     )
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
