@@ -64,6 +64,26 @@ def _assert_same_run(first, second):
     )
 
 
+
+def _kill(monkeypatch, epoch=None, batch=None):
+    """Makes the next run raise KeyboardInterrupt (as a kill would) at the
+    start of `epoch` (after the previous epoch's backup) or at the end of
+    `batch` of the first epoch trained (before that step's backup)."""
+
+    class Killed(callbacks_lib.Throughput):
+        def on_epoch_begin(self, e, logs=None):
+            if e == epoch:
+                raise KeyboardInterrupt
+            super().on_epoch_begin(e, logs)
+
+        def on_train_batch_end(self, b, logs=None):
+            super().on_train_batch_end(b, logs)
+            if b == batch:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(callbacks_lib, "Throughput", Killed)
+
+
 def test_same_fine_tune_twice_is_bitwise_identical(tmp_path):
     _train(tmp_path / "a")
     _train(tmp_path / "b")
@@ -80,13 +100,7 @@ def test_same_fine_tune_twice_is_bitwise_identical(tmp_path):
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, monkeypatch):
     _train(tmp_path / "straight")
 
-    class KilledAfterFirstEpoch(callbacks_lib.Throughput):
-        def on_epoch_begin(self, epoch, logs=None):
-            if epoch == 1:
-                raise KeyboardInterrupt  # as if killed after epoch 0's backup
-            super().on_epoch_begin(epoch, logs)
-
-    monkeypatch.setattr(callbacks_lib, "Throughput", KilledAfterFirstEpoch)
+    _kill(monkeypatch, epoch=1)  # as if killed after epoch 0's backup
     with pytest.raises(KeyboardInterrupt):
         _train(tmp_path / "resumed")
     assert callbacks_lib.ResumableBackup.completed_epochs(
@@ -172,13 +186,7 @@ def test_same_ssl_pretrain_twice_is_bitwise_identical(tmp_path, straight_pretrai
 def test_interrupted_then_resumed_pretrain_equals_uninterrupted(
     tmp_path, monkeypatch, straight_pretrain
 ):
-    class KilledAfterFirstEpoch(callbacks_lib.Throughput):
-        def on_epoch_begin(self, epoch, logs=None):
-            if epoch == 1:
-                raise KeyboardInterrupt
-            super().on_epoch_begin(epoch, logs)
-
-    monkeypatch.setattr(callbacks_lib, "Throughput", KilledAfterFirstEpoch)
+    _kill(monkeypatch, epoch=1)  # as if killed after epoch 0's backup
     with pytest.raises(KeyboardInterrupt):
         _pretrain(tmp_path / "resumed")
     monkeypatch.undo()
@@ -196,13 +204,7 @@ def test_killed_mid_epoch_resumes_at_its_step_backup_and_equals_uninterrupted(
     training metrics too) and metrics equal an uninterrupted run's."""
     _train(tmp_path / "straight", backup_every_steps=2)
 
-    class KilledAtThirdStep(callbacks_lib.Throughput):
-        def on_train_batch_end(self, batch, logs=None):
-            super().on_train_batch_end(batch, logs)
-            if batch == 2:
-                raise KeyboardInterrupt  # as if killed in the third step
-
-    monkeypatch.setattr(callbacks_lib, "Throughput", KilledAtThirdStep)
+    _kill(monkeypatch, batch=2)  # as if killed in the third step
     with pytest.raises(KeyboardInterrupt):
         _train(tmp_path / "resumed", backup_every_steps=2)
     backup = str(tmp_path / "resumed" / "backup")
@@ -237,13 +239,7 @@ def test_pretrain_killed_mid_epoch_resumes_at_its_step_and_equals_uninterrupted(
     encoder and optimizer of that step, and ends as an uninterrupted run
     (step backups change nothing else)."""
 
-    class KilledInSecondStep(callbacks_lib.Throughput):
-        def on_train_batch_end(self, batch, logs=None):
-            super().on_train_batch_end(batch, logs)
-            if batch == 1:
-                raise KeyboardInterrupt
-
-    monkeypatch.setattr(callbacks_lib, "Throughput", KilledInSecondStep)
+    _kill(monkeypatch, batch=1)  # in the second step of epoch 0
     with pytest.raises(KeyboardInterrupt):
         _pretrain(tmp_path / "resumed", backup_every_steps=1)
     backup = str(tmp_path / "resumed" / "backup")
