@@ -110,6 +110,11 @@ class Dataset(abc.ABC):
     api_version: ClassVar[int] = PLUGIN_API_VERSION
     class_names: tuple[str, ...] = ()
     positive_class: str | None = None
+    # The share of the train split whose labels supervised stages may use
+    # (a stratified subset, drawn with the run's seed); self-supervised
+    # stages use every image. Real datasets leave it at 1; the embedded
+    # synthetic_ct sets it to be the few-labels case SSL is for.
+    labelled_fraction: float = 1.0
 
     @abc.abstractmethod
     def splits(self) -> tuple[str, ...]:

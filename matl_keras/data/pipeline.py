@@ -95,6 +95,32 @@ def _subset(examples, count: int, seed: int):
     )
 
 
+def _labelled_subset(examples, fraction: float, seed: int, context: str):
+    """A stratified subset: `fraction` of each class (at least one image),
+    drawn with `seed`, kept in the split's order."""
+    import numpy as np
+
+    if examples.labels is None:
+        raise ConfigError(
+            f"{context} is unlabelled: `labelled_fraction` needs labels. "
+            f"Received: labelled_fraction={fraction}"
+        )
+    labels = np.asarray(examples.labels)
+    rng = np.random.default_rng([seed, 0x1ABE1])
+    keep = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        count = max(1, int(round(fraction * len(members))))
+        keep.extend(rng.choice(members, count, replace=False))
+    keep = np.sort(np.asarray(keep))
+    if isinstance(examples, FileExamples):
+        return FileExamples(
+            tuple(examples.paths[i] for i in keep),
+            tuple(examples.labels[i] for i in keep),
+        )
+    return ArrayExamples(examples.images[keep], labels[keep])
+
+
 @dataclasses.dataclass
 class Split:
     """A ready `tf.data.Dataset` and what it was made of."""
@@ -301,6 +327,7 @@ def build_split(
     seed: int = 0,
     balance: bool = False,
     max_examples: int | None = None,
+    labelled_fraction: float = 1.0,
     start_epoch: int = 0,
     epochs: int | None = None,
     prepare: Callable[[tf.Tensor], dict[str, tf.Tensor]] | None = None,
@@ -333,6 +360,10 @@ def build_split(
             seeded by (seed, epoch).
         max_examples: int or None. Use a random subset (seeded by `seed`,
             kept in the split's order) of at most this many examples.
+        labelled_fraction: float in (0, 1]. Use a stratified subset: this
+            fraction of each class (rounded, at least one image), drawn
+            with `seed` (label-efficiency runs: the same seed gives the
+            same images whatever the model).
         start_epoch: int. Training only: the first epoch the data yields
             (a resumed run passes the epochs already done).
         epochs: int or None. Training only: the data yields epochs
@@ -383,9 +414,18 @@ def build_split(
         transform = augment_lib.get_augment(augment, image_size)
     elif training:
         transform = augment
+    if not 0.0 < labelled_fraction <= 1.0:
+        raise ConfigError(
+            "`labelled_fraction` must be in (0, 1]. Received: "
+            f"labelled_fraction={labelled_fraction}"
+        )
     examples = examples_of(dataset, split)
     if max_examples is not None and len(examples) > max_examples:
         examples = _subset(examples, max_examples, seed)
+    if labelled_fraction < 1.0:
+        examples = _labelled_subset(
+            examples, labelled_fraction, seed, context
+        )
     data, labels, skipped = _source(
         examples, size, on_bad_image, context, prepare if training else None
     )

@@ -153,6 +153,7 @@ def train(
     batch_size: int = 32,
     epochs: int = 10,
     dropout: float = 0.5,
+    head_norm: bool = False,
     augment: str = "crop_flip",
     crop_fraction: float = 0.875,
     optimizer: Callable[..., keras.optimizers.Optimizer] = optimizers.sgd,
@@ -176,6 +177,7 @@ def train(
     train_split: str = "train",
     val_split: str = "val",
     test_split: str = "test",
+    labelled_fraction: float = 1.0,
 ) -> dict[str, Any]:
     """Trains a classifier and writes the run's files into `workdir`.
 
@@ -195,6 +197,9 @@ def train(
         batch_size: int. Global batch size.
         epochs: int. Training epochs.
         dropout: float. Dropout rate before the classification layer.
+        head_norm: bool. Normalise the pooled features (BatchNorm) before
+            the classification layer: fine-tuning a self-supervised
+            backbone needs it (see `build_image_classifier`).
         augment: str. Training augmentation recipe.
         crop_fraction: float. Crop side over resized side (224/256).
         optimizer: callable. Builds the optimizer from `batch_size`,
@@ -242,6 +247,12 @@ def train(
         train_split: str. Split to train on.
         val_split: str. Split scored after every epoch.
         test_split: str. Split scored at the end when the dataset has it.
+        labelled_fraction: float in (0, 1]. Train on this stratified
+            fraction of the labelled part of `train_split` (seeded by
+            `seed`; label-efficiency runs): of `dataset.labelled_fraction`
+            of the split (1 for real datasets; the embedded synthetic_ct's
+            few-labels case sets 0.1). Validation and test splits are
+            whole.
 
     Returns:
         The content of `metrics.json`.
@@ -293,6 +304,15 @@ def train(
     if start_epoch >= epochs:
         start_epoch, start_step = epochs, 0
     dataset = resolve_dataset(dataset)
+    if not 0.0 < labelled_fraction <= 1.0:
+        raise ConfigError(
+            "`labelled_fraction` must be in (0, 1]. Received: "
+            f"labelled_fraction={labelled_fraction}"
+        )
+    # The dataset's own share of labels times this run's share.
+    labelled_fraction = labelled_fraction * getattr(
+        dataset, "labelled_fraction", 1.0
+    )
     # --- faults (issue 19): one-class data; every bad file of every split
     # used, named before anything trains.
     if dataset.num_classes < 2:
@@ -328,6 +348,7 @@ def train(
         training=True,
         augment=augment,
         balance=class_balance == "sampling",
+        labelled_fraction=labelled_fraction,
         start_epoch=start_epoch,
         epochs=epochs,
         **common,
@@ -336,8 +357,13 @@ def train(
         dataset, val_split, training=False, **common
     )
     print(
-        f"dataset {dataset.name}: {train_split} {train_data.class_counts}, "
-        f"{val_split} {val_data.class_counts}",
+        f"dataset {dataset.name}: {train_split} {train_data.class_counts}"
+        + (
+            f" (a stratified {labelled_fraction:g} of its labelled images)"
+            if labelled_fraction < 1.0
+            else ""
+        )
+        + f", {val_split} {val_data.class_counts}",
         flush=True,
     )
     record = {
@@ -359,6 +385,7 @@ def train(
         },
         "skipped_images": train_data.skipped + val_data.skipped,
         "class_balance": class_balance,
+        "labelled_fraction": labelled_fraction,
         # What evaluation fed the model: `explain` and `export` reuse it.
         "preprocessing": {
             "image_size": image_size,
@@ -373,13 +400,19 @@ def train(
         record["architecture"] = describe_backbone(features)
         record["precision"] = policy
         model = build_image_classifier(
-            features, dataset.num_classes, dropout=dropout
+            features, dataset.num_classes, dropout=dropout,
+            head_norm=head_norm,
         )
         if transfer_evaluators and not start.has_transfer:
             # Before any weights are loaded: `model` is the untrained network.
             transfer_data = pipeline.build_split(
                 dataset, transfer_split or train_split, training=False,
-                max_examples=transfer_max_examples, **common
+                max_examples=transfer_max_examples,
+                # Only the labels this run may use.
+                labelled_fraction=(
+                    1.0 if transfer_split else labelled_fraction
+                ),
+                **common,
             )
             scores = transfer.score_sources(
                 sources,

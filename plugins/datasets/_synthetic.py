@@ -27,6 +27,9 @@ class SyntheticDataset(Dataset):
         num_val: int. Images in the `val` split.
         num_test: int. Images in the `test` split (0: no test split).
         seed: int. Seed of the whole dataset.
+        labelled_fraction: float in (0, 1]. The share of `train` whose
+            labels supervised stages may use (`Dataset.labelled_fraction`);
+            self-supervised stages see every image.
     """
 
     def __init__(
@@ -36,6 +39,7 @@ class SyntheticDataset(Dataset):
         num_val: int = 100,
         num_test: int = 100,
         seed: int = 0,
+        labelled_fraction: float = 1.0,
     ) -> None:
         if image_size < 32:
             raise ConfigError(
@@ -48,6 +52,12 @@ class SyntheticDataset(Dataset):
                     f"{type(self).__name__}: `{arg}` must be positive. "
                     f"Received: {arg}={value}"
                 )
+        if not 0.0 < labelled_fraction <= 1.0:
+            raise ConfigError(
+                f"{type(self).__name__}: `labelled_fraction` must be in "
+                f"(0, 1]. Received: labelled_fraction={labelled_fraction}"
+            )
+        self.labelled_fraction = float(labelled_fraction)
         self.image_size = image_size
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         self.seed = seed

@@ -19,6 +19,7 @@ TINY = [
     "--gin_param=BATCH_SIZE = 8",
     "--gin_param=synthetic_ct.image_size = 48",
     "--gin_param=synthetic_ct.num_train = 16",
+    "--gin_param=synthetic_ct.labelled_fraction = 1.0",
     "--gin_param=synthetic_ct.num_val = 8",
     "--gin_param=synthetic_ct.num_test = 8",
 ]

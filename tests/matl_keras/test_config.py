@@ -63,7 +63,8 @@ def test_stage_config_holds_what_reaches_the_stage():
     assert "NATURAL_DATA = @synthetic_natural()" in texts["stl_n"]
     assert "stl_m/" not in texts["stl_n"] and "finetune/" not in texts["stl_n"]
     assert "finetune/train.epochs = %FINETUNE_EPOCHS" in texts["finetune"]
-    assert "FINETUNE_EPOCHS = 12" in texts["finetune"]
+    # The embedded data's few-labels schedule (datasets/synthetic_ct.gin).
+    assert "FINETUNE_EPOCHS = 30" in texts["finetune"]
     assert "train.image_size = %IMAGE_SIZE" in texts["finetune"]  # unscoped
     for text in texts.values():
         assert "pipeline.stages" not in text and "STAGES" not in text

@@ -27,6 +27,7 @@ TRAIN = [
     "--gin_param=FINETUNE_EPOCHS = 1",
     "--gin_param=synthetic_ct.image_size = 80",
     "--gin_param=synthetic_ct.num_train = 16",
+    "--gin_param=synthetic_ct.labelled_fraction = 1.0",
     "--gin_param=synthetic_ct.num_val = 8",
     "--gin_param=synthetic_ct.num_test = 8",
     "--gin_param=train.evaluators = ['metrics']",

@@ -18,6 +18,7 @@ IMAGE_SIZE = 32
 BATCH_SIZE = 8
 synthetic_ct.image_size = 48
 synthetic_ct.num_train = 16
+synthetic_ct.labelled_fraction = 1.0
 synthetic_ct.num_val = 8
 synthetic_ct.num_test = 8
 """

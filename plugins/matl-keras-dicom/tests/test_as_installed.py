@@ -63,6 +63,8 @@ def test_fine_tune_on_dicom_from_gin_with_logme(installed, tmp_path):
         "--gin_param=dicom_ct.split_fractions = {'train': 0.5, 'val': 0.5}",
         "--gin_param=IMAGE_SIZE = 32", "--gin_param=BATCH_SIZE = 4",
         "--gin_param=FINETUNE_EPOCHS = 1",
+        # The embedded default's few-labels batch is 8.
+        "--gin_param=FINETUNE_BATCH_SIZE = 4",
         "--gin_param=train.transfer_evaluators = ['leep', 'logme']",
         f"--workdir={workdir}", target=installed,
     )

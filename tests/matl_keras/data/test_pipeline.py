@@ -347,3 +347,32 @@ def test_max_examples_takes_a_seeded_subset_in_order():
     assert rows == sorted(rows) and len(set(rows)) == 7
     assert pipeline.build_split(ds, "val", image_size=32, batch_size=8, training=False,
                                 max_examples=100).num_examples == 30
+
+
+def test_labelled_fraction_is_a_stratified_seeded_subset():
+    ds = Tiny(n=40)  # 20 of each class
+    common = dict(image_size=32, batch_size=4, training=False)
+    picked = pipeline.build_split(ds, "val", labelled_fraction=0.25, seed=1,
+                                  **common)
+    # A quarter of each class, whatever the class sizes.
+    assert picked.class_counts == {"zero": 5, "one": 5}
+    labels = np.concatenate([y for _, y in picked.data])
+    assert list(labels) == sorted(labels)  # kept in the split's order
+    same = [x for x, _ in pipeline.build_split(
+        ds, "val", labelled_fraction=0.25, seed=1, **common).data]
+    other = [x for x, _ in pipeline.build_split(
+        ds, "val", labelled_fraction=0.25, seed=2, **common).data]
+    mine = [x for x, _ in picked.data]
+    np.testing.assert_array_equal(np.concatenate(mine), np.concatenate(same))
+    assert not np.array_equal(np.concatenate(mine), np.concatenate(other))
+    # A class never vanishes: at least one image each.
+    assert pipeline.build_split(
+        ds, "val", labelled_fraction=0.01, **common
+    ).class_counts == {"zero": 1, "one": 1}
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.5, 1.5])
+def test_labelled_fraction_out_of_range_is_refused(fraction):
+    with pytest.raises(ConfigError, match="labelled_fraction"):
+        pipeline.build_split(Tiny(), "val", image_size=32, batch_size=4,
+                             training=False, labelled_fraction=fraction)

@@ -136,6 +136,7 @@ TINY_PIPELINE = [
     "--gin_param=SSL_QUEUE_SIZE = 'auto'",
     "--gin_param=synthetic_ct.image_size = 48",
     "--gin_param=synthetic_ct.num_train = 16",
+    "--gin_param=synthetic_ct.labelled_fraction = 1.0",
     "--gin_param=synthetic_ct.num_val = 8",
     "--gin_param=synthetic_ct.num_test = 8",
 ]

@@ -35,7 +35,8 @@ TINY_CHAIN = [
     f"--gin_param={name}.{key} = {value}"
     for name in ("synthetic_natural", "synthetic_cxr", "synthetic_ct")
     for key, value in (("image_size", 40), ("num_train", 20), ("num_val", 10))
-] + ["--gin_param=synthetic_ct.num_test = 10"]
+] + ["--gin_param=synthetic_ct.num_test = 10",
+      "--gin_param=synthetic_ct.labelled_fraction = 1.0"]
 
 
 def _backbone_weights_of(model_path):
@@ -118,6 +119,7 @@ def test_kill_9_mid_run_then_rerun_resumes(tmp_path):
         "--gin_param=FINETUNE_EPOCHS = 5",
         "--gin_param=synthetic_ct.image_size = 40",
         "--gin_param=synthetic_ct.num_train = 160",
+        "--gin_param=synthetic_ct.labelled_fraction = 1.0",
         "--gin_param=synthetic_ct.num_val = 8",
         "--gin_param=synthetic_ct.num_test = 0",
         f"--workdir={workdir}",

@@ -25,6 +25,7 @@ TINY_SSL = [
     "--gin_param=SSL_HIDDEN_DIM = 16",
     "--gin_param=synthetic_ct.image_size = 40",
     "--gin_param=synthetic_ct.num_train = 16",
+    "--gin_param=synthetic_ct.labelled_fraction = 1.0",
     "--gin_param=synthetic_ct.num_val = 8",
     "--gin_param=synthetic_ct.num_test = 8",
 ]

@@ -236,3 +236,20 @@ def test_keep_and_best_metric_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="best_metric"):
         run_train(tmp_path, best_metric="val_acc")
 
+
+
+def test_labelled_fraction_of_the_run_and_of_the_dataset_multiply(tmp_path):
+    dataset = Bright(n=64)  # 32 per class
+    dataset.labelled_fraction = 0.5  # the dataset's share of labels
+    results = run_train(tmp_path, dataset=dataset, labelled_fraction=0.5,
+                        head_norm=True, epochs=1)
+    run = json.load(open(tmp_path / "run.json"))
+    # A quarter of each class trains; validation stays whole.
+    assert run["class_counts"]["train"] == {"dark": 8, "bright": 8}
+    assert run["labelled_fraction"] == 0.25
+    assert results == {"val": {"count": 64}}
+
+
+def test_labelled_fraction_is_checked(tmp_path):
+    with pytest.raises(ConfigError, match="labelled_fraction=0"):
+        run_train(tmp_path, labelled_fraction=0)

@@ -1,0 +1,65 @@
+"""The pure parts of tools/compare_pretraining.py (its runs are a tool's,
+not a test's)."""
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+from absl import app
+
+PATH = os.path.join(os.path.dirname(__file__), "..", "..", "tools",
+                    "compare_pretraining.py")
+spec = importlib.util.spec_from_file_location("compare_pretraining", PATH)
+tool = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tool)
+
+
+def test_pretraining_names_parse_into_stages_and_method():
+    assert tool.parse_pretraining("scratch") == ([], None)
+    assert tool.parse_pretraining("sstl_m") == (["sstl_m"], None)
+    assert tool.parse_pretraining("stl_m+sstl_m:moco") == (
+        ["stl_m", "sstl_m"], "moco")
+    with pytest.raises(app.UsageError, match="unknown stage 'stl_x'"):
+        tool.parse_pretraining("stl_x")
+    with pytest.raises(app.UsageError, match="without sstl_m"):
+        tool.parse_pretraining("stl_m:moco")
+
+
+def test_knn_score_is_leave_one_out():
+    rng = np.random.default_rng(0)
+    centres = np.array([[1.0, 0.0], [0.0, 1.0]])
+    labels = np.repeat([0, 1], 20)
+    features = centres[labels] + 0.05 * rng.normal(size=(40, 2))
+    assert tool.knn_loo_accuracy(features, labels, k=5) == 1.0
+    # One image per class: its only neighbour is the other class.
+    assert tool.knn_loo_accuracy(centres, np.array([0, 1]), k=5) == 0.0
+
+
+def test_summary_pairs_each_seed_with_its_scratch_run():
+    def cell(pretraining, seed, auc, knn):
+        return {"pretraining": pretraining, "variant": "default",
+                "fraction": "0.1", "seed": seed, "val_auc": auc, "knn": knn,
+                "labelled": {"a": 2, "b": 2}, "leep": None,
+                "val_auc_ci": [auc - 0.1, auc + 0.1]}
+
+    cells = [cell("scratch", 0, 0.6, 0.5), cell("scratch", 1, 0.8, 0.6),
+             cell("ssl", 0, 0.7, 0.7), cell("ssl", 1, 0.85, 0.8)]
+    rows, correlation = tool.summarize(cells)
+    ssl = next(r for r in rows if r["pretraining"] == "ssl")
+    assert ssl["gain_over_scratch_mean"] == pytest.approx(0.075)
+    assert ssl["gain_over_scratch_std"] == pytest.approx(0.025)
+    assert ssl["val_auc_mean"] == pytest.approx(0.775)
+    scratch = next(r for r in rows if r["pretraining"] == "scratch")
+    assert scratch["gain_over_scratch_mean"] is None
+    # kNN ranks the four cells exactly as their AUCs: correlation 0.8
+    # (0.6<0.7<0.8<0.85 vs knn 0.5<0.7<0.6<0.8: one swap).
+    assert correlation["knn"] == pytest.approx(0.8)
+    assert correlation["leep"] is None
+    text = tool.markdown(rows, correlation, cells, minutes=1.0)
+    assert "| ssl | default | 4 (0.1) | 2 | 0.775 +- 0.075 | +0.075 +- 0.025" in text
+
+
+def test_embedded_dataset_arguments_are_read_from_its_gin_file():
+    arguments = tool._synthetic_ct_arguments()
+    assert arguments["image_size"] > 0 and arguments["num_train"] > 0
