@@ -41,6 +41,7 @@ from matl_keras.models.resnet.resnet_image_classifier import (
 from matl_keras.training import callbacks as callbacks_lib
 from matl_keras.training import progress
 from matl_keras.training import determinism
+from matl_keras.training import early_stopping
 from matl_keras.training import optimizers
 from matl_keras.training import precision as precision_lib
 from matl_keras.training import strategies
@@ -176,6 +177,8 @@ def train(
     train_split: str = "train",
     val_split: str = "val",
     test_split: str = "test",
+    early_stopping_patience: int | None = None,
+    early_stopping_min_delta: float = 0.0,
 ) -> dict[str, Any]:
     """Trains a classifier and writes the run's files into `workdir`.
 
@@ -242,6 +245,11 @@ def train(
         train_split: str. Split to train on.
         val_split: str. Split scored after every epoch.
         test_split: str. Split scored at the end when the dataset has it.
+        early_stopping_patience: int or None. Stop when `best_metric` has
+            not improved for this many epochs (`training.early_stopping`;
+            resumable). None: off.
+        early_stopping_min_delta: float. Smallest change of `best_metric`
+            that counts as an improvement.
 
     Returns:
         The content of `metrics.json`.
@@ -292,6 +300,11 @@ def train(
     )
     if start_epoch >= epochs:
         start_epoch, start_step = epochs, 0
+    # --- early stopping (issue 20): its state survives a resume.
+    stopper = early_stopping.for_stage(
+        early_stopping_patience, early_stopping_min_delta, best_metric,
+        start.out, backup_dir, workdir,
+    )
     dataset = resolve_dataset(dataset)
     # --- faults (issue 19): one-class data; every bad file of every split
     # used, named before anything trains.
@@ -460,6 +473,8 @@ def train(
         keras.callbacks.TensorBoard(start.path("logs")),
         determinism.EpochSeeds(seed, start_epoch),
     ]
+    if stopper is not None:  # early stopping (issue 20): before the backup
+        callbacks.insert(callbacks.index(best) + 1, stopper)
     logging.info(
         "training %s (%d params) for %d epochs of %d steps on %d replica(s)",
         model.name,
@@ -472,7 +487,7 @@ def train(
         model,
         train_data.data,
         train_data.steps,
-        epochs,
+        stopper.epochs_to_fit(start_epoch, epochs) if stopper else epochs,
         start_epoch,
         start_step,
         callbacks=callbacks,
@@ -498,6 +513,10 @@ def train(
         )
     else:
         record["kept"] = {"keep": "last", "epoch": epochs}
+    if stopper is not None:  # early stopping (issue 20)
+        record["early_stopping"] = stopper.record(epochs)
+        if record["kept"]["keep"] == "last" and stopper.stopped_epoch:
+            record["kept"]["epoch"] = stopper.stopped_epoch
     model_path = start.path(workdir_lib.MODEL_FILE)
     with workdir_lib.writing(model_path, partial=model_path):
         model.save(model_path)
