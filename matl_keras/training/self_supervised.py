@@ -28,6 +28,7 @@ from matl_keras.errors import ConfigError
 from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
 from matl_keras.training import callbacks as callbacks_lib
 from matl_keras.training import determinism
+from matl_keras.training import extension as extension_lib
 from matl_keras.training import monitor_data as monitor_lib
 from matl_keras.training import progress
 from matl_keras.training import optimizers
@@ -217,6 +218,8 @@ def pretrain(
             f"{distribution.num_replicas_in_sync}. Received: "
             f"backup_every_steps={backup_every_steps}"
         )
+    # More epochs for a finished stage (issue 20): resume its last epoch.
+    extension_lib.prepare(workdir, init_backbone, epochs, distribution)
     start = workdir_lib.begin(workdir, init_backbone, distribution)
     if start.complete:
         return workdir_lib.read_json(os.path.join(workdir, "metrics.json"))
@@ -325,6 +328,7 @@ def pretrain(
         "skipped_images": train_data.skipped,
         "versions": workdir_lib.versions(),
     }
+    extension_lib.carry(start.record, record, epochs)  # issue 20
     with distribution.scope():
         model.build()
         if init_backbone:
@@ -422,5 +426,6 @@ def pretrain(
     )
     workdir_lib.write_json(start.path(workdir_lib.RUN_FILE), record)
     print(f"metrics: {results}", flush=True)
+    extension_lib.keep_last_backup(start)  # issue 20: extendable
     workdir_lib.finish(start, distribution)
     return results

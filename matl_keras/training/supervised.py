@@ -41,6 +41,7 @@ from matl_keras.models.resnet.resnet_image_classifier import (
 from matl_keras.training import callbacks as callbacks_lib
 from matl_keras.training import progress
 from matl_keras.training import determinism
+from matl_keras.training import extension as extension_lib
 from matl_keras.training import early_stopping
 from matl_keras.training import optimizers
 from matl_keras.training import precision as precision_lib
@@ -283,6 +284,8 @@ def train(
             f"{distribution.num_replicas_in_sync}. Received: "
             f"backup_every_steps={backup_every_steps}"
         )
+    # More epochs for a finished stage (issue 20): resume its last epoch.
+    extension_lib.prepare(workdir, init_backbone, epochs, distribution)
     start = workdir_lib.begin(workdir, init_backbone, distribution)
     if start.complete:
         return workdir_lib.read_json(os.path.join(workdir, "metrics.json"))
@@ -380,6 +383,7 @@ def train(
         },
         "versions": workdir_lib.versions(),
     }
+    extension_lib.carry(start.record, record, epochs)  # issue 20
     transfer_path = start.path(workdir_lib.TRANSFER_FILE)
     with distribution.scope(), precision_lib.dtype_policy(precision) as policy:
         features = backbone(image_size=image_size)
@@ -553,5 +557,6 @@ def train(
     workdir_lib.write_json(start.path(workdir_lib.RUN_FILE), record)
     for split, values in results.items():
         print(f"{split}:\n{metrics_lib.format_table(values)}", flush=True)
+    extension_lib.keep_last_backup(start)  # issue 20: extendable
     workdir_lib.finish(start, distribution)
     return results
