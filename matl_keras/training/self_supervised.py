@@ -29,6 +29,7 @@ from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
 from matl_keras.training import callbacks as callbacks_lib
 from matl_keras.training import determinism
 from matl_keras.training import extension as extension_lib
+from matl_keras.training import mlflow_tracking
 from matl_keras.training import monitor_data as monitor_lib
 from matl_keras.training import progress
 from matl_keras.training import optimizers
@@ -224,6 +225,7 @@ def pretrain(
     if start.complete:
         return workdir_lib.read_json(os.path.join(workdir, "metrics.json"))
     metrics_path = start.path("metrics.json")
+    tracker = mlflow_tracking.for_stage(start)  # issue 20: optional MLflow
     keras.utils.set_random_seed(seed)
     determinism_record = determinism.configure(deterministic)
     # The data starts where the backup resumes (see supervised.train).
@@ -370,6 +372,7 @@ def pretrain(
         keras.callbacks.TensorBoard(start.path("logs")),
         determinism.EpochSeeds(seed, start_epoch),
     ]
+    callbacks += [tracker] if tracker else []  # issue 20: MLflow
     logging.info(
         "pretraining %s for %d epochs of %d steps on %d replica(s)",
         type(model).__name__, epochs, train_data.steps,
@@ -427,5 +430,7 @@ def pretrain(
     workdir_lib.write_json(start.path(workdir_lib.RUN_FILE), record)
     print(f"metrics: {results}", flush=True)
     extension_lib.keep_last_backup(start)  # issue 20: extendable
+    if tracker:  # issue 20: MLflow artefacts, after run.json is complete
+        tracker.finish()
     workdir_lib.finish(start, distribution)
     return results

@@ -42,6 +42,7 @@ from matl_keras.training import callbacks as callbacks_lib
 from matl_keras.training import progress
 from matl_keras.training import determinism
 from matl_keras.training import extension as extension_lib
+from matl_keras.training import mlflow_tracking
 from matl_keras.training import early_stopping
 from matl_keras.training import optimizers
 from matl_keras.training import precision as precision_lib
@@ -293,6 +294,7 @@ def train(
     backup_dir, resuming = start.backup_dir, start.resuming
     metrics_path = start.path("metrics.json")
     common_cache = strategies.worker_cache(cache, distribution)
+    tracker = mlflow_tracking.for_stage(start)  # issue 20: optional MLflow
 
     keras.utils.set_random_seed(seed)
     determinism_record = determinism.configure(deterministic)
@@ -479,6 +481,7 @@ def train(
     ]
     if stopper is not None:  # early stopping (issue 20): before the backup
         callbacks.insert(callbacks.index(best) + 1, stopper)
+    callbacks += [tracker] if tracker else []  # issue 20: MLflow
     logging.info(
         "training %s (%d params) for %d epochs of %d steps on %d replica(s)",
         model.name,
@@ -558,5 +561,7 @@ def train(
     for split, values in results.items():
         print(f"{split}:\n{metrics_lib.format_table(values)}", flush=True)
     extension_lib.keep_last_backup(start)  # issue 20: extendable
+    if tracker:  # issue 20: MLflow artefacts, after run.json is complete
+        tracker.finish()
     workdir_lib.finish(start, distribution)
     return results
