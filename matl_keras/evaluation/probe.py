@@ -69,7 +69,9 @@ def _resolved_bindings(stage_dir: str) -> dict[str, Any]:
     def resolve(text: str, depth: int = 0) -> str:
         def macro(match):
             value = raw.get(match.group(1))
-            return resolve(value, depth + 1) if value and depth < 10 else match.group(0)
+            if value and depth < 10:
+                return resolve(value, depth + 1)
+            return match.group(0)
 
         return re.sub(r"%([A-Za-z_][A-Za-z0-9_.]*)", macro, text)
 
@@ -152,7 +154,8 @@ def probe(
     stage_dir, weights = find_backbone(model)
     spec = backbone_spec(stage_dir)
     data = registry_lib.default_registry().create("datasets", dataset)
-    for flag, split in (("--fit_split", fit_split), ("--score_split", score_split)):
+    splits = (("--fit_split", fit_split), ("--score_split", score_split))
+    for flag, split in splits:
         if split not in data.splits():
             raise ConfigError(
                 f"{flag}: dataset {dataset!r} has splits "

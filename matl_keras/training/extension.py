@@ -180,7 +180,8 @@ def prepare(
     workdir_lib.write_json(run_path, record)
     print(
         f"{workdir}: extending the finished run from {old_epochs} to "
-        f"{epochs} epochs (resuming after epoch {done}); {extension['schedule']}",
+        f"{epochs} epochs (resuming after epoch {done}); "
+        f"{extension['schedule']}",
         flush=True,
     )
     return extension

@@ -120,7 +120,8 @@ class MLflowTracking(keras.callbacks.Callback):
         name = self.settings["experiment"]
         found = self.client.get_experiment_by_name(name)
         experiment_id = (
-            found.experiment_id if found else self.client.create_experiment(name)
+            found.experiment_id if found
+            else self.client.create_experiment(name)
         )
         parts = os.path.abspath(self.out).split(os.sep)
         run = self.client.create_run(

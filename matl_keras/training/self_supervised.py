@@ -241,7 +241,8 @@ def pretrain(
     read = [monitor_bank_split, monitor_split]
     if not (monitor_split and set(read) <= set(labelled.splits())):
         read = []  # no kNN monitor
-    for source, splits in monitor_lib.reads(dataset, train_split, labelled, read):
+    reads = monitor_lib.reads(dataset, train_split, labelled, read)
+    for source, splits in reads:
         decode.check_splits(
             source, splits, on_bad_image,
             config.binding_in_force("pretrain", "on_bad_image"),
