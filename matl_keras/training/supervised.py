@@ -41,9 +41,9 @@ from matl_keras.models.resnet.resnet_image_classifier import (
 from matl_keras.training import callbacks as callbacks_lib
 from matl_keras.training import progress
 from matl_keras.training import determinism
+from matl_keras.training import early_stopping
 from matl_keras.training import extension as extension_lib
 from matl_keras.training import mlflow_tracking
-from matl_keras.training import early_stopping
 from matl_keras.training import optimizers
 from matl_keras.training import precision as precision_lib
 from matl_keras.training import strategies
