@@ -68,8 +68,14 @@ setuptools.setup(
             "pillow>=10,<14",
             # The third-party example package's tests (plugins/matl-keras-dicom).
             "pydicom>=3.0,<4",
+            # The optional MLflow tracking's test (a local file store; the
+            # client alone, without MLflow's server and UI).
+            "mlflow-skinny>=2.10,<4",
         ],
         "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
+        # Optional MLflow tracking (`mlflow_tracking.enabled = True`): the
+        # full package, whose default store (SQLite) needs its SQLAlchemy.
+        "mlflow": ["mlflow>=2.10,<4"],
     },
     entry_points={
         "console_scripts": ["matl-keras = matl_keras_cli:run"],

@@ -8,6 +8,7 @@
     matl-keras predict --model=RUN --images=PATH [--output_dir=DIR]
     matl-keras report --runs=DIR[,DIR...] [--output_dir=DIR]
     matl-keras export --model=RUN --export_dir=DIR [--model_version=N]
+    matl-keras probe --model=RUN --dataset=NAME [--fit_split=train] [--score_split=val]
 
 Errors the user can fix (bad flags, gin, data, plugins) are printed as
 `matl-keras: error: ...` with exit status 2, without a traceback.
@@ -102,6 +103,10 @@ flags.DEFINE_string(
 flags.DEFINE_string(
     "report", "transferability", "`report`: the report evaluator plugin."
 )
+# `probe` (issue 20)
+flags.DEFINE_string("fit_split", "train", "`probe`: split the probes fit on.")
+flags.DEFINE_string("score_split", "val", "`probe`: split the probes score.")
+flags.DEFINE_integer("knn_k", 20, "`probe`: neighbours of the kNN probe.")
 
 USAGE = """usage:
   matl-keras --gin_file=FILE [--gin_param=BINDING ...] [--workdir=DIR]
@@ -116,6 +121,8 @@ USAGE = """usage:
       [--model_name=NAME]
   matl-keras audit --dataset=NAME [--splits=train,val] [--on_leak=warn|refuse]
       [--output=FILE] [--gin_param=...]
+  matl-keras probe --model=RUN --dataset=NAME [--fit_split=train]
+      [--score_split=val] [--knn_k=20] [--output=FILE] [--gin_param=...]
   matl-keras --help | --version"""
 
 COMMANDS_HELP = """commands:
@@ -126,7 +133,8 @@ COMMANDS_HELP = """commands:
   predict    per-image predictions (CSV) and embeddings (.npy) for images
   report     transferability tables (the paper's Tables 2-6) over runs
   audit      leakage audit: duplicates and patients across splits
-  export     a TF Serving SavedModel of a trained model"""
+  export     a TF Serving SavedModel of a trained model
+  probe      kNN and linear probe of a stage's frozen backbone (probe.json)"""
 
 
 def _help() -> str:
@@ -326,12 +334,25 @@ def cmd_audit() -> None:
     audit.run(dataset, FLAGS.splits or None, FLAGS.on_leak, FLAGS.output)
 
 
+def cmd_probe() -> None:
+    _require("model", "dataset")
+    tf_startup.import_tensorflow()
+    from matl_keras.evaluation import probe
+
+    _parse_gin_if_given()
+    probe.probe(
+        FLAGS.model, FLAGS.dataset, FLAGS.fit_split, FLAGS.score_split,
+        FLAGS.knn_k, FLAGS.batch_size, FLAGS.output,
+    )
+
+
 COMMANDS = {
     "audit": cmd_audit,
     "export": cmd_export,
     "evaluate": cmd_evaluate,
     "explain": cmd_explain,
     "predict": cmd_predict,
+    "probe": cmd_probe,
     "report": cmd_report,
 }
 

@@ -48,6 +48,7 @@ def register_core() -> None:
         return
     from matl_keras.models.resnet import resnet_backbone
     from matl_keras.training import jobs
+    from matl_keras.training import mlflow_tracking
     from matl_keras.training import optimizers
     from matl_keras.training import pipeline
     from matl_keras.training import self_supervised
@@ -61,6 +62,7 @@ def register_core() -> None:
         ("pretrain", self_supervised.pretrain),
         ("resnet_backbone", resnet_backbone.ResNetBackbone),
         ("sgd", optimizers.sgd),
+        ("mlflow_tracking", mlflow_tracking.mlflow_tracking),
     ):
         _CORE[name] = gin.external_configurable(fn, name=name)
 
@@ -375,7 +377,7 @@ def _similar(a: str, b: str) -> bool:
 # Configurables that choose what runs, not how a stage trains: left out of a
 # stage's config (adding a stage to `STAGES` must not make the finished
 # stages before it look changed).
-NOT_STAGE_CONFIG = ("job", "pipeline")
+NOT_STAGE_CONFIG = ("job", "pipeline", "mlflow_tracking")
 _MACRO_REF = re.compile(r"%([A-Za-z_][A-Za-z0-9_.]*)")
 
 

@@ -11,10 +11,12 @@ from matl_keras.layers.fused_batch_norm import FusedBatchNormalization
 from matl_keras.layers.input_normalization import InputNormalization
 from matl_keras.layers.non_local_block import NonLocalBlock
 from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
+from matl_keras.training.warmup import LinearWarmup
 
 __all__ = [
     "FusedBatchNormalization",
     "InputNormalization",
+    "LinearWarmup",
     "NonLocalBlock",
     "ResNetBackbone",
 ]

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import keras
 
 from matl_keras.errors import ConfigError
+from matl_keras.training import warmup
 
 
 def sgd(
@@ -19,6 +20,8 @@ def sgd(
     weight_decay: float = 1e-4,
     decay_at: Sequence[float] = (0.6, 0.8),
     decay_rate: float = 0.1,
+    warmup_epochs: float = 0,
+    warmup_steps: int = 0,
 ) -> keras.optimizers.Optimizer:
     """SGD with momentum, weight decay and step decay.
 
@@ -41,6 +44,10 @@ def sgd(
         decay_at: sequence of float. Fractions of training (0.6, 0.8 = the
             paper's epochs 120 and 160 of 200) at which the rate decays.
         decay_rate: float. Multiplier applied at each decay point.
+        warmup_epochs: float. Linear warm-up over this many epochs first
+            (`training.warmup`; 0: none). The decay points stay fractions of
+            the whole training.
+        warmup_steps: int. The warm-up in optimizer steps instead.
     """
     if learning_rate <= 0:
         raise ConfigError(
@@ -66,6 +73,13 @@ def sgd(
         )
     else:
         schedule = base
+    # --- warm-up (issue 20)
+    ramp = warmup.warmup_steps_of(
+        warmup_epochs, warmup_steps, steps_per_epoch, total
+    )
+    if ramp:
+        schedule = warmup.LinearWarmup(schedule, ramp)
+    # --- end warm-up
     return keras.optimizers.SGD(
         learning_rate=schedule,
         momentum=momentum,

@@ -28,6 +28,9 @@ from matl_keras.errors import ConfigError
 from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
 from matl_keras.training import callbacks as callbacks_lib
 from matl_keras.training import determinism
+from matl_keras.training import extension as extension_lib
+from matl_keras.training import mlflow_tracking
+from matl_keras.training import monitor_data as monitor_lib
 from matl_keras.training import progress
 from matl_keras.training import optimizers
 from matl_keras.training import precision as precision_lib
@@ -151,6 +154,7 @@ def pretrain(
     monitor_split: str | None = "val",
     monitor_bank_split: str = "train",
     knn_k: int = 20,
+    monitor_dataset: Dataset | str | None = None,
 ) -> dict[str, Any]:
     """Pretrains a backbone with an SSL method; writes the run's files.
 
@@ -195,6 +199,10 @@ def pretrain(
             message, when the dataset has no such split or no labels.
         monitor_bank_split: str. Labelled split the kNN votes from.
         knn_k: int. Neighbours of the kNN monitor.
+        monitor_dataset: Dataset, str or None. The labelled dataset the kNN
+            monitor and the final linear probe read `monitor_bank_split`
+            and `monitor_split` from (e.g. `@labelled/image_folder()`
+            beside unlabelled pretraining images). None: `dataset`.
 
     Returns:
         The content of `metrics.json`.
@@ -211,10 +219,13 @@ def pretrain(
             f"{distribution.num_replicas_in_sync}. Received: "
             f"backup_every_steps={backup_every_steps}"
         )
+    # More epochs for a finished stage (issue 20): resume its last epoch.
+    extension_lib.prepare(workdir, init_backbone, epochs, distribution)
     start = workdir_lib.begin(workdir, init_backbone, distribution)
     if start.complete:
         return workdir_lib.read_json(os.path.join(workdir, "metrics.json"))
     metrics_path = start.path("metrics.json")
+    tracker = mlflow_tracking.for_stage(start)  # issue 20: optional MLflow
     keras.utils.set_random_seed(seed)
     determinism_record = determinism.configure(deterministic)
     # The data starts where the backup resumes (see supervised.train).
@@ -224,14 +235,19 @@ def pretrain(
     if start_epoch >= epochs:
         start_epoch, start_step = epochs, 0
     dataset = resolve_dataset(dataset)
+    # The kNN monitor's labelled data (issue 20): its own dataset or `dataset`.
+    labelled = monitor_lib.resolve(monitor_dataset, dataset)
     # Every bad file of every split read, up front (before any model).
-    read = [train_split, monitor_bank_split, monitor_split]
-    if not (monitor_split and set(read) <= set(dataset.splits())):
-        read = [train_split]  # no kNN monitor
-    decode.check_splits(
-        dataset, read, on_bad_image,
-        config.binding_in_force("pretrain", "on_bad_image"), max_image_pixels,
-    )
+    read = [monitor_bank_split, monitor_split]
+    if not (monitor_split and set(read) <= set(labelled.splits())):
+        read = []  # no kNN monitor
+    reads = monitor_lib.reads(dataset, train_split, labelled, read)
+    for source, splits in reads:
+        decode.check_splits(
+            source, splits, on_bad_image,
+            config.binding_in_force("pretrain", "on_bad_image"),
+            max_image_pixels,
+        )
     groups = (
         resolve_batchnorm_groups(
             batchnorm_groups, batch_size, distribution.num_replicas_in_sync
@@ -274,18 +290,19 @@ def pretrain(
         flush=True,
     )
     monitor = None
-    splits = dataset.splits()
+    splits = labelled.splits()
     if monitor_split and monitor_split in splits and monitor_bank_split in splits:
-        bank = pipeline.build_split(dataset, monitor_bank_split, training=False, **common)
-        queries = pipeline.build_split(dataset, monitor_split, training=False, **common)
+        bank = pipeline.build_split(labelled, monitor_bank_split, training=False, **common)
+        queries = pipeline.build_split(labelled, monitor_split, training=False, **common)
         if bank.class_counts and queries.class_counts:
             monitor = callbacks_lib.KnnMonitor(
-                model.backbone, bank.data, queries.data, dataset.num_classes, knn_k
+                model.backbone, bank.data, queries.data, labelled.num_classes, knn_k
             )
     if monitor is None and monitor_split:
         print(
-            f"no kNN monitor: {dataset.name} has no labelled "
-            f"{monitor_bank_split!r} and {monitor_split!r} splits",
+            f"no kNN monitor: {labelled.name} has no labelled "
+            f"{monitor_bank_split!r} and {monitor_split!r} splits"
+            + monitor_lib.HINT * (monitor_dataset is None),
             flush=True,
         )
     previous = start.record or {}
@@ -300,6 +317,7 @@ def pretrain(
         "init_backbone": start.init,
         "dataset": dataset.name,
         "class_names": list(dataset.class_names),
+        "monitor_dataset": monitor_lib.describe(labelled, monitor, dataset),
         "method": type(model).__name__,
         "batchnorm": (
             f"shuffle-BN, {groups} groups" if groups > 1
@@ -313,6 +331,7 @@ def pretrain(
         "skipped_images": train_data.skipped,
         "versions": workdir_lib.versions(),
     }
+    extension_lib.carry(start.record, record, epochs)  # issue 20
     with distribution.scope():
         model.build()
         if init_backbone:
@@ -354,6 +373,7 @@ def pretrain(
         keras.callbacks.TensorBoard(start.path("logs")),
         determinism.EpochSeeds(seed, start_epoch),
     ]
+    callbacks += [tracker] if tracker else []  # issue 20: MLflow
     logging.info(
         "pretraining %s for %d epochs of %d steps on %d replica(s)",
         type(model).__name__, epochs, train_data.steps,
@@ -387,11 +407,12 @@ def pretrain(
             "k": knn_k,
             "bank": monitor_bank_split,
             "queries": monitor_split,
+            "dataset": labelled.name,
         }
         # The frozen backbone's linear probe (fitted on the bank split,
         # scored on the query split), the standard SSL score beside kNN.
         results["linear_probe"] = {
-            **monitor.linear_probe(dataset.positive_index(), seed),
+            **monitor.linear_probe(labelled.positive_index(), seed),
             "fitted_on": monitor_bank_split,
             "scored_on": monitor_split,
         }
@@ -409,5 +430,8 @@ def pretrain(
     )
     workdir_lib.write_json(start.path(workdir_lib.RUN_FILE), record)
     print(f"metrics: {results}", flush=True)
+    extension_lib.keep_last_backup(start)  # issue 20: extendable
+    if tracker:  # issue 20: MLflow artefacts, after run.json is complete
+        tracker.finish()
     workdir_lib.finish(start, distribution)
     return results

@@ -41,6 +41,9 @@ from matl_keras.models.resnet.resnet_image_classifier import (
 from matl_keras.training import callbacks as callbacks_lib
 from matl_keras.training import progress
 from matl_keras.training import determinism
+from matl_keras.training import early_stopping
+from matl_keras.training import extension as extension_lib
+from matl_keras.training import mlflow_tracking
 from matl_keras.training import optimizers
 from matl_keras.training import precision as precision_lib
 from matl_keras.training import strategies
@@ -178,6 +181,8 @@ def train(
     val_split: str = "val",
     test_split: str = "test",
     labelled_fraction: float = 1.0,
+    early_stopping_patience: int | None = None,
+    early_stopping_min_delta: float = 0.0,
 ) -> dict[str, Any]:
     """Trains a classifier and writes the run's files into `workdir`.
 
@@ -253,6 +258,11 @@ def train(
             of the split (1 for real datasets; the embedded synthetic_ct's
             few-labels case sets 0.1). Validation and test splits are
             whole.
+        early_stopping_patience: int or None. Stop when `best_metric` has
+            not improved for this many epochs (`training.early_stopping`;
+            resumable). None: off.
+        early_stopping_min_delta: float. Smallest change of `best_metric`
+            that counts as an improvement.
 
     Returns:
         The content of `metrics.json`.
@@ -286,6 +296,8 @@ def train(
             f"{distribution.num_replicas_in_sync}. Received: "
             f"backup_every_steps={backup_every_steps}"
         )
+    # More epochs for a finished stage (issue 20): resume its last epoch.
+    extension_lib.prepare(workdir, init_backbone, epochs, distribution)
     start = workdir_lib.begin(workdir, init_backbone, distribution)
     if start.complete:
         return workdir_lib.read_json(os.path.join(workdir, "metrics.json"))
@@ -293,6 +305,7 @@ def train(
     backup_dir, resuming = start.backup_dir, start.resuming
     metrics_path = start.path("metrics.json")
     common_cache = strategies.worker_cache(cache, distribution)
+    tracker = mlflow_tracking.for_stage(start)  # issue 20: optional MLflow
 
     keras.utils.set_random_seed(seed)
     determinism_record = determinism.configure(deterministic)
@@ -303,6 +316,11 @@ def train(
     )
     if start_epoch >= epochs:
         start_epoch, start_step = epochs, 0
+    # --- early stopping (issue 20): its state survives a resume.
+    stopper = early_stopping.for_stage(
+        early_stopping_patience, early_stopping_min_delta, best_metric,
+        start.out, backup_dir, workdir,
+    )
     dataset = resolve_dataset(dataset)
     if not 0.0 < labelled_fraction <= 1.0:
         raise ConfigError(
@@ -394,6 +412,7 @@ def train(
         },
         "versions": workdir_lib.versions(),
     }
+    extension_lib.carry(start.record, record, epochs)  # issue 20
     transfer_path = start.path(workdir_lib.TRANSFER_FILE)
     with distribution.scope(), precision_lib.dtype_policy(precision) as policy:
         features = backbone(image_size=image_size)
@@ -493,6 +512,9 @@ def train(
         keras.callbacks.TensorBoard(start.path("logs")),
         determinism.EpochSeeds(seed, start_epoch),
     ]
+    if stopper is not None:  # early stopping (issue 20): before the backup
+        callbacks.insert(callbacks.index(best) + 1, stopper)
+    callbacks += [tracker] if tracker else []  # issue 20: MLflow
     logging.info(
         "training %s (%d params) for %d epochs of %d steps on %d replica(s)",
         model.name,
@@ -505,7 +527,7 @@ def train(
         model,
         train_data.data,
         train_data.steps,
-        epochs,
+        stopper.epochs_to_fit(start_epoch, epochs) if stopper else epochs,
         start_epoch,
         start_step,
         callbacks=callbacks,
@@ -531,6 +553,10 @@ def train(
         )
     else:
         record["kept"] = {"keep": "last", "epoch": epochs}
+    if stopper is not None:  # early stopping (issue 20)
+        record["early_stopping"] = stopper.record(epochs)
+        if record["kept"]["keep"] == "last" and stopper.stopped_epoch:
+            record["kept"]["epoch"] = stopper.stopped_epoch
     model_path = start.path(workdir_lib.MODEL_FILE)
     with workdir_lib.writing(model_path, partial=model_path):
         model.save(model_path)
@@ -567,5 +593,8 @@ def train(
     workdir_lib.write_json(start.path(workdir_lib.RUN_FILE), record)
     for split, values in results.items():
         print(f"{split}:\n{metrics_lib.format_table(values)}", flush=True)
+    extension_lib.keep_last_backup(start)  # issue 20: extendable
+    if tracker:  # issue 20: MLflow artefacts, after run.json is complete
+        tracker.finish()
     workdir_lib.finish(start, distribution)
     return results

@@ -206,7 +206,8 @@ class ImageFolder(Dataset):
             )
         print(
             f"image_folder {self.root}: {len(self._unlabelled)} unlabelled "
-            "images (split 'train'; no labels, so no kNN monitor)",
+            "images (split 'train'; no labels: the kNN monitor needs "
+            "pretrain.monitor_dataset)",
             flush=True,
         )
 

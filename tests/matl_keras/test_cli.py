@@ -73,13 +73,24 @@ def test_finetune_job_end_to_end_then_skip_then_refuse(tmp_path):
     assert again.returncode == 0
     assert "already complete" in again.stdout
 
-    other = matl(*TINY, "--gin_param=FINETUNE_EPOCHS = 3", f"--workdir={top}")
+    other = matl(*TINY, "--gin_param=finetune/train.dropout = 0.3",
+                 f"--workdir={top}")
     assert other.returncode == 2
     assert "different config" in error_line(other)
-    assert "changed: FINETUNE_EPOCHS: 2 -> 3)" in error_line(other)
+    assert "changed: finetune/train.dropout: 0.5 -> 0.3)" in error_line(other)
     assert "In call to configurable" not in other.stderr
     # Nothing that was written is lost.
     assert json.load(open(os.path.join(workdir, "metrics.json"))) == metrics
+
+    # More epochs alone extend the finished stage (issue 20).
+    more = matl(*TINY, "--gin_param=FINETUNE_EPOCHS = 3", f"--workdir={top}")
+    assert more.returncode == 0, more.stdout + more.stderr
+    assert "extending the finished run from 2 to 3 epochs" in more.stdout
+    run = json.load(open(os.path.join(workdir, "run.json")))
+    assert run["status"] == "complete" and run["epochs"] == 3
+    assert run["extensions"][0]["changed"] == "FINETUNE_EPOCHS: 2 -> 3"
+    history = open(os.path.join(workdir, "history.csv")).read().splitlines()
+    assert [row.split(",")[0] for row in history[1:]] == ["0", "1", "2"]
 
 
 def test_bad_flag_is_one_clear_line():
