@@ -1,6 +1,6 @@
 """Training img/s of the SSL methods, and their view pipelines.
 
-    python tools/bench_ssl.py [--methods=moco,simclr,region_aware]
+    python tools/bench_ssl.py [--methods=moco,simclr,region_aware,simsiam]
         [--depth=50] [--width=1.0] [--image_size=128] [--batch_size=32]
         [--steps=3]
 
@@ -9,7 +9,7 @@ of views, after two warm-up steps), images/s of its `views` function in
 tf.data (augmentation, and for region_aware the Generator), and the
 training cost its forward/backward passes predict relative to MoCo
 (forward = 1, backward = 2 per image pass: MoCo 3 + 1 key forward = 4;
-SimCLR 2 x 3 = 6; region_aware 4 + 5 crops x 3 = 19).
+SimCLR and SimSiam 2 x 3 = 6; region_aware 4 + 5 crops x 3 = 19).
 """
 
 import os
@@ -35,7 +35,7 @@ flags.DEFINE_integer("image_size", 128, "View side.")
 flags.DEFINE_integer("batch_size", 32, "Batch size.")
 flags.DEFINE_integer("steps", 3, "Timed steps.")
 FLAGS = flags.FLAGS
-PREDICTED_COST = {"moco": 4, "simclr": 6, "region_aware": 19}
+PREDICTED_COST = {"moco": 4, "simclr": 6, "region_aware": 19, "simsiam": 6}
 
 
 def main(argv):

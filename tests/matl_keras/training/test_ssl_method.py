@@ -14,6 +14,7 @@ from matl_keras.training.ssl_method import SSLMethod
 from matl_keras_plugins.ssl_methods.moco import MoCo
 from matl_keras_plugins.ssl_methods.region_aware import RegionAware
 from matl_keras_plugins.ssl_methods.simclr import SimCLR
+from matl_keras_plugins.ssl_methods.simsiam import SimSiam
 from tests.matl_keras.test_registry import FakeEntryPoint
 from tests.matl_keras.test_registry import make_registry
 
@@ -72,7 +73,7 @@ class NoKeyArgument(Minimal):
 
 
 def test_built_in_methods_fulfil_the_contract():
-    for cls in (MoCo, SimCLR, RegionAware, Minimal, WithKey):
+    for cls in (MoCo, SimCLR, RegionAware, SimSiam, Minimal, WithKey):
         assert ssl_method.contract_errors(cls) == [], cls
 
 
