@@ -43,7 +43,7 @@ def build(cls, groups=None, **kwargs):
     return model
 
 
-def views(cls, n, seed=0):
+def views(cls, n, seed=0, region_size=SIZE):
     """Fixed random views of `n` images in `cls`'s structure."""
     rng = np.random.default_rng(seed)
     image = lambda *s: rng.uniform(0, 1, (n, *s, SIZE, SIZE, 3)).astype(np.float32)  # noqa
@@ -51,12 +51,14 @@ def views(cls, n, seed=0):
         return {"view1": image(), "view2": image()}
     out = {"query": image(), "key": image()}
     if cls is RegionAware:
-        out["regions"] = image(5)
+        out["regions"] = rng.uniform(
+            0, 1, (n, 5, region_size, region_size, 3)
+        ).astype(np.float32)
     return out
 
 
-def data(cls, n=16, batch=8):
+def data(cls, n=16, batch=8, region_size=SIZE):
     """`(views, dataset indices)` batches, as the SSTL-M pipeline gives."""
     return tf.data.Dataset.from_tensor_slices(
-        (views(cls, n), np.arange(n, dtype=np.int32))
+        (views(cls, n, region_size=region_size), np.arange(n, dtype=np.int32))
     ).batch(batch)

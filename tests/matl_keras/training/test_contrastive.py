@@ -204,12 +204,12 @@ def test_keys_come_from_shuffled_groups_and_return_in_order():
     np.testing.assert_allclose(keys, expected, atol=1e-4)
 
 
-def _fit(cls, strategy_name, weights):
+def _fit(cls, strategy_name, weights, **kwargs):
     # The same initial weights whatever ran before in this process.
     keras.utils.set_random_seed(0)
     strategy = strategies.get_strategy(strategy_name)
     with strategy.scope():
-        model = _build(cls)
+        model = _build(cls, **kwargs)
         if weights is not None:
             model.set_weights(weights)
         initial = model.get_weights()
@@ -227,7 +227,7 @@ def _fit(cls, strategy_name, weights):
         model.compile(optimizer=keras.optimizers.SGD(rate, momentum=0.9), jit_compile=False)
     # Two steps: the second uses the queue filled by the first and the
     # momentum-updated key encoder.
-    data = _data(cls)
+    data = _data(cls, region_size=kwargs.get("region_size") or SIZE)
     history = model.fit(data, epochs=1, verbose=0, shuffle=False)
     return model, initial, history.history
 
@@ -251,8 +251,16 @@ def _update_mismatch(one, two, initial):
 
 @pytest.mark.parametrize("cls", [MoCo, SimCLR, RegionAware, SimSiam])
 def test_mirrored_over_two_cpus_equals_one_device(cls):
-    one, initial, history_one = _fit(cls, "default", None)
-    two, _, history_two = _fit(cls, "mirrored", initial)
+    _check_mirrored_equals_one_device(cls)
+
+
+def test_mirrored_equals_one_device_with_half_size_region_crops():
+    _check_mirrored_equals_one_device(RegionAware, region_size=SIZE // 2)
+
+
+def _check_mirrored_equals_one_device(cls, **kwargs):
+    one, initial, history_one = _fit(cls, "default", None, **kwargs)
+    two, _, history_two = _fit(cls, "mirrored", initial, **kwargs)
     assert strategies.get_strategy("mirrored").num_replicas_in_sync == 2
     for key in history_one:
         # atol: SimSiam's loss, a mean of cosines in [-1, 1], starts near 0.
