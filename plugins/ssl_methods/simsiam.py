@@ -59,12 +59,16 @@ def _batchnorm(name: str, sync: bool, affine: bool = True):
     )
 
 
-def projection_mlp(dim: int, sync: bool, name: str = "projector") -> keras.Model:
+def projection_mlp(
+    dim: int, sync: bool, name: str = "projector"
+) -> keras.Model:
     """SimSiam's projector: pooled features -> 3 x (Dense, BatchNorm), ReLU
     after the first two, the last BatchNorm without scale and shift."""
     layers: list = [keras.layers.GlobalAveragePooling2D(name=f"{name}_pool")]
     for i in (1, 2, 3):
-        layers.append(keras.layers.Dense(dim, use_bias=False, name=f"{name}_dense{i}"))
+        layers.append(
+            keras.layers.Dense(dim, use_bias=False, name=f"{name}_dense{i}")
+        )
         layers.append(_batchnorm(f"{name}_bn{i}", sync, affine=i < 3))
         if i < 3:
             layers.append(keras.layers.ReLU(name=f"{name}_relu{i}"))
@@ -78,7 +82,9 @@ def prediction_mlp(
     Dense back to `dim` (no BatchNorm on the output)."""
     return keras.Sequential(
         [
-            keras.layers.Dense(bottleneck, use_bias=False, name=f"{name}_dense1"),
+            keras.layers.Dense(
+                bottleneck, use_bias=False, name=f"{name}_dense1"
+            ),
             _batchnorm(f"{name}_bn1", sync),
             keras.layers.ReLU(name=f"{name}_relu1"),
             keras.layers.Dense(dim, name=f"{name}_dense2"),
@@ -132,7 +138,8 @@ class SimSiam(SSLMethod):
         ):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(
-                    f"`{name}` must be a positive int. Received: {name}={value!r}"
+                    f"`{name}` must be a positive int. Received: "
+                    f"{name}={value!r}"
                 )
         if sync_batchnorm is None:
             sync_batchnorm = bool(getattr(backbone, "sync_batchnorm", True))
