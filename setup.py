@@ -94,6 +94,7 @@ setuptools.setup(
             "simclr = matl_keras_plugins.ssl_methods.simclr:SimCLR",
             "region_aware = "
             "matl_keras_plugins.ssl_methods.region_aware:RegionAware",
+            "simsiam = matl_keras_plugins.ssl_methods.simsiam:SimSiam",
         ],
         "matl_keras.evaluators": [
             "metrics = matl_keras_plugins.evaluators.metrics:ClassificationMetrics",

@@ -237,6 +237,17 @@ class Registry:
                 f"supports {list(SUPPORTED_PLUGIN_API_VERSIONS)}"
             )
             return
+        # A base class may check more of its contract than subclassing
+        # (SSLMethod: the members the stage calls).
+        missing = getattr(obj, "missing_members", lambda: [])()
+        if missing:
+            info.status = ERROR
+            info.error = (
+                f"{info.value} does not implement the {noun} contract of "
+                f"{base.__module__}.{base.__qualname__}; missing: "
+                + "; ".join(missing)
+            )
+            return
         info.status, info.obj, info.factory = OK, obj, obj
         if self._on_load is not None:
             info.factory = self._on_load(info) or obj

@@ -312,10 +312,13 @@ class ContrastiveModel(SSLMethod):
     def build_heads(self, feature_shape) -> None:
         """Builds method-specific heads (e.g. the region classifier)."""
 
-    def init_from_backbone(self) -> None:
-        """The key encoder starts as a copy of the (loaded) query backbone."""
-        if self.key_backbone is not None:
-            self.key_backbone.set_weights(self.backbone.get_weights())
+    def run_record(self) -> dict[str, Any]:
+        """`queue_size` (as configured for the data) and
+        `momentum_schedule` in `run.json`."""
+        return {
+            "queue_size": self.queue_size,
+            "momentum_schedule": self.momentum_schedule,
+        }
 
     @property
     def query_weights(self) -> list:

@@ -35,6 +35,7 @@ from matl_keras.training import progress
 from matl_keras.training import optimizers
 from matl_keras.training import precision as precision_lib
 from matl_keras.training import strategies
+from matl_keras.training import ssl_method
 from matl_keras.training import workdir as workdir_lib
 from matl_keras.training.ssl_method import RunSchedule
 from matl_keras.training.ssl_method import SSLMethod
@@ -92,6 +93,9 @@ def build_method(
     Backbones of a method with `shuffle_batchnorm` get `batchnorm_groups`
     (when > 1) instead of synchronized BatchNorm."""
     factory = resolve_method(method)
+    name = method if isinstance(method, str) else None
+    if isinstance(factory, type):
+        ssl_method.check_contract(factory, name)
     kwargs: dict[str, Any] = {"image_size": image_size}
     if getattr(factory, "shuffle_batchnorm", False) and batchnorm_groups > 1:
         kwargs["batchnorm_groups"] = batchnorm_groups
@@ -111,6 +115,7 @@ def build_method(
             "`pretrain.method` must build an SSLMethod (a subclass of "
             f"matl_keras.training.ssl_method.SSLMethod). Received: {model!r}"
         )
+    ssl_method.check_contract(type(model), name)
     return model
 
 
@@ -292,11 +297,18 @@ def pretrain(
     monitor = None
     splits = labelled.splits()
     if monitor_split and monitor_split in splits and monitor_bank_split in splits:
-        bank = pipeline.build_split(labelled, monitor_bank_split, training=False, **common)
+        # Only the labels supervised stages may use (the embedded data's
+        # few-labels case keeps 10%): the monitor and the probe fit on them.
+        bank = pipeline.build_split(
+            labelled, monitor_bank_split, training=False,
+            labelled_fraction=getattr(labelled, "labelled_fraction", 1.0),
+            **common,
+        )
         queries = pipeline.build_split(labelled, monitor_split, training=False, **common)
         if bank.class_counts and queries.class_counts:
             monitor = callbacks_lib.KnnMonitor(
-                model.backbone, bank.data, queries.data, labelled.num_classes, knn_k
+                model.transfer_backbone, bank.data, queries.data,
+                labelled.num_classes, knn_k,
             )
     if monitor is None and monitor_split:
         print(
@@ -323,10 +335,9 @@ def pretrain(
             f"shuffle-BN, {groups} groups" if groups > 1
             else ("synchronized" if sync_batchnorm else "per replica")
         ),
-        "queue_size": getattr(model, "queue_size", None),
-        "momentum_schedule": getattr(model, "momentum_schedule", None),
+        **model.run_record(),
         "precision": policy,
-        "architecture": describe_backbone(model.backbone),
+        "architecture": describe_backbone(model.transfer_backbone),
         "num_examples": {train_split: train_data.num_examples},
         "skipped_images": train_data.skipped,
         "versions": workdir_lib.versions(),
@@ -394,7 +405,7 @@ def pretrain(
     nan_guard.raise_if_failed("pretraining", start.backup_dir)
     callbacks_lib.save_weights(model, start.path("ssl_model.weights.h5"))
     callbacks_lib.save_weights(
-        model.backbone, start.path(workdir_lib.BACKBONE_FILE)
+        model.transfer_backbone, start.path(workdir_lib.BACKBONE_FILE)
     )
     final = {k: float(v[-1]) for k, v in history.history.items() if v}
     results: dict[str, Any] = {"final_epoch": final}

@@ -99,6 +99,56 @@ def nt_xent(
     return -tf.gather(log_probs, positive, axis=1, batch_dims=1)
 
 
+def negative_cosine(p: tf.Tensor, z: tf.Tensor) -> tf.Tensor:
+    """SimSiam's `D(p, z) = -cos(p, stopgrad(z))` (Chen & He 2021, Eq. 1
+    with the stop-gradient of Eq. 3 and Algorithm 1).
+
+    No gradient flows into `z`: the stop-gradient is what keeps SimSiam from
+    collapsing (the paper's Fig. 2), so it belongs to the loss itself.
+
+    Args:
+        p: (B, D) predictor outputs.
+        z: (B, D) projector outputs of the other view.
+
+    Returns:
+        (B,) loss per example, in [-1, 1].
+    """
+    return -tf.reduce_sum(
+        l2_normalize(p) * tf.stop_gradient(l2_normalize(z)), axis=-1
+    )
+
+
+def simsiam(
+    p1: tf.Tensor, p2: tf.Tensor, z1: tf.Tensor, z2: tf.Tensor
+) -> tf.Tensor:
+    """SimSiam's symmetrized loss (Eq. 4, Algorithm 1):
+    `L = D(p1, z2) / 2 + D(p2, z1) / 2` per example, minimum -1.
+
+    Args:
+        p1, p2: (B, D) predictor outputs of views 1 and 2.
+        z1, z2: (B, D) projector outputs of views 1 and 2.
+
+    Returns:
+        (B,) loss per example.
+    """
+    return 0.5 * negative_cosine(p1, z2) + 0.5 * negative_cosine(p2, z1)
+
+
+def output_std(z: tf.Tensor) -> tf.Tensor:
+    """SimSiam's collapse diagnostic (Fig. 2, middle): the standard
+    deviation over the batch of the L2-normalized outputs, averaged over
+    the channels. 0 when every image maps to one vector (collapse); about
+    `1 / sqrt(D)` for outputs spread like a unit Gaussian.
+
+    Args:
+        z: (B, D) outputs.
+
+    Returns:
+        Scalar.
+    """
+    return tf.reduce_mean(tf.math.reduce_std(l2_normalize(z), axis=0))
+
+
 def region_aware(region_logits: tf.Tensor) -> tf.Tensor:
     """Eq. 5: the sum over the five regions of the cross-entropy of the
     shared region classifier, whose target for crop i is class i.

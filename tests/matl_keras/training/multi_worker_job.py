@@ -28,8 +28,14 @@ from tests.matl_keras.training.ssl_testing import data as _data  # noqa: E402
 from matl_keras_plugins.ssl_methods.moco import MoCo  # noqa: E402
 from matl_keras_plugins.ssl_methods.region_aware import RegionAware  # noqa: E402
 from matl_keras_plugins.ssl_methods.simclr import SimCLR  # noqa: E402
+from matl_keras_plugins.ssl_methods.simsiam import SimSiam  # noqa: E402
 
-METHODS = {"moco": MoCo, "simclr": SimCLR, "region_aware": RegionAware}
+METHODS = {
+    "moco": MoCo, "simclr": SimCLR, "region_aware": RegionAware,
+    "simsiam": SimSiam,
+}
+# SimSiam's gradients are ~10x smaller (see test_contrastive._fit).
+LEARNING_RATE = {"simsiam": 1e-3}
 
 
 def main(out: str, initial_path: str | None) -> None:
@@ -46,7 +52,9 @@ def main(out: str, initial_path: str | None) -> None:
                     [initial[f"{name}/initial/{i}"] for i in range(count)]
                 )
             model.compile(
-                optimizer=keras.optimizers.SGD(1e-4, momentum=0.9),
+                optimizer=keras.optimizers.SGD(
+                    LEARNING_RATE.get(name, 1e-4), momentum=0.9
+                ),
                 jit_compile=False,
             )
         for i, w in enumerate(model.get_weights()):

@@ -8,6 +8,7 @@ import tensorflow as tf
 from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
 from matl_keras_plugins.ssl_methods.region_aware import RegionAware
 from matl_keras_plugins.ssl_methods.simclr import SimCLR
+from matl_keras_plugins.ssl_methods.simsiam import SimSiam
 
 SIZE = 32
 # Shuffle-BN groups of the tiny methods with a key encoder (global batch 8:
@@ -28,8 +29,11 @@ def build(cls, groups=None, **kwargs):
     (`groups`, default GROUPS), as the SSTL-M stage builds them."""
     if groups is None:
         groups = GROUPS if cls.shuffle_batchnorm else 1
-    args = dict(backbone=backbone(groups=groups), image_size=SIZE,
-                hidden_dim=16, projection_dim=8)
+    args = dict(backbone=backbone(groups=groups), image_size=SIZE)
+    if cls is SimSiam:
+        args.update(projection_dim=16, prediction_dim=4)
+    else:
+        args.update(hidden_dim=16, projection_dim=8)
     if cls.needs_key_encoder:
         args.update(key_backbone=backbone("key_resnet", groups), queue_size=16,
                     momentum=0.9)
@@ -39,20 +43,22 @@ def build(cls, groups=None, **kwargs):
     return model
 
 
-def views(cls, n, seed=0):
+def views(cls, n, seed=0, region_size=SIZE):
     """Fixed random views of `n` images in `cls`'s structure."""
     rng = np.random.default_rng(seed)
     image = lambda *s: rng.uniform(0, 1, (n, *s, SIZE, SIZE, 3)).astype(np.float32)  # noqa
-    if cls is SimCLR:
+    if cls in (SimCLR, SimSiam):
         return {"view1": image(), "view2": image()}
     out = {"query": image(), "key": image()}
     if cls is RegionAware:
-        out["regions"] = image(5)
+        out["regions"] = rng.uniform(
+            0, 1, (n, 5, region_size, region_size, 3)
+        ).astype(np.float32)
     return out
 
 
-def data(cls, n=16, batch=8):
+def data(cls, n=16, batch=8, region_size=SIZE):
     """`(views, dataset indices)` batches, as the SSTL-M pipeline gives."""
     return tf.data.Dataset.from_tensor_slices(
-        (views(cls, n), np.arange(n, dtype=np.int32))
+        (views(cls, n, region_size=region_size), np.arange(n, dtype=np.int32))
     ).batch(batch)

@@ -100,7 +100,7 @@ def test_two_workers_equal_each_other_and_one_process(tmp_path):
     workers = [dict(np.load(o)) for o in outs]
     assert int(one["replicas"]) == 1
     assert [int(w["replicas"]) for w in workers] == [2, 2]
-    for name in ("moco", "simclr", "region_aware"):
+    for name in ("moco", "simclr", "region_aware", "simsiam"):
         paths = list(one[f"{name}/paths"])
         # The workers hold identical weights: all-reduced gradients, the
         # same momentum update, the same gathered queue.
@@ -108,7 +108,10 @@ def test_two_workers_equal_each_other_and_one_process(tmp_path):
         for key in finals:
             np.testing.assert_array_equal(workers[0][key], workers[1][key], err_msg=key)
         for key in (k for k in one if k.startswith(f"{name}/history/")):
-            np.testing.assert_allclose(workers[0][key], one[key], rtol=1e-5, err_msg=key)
+            # atol: SimSiam's loss, a mean of cosines, starts near 0.
+            np.testing.assert_allclose(
+                workers[0][key], one[key], rtol=1e-5, atol=1e-6, err_msg=key
+            )
         # And they equal one process on the global batch, to float32
         # rounding of summing the gradients in another order (as the
         # in-process MirroredStrategy test; 1e-2 of every update).
@@ -117,7 +120,7 @@ def test_two_workers_equal_each_other_and_one_process(tmp_path):
         assert any("moving" in p for p in mismatch)  # synchronized BN statistics
         worst = max(mismatch, key=mismatch.get)
         assert mismatch[worst] < 1e-2, (name, worst, mismatch[worst])
-        if name != "simclr":
+        if name in ("moco", "region_aware"):
             queue = paths.index(next(p for p in paths if p.endswith("queue")))
             np.testing.assert_allclose(
                 workers[0][f"{name}/final/{queue}"], one[f"{name}/final/{queue}"],

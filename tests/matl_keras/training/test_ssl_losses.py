@@ -115,3 +115,46 @@ def test_momentum_schedule_refuses_unknown_names():
         ssl_losses.momentum_at(0, 10, 0.99, "linear")
     with pytest.raises(ConfigError, match="total_steps"):
         ssl_losses.momentum_at(0, 0, 0.99, "cosine")
+
+
+def _simsiam_algorithm_1(p1, p2, z1, z2):
+    """SimSiam's Algorithm 1, in numpy: D(p, z) = -(p/|p| . z/|z|)."""
+    def D(p, z):  # noqa: N802 - the paper's name
+        return -(_normalize(p) * _normalize(z)).sum(axis=1)
+
+    return D(p1, z2) / 2 + D(p2, z1) / 2
+
+
+def test_simsiam_loss_is_algorithm_1():
+    rng = np.random.default_rng(3)
+    p1, p2, z1, z2 = (rng.normal(size=(5, 7)) for _ in range(4))
+    got = ssl_losses.simsiam(p1, p2, z1, z2).numpy()
+    np.testing.assert_allclose(got, _simsiam_algorithm_1(p1, p2, z1, z2), rtol=1e-5)
+    # Minimum -1 when each prediction points along the other view's z.
+    np.testing.assert_allclose(
+        ssl_losses.simsiam(3 * z2, 0.5 * z1, z1, z2).numpy(), -np.ones(5), rtol=1e-6
+    )
+
+
+def test_simsiam_loss_passes_no_gradient_through_z():
+    rng = np.random.default_rng(4)
+    p1, p2, z1, z2 = (tf.constant(rng.normal(size=(3, 4)), tf.float32) for _ in range(4))
+    with tf.GradientTape(persistent=True) as tape:
+        for t in (p1, p2, z1, z2):
+            tape.watch(t)
+        loss = tf.reduce_sum(ssl_losses.simsiam(p1, p2, z1, z2))
+    assert tape.gradient(loss, z1) is None and tape.gradient(loss, z2) is None
+    # d/dp of -cos(p, z) / 2, in numpy: -(z/|z| - cos * p/|p|) / (2 |p|).
+    p, z = p1.numpy(), z2.numpy()
+    cos = (_normalize(p) * _normalize(z)).sum(1, keepdims=True)
+    expected = -(_normalize(z) - cos * _normalize(p)) / (
+        2 * np.linalg.norm(p, axis=1, keepdims=True)
+    )
+    np.testing.assert_allclose(tape.gradient(loss, p1).numpy(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_output_std_is_zero_for_collapse_and_about_one_over_sqrt_d_otherwise():
+    same = np.tile(np.random.default_rng(5).normal(size=(1, 64)), (32, 1))
+    assert float(ssl_losses.output_std(same)) < 1e-6
+    spread = np.random.default_rng(6).normal(size=(4096, 64))
+    np.testing.assert_allclose(float(ssl_losses.output_std(spread)), 1 / 8, rtol=0.05)
