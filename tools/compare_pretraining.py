@@ -276,8 +276,10 @@ def _spearman(a, b):
             r[v == value] = r[v == value].mean()
         return r
 
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if len(a) < 3 or a.std() == 0 or b.std() == 0:
+    # Rounded: scores equal but for float noise (LEEP of an untrained
+    # network is ln(1/classes) up to the last bit) must tie, not rank.
+    a, b = np.round(np.asarray(a, float), 6), np.round(np.asarray(b, float), 6)
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return None
     return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
 

@@ -56,6 +56,10 @@ def test_summary_pairs_each_seed_with_its_scratch_run():
     # (0.6<0.7<0.8<0.85 vs knn 0.5<0.7<0.6<0.8: one swap).
     assert correlation["knn"] == pytest.approx(0.8)
     assert correlation["leep"] is None
+    # Scores equal up to float noise tie: no correlation to report.
+    noisy = [dict(c, leep=-0.6931471805599453 + i * 1e-12)
+             for i, c in enumerate(cells)]
+    assert tool.summarize(noisy)[1]["leep"] is None
     text = tool.markdown(rows, correlation, cells, minutes=1.0)
     assert "| ssl | default | 4 (0.1) | 2 | 0.775 +- 0.075 | +0.075 +- 0.025" in text
 
