@@ -445,8 +445,8 @@ def binding_in_force(name: str, param: str) -> str:
 def save_config(workdir: str, filename: str, operative: bool) -> str:
     """Writes the (operative) gin config of the current scope to
     `workdir/filename`."""
-    from matl_keras.training import workdir as workdir_lib
+    from matl_keras import runs
 
     path = os.path.join(workdir, filename)
-    workdir_lib.write_text(path, stage_config_str(operative=operative))
+    runs.write_text(path, stage_config_str(operative=operative))
     return path

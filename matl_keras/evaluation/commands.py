@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from matl_keras import registry as registry_lib
+from matl_keras import runs
 from matl_keras.data import decode
 from matl_keras.data import pipeline
 from matl_keras.errors import ConfigError
@@ -25,7 +26,6 @@ from matl_keras.evaluation.evaluator import EvalContext
 from matl_keras.evaluation.evaluator import feature_model
 from matl_keras.evaluation.evaluator import resolve_evaluators
 from matl_keras.evaluation.evaluator import run_evaluators
-from matl_keras.training import workdir as workdir_lib
 
 
 
@@ -38,8 +38,8 @@ def evaluate(
     batch_size: int = 32,
 ) -> dict[str, Any]:
     """Scores the model at `model` on `dataset`'s `split`; writes JSON."""
-    trained = trained_lib.find(model)
-    keras_model = trained.load()
+    trained = runs.find(model)
+    keras_model = trained_lib.load(trained)
     registry = registry_lib.default_registry()
     data_plugin = registry.create("datasets", dataset)
     if split not in data_plugin.splits():
@@ -67,9 +67,9 @@ def evaluate(
     )
     # The stage's val-fitted operating point, if it has one (and the head
     # is this dataset's): the split is also scored at it.
-    decision_path = os.path.join(trained.stage_dir, operating_point.DECISION_FILE)
+    decision_path = os.path.join(trained.stage_dir, runs.DECISION_FILE)
     decision = (
-        workdir_lib.read_json(decision_path)
+        runs.read_json(decision_path)
         if os.path.isfile(decision_path) and classes == data_plugin.num_classes
         else None
     )
@@ -91,7 +91,7 @@ def evaluate(
         "evaluators": list(evaluators),
         "results": results,
     }
-    workdir_lib.write_json(output, report)
+    runs.write_json(output, report)
     print(f"{dataset} {split} ({data.num_examples} images), model {trained.model_path}")
     print(metrics_lib.format_table(results))
     print(f"wrote {output}")
@@ -136,8 +136,8 @@ def explain_images(
 ) -> list[dict[str, Any]]:
     """Writes one Fig. 4 row per image into `output_dir` (and
     `explain.json`): image, Grad-CAM, overlay, attention, overlay."""
-    trained = trained_lib.find(model)
-    keras_model = trained.load()
+    trained = runs.find(model)
+    keras_model = trained_lib.load(trained)
     names = trained.class_names or [
         str(i) for i in range(int(keras_model.output.shape[-1]))
     ]
@@ -157,8 +157,8 @@ def explain_images(
             raise ConfigError(f"--layer: the model has no layer {layer!r}") from None
         raise ConfigError(f"--layer: {e}") from None
     layer = cam.layer
-    decision_path = os.path.join(trained.stage_dir, operating_point.DECISION_FILE)
-    decision = (workdir_lib.read_json(decision_path)
+    decision_path = os.path.join(trained.stage_dir, runs.DECISION_FILE)
+    decision = (runs.read_json(decision_path)
                 if os.path.isfile(decision_path) else None)
     # The share of Grad-CAM mass inside the lung box, from the `gradcam`
     # evaluator plugin (it holds the lung locator; None without it).
@@ -210,7 +210,7 @@ def explain_images(
                 "lung_mass_chance": boxes[i] and boxes[i]["chance"],
                 "lung_found": found[i],
             })
-    workdir_lib.write_json(
+    runs.write_json(
         os.path.join(output_dir, "explain.json"),
         {"model": os.path.abspath(trained.model_path), "gradcam_layer": layer,
          "gradcam_layer_note": cam.note,
@@ -249,8 +249,8 @@ def predict_images(
     """
     import keras
 
-    trained = trained_lib.find(model)
-    keras_model = trained.load()
+    trained = runs.find(model)
+    keras_model = trained_lib.load(trained)
     names = trained.class_names or [
         str(i) for i in range(int(keras_model.output.shape[-1]))
     ]

@@ -15,9 +15,9 @@ import keras
 import numpy as np
 from absl import logging
 
+from matl_keras import runs
 from matl_keras.evaluation import metrics as metrics_lib
 from matl_keras.evaluation.evaluator import predict_split
-from matl_keras.training import workdir as workdir_lib
 
 
 def _diverged(logs) -> bool:
@@ -327,7 +327,7 @@ class ResumableBackup(keras.callbacks.Callback):
         shutil.rmtree(tmp, ignore_errors=True)
         # A failed write (disk full) removes the partial folder and raises
         # a one-line WriteError; the last complete backup stays.
-        with workdir_lib.writing(os.path.join(tmp, _WEIGHTS), partial=tmp):
+        with runs.writing(os.path.join(tmp, _WEIGHTS), partial=tmp):
             os.makedirs(tmp)
             save_weights(self.model, os.path.join(tmp, _WEIGHTS))
             if state:
@@ -376,7 +376,7 @@ def truncate_history(path: str, epochs: int) -> None:
     if body == rows[1:]:
         return
     tmp = path + ".tmp"
-    with workdir_lib.writing(path, partial=tmp):
+    with runs.writing(path, partial=tmp):
         with open(tmp, "w", newline="") as f:
             csv.writer(f).writerows([header] + body)
         os.replace(tmp, path)
@@ -404,11 +404,11 @@ class HistoryCSV(keras.callbacks.CSVLogger):
         truncate_history(
             self.filename, ResumableBackup.completed_epochs(self.backup_dir)
         )
-        with workdir_lib.writing(self.filename):
+        with runs.writing(self.filename):
             super().on_train_begin(logs)
 
     def on_epoch_end(self, epoch, logs=None):
-        with workdir_lib.writing(self.filename):
+        with runs.writing(self.filename):
             super().on_epoch_end(epoch, logs)
 
 
@@ -487,7 +487,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         best = {"epoch": epoch + 1, "monitor": self.monitor, "value": value}
         tmp, old = self.directory + ".tmp", self.directory + ".old"
         shutil.rmtree(tmp, ignore_errors=True)
-        with workdir_lib.writing(os.path.join(tmp, _WEIGHTS), partial=tmp):
+        with runs.writing(os.path.join(tmp, _WEIGHTS), partial=tmp):
             os.makedirs(tmp)
             save_weights(self.model, os.path.join(tmp, _WEIGHTS))
             with open(os.path.join(tmp, "best.json"), "w") as f:

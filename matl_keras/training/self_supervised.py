@@ -21,6 +21,7 @@ import keras
 from absl import logging
 
 from matl_keras import registry as registry_lib
+from matl_keras import runs
 from matl_keras.data import decode
 from matl_keras.data import pipeline
 from matl_keras.data.dataset import Dataset
@@ -213,7 +214,7 @@ def pretrain(
         )
     start = workdir_lib.begin(workdir, init_backbone, distribution)
     if start.complete:
-        return workdir_lib.read_json(os.path.join(workdir, "metrics.json"))
+        return runs.read_json(os.path.join(workdir, "metrics.json"))
     metrics_path = start.path("metrics.json")
     keras.utils.set_random_seed(seed)
     determinism_record = determinism.configure(deterministic)
@@ -292,7 +293,7 @@ def pretrain(
     record = {
         "status": "running",
         "config_hash": start.digest,
-        "started": previous.get("started", workdir_lib.now()),
+        "started": previous.get("started", runs.now()),
         "resumed": start.resuming,
         "scope": gin.current_scope_str(),
         "seed": seed,
@@ -338,7 +339,7 @@ def pretrain(
         print(f"kNN accuracy before pretraining: {before:.4f}", flush=True)
     # What Keras compiled: it turns XLA off while op determinism is on.
     record["jit_compile"] = bool(model.jit_compile)
-    workdir_lib.write_json(start.path(workdir_lib.RUN_FILE), record)
+    runs.write_json(start.path(runs.RUN_FILE), record)
     nan_guard = callbacks_lib.StopOnNonFinite()
     throughput = callbacks_lib.Throughput()
     callbacks = [throughput, nan_guard, progress.Progress(batch_size)]
@@ -348,7 +349,7 @@ def pretrain(
         callbacks_lib.HistoryCSV(start.path("history.csv"), start.backup_dir),
         callbacks_lib.ResumableBackup(
             start.backup_dir,
-            write_dir=start.path(workdir_lib.BACKUP_DIR),
+            write_dir=start.path(runs.BACKUP_DIR),
             every_steps=backup_every_steps,
         ),
         keras.callbacks.TensorBoard(start.path("logs")),
@@ -374,7 +375,7 @@ def pretrain(
     nan_guard.raise_if_failed("pretraining", start.backup_dir)
     callbacks_lib.save_weights(model, start.path("ssl_model.weights.h5"))
     callbacks_lib.save_weights(
-        model.backbone, start.path(workdir_lib.BACKBONE_FILE)
+        model.backbone, start.path(runs.BACKBONE_FILE)
     )
     final = {k: float(v[-1]) for k, v in history.history.items() if v}
     results: dict[str, Any] = {"final_epoch": final}
@@ -396,18 +397,18 @@ def pretrain(
             "scored_on": monitor_split,
         }
         print(f"linear probe: {results['linear_probe']}", flush=True)
-    workdir_lib.write_json(metrics_path, results)
+    runs.write_json(metrics_path, results)
     config.save_config(start.out, "operative_config.gin", operative=True)
     record.update(
         status="complete",
-        finished=workdir_lib.now(),
+        finished=runs.now(),
         metrics=results,
         train_seconds=round(throughput.seconds, 2),
         train_images_per_second=round(
             throughput.steps * batch_size / max(throughput.seconds, 1e-9), 2
         ),
     )
-    workdir_lib.write_json(start.path(workdir_lib.RUN_FILE), record)
+    runs.write_json(start.path(runs.RUN_FILE), record)
     print(f"metrics: {results}", flush=True)
     workdir_lib.finish(start, distribution)
     return results

@@ -21,6 +21,7 @@ import keras
 from absl import logging
 
 from matl_keras import registry as registry_lib
+from matl_keras import runs
 from matl_keras.data import decode
 from matl_keras.data import pipeline
 from matl_keras.data.dataset import Dataset
@@ -277,7 +278,7 @@ def train(
         )
     start = workdir_lib.begin(workdir, init_backbone, distribution)
     if start.complete:
-        return workdir_lib.read_json(os.path.join(workdir, "metrics.json"))
+        return runs.read_json(os.path.join(workdir, "metrics.json"))
     record, digest, init = start.record, start.digest, start.init
     backup_dir, resuming = start.backup_dir, start.resuming
     metrics_path = start.path("metrics.json")
@@ -343,7 +344,7 @@ def train(
     record = {
         "status": "running",
         "config_hash": digest,
-        "started": (record or {}).get("started", workdir_lib.now()),
+        "started": (record or {}).get("started", runs.now()),
         "resumed": resuming,
         "scope": gin.current_scope_str(),
         "seed": seed,
@@ -367,7 +368,7 @@ def train(
         },
         "versions": workdir_lib.versions(),
     }
-    transfer_path = start.path(workdir_lib.TRANSFER_FILE)
+    transfer_path = start.path(runs.TRANSFER_FILE)
     with distribution.scope(), precision_lib.dtype_policy(precision) as policy:
         features = backbone(image_size=image_size)
         record["architecture"] = describe_backbone(features)
@@ -391,15 +392,15 @@ def train(
                 positive_index=dataset.positive_index(),
                 evaluators=transfer_evaluators,
             )
-            workdir_lib.write_json(
+            runs.write_json(
                 transfer_path,
                 {"target": dataset.name, "split": transfer_split or train_split,
                  "num_examples": transfer_data.num_examples, "sources": scores},
             )
         # This process's scores, or (resuming) the chief's.
-        for path in (transfer_path, os.path.join(workdir, workdir_lib.TRANSFER_FILE)):
+        for path in (transfer_path, os.path.join(workdir, runs.TRANSFER_FILE)):
             if os.path.exists(path):
-                record["transferability"] = workdir_lib.read_json(path)
+                record["transferability"] = runs.read_json(path)
                 break
         # Loading source models draws from the global RNG: reseed so that
         # training does not depend on whether (or how many) sources ran.
@@ -431,7 +432,7 @@ def train(
         )
     # What Keras compiled: it turns XLA off while op determinism is on.
     record["jit_compile"] = bool(model.jit_compile)
-    workdir_lib.write_json(start.path(workdir_lib.RUN_FILE), record)
+    runs.write_json(start.path(runs.RUN_FILE), record)
     nan_guard = callbacks_lib.StopOnNonFinite()
     throughput = callbacks_lib.Throughput()
     best = callbacks_lib.BestCheckpoint(
@@ -454,7 +455,7 @@ def train(
         callbacks_lib.HistoryCSV(start.path("history.csv"), backup_dir),
         callbacks_lib.ResumableBackup(
             backup_dir,
-            write_dir=start.path(workdir_lib.BACKUP_DIR),
+            write_dir=start.path(runs.BACKUP_DIR),
             every_steps=backup_every_steps,
         ),
         keras.callbacks.TensorBoard(start.path("logs")),
@@ -498,12 +499,12 @@ def train(
         )
     else:
         record["kept"] = {"keep": "last", "epoch": epochs}
-    model_path = start.path(workdir_lib.MODEL_FILE)
-    with workdir_lib.writing(model_path, partial=model_path):
+    model_path = start.path(runs.MODEL_FILE)
+    with runs.writing(model_path, partial=model_path):
         model.save(model_path)
-    with workdir_lib.writing(start.path(workdir_lib.BACKBONE_FILE)):
+    with runs.writing(start.path(runs.BACKBONE_FILE)):
         callbacks_lib.save_weights(
-            features, start.path(workdir_lib.BACKBONE_FILE)
+            features, start.path(runs.BACKBONE_FILE)
         )
     # Operating point and temperature: fitted on val, never on test.
     results = {}
@@ -519,11 +520,11 @@ def train(
             model, test_data.data, test_split, dataset, evaluators, start.out,
             decision=decision,
         )
-    workdir_lib.write_json(metrics_path, results)
+    runs.write_json(metrics_path, results)
     config.save_config(start.out, "operative_config.gin", operative=True)
     record.update(
         status="complete",
-        finished=workdir_lib.now(),
+        finished=runs.now(),
         train_seconds=round(throughput.seconds, 2),
         # Training steps only: Throughput runs before the validation
         # callback, so its epoch time excludes validation.
@@ -531,7 +532,7 @@ def train(
             throughput.steps * batch_size / max(throughput.seconds, 1e-9), 2
         ),
     )
-    workdir_lib.write_json(start.path(workdir_lib.RUN_FILE), record)
+    runs.write_json(start.path(runs.RUN_FILE), record)
     for split, values in results.items():
         print(f"{split}:\n{metrics_lib.format_table(values)}", flush=True)
     workdir_lib.finish(start, distribution)

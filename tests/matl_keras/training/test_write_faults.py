@@ -14,7 +14,7 @@ import pytest
 
 from matl_keras.errors import WriteError
 from matl_keras.training import callbacks as callbacks_lib
-from matl_keras.training import workdir as workdir_lib
+from matl_keras import runs
 from tests.conftest import REPO
 from tests.matl_keras.test_cli import CLI
 from tests.matl_keras.test_cli import TINY
@@ -115,14 +115,14 @@ def test_truncate_history_keeps_one_row_per_backed_up_epoch(tmp_path):
 
 def test_write_errors_name_the_file_and_the_os_reason(tmp_path, monkeypatch):
     path = str(tmp_path / "run.json")
-    workdir_lib.write_json(path, {"a": 1})
+    runs.write_json(path, {"a": 1})
 
     def disk_full(src, dst):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "replace", disk_full)
     with pytest.raises(WriteError) as e:
-        workdir_lib.write_json(path, {"a": 2})
+        runs.write_json(path, {"a": 2})
     assert str(e.value).startswith(
         f"cannot write {path}: no space left on device (errno 28). "
     )
@@ -134,7 +134,7 @@ def test_write_errors_name_the_file_and_the_os_reason(tmp_path, monkeypatch):
     partial = tmp_path / "epoch-2.tmp"
     partial.mkdir()
     with pytest.raises(WriteError, match=r"x\.h5: no space left on device"):
-        with workdir_lib.writing(str(partial / "x.h5"), partial=str(partial)):
+        with runs.writing(str(partial / "x.h5"), partial=str(partial)):
             raise OSError(
                 "Can't synchronously write data (file write failed: "
                 "filename = 'x.h5', errno = 28, error message = 'No space')"
