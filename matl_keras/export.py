@@ -327,7 +327,7 @@ def export(
     metadata["decision"] = _decision_metadata(decision)
     with open(os.path.join(staging, METADATA_FILE), "w") as f:
         json.dump(metadata, f, indent=2)
-    config = os.path.join(trained.stage_dir, "operative_config.gin")
+    config = os.path.join(trained.stage_dir, runs.OPERATIVE_CONFIG_FILE)
     if os.path.isfile(config):
         shutil.copy(config, os.path.join(staging, "config.gin"))
     os.rename(staging, final)

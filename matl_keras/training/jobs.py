@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import gin
+
 from matl_keras.errors import ConfigError
 
 
+@gin.configurable("job")
 def job(fn: Callable[..., object] | None = None) -> Callable[..., object]:
     """Returns the configured job function (gin: `job.fn = @train`).
 

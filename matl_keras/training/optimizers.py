@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import gin
 import keras
 
 from matl_keras.errors import ConfigError
 
 
+@gin.configurable("sgd")
 def sgd(
     batch_size: int,
     epochs: int,

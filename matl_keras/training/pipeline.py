@@ -44,6 +44,7 @@ from matl_keras.training import workdir as workdir_lib
 _STAGE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+@gin.configurable("stage")
 def stage(fn: Callable[..., Any] | None = None) -> Callable[..., Any]:
     """Returns the function of the stage whose gin scope is active
     (gin: `stl_m/stage.fn = @train`)."""
@@ -151,6 +152,7 @@ def _accepts_sources(fn: Callable[..., Any]) -> bool:
         return False
 
 
+@gin.configurable("pipeline")
 def pipeline(workdir: str, stages: Sequence[str] = ("finetune",)) -> dict[str, Any]:
     """Runs `stages` in order; each starts from the previous one's backbone.
 
@@ -162,7 +164,6 @@ def pipeline(workdir: str, stages: Sequence[str] = ("finetune",)) -> dict[str, A
     Returns:
         The content of `summary.json`.
     """
-    from matl_keras import config
     from matl_keras.training import strategies
 
     names = _check_stages(stages)
@@ -183,7 +184,7 @@ def pipeline(workdir: str, stages: Sequence[str] = ("finetune",)) -> dict[str, A
     functions = []
     for name in names:
         with gin.config_scope(name):
-            functions.append(config.configured("stage")())
+            functions.append(stage())
     previous = None
     for index, (name, fn) in enumerate(zip(names, functions), start=1):
         stage_dir = os.path.join(workdir, name)

@@ -14,6 +14,7 @@ from typing import Any
 
 from matl_keras import runs
 from matl_keras.errors import ConfigError
+from matl_keras.training import stage_config
 
 
 @dataclasses.dataclass
@@ -66,7 +67,7 @@ def begin(workdir: str, init_backbone: str | None, strategy=None) -> Start:
     """Starts a stage in `workdir`: config hash, previous run, `config.gin`.
 
     The config hash covers the gin bindings that reach the current scope
-    (`config.stage_config_str`) and the content of `init_backbone`.
+    (`stage_config.stage_config_str`) and the content of `init_backbone`.
 
     In a multi-worker run (`strategy`), only the chief writes `workdir`;
     the others read it and write to a temporary `Start.out`, and the
@@ -77,7 +78,6 @@ def begin(workdir: str, init_backbone: str | None, strategy=None) -> Start:
         ConfigError: `init_backbone` is missing, the workdir cannot be
             written or holds trained results of another config.
     """
-    from matl_keras import config
     from matl_keras.training import strategies
 
     chief = strategy is None or strategies.is_chief(strategy)
@@ -98,7 +98,7 @@ def begin(workdir: str, init_backbone: str | None, strategy=None) -> Start:
             "path": os.path.abspath(init_backbone),
             "sha256": runs.file_sha256(init_backbone),
         }
-    config_text = config.stage_config_str()
+    config_text = stage_config.stage_config_str()
     digest = runs.config_hash(
         config_text + f"\n# init_backbone sha256: {init and init['sha256']}\n"
     )
