@@ -253,10 +253,10 @@ def _parse_gin_if_given() -> None:
 def cmd_evaluate() -> None:
     _require("model", "dataset")
     tf_startup.import_tensorflow()
-    from matl_keras.evaluation import commands
+    from matl_keras.commands import evaluate
 
     _parse_gin_if_given()
-    commands.evaluate(
+    evaluate.evaluate(
         FLAGS.model, FLAGS.dataset, FLAGS.split, FLAGS.evaluators,
         FLAGS.output, FLAGS.batch_size,
     )
@@ -274,9 +274,9 @@ def _output_dir(name: str) -> str:
 def cmd_explain() -> None:
     _require("model", "images")
     tf_startup.import_tensorflow()
-    from matl_keras.evaluation import commands
+    from matl_keras.commands import explain
 
-    commands.explain_images(
+    explain.explain_images(
         FLAGS.model, FLAGS.images, _output_dir("explain"), FLAGS.layer,
         FLAGS.class_name, FLAGS.batch_size,
     )
@@ -285,9 +285,9 @@ def cmd_explain() -> None:
 def cmd_predict() -> None:
     _require("model", "images")
     tf_startup.import_tensorflow()
-    from matl_keras.evaluation import commands
+    from matl_keras.commands import predict
 
-    commands.predict_images(
+    predict.predict_images(
         FLAGS.model, FLAGS.images, _output_dir("predict"), FLAGS.batch_size
     )
 
