@@ -68,6 +68,9 @@ setuptools.setup(
             "pillow>=10,<14",
             # The third-party example package's tests (plugins/matl-keras-dicom).
             "pydicom>=3.0,<4",
+            # CI's lint steps (.ci/run): `ruff check`, `lint-imports`.
+            "ruff>=0.17,<0.18",
+            "import-linter>=2.16,<3",
         ],
         "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
     },
