@@ -1,7 +1,8 @@
 """Gin configuration: strict parsing and messages, and the plugin -> gin hook.
 
-The jobs, stages and optimizer are configurable where they are defined
-(`@gin.configurable("train")` on `supervised.train`, dopamine's way);
+The jobs, stages and optimizer are registered with gin where they are
+defined (`gin.external_configurable(train, name="train")` under
+`supervised.train`), so nothing imports "up" to register them;
 `register_core` imports them (and makes the backbone builder configurable:
 model code never reads gin). Plugins are registered under their
 entry-point name (and `<group>.<name>`) when the registry loads them (the
@@ -64,17 +65,12 @@ def register_core() -> None:
     from matl_keras.training import self_supervised
     from matl_keras.training import supervised
 
-    _CORE.update(
-        job=jobs.job,
-        pipeline=pipeline.pipeline,
-        stage=pipeline.stage,
-        train=supervised.train,
-        pretrain=self_supervised.pretrain,
-        sgd=optimizers.sgd,
-        # Model code never imports gin: registered from outside.
-        resnet_backbone=gin.external_configurable(
-            resnet_backbone.ResNetBackbone, name="resnet_backbone"
-        ),
+    for fn in (jobs.job, pipeline.pipeline, pipeline.stage,
+               supervised.train, self_supervised.pretrain, optimizers.sgd):
+        _CORE[fn.__name__] = gin.get_configurable(fn)
+    # Model code never imports gin: registered from outside.
+    _CORE["resnet_backbone"] = gin.external_configurable(
+        resnet_backbone.ResNetBackbone, name="resnet_backbone"
     )
 
 

@@ -308,7 +308,9 @@ def set_default_registry(registry: Registry | None) -> None:
     _DEFAULT = registry
 
 
-def resolve(group: str, value: Any, param: str) -> Any:
+def resolve(
+    group: str, value: Any, param: str, expected: str | None = None
+) -> Any:
     """The checked plugin of `value`, a plugin name or an instance: the
     one "name or instance -> plugin" rule of every stage argument.
 
@@ -322,6 +324,8 @@ def resolve(group: str, value: Any, param: str) -> Any:
         group: str. `"datasets"`, `"ssl_methods"` or `"evaluators"`.
         value: a name, an instance or (SSL methods) a factory.
         param: str. The setting, named in errors (`train.dataset`).
+        expected: str or None. What the error says `param` must be
+            (default: "be a <noun> plugin instance or name").
 
     Raises:
         PluginError: an unknown or broken plugin name.
@@ -342,8 +346,6 @@ def resolve(group: str, value: Any, param: str) -> Any:
         return value  # A factory; the stage checks what it builds.
     if not isinstance(value, base):
         article = "an" if noun[0] in "aeiou" else "a"
-        raise ConfigError(
-            f"`{param}` must be {article} {noun} plugin instance or name. "
-            f"Received: {value!r}"
-        )
+        expected = expected or f"be {article} {noun} plugin instance or name"
+        raise ConfigError(f"`{param}` must {expected}. Received: {value!r}")
     return value

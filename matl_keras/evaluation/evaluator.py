@@ -140,7 +140,9 @@ def resolve_evaluators(
     from matl_keras import registry as registry_lib
 
     return [
-        registry_lib.resolve("evaluators", evaluator, param)
+        registry_lib.resolve(
+            "evaluators", evaluator, param, "hold evaluator plugins or names"
+        )
         for evaluator in evaluators
     ]
 

@@ -9,7 +9,6 @@ import gin
 from matl_keras.errors import ConfigError
 
 
-@gin.configurable("job")
 def job(fn: Callable[..., object] | None = None) -> Callable[..., object]:
     """Returns the configured job function (gin: `job.fn = @train`).
 
@@ -21,3 +20,8 @@ def job(fn: Callable[..., object] | None = None) -> Callable[..., object]:
             "(e.g. `job.fn = @train`, as gin/finetune.gin does)"
         )
     return fn
+
+
+# Configurable as `job` in gin, registered here on the definition; Python
+# callers get the plain function (its errors without gin's call notes).
+gin.external_configurable(job, name="job")

@@ -10,7 +10,6 @@ import keras
 from matl_keras.errors import ConfigError
 
 
-@gin.configurable("sgd")
 def sgd(
     batch_size: int,
     epochs: int,
@@ -73,3 +72,8 @@ def sgd(
         momentum=momentum,
         weight_decay=weight_decay or None,
     )
+
+
+# Configurable as `sgd` in gin, registered here on the definition; Python
+# callers get the plain function (its errors without gin's call notes).
+gin.external_configurable(sgd, name="sgd")

@@ -44,7 +44,6 @@ from matl_keras.training import workdir as workdir_lib
 _STAGE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-@gin.configurable("stage")
 def stage(fn: Callable[..., Any] | None = None) -> Callable[..., Any]:
     """Returns the function of the stage whose gin scope is active
     (gin: `stl_m/stage.fn = @train`)."""
@@ -56,6 +55,11 @@ def stage(fn: Callable[..., Any] | None = None) -> Callable[..., Any]:
             "STAGES"
         )
     return fn
+
+
+# Configurable as `stage` in gin, registered here on the definition; Python
+# callers get the plain function (its errors without gin's call notes).
+gin.external_configurable(stage, name="stage")
 
 
 def _check_stages(stages: Sequence[str]) -> list[str]:
@@ -152,7 +156,6 @@ def _accepts_sources(fn: Callable[..., Any]) -> bool:
         return False
 
 
-@gin.configurable("pipeline")
 def pipeline(workdir: str, stages: Sequence[str] = ("finetune",)) -> dict[str, Any]:
     """Runs `stages` in order; each starts from the previous one's backbone.
 
@@ -184,7 +187,7 @@ def pipeline(workdir: str, stages: Sequence[str] = ("finetune",)) -> dict[str, A
     functions = []
     for name in names:
         with gin.config_scope(name):
-            functions.append(stage())
+            functions.append(gin.get_configurable(stage)())
     previous = None
     for index, (name, fn) in enumerate(zip(names, functions), start=1):
         stage_dir = os.path.join(workdir, name)
@@ -216,3 +219,8 @@ def pipeline(workdir: str, stages: Sequence[str] = ("finetune",)) -> dict[str, A
         runs.write_json(summary_path, summary)
         print(f"wrote {summary_path}", flush=True)
     return summary
+
+
+# Configurable as `pipeline` in gin, registered here on the definition; Python
+# callers get the plain function (its errors without gin's call notes).
+gin.external_configurable(pipeline, name="pipeline")

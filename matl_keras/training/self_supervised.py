@@ -118,7 +118,6 @@ def resolve_method(method) -> Callable[..., SSLMethod]:
     return registry_lib.resolve("ssl_methods", method, "pretrain.method")
 
 
-@gin.configurable("pretrain")
 def pretrain(
     workdir: str,
     init_backbone: str | None = None,
@@ -312,6 +311,11 @@ def pretrain(
             monitor_bank_split, monitor_split, dataset, seed,
         ))
     return run.finish(results, f"metrics: {results}", metrics=results)
+
+
+# Configurable as `pretrain` in gin, registered here on the definition; Python
+# callers get the plain function (its errors without gin's call notes).
+gin.external_configurable(pretrain, name="pretrain")
 
 
 def _knn_monitor(model, dataset, monitor_split, monitor_bank_split, knn_k,

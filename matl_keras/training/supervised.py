@@ -87,7 +87,6 @@ KEEP = ("best", "last")
 BEST_METRICS = ("val_accuracy", "val_f1", "val_auc", "val_loss")
 
 
-@gin.configurable("train")
 def train(
     workdir: str,
     dataset: Dataset | str | None = None,
@@ -346,6 +345,11 @@ def train(
         f"{split}:\n{metrics_lib.format_table(values)}"
         for split, values in results.items()
     ))
+
+
+# Configurable as `train` in gin, registered here on the definition; Python
+# callers get the plain function (its errors without gin's call notes).
+gin.external_configurable(train, name="train")
 
 
 def _check_choices(class_balance: str, keep: str, best_metric: str) -> None:
