@@ -71,6 +71,9 @@ setuptools.setup(
             # The optional MLflow tracking's test (a local file store; the
             # client alone, without MLflow's server and UI).
             "mlflow-skinny>=2.10,<4",
+            # CI's lint steps (.ci/run): `ruff check`, `lint-imports`.
+            "ruff>=0.17,<0.18",
+            "import-linter>=2.16,<3",
         ],
         "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
         # Optional MLflow tracking (`mlflow_tracking.enabled = True`): the

@@ -23,7 +23,8 @@ SUPPORTED_PLUGIN_API_VERSIONS = (1,)
 # is loaded, the registration is left to the commands that need Keras (a job
 # builds its models from these modules; `evaluate`, `explain` and `export`
 # load through `evaluation.trained`, which imports `keras_objects`).
-import sys as _sys
+import sys as _sys  # noqa: E402 - after the constants, as documented above
 
 if "matl_keras_cli" not in _sys.modules:
     from matl_keras import keras_objects  # noqa: E402,F401
+    from matl_keras.training import warmup  # noqa: E402,F401

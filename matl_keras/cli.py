@@ -235,9 +235,9 @@ def cmd_run_job() -> None:
     print(f"workdir: {workdir}", flush=True)
     if strategies.chief_from_env():
         # The whole job (every stage of a pipeline) holds its workdir.
-        from matl_keras.training import workdir as workdir_lib
+        from matl_keras import runs
 
-        workdir_lib.lock(workdir)
+        runs.lock(workdir)
     job = config.configured("job")()
     job(workdir=workdir)
 
@@ -261,10 +261,10 @@ def _parse_gin_if_given() -> None:
 def cmd_evaluate() -> None:
     _require("model", "dataset")
     tf_startup.import_tensorflow()
-    from matl_keras.evaluation import commands
+    from matl_keras.commands import evaluate
 
     _parse_gin_if_given()
-    commands.evaluate(
+    evaluate.evaluate(
         FLAGS.model, FLAGS.dataset, FLAGS.split, FLAGS.evaluators,
         FLAGS.output, FLAGS.batch_size,
     )
@@ -272,19 +272,19 @@ def cmd_evaluate() -> None:
 
 def _output_dir(name: str) -> str:
     """--output_dir, or the folder `name` in the trained stage's folder."""
-    from matl_keras.evaluation import trained
+    from matl_keras import runs
 
     return FLAGS.output_dir or os.path.join(
-        trained.find(FLAGS.model).stage_dir, name
+        runs.find(FLAGS.model).stage_dir, name
     )
 
 
 def cmd_explain() -> None:
     _require("model", "images")
     tf_startup.import_tensorflow()
-    from matl_keras.evaluation import commands
+    from matl_keras.commands import explain
 
-    commands.explain_images(
+    explain.explain_images(
         FLAGS.model, FLAGS.images, _output_dir("explain"), FLAGS.layer,
         FLAGS.class_name, FLAGS.batch_size,
     )
@@ -293,9 +293,9 @@ def cmd_explain() -> None:
 def cmd_predict() -> None:
     _require("model", "images")
     tf_startup.import_tensorflow()
-    from matl_keras.evaluation import commands
+    from matl_keras.commands import predict
 
-    commands.predict_images(
+    predict.predict_images(
         FLAGS.model, FLAGS.images, _output_dir("predict"), FLAGS.batch_size
     )
 
@@ -337,7 +337,7 @@ def cmd_audit() -> None:
 def cmd_probe() -> None:
     _require("model", "dataset")
     tf_startup.import_tensorflow()
-    from matl_keras.evaluation import probe
+    from matl_keras.commands import probe
 
     _parse_gin_if_given()
     probe.probe(
@@ -387,15 +387,15 @@ def main(argv: Sequence[str]) -> None:
     except OSError as e:
         # A full disk anywhere else (a TensorFlow or Keras write the stages
         # do not wrap): one line too.
-        from matl_keras.training import workdir as workdir_lib
+        from matl_keras import runs
 
-        if workdir_lib.os_errno(e) not in workdir_lib.WRITE_ERRNOS:
+        if runs.os_errno(e) not in runs.WRITE_ERRNOS:
             raise
-        _fail(str(workdir_lib.as_write_error(e)))
+        _fail(str(runs.as_write_error(e)))
     except Exception as e:  # noqa: BLE001 - re-raised unless a write error
-        from matl_keras.training import workdir as workdir_lib
+        from matl_keras import runs
 
-        error = workdir_lib.reported_write_error(e)
+        error = runs.reported_write_error(e)
         if error is None:
             raise
         _fail(str(error))

@@ -1,9 +1,13 @@
-"""Gin configuration: which functions are configurable, strict parsing.
+"""Gin configuration: strict parsing and messages, and the plugin -> gin hook.
 
-Model and layer code never reads gin. The top-level entry points are made
-configurable here, in one place, with `gin.external_configurable`; plugins are
-registered under their entry-point name (and `<group>.<name>`) when they are
-loaded, so `image_folder.root = "/data/x"` works for any installed plugin.
+The jobs, stages and optimizer are registered with gin where they are
+defined (`gin.external_configurable(train, name="train")` under
+`supervised.train`), so nothing imports "up" to register them;
+`register_core` imports them (and makes the backbone builder configurable:
+model code never reads gin). Plugins are registered under their
+entry-point name (and `<group>.<name>`) when the registry loads them (the
+hook is installed on import), so `image_folder.root = "/data/x"` works for
+any installed plugin.
 
 Plugins are loaded lazily: before parsing, the gin text (files, their
 `include`s and `--gin_param` bindings) is scanned for plugin names, and only
@@ -18,7 +22,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import gin
+
+from matl_keras import registry as registry_lib
 from matl_keras.errors import ConfigError
+from matl_keras.training import stage_config
 
 _REGISTERED_PLUGINS: dict[tuple[str, str], Any] = {}
 _CORE: dict[str, Any] = {}
@@ -42,8 +49,13 @@ def register_plugin(info: Any) -> Any:
     return _REGISTERED_PLUGINS[key]
 
 
+registry_lib.add_load_hook(register_plugin)
+
+
 def register_core() -> None:
-    """Registers the core's top-level functions with gin (idempotent)."""
+    """Imports the core's configurables, so that gin knows them, and makes
+    the backbone builder configurable (idempotent). Imported here, not at
+    the top, so that `--help` answers without TensorFlow."""
     if _CORE:
         return
     from matl_keras.models.resnet import resnet_backbone
@@ -54,17 +66,14 @@ def register_core() -> None:
     from matl_keras.training import self_supervised
     from matl_keras.training import supervised
 
-    for name, fn in (
-        ("job", jobs.job),
-        ("pipeline", pipeline.pipeline),
-        ("stage", pipeline.stage),
-        ("train", supervised.train),
-        ("pretrain", self_supervised.pretrain),
-        ("resnet_backbone", resnet_backbone.ResNetBackbone),
-        ("sgd", optimizers.sgd),
-        ("mlflow_tracking", mlflow_tracking.mlflow_tracking),
-    ):
-        _CORE[name] = gin.external_configurable(fn, name=name)
+    for fn in (jobs.job, pipeline.pipeline, pipeline.stage,
+               supervised.train, self_supervised.pretrain, optimizers.sgd,
+               mlflow_tracking.mlflow_tracking):
+        _CORE[fn.__name__] = gin.get_configurable(fn)
+    # Model code never imports gin: registered from outside.
+    _CORE["resnet_backbone"] = gin.external_configurable(
+        resnet_backbone.ResNetBackbone, name="resnet_backbone"
+    )
 
 
 def configured(name: str) -> Any:
@@ -244,6 +253,7 @@ def _syntax_error(binding: str) -> str | None:
 
 
 _MACRO_DEF = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*=", re.MULTILINE)
+_MACRO_REF = stage_config.MACRO_REF
 
 
 def _int_at_least(low: int) -> Any:
@@ -372,83 +382,3 @@ def _similar(a: str, b: str) -> bool:
     import difflib
 
     return difflib.SequenceMatcher(None, a, b).ratio() > 0.75
-
-
-# Configurables that choose what runs, not how a stage trains: left out of a
-# stage's config (adding a stage to `STAGES` must not make the finished
-# stages before it look changed).
-NOT_STAGE_CONFIG = ("job", "pipeline", "mlflow_tracking")
-_MACRO_REF = re.compile(r"%([A-Za-z_][A-Za-z0-9_.]*)")
-
-
-def stage_config_str(scope: str | None = None, operative: bool = False) -> str:
-    """The gin bindings that can reach code running in `scope`.
-
-    That is the unscoped bindings and those whose scopes are all active in
-    `scope` (gin's rule), minus `NOT_STAGE_CONFIG`, plus the macros they
-    reference (transitively). Two stages of one pipeline file thus get
-    different texts, and a stage's text (hence its config hash) changes only
-    when something that can affect it changes.
-
-    Uses gin 0.5's `_CONFIG` / `_OPERATIVE_CONFIG` (dicts keyed by
-    `(scope, selector)`) and `_config_str`: gin has no public API for one
-    scope's bindings. The gin version is pinned in setup.py.
-    """
-    scope = gin.current_scope_str() if scope is None else scope
-    active = set(filter(None, scope.split("/")))
-    source = gin.config._OPERATIVE_CONFIG if operative else gin.config._CONFIG
-    macros = {
-        key: values
-        for key, values in gin.config._CONFIG.items()
-        if key[1] == "gin.macro"
-    }
-    kept = {}
-    for (key_scope, selector), values in source.items():
-        if selector == "gin.macro":
-            continue
-        if selector.split(".")[-1] in NOT_STAGE_CONFIG:
-            continue
-        if set(filter(None, key_scope.split("/"))) <= active:
-            kept[(key_scope, selector)] = values
-    pending = set(_MACRO_REF.findall(gin.config._config_str(kept)))
-    seen: set[str] = set()
-    while pending:
-        name = pending.pop()
-        seen.add(name)
-        key = (name, "gin.macro")
-        if key in macros:
-            kept[key] = macros[key]
-            text = gin.config._config_str({key: macros[key]})
-            pending |= set(_MACRO_REF.findall(text)) - seen
-    return gin.config._config_str(kept)
-
-
-def binding_in_force(name: str, param: str) -> str:
-    """The binding that sets `name.param` in the current gin scope, as a
-    user writes it to change the value: with the scope of the most
-    specific binding that reaches here (`sstl_m/pretrain.on_bad_image`,
-    since `gin/stages/sstl_m.gin` binds it in that scope), unscoped when
-    only an unscoped one (or none) does. Rebinding that key wins; a less
-    specific one would have no effect.
-
-    Uses gin 0.5's `_CONFIG` (see `stage_config_str`).
-    """
-    active = set(filter(None, gin.current_scope_str().split("/")))
-    best: list[str] = []
-    for (key_scope, selector), values in gin.config._CONFIG.items():
-        if selector.split(".")[-1] != name or param not in values:
-            continue
-        parts = list(filter(None, key_scope.split("/")))
-        if set(parts) <= active and len(parts) > len(best):
-            best = parts
-    return "/".join([*best, f"{name}.{param}"])
-
-
-def save_config(workdir: str, filename: str, operative: bool) -> str:
-    """Writes the (operative) gin config of the current scope to
-    `workdir/filename`."""
-    from matl_keras.training import workdir as workdir_lib
-
-    path = os.path.join(workdir, filename)
-    workdir_lib.write_text(path, stage_config_str(operative=operative))
-    return path

@@ -48,6 +48,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from matl_keras import runs
 from matl_keras.data import decode
 from matl_keras.data import pipeline
 from matl_keras.errors import ConfigError
@@ -179,7 +180,7 @@ def _outputs(model: keras.Model, pixels: tf.Tensor, labels: tf.Tensor,
 
 def read_decision(stage_dir: str) -> dict[str, Any] | None:
     """The stage's `decision.json`, or None (a run from before it)."""
-    path = os.path.join(stage_dir, operating_point.DECISION_FILE)
+    path = os.path.join(stage_dir, runs.DECISION_FILE)
     if not os.path.isfile(path):
         return None
     with open(path) as f:
@@ -272,8 +273,8 @@ def export(
 ) -> str:
     """Exports the classifier at `model` (a .keras file, a stage workdir or
     a pipeline workdir); returns the version folder written."""
-    trained = trained_lib.find(model)
-    keras_model = trained.load()
+    trained = runs.find(model)
+    keras_model = trained_lib.load(trained)
     if len(keras_model.output.shape) != 2:
         raise ConfigError(f"--model: {trained.model_path!r} is not a classifier")
     classes = int(keras_model.output.shape[-1])
@@ -326,7 +327,7 @@ def export(
     metadata["decision"] = _decision_metadata(decision)
     with open(os.path.join(staging, METADATA_FILE), "w") as f:
         json.dump(metadata, f, indent=2)
-    config = os.path.join(trained.stage_dir, "operative_config.gin")
+    config = os.path.join(trained.stage_dir, runs.OPERATIVE_CONFIG_FILE)
     if os.path.isfile(config):
         shutil.copy(config, os.path.join(staging, "config.gin"))
     os.rename(staging, final)

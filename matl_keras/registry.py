@@ -279,15 +279,37 @@ def _broken_message(info: PluginInfo) -> str:
 
 
 _DEFAULT: Registry | None = None
+# What `default_registry` calls with every plugin it loads (`Registry`'s
+# `on_load`): `matl_keras.config` adds the plugin -> gin hook when it is
+# imported, so this module imports nothing above it.
+_LOAD_HOOKS: list[Callable[[PluginInfo], Any]] = []
+
+
+def add_load_hook(hook: Callable[[PluginInfo], Any]) -> None:
+    """Calls `hook` with every plugin the default registry loads (and has
+    loaded); what it returns (if not None) becomes the plugin's factory."""
+    if hook in _LOAD_HOOKS:
+        return
+    _LOAD_HOOKS.append(hook)
+    if _DEFAULT is not None:
+        for infos in _DEFAULT._infos.values():
+            for info in infos.values():
+                if info.status == OK:
+                    info.factory = hook(info) or info.factory
+
+
+def _run_load_hooks(info: PluginInfo) -> Any:
+    factory = None
+    for hook in _LOAD_HOOKS:
+        factory = hook(info) or factory
+    return factory
 
 
 def default_registry() -> Registry:
     """The process-wide registry over the installed entry points."""
     global _DEFAULT
     if _DEFAULT is None:
-        from matl_keras import config  # Registers loaded plugins with gin.
-
-        _DEFAULT = Registry(on_load=config.register_plugin)
+        _DEFAULT = Registry(on_load=_run_load_hooks)
     return _DEFAULT
 
 
@@ -295,3 +317,46 @@ def set_default_registry(registry: Registry | None) -> None:
     """Replaces the process-wide registry (tests)."""
     global _DEFAULT
     _DEFAULT = registry
+
+
+def resolve(
+    group: str, value: Any, param: str, expected: str | None = None
+) -> Any:
+    """The checked plugin of `value`, a plugin name or an instance: the
+    one "name or instance -> plugin" rule of every stage argument.
+
+    A name is created (datasets, evaluators: their gin bindings apply) or,
+    for SSL methods, whose stage builds them around its backbones, loaded
+    (its factory, the gin-configurable class). An instance (or, for SSL
+    methods, a factory such as gin's `@moco`) must be of the group's base
+    class.
+
+    Args:
+        group: str. `"datasets"`, `"ssl_methods"` or `"evaluators"`.
+        value: a name, an instance or (SSL methods) a factory.
+        param: str. The setting, named in errors (`train.dataset`).
+        expected: str or None. What the error says `param` must be
+            (default: "be a <noun> plugin instance or name").
+
+    Raises:
+        PluginError: an unknown or broken plugin name.
+        ConfigError: a value that is not of the group's base class.
+    """
+    from matl_keras.errors import ConfigError
+
+    _check_group(group)
+    noun = GROUPS[group][2]
+    if isinstance(value, str):
+        registry = default_registry()
+        if group == "ssl_methods":
+            registry.load(group, value)
+            return registry.infos(group)[value].factory
+        return registry.create(group, value)
+    base = _import_object(GROUPS[group][1])
+    if group == "ssl_methods" and callable(value):
+        return value  # A factory; the stage checks what it builds.
+    if not isinstance(value, base):
+        article = "an" if noun[0] in "aeiou" else "a"
+        expected = expected or f"be {article} {noun} plugin instance or name"
+        raise ConfigError(f"`{param}` must {expected}. Received: {value!r}")
+    return value

@@ -79,7 +79,6 @@ def _pretrain(method, seed, workdir):
 def _score(backbone_path, seed):
     """kNN and linear-probe scores of one backbone on val."""
     import keras
-    import numpy as np
 
     from matl_keras.data import pipeline
     from matl_keras.evaluation import knn
@@ -87,7 +86,7 @@ def _score(backbone_path, seed):
     from matl_keras.evaluation import metrics as metrics_lib
     from matl_keras.models.backbone_weights import load_backbone
     from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
-    from matl_keras.training.callbacks import pooled_features
+    from matl_keras.evaluation.evaluator import pooled_features
     from matl_keras_plugins.datasets.covid_ct import CovidCT
 
     keras.utils.set_random_seed(seed)

@@ -26,6 +26,7 @@ import time
 from absl import app
 from absl import flags
 
+from matl_keras import runs
 from matl_keras_plugins.evaluators.transferability import held_out_split
 from matl_keras_plugins.evaluators.transferability import split_label
 
@@ -74,7 +75,7 @@ def _run(variant, ablation):
     print(f"== {variant} / {ablation}", flush=True)
     start = time.perf_counter()
     subprocess.run(command, cwd=REPO, check=True)
-    with open(os.path.join(REPO, workdir, "summary.json")) as f:
+    with open(os.path.join(REPO, workdir, runs.SUMMARY_FILE)) as f:
         summary = json.load(f)
     summary["wall_seconds_this_invocation"] = time.perf_counter() - start
     return summary
@@ -84,7 +85,7 @@ def _operating_point(variant, ablation, stage, split):
     """Sensitivity / specificity at the stage's val-chosen operating point
     on `split` (from the stage's metrics.json), and how it was chosen."""
     path = os.path.join(REPO, FLAGS.workdir, variant, ablation,
-                        stage["workdir"], "metrics.json")
+                        stage["workdir"], runs.METRICS_FILE)
     if not os.path.isfile(path):
         return ""
     with open(path) as f:

@@ -54,6 +54,21 @@ def feature_model(model: Any) -> Any:
     return keras.Model(model.input, pooled, name=f"{model.name}_features")
 
 
+def pooled_features(backbone: Any, data: Any) -> tuple[np.ndarray, np.ndarray]:
+    """`(features (n, channels), labels (n,))` of a batched split: the
+    backbone's feature maps averaged over space, in float32, computed eagerly
+    batch by batch (safe inside `fit`, where the kNN monitor calls it)."""
+    import keras
+
+    features, labels = [], []
+    for images, batch_labels in data:
+        maps = backbone(images, training=False)
+        pooled = keras.ops.mean(keras.ops.cast(maps, "float32"), axis=(1, 2))
+        features.append(keras.ops.convert_to_numpy(pooled))
+        labels.append(keras.ops.convert_to_numpy(batch_labels))
+    return np.concatenate(features), np.concatenate(labels)
+
+
 def predict_split(model: Any, data: Any) -> tuple[np.ndarray, np.ndarray]:
     """`(labels (n,), probabilities (n, classes))` of a batched split.
 
@@ -123,19 +138,13 @@ def resolve_evaluators(
     """Evaluator plugins from instances or registry names; `param` names
     the setting in errors."""
     from matl_keras import registry as registry_lib
-    from matl_keras.errors import ConfigError
 
-    resolved = []
-    for evaluator in evaluators:
-        if isinstance(evaluator, str):
-            evaluator = registry_lib.default_registry().create("evaluators", evaluator)
-        if not isinstance(evaluator, Evaluator):
-            raise ConfigError(
-                f"`{param}` must hold evaluator plugins or names. "
-                f"Received: {evaluator!r}"
-            )
-        resolved.append(evaluator)
-    return resolved
+    return [
+        registry_lib.resolve(
+            "evaluators", evaluator, param, "hold evaluator plugins or names"
+        )
+        for evaluator in evaluators
+    ]
 
 
 def run_evaluators(context: EvalContext, evaluators: Any) -> dict[str, Any]:

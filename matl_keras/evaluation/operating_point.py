@@ -29,12 +29,13 @@ from typing import Any
 import gin
 import numpy as np
 
+from matl_keras import runs
 from matl_keras.errors import ConfigError
 from matl_keras.evaluation import calibration
 from matl_keras.evaluation import metrics as metrics_lib
 
 RULES = ("youden", "sensitivity", "specificity", "argmax")
-DECISION_FILE = "decision.json"
+DECISION_FILE = runs.DECISION_FILE
 
 
 def choose_threshold(

@@ -26,14 +26,13 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from matl_keras import runs
 from matl_keras.errors import ConfigError
 from matl_keras.evaluation.evaluator import EvalContext
 from matl_keras.evaluation.evaluator import Evaluator
 from matl_keras.evaluation.evaluator import is_classifier
 from matl_keras.evaluation.evaluator import run_evaluators
 from matl_keras.models.backbone_weights import load_backbone
-from matl_keras.training.workdir import BACKBONE_FILE
-from matl_keras.training.workdir import MODEL_FILE
 
 UNTRAINED = "untrained"
 
@@ -42,14 +41,14 @@ def load_source(
     stage_dir: str, build_backbone: Callable[[], keras.Model]
 ) -> tuple[keras.Model, str]:
     """The model a stage produced: `(model, "classifier" | "backbone")`."""
-    model_path = os.path.join(stage_dir, MODEL_FILE)
+    model_path = os.path.join(stage_dir, runs.MODEL_FILE)
     if os.path.isfile(model_path):
         return keras.saving.load_model(model_path, compile=False), "classifier"
-    weights = os.path.join(stage_dir, BACKBONE_FILE)
+    weights = os.path.join(stage_dir, runs.BACKBONE_FILE)
     if not os.path.isfile(weights):
         raise ConfigError(
-            f"source stage {stage_dir!r} has neither {MODEL_FILE} nor "
-            f"{BACKBONE_FILE}: is it finished?"
+            f"source stage {stage_dir!r} has neither {runs.MODEL_FILE} nor "
+            f"{runs.BACKBONE_FILE}: is it finished?"
         )
     backbone = build_backbone()
     load_backbone(backbone, weights)

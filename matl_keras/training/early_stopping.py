@@ -16,7 +16,6 @@ stage finished: it then trains no further epoch).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -24,8 +23,8 @@ from typing import Any
 
 import keras
 
+from matl_keras import runs
 from matl_keras.errors import ConfigError
-from matl_keras.training import workdir as workdir_lib
 
 STATE_FILE = "early_stopping.json"
 
@@ -124,12 +123,12 @@ class EarlyStopping(keras.callbacks.Callback):
 
     def restore(self) -> None:
         """Reads the monitored values of the epochs the backup holds."""
-        from matl_keras.training.callbacks import ResumableBackup
+        from matl_keras.training.checkpoints import ResumableBackup
 
         done = ResumableBackup.completed_epochs(self.backup_dir)
         self.values = {}
         if done and os.path.exists(self.resume_path):
-            saved = workdir_lib.read_json(self.resume_path)
+            saved = runs.read_json(self.resume_path)
             self.values = {
                 int(e): float(v) for e, v in saved.get("values", {}).items()
                 if int(e) < done
@@ -150,7 +149,7 @@ class EarlyStopping(keras.callbacks.Callback):
         return start_epoch if self.stopped_epoch is not None else epochs
 
     def on_epoch_end(self, epoch, logs=None):
-        from matl_keras.training.callbacks import _diverged
+        from matl_keras.training.monitors import diverged as _diverged
 
         logs = logs or {}
         if _diverged(logs):
@@ -161,7 +160,7 @@ class EarlyStopping(keras.callbacks.Callback):
                 f"logs; available: {sorted(logs)}"
             )
         self.values[epoch] = float(logs[self.monitor])
-        workdir_lib.write_json(
+        runs.write_json(
             self.path,
             {"monitor": self.monitor, "mode": self.mode,
              "values": {str(e): v for e, v in sorted(self.values.items())}},

@@ -25,6 +25,7 @@ import re
 import shutil
 from typing import Any
 
+from matl_keras import runs
 from matl_keras.errors import ConfigError
 from matl_keras.training import workdir as workdir_lib
 
@@ -44,7 +45,7 @@ SCHEDULE_NOTE = (
 
 def _resolved(text: str) -> dict[str, str]:
     """A stage config's bindings with macros substituted, macros dropped."""
-    raw = workdir_lib.config_bindings(text)
+    raw = runs.config_bindings(text)
 
     def resolve(value: str, depth: int = 0) -> str:
         def macro(match):
@@ -74,7 +75,7 @@ def _split_epochs(text: str) -> tuple[dict[str, str], int | None]:
 
 def _digest(config_text: str, init_sha: str | None) -> str:
     # As `workdir.begin` computes it (a test extends a run through `begin`).
-    return workdir_lib.config_hash(
+    return runs.config_hash(
         config_text + f"\n# init_backbone sha256: {init_sha}\n"
     )
 
@@ -91,7 +92,7 @@ def carry(previous: dict[str, Any] | None, record: dict[str, Any],
 def keep_last_backup(start: workdir_lib.Start) -> None:
     """Before `workdir.finish`: keeps this process's last backup as
     `last_epoch/` (instead of deleting it) so the stage can be extended."""
-    backup = start.path(workdir_lib.BACKUP_DIR)
+    backup = start.path(runs.BACKUP_DIR)
     if not os.path.isdir(backup):
         return
     last = start.path(LAST_DIR)
@@ -111,18 +112,18 @@ def prepare(
         ConfigError: the run is to be extended but cannot be: it kept no
             `last_epoch/` backup, or the run is multi-worker.
     """
-    from matl_keras import config
-    from matl_keras.training import callbacks as callbacks_lib
+    from matl_keras.training import checkpoints
+    from matl_keras.training import stage_config
 
-    run_path = os.path.join(workdir, workdir_lib.RUN_FILE)
+    run_path = os.path.join(workdir, runs.RUN_FILE)
     if not os.path.isfile(run_path):
         return None
-    record = workdir_lib.read_json(run_path)
+    record = runs.read_json(run_path)
     if record.get("status") != "complete":
         return None
-    config_text = config.stage_config_str()
+    config_text = stage_config.stage_config_str()
     init_sha = (
-        workdir_lib.file_sha256(init_backbone)
+        runs.file_sha256(init_backbone)
         if init_backbone and os.path.isfile(init_backbone) else None
     )
     if (record.get("init_backbone") or {}).get("sha256") != init_sha:
@@ -146,29 +147,29 @@ def prepare(
             f"{epochs} epochs works on one worker; run the extension without "
             "TF_CONFIG (or delete the stage folder to start over)"
         )
-    if callbacks_lib.ResumableBackup.completed_epochs(last) < 1:
+    if checkpoints.ResumableBackup.completed_epochs(last) < 1:
         # Killed after `run.json` said complete, before the rename.
-        last = os.path.join(workdir, workdir_lib.BACKUP_DIR)
-    if callbacks_lib.ResumableBackup.completed_epochs(last) < 1:
+        last = os.path.join(workdir, runs.BACKUP_DIR)
+    if checkpoints.ResumableBackup.completed_epochs(last) < 1:
         raise ConfigError(
             f"{where}: the finished run kept no last-epoch backup "
             f"({LAST_DIR}/: stages finished before matl-keras kept one), so "
             f"it cannot be extended from {old_epochs} to {epochs} epochs. "
             "Delete the folder to start over, or use another --workdir."
         )
-    workdir_lib.lock(workdir)
-    done = callbacks_lib.ResumableBackup.completed_epochs(last)
+    runs.lock(workdir)
+    done = checkpoints.ResumableBackup.completed_epochs(last)
     extension = {
         "from_epochs": old_epochs,
         "to_epochs": epochs,
         "resumed_after_epoch": done,
-        "at": workdir_lib.now(),
-        "changed": workdir_lib.config_diff(old_text, config_text),
+        "at": runs.now(),
+        "changed": runs.config_diff(old_text, config_text),
         "schedule": SCHEDULE_NOTE.format(
             old=old_epochs, new=epochs, first=old_epochs + 1
         ),
     }
-    backup = os.path.join(workdir, workdir_lib.BACKUP_DIR)
+    backup = os.path.join(workdir, runs.BACKUP_DIR)
     if last != backup:
         shutil.rmtree(backup, ignore_errors=True)
         os.replace(last, backup)
@@ -177,7 +178,7 @@ def prepare(
         config_hash=_digest(config_text, init_sha),
         extensions=[*record.get("extensions", []), extension],
     )
-    workdir_lib.write_json(run_path, record)
+    runs.write_json(run_path, record)
     print(
         f"{workdir}: extending the finished run from {old_epochs} to "
         f"{epochs} epochs (resuming after epoch {done}); "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import gin
+
 from matl_keras.errors import ConfigError
 
 
@@ -18,3 +20,8 @@ def job(fn: Callable[..., object] | None = None) -> Callable[..., object]:
             "(e.g. `job.fn = @train`, as gin/finetune.gin does)"
         )
     return fn
+
+
+# Configurable as `job` in gin, registered here on the definition; Python
+# callers get the plain function (its errors without gin's call notes).
+gin.external_configurable(job, name="job")

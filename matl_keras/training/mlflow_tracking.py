@@ -11,7 +11,7 @@ resumed stage continues its MLflow run (its id is kept in `mlflow.json`).
 
 MLflow is not a dependency of matl-keras: `pip install 'matl-keras[mlflow]'`.
 Turned on without it, the stage stops at its start with one line. These
-bindings are not part of a stage's config hash (`config.NOT_STAGE_CONFIG`):
+bindings are not part of a stage's config hash (`training.stage_config.NOT_STAGE_CONFIG`):
 turning tracking on for a finished or interrupted run does not make it
 another run. Only the chief of a multi-worker run logs.
 
@@ -25,8 +25,10 @@ import math
 import os
 from typing import Any
 
+import gin
 import keras
 
+from matl_keras import runs
 from matl_keras.errors import ConfigError
 from matl_keras.training import workdir as workdir_lib
 
@@ -58,6 +60,11 @@ def mlflow_tracking(
             "experiment": experiment, "run_name": run_name}
 
 
+_configured_tracking = gin.external_configurable(
+    mlflow_tracking, name="mlflow_tracking"
+)
+
+
 def _import_mlflow():
     try:
         import mlflow  # noqa: F401
@@ -74,7 +81,7 @@ def _import_mlflow():
 def _params(config_text: str) -> dict[str, str]:
     return {
         key: value[:_MAX_VALUE]
-        for key, value in workdir_lib.config_bindings(config_text).items()
+        for key, value in runs.config_bindings(config_text).items()
     }
 
 
@@ -109,7 +116,7 @@ class MLflowTracking(keras.callbacks.Callback):
         """This stage's MLflow run: the one a killed run started, or new."""
         path = os.path.join(self.out, RUN_ID_FILE)
         if os.path.isfile(path):
-            saved = workdir_lib.read_json(path)
+            saved = runs.read_json(path)
             if saved.get("tracking_uri") == self.settings["tracking_uri"]:
                 try:
                     run = self.client.get_run(saved["run_id"])
@@ -129,7 +136,7 @@ class MLflowTracking(keras.callbacks.Callback):
             run_name=self.settings["run_name"] or "/".join(parts[-2:]),
             tags={"matl_keras.workdir": os.path.abspath(self.out)},
         )
-        workdir_lib.write_json(path, {
+        runs.write_json(path, {
             "run_id": run.info.run_id,
             "tracking_uri": self.settings["tracking_uri"],
             "experiment": name,
@@ -178,9 +185,7 @@ class MLflowTracking(keras.callbacks.Callback):
 def for_stage(start: workdir_lib.Start) -> MLflowTracking | None:
     """The stage's tracker, or None when tracking is off (or this process
     is not the chief)."""
-    from matl_keras import config
-
-    settings = config.configured("mlflow_tracking")()
+    settings = _configured_tracking()
     if not settings["enabled"] or not start.chief:
         return None
     return MLflowTracking(start.out, settings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import gin
 import keras
 
 from matl_keras.errors import ConfigError
@@ -85,3 +86,8 @@ def sgd(
         momentum=momentum,
         weight_decay=weight_decay or None,
     )
+
+
+# Configurable as `sgd` in gin, registered here on the definition; Python
+# callers get the plain function (its errors without gin's call notes).
+gin.external_configurable(sgd, name="sgd")

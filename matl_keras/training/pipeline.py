@@ -37,11 +37,10 @@ from typing import Any
 
 import gin
 
+from matl_keras import runs
 from matl_keras.errors import ConfigError
 from matl_keras.training import workdir as workdir_lib
 
-SUMMARY_FILE = workdir_lib.SUMMARY_FILE
-BACKBONE_FILE = workdir_lib.BACKBONE_FILE
 _STAGE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -56,6 +55,11 @@ def stage(fn: Callable[..., Any] | None = None) -> Callable[..., Any]:
             "STAGES"
         )
     return fn
+
+
+# Configurable as `stage` in gin, registered here on the definition; Python
+# callers get the plain function (its errors without gin's call notes).
+gin.external_configurable(stage, name="stage")
 
 
 def _check_stages(stages: Sequence[str]) -> list[str]:
@@ -82,9 +86,9 @@ def _check_stages(stages: Sequence[str]) -> list[str]:
 
 def _stage_entry(name: str, stage_dir: str, fn: Callable[..., Any],
                  metrics: Any, seconds: float, workdir: str) -> dict[str, Any]:
-    run_path = os.path.join(stage_dir, workdir_lib.RUN_FILE)
-    run = workdir_lib.read_json(run_path) if os.path.exists(run_path) else {}
-    backbone = os.path.join(stage_dir, BACKBONE_FILE)
+    run_path = os.path.join(stage_dir, runs.RUN_FILE)
+    run = runs.read_json(run_path) if os.path.exists(run_path) else {}
+    backbone = os.path.join(stage_dir, runs.BACKBONE_FILE)
     if not os.path.isfile(backbone):
         raise ConfigError(
             f"stage {name!r} finished without writing {backbone!r}: a stage "
@@ -105,7 +109,7 @@ def _stage_entry(name: str, stage_dir: str, fn: Callable[..., Any],
         "init_backbone": init,
         "backbone": {
             "path": os.path.relpath(backbone, workdir),
-            "sha256": workdir_lib.file_sha256(backbone),
+            "sha256": runs.file_sha256(backbone),
         },
         "architecture": run.get("architecture"),
         "method": run.get("method"),
@@ -163,20 +167,19 @@ def pipeline(workdir: str, stages: Sequence[str] = ("finetune",)) -> dict[str, A
     Returns:
         The content of `summary.json`.
     """
-    from matl_keras import config
     from matl_keras.training import strategies
 
     names = _check_stages(stages)
-    workdir_lib.prepare(workdir)
+    runs.prepare(workdir)
     # In a multi-worker run the chief writes the summary; every worker runs
     # the stages (and reads the chief's backbones, complete when a stage's
     # `train`/`pretrain` returns: see `workdir.finish`).
     chief = strategies.chief_from_env()
-    summary_path = os.path.join(workdir, SUMMARY_FILE)
+    summary_path = os.path.join(workdir, runs.SUMMARY_FILE)
     summary: dict[str, Any] = {
         "stages": names,
         "status": "running",
-        "started": workdir_lib.now(),
+        "started": runs.now(),
         "versions": workdir_lib.versions(),
         "lineage": [],
     }
@@ -184,7 +187,7 @@ def pipeline(workdir: str, stages: Sequence[str] = ("finetune",)) -> dict[str, A
     functions = []
     for name in names:
         with gin.config_scope(name):
-            functions.append(config.configured("stage")())
+            functions.append(gin.get_configurable(stage)())
     previous = None
     for index, (name, fn) in enumerate(zip(names, functions), start=1):
         stage_dir = os.path.join(workdir, name)
@@ -209,10 +212,15 @@ def pipeline(workdir: str, stages: Sequence[str] = ("finetune",)) -> dict[str, A
                          time.perf_counter() - start, workdir)
         )
         if chief:
-            workdir_lib.write_json(summary_path, summary)
-        previous = os.path.join(stage_dir, BACKBONE_FILE)
-    summary.update(status="complete", finished=workdir_lib.now())
+            runs.write_json(summary_path, summary)
+        previous = os.path.join(stage_dir, runs.BACKBONE_FILE)
+    summary.update(status="complete", finished=runs.now())
     if chief:
-        workdir_lib.write_json(summary_path, summary)
+        runs.write_json(summary_path, summary)
         print(f"wrote {summary_path}", flush=True)
     return summary
+
+
+# Configurable as `pipeline` in gin, registered here on the definition; Python
+# callers get the plain function (its errors without gin's call notes).
+gin.external_configurable(pipeline, name="pipeline")

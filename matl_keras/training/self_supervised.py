@@ -11,8 +11,6 @@ stage), `metrics.json` and `operative_config.gin`.
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -21,28 +19,25 @@ import keras
 from absl import logging
 
 from matl_keras import registry as registry_lib
+from matl_keras import runs
 from matl_keras.data import decode
 from matl_keras.data import pipeline
 from matl_keras.data.dataset import Dataset
 from matl_keras.errors import ConfigError
 from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
-from matl_keras.training import callbacks as callbacks_lib
-from matl_keras.training import determinism
-from matl_keras.training import extension as extension_lib
-from matl_keras.training import mlflow_tracking
+from matl_keras.models.backbone_weights import load_backbone
+from matl_keras.training import checkpoints
 from matl_keras.training import monitor_data as monitor_lib
-from matl_keras.training import progress
+from matl_keras.training import monitors
+from matl_keras.training import ssl_method
 from matl_keras.training import optimizers
 from matl_keras.training import precision as precision_lib
-from matl_keras.training import strategies
-from matl_keras.training import ssl_method
-from matl_keras.training import workdir as workdir_lib
+from matl_keras.training import stage_config
 from matl_keras.training.ssl_method import RunSchedule
 from matl_keras.training.ssl_method import SSLMethod
-from matl_keras.models.backbone_weights import load_backbone
-from matl_keras.training.supervised import describe_backbone
-from matl_keras.training.supervised import fit_resuming
-from matl_keras.training.supervised import resolve_dataset
+from matl_keras.training.stage_run import StageRun
+from matl_keras.training.stage_run import describe_backbone
+from matl_keras.training.stage_run import resolve_dataset
 
 
 def resolve_batchnorm_groups(
@@ -126,11 +121,7 @@ def resolve_method(method) -> Callable[..., SSLMethod]:
             "no SSL method: bind `pretrain.method` (gin: SSL_METHOD = "
             "@region_aware, @moco, @simclr or an installed plugin's name)"
         )
-    if isinstance(method, str):
-        registry = registry_lib.default_registry()
-        registry.load("ssl_methods", method)
-        method = registry.infos("ssl_methods")[method].factory
-    return method
+    return registry_lib.resolve("ssl_methods", method, "pretrain.method")
 
 
 def pretrain(
@@ -212,33 +203,13 @@ def pretrain(
     Returns:
         The content of `metrics.json`.
     """
-    if epochs < 1:
-        raise ConfigError(f"`epochs` must be at least 1. Received: {epochs}")
-    from matl_keras import config
-
-    distribution = strategies.get_strategy(strategy)
-    strategies.check_replica_split(batch_size, distribution)
-    if backup_every_steps and distribution.num_replicas_in_sync > 1:
-        raise ConfigError(
-            "`backup_every_steps` works on one replica; this run has "
-            f"{distribution.num_replicas_in_sync}. Received: "
-            f"backup_every_steps={backup_every_steps}"
-        )
-    # More epochs for a finished stage (issue 20): resume its last epoch.
-    extension_lib.prepare(workdir, init_backbone, epochs, distribution)
-    start = workdir_lib.begin(workdir, init_backbone, distribution)
-    if start.complete:
-        return workdir_lib.read_json(os.path.join(workdir, "metrics.json"))
-    metrics_path = start.path("metrics.json")
-    tracker = mlflow_tracking.for_stage(start)  # issue 20: optional MLflow
-    keras.utils.set_random_seed(seed)
-    determinism_record = determinism.configure(deterministic)
-    # The data starts where the backup resumes (see supervised.train).
-    start_epoch, start_step = callbacks_lib.ResumableBackup.resume_point(
-        start.backup_dir
+    run = StageRun.begin(
+        workdir, init_backbone, strategy=strategy, batch_size=batch_size,
+        epochs=epochs, seed=seed, deterministic=deterministic,
+        backup_every_steps=backup_every_steps,
     )
-    if start_epoch >= epochs:
-        start_epoch, start_step = epochs, 0
+    if run.complete:
+        return run.results()
     dataset = resolve_dataset(dataset)
     # The kNN monitor's labelled data (issue 20): its own dataset or `dataset`.
     labelled = monitor_lib.resolve(monitor_dataset, dataset)
@@ -246,28 +217,27 @@ def pretrain(
     read = [monitor_bank_split, monitor_split]
     if not (monitor_split and set(read) <= set(labelled.splits())):
         read = []  # no kNN monitor
-    reads = monitor_lib.reads(dataset, train_split, labelled, read)
-    for source, splits in reads:
+    for source, splits in monitor_lib.reads(dataset, train_split, labelled,
+                                            read):
         decode.check_splits(
             source, splits, on_bad_image,
-            config.binding_in_force("pretrain", "on_bad_image"),
+            stage_config.binding_in_force("pretrain", "on_bad_image"),
             max_image_pixels,
         )
+    replicas = run.strategy.num_replicas_in_sync
     groups = (
-        resolve_batchnorm_groups(
-            batchnorm_groups, batch_size, distribution.num_replicas_in_sync
-        )
+        resolve_batchnorm_groups(batchnorm_groups, batch_size, replicas)
         if getattr(resolve_method(method), "shuffle_batchnorm", False)
         else 1
     )
-    with distribution.scope(), precision_lib.dtype_policy(precision) as policy:
+    with run.strategy.scope(), precision_lib.dtype_policy(precision) as policy:
         model = build_method(
             method, backbone, image_size, sync_batchnorm, groups
         )
     common = dict(
         image_size=image_size, batch_size=batch_size,
         crop_fraction=crop_fraction, on_bad_image=on_bad_image,
-        cache=strategies.worker_cache(cache, distribution), seed=seed,
+        cache=run.cache(cache), seed=seed,
     )
     train_data = pipeline.build_split(
         dataset,
@@ -276,7 +246,7 @@ def pretrain(
         augment=model.views,
         prepare=model.prepare,
         targets="indices",
-        start_epoch=start_epoch,
+        start_epoch=run.start_epoch,
         epochs=epochs,
         **common,
     )
@@ -294,56 +264,26 @@ def pretrain(
         f"images; method {type(model).__name__}",
         flush=True,
     )
-    monitor = None
-    splits = labelled.splits()
-    if monitor_split and monitor_split in splits and monitor_bank_split in splits:
-        # Only the labels supervised stages may use (the embedded data's
-        # few-labels case keeps 10%): the monitor and the probe fit on them.
-        bank = pipeline.build_split(
-            labelled, monitor_bank_split, training=False,
-            labelled_fraction=getattr(labelled, "labelled_fraction", 1.0),
-            **common,
-        )
-        queries = pipeline.build_split(labelled, monitor_split, training=False, **common)
-        if bank.class_counts and queries.class_counts:
-            monitor = callbacks_lib.KnnMonitor(
-                model.transfer_backbone, bank.data, queries.data,
-                labelled.num_classes, knn_k,
-            )
-    if monitor is None and monitor_split:
-        print(
-            f"no kNN monitor: {labelled.name} has no labelled "
-            f"{monitor_bank_split!r} and {monitor_split!r} splits"
-            + monitor_lib.HINT * (monitor_dataset is None),
-            flush=True,
-        )
-    previous = start.record or {}
-    record = {
-        "status": "running",
-        "config_hash": start.digest,
-        "started": previous.get("started", workdir_lib.now()),
-        "resumed": start.resuming,
-        "scope": gin.current_scope_str(),
-        "seed": seed,
-        **determinism_record,
-        "init_backbone": start.init,
-        "dataset": dataset.name,
-        "class_names": list(dataset.class_names),
-        "monitor_dataset": monitor_lib.describe(labelled, monitor, dataset),
-        "method": type(model).__name__,
-        "batchnorm": (
+    monitor = _knn_monitor(
+        model, labelled, monitor_split, monitor_bank_split, knn_k, common,
+        hint=monitor_dataset is None,
+    )
+    run.record = run.new_record(
+        dataset,
+        class_names=list(dataset.class_names),
+        monitor_dataset=monitor_lib.describe(labelled, monitor, dataset),
+        method=type(model).__name__,
+        batchnorm=(
             f"shuffle-BN, {groups} groups" if groups > 1
             else ("synchronized" if sync_batchnorm else "per replica")
         ),
         **model.run_record(),
-        "precision": policy,
-        "architecture": describe_backbone(model.transfer_backbone),
-        "num_examples": {train_split: train_data.num_examples},
-        "skipped_images": train_data.skipped,
-        "versions": workdir_lib.versions(),
-    }
-    extension_lib.carry(start.record, record, epochs)  # issue 20
-    with distribution.scope():
+        precision=policy,
+        architecture=describe_backbone(model.transfer_backbone),
+        num_examples={train_split: train_data.num_examples},
+        skipped_images=train_data.skipped,
+    )
+    with run.strategy.scope():
         model.build()
         if init_backbone:
             load_backbone(model.backbone, init_backbone)
@@ -355,94 +295,98 @@ def pretrain(
                 steps_per_epoch=train_data.steps,
             ),
             jit_compile=precision_lib.resolve_jit_compile(
-                jit_compile, distribution, False
+                jit_compile, run.strategy, False
             ),
         )
     if monitor is not None:
         # Before any training of this stage; a resumed run keeps the value
         # its first start measured.
-        before = previous.get("knn_accuracy_before")
-        if before is None or not start.resuming:
+        before = (run.start.record or {}).get("knn_accuracy_before")
+        if before is None or not run.start.resuming:
             before = monitor.score()
-        record["knn_accuracy_before"] = before
+        run.record["knn_accuracy_before"] = before
         print(f"kNN accuracy before pretraining: {before:.4f}", flush=True)
     # What Keras compiled: it turns XLA off while op determinism is on.
-    record["jit_compile"] = bool(model.jit_compile)
-    workdir_lib.write_json(start.path(workdir_lib.RUN_FILE), record)
-    nan_guard = callbacks_lib.StopOnNonFinite()
-    throughput = callbacks_lib.Throughput()
-    callbacks = [throughput, nan_guard, progress.Progress(batch_size)]
-    if monitor is not None:
-        callbacks.append(monitor)
-    callbacks += [
-        callbacks_lib.HistoryCSV(start.path("history.csv"), start.backup_dir),
-        callbacks_lib.ResumableBackup(
-            start.backup_dir,
-            write_dir=start.path(workdir_lib.BACKUP_DIR),
-            every_steps=backup_every_steps,
-        ),
-        keras.callbacks.TensorBoard(start.path("logs")),
-        determinism.EpochSeeds(seed, start_epoch),
-    ]
-    callbacks += [tracker] if tracker else []  # issue 20: MLflow
+    run.record["jit_compile"] = bool(model.jit_compile)
+    run.write_record()
     logging.info(
         "pretraining %s for %d epochs of %d steps on %d replica(s)",
-        type(model).__name__, epochs, train_data.steps,
-        distribution.num_replicas_in_sync,
+        type(model).__name__, epochs, train_data.steps, replicas,
     )
-    fit_resuming(
-        model,
-        train_data.data,
-        train_data.steps,
-        epochs,
-        start_epoch,
-        start_step,
-        callbacks=callbacks,
-        shuffle=False,  # tf.data shuffles.
-        verbose=1 if sys.stdout.isatty() else 2,
+    run.fit(
+        model, train_data.data, train_data.steps,
+        [monitor] if monitor is not None else [], what="pretraining",
     )
-    history = model.history
-    nan_guard.raise_if_failed("pretraining", start.backup_dir)
-    callbacks_lib.save_weights(model, start.path("ssl_model.weights.h5"))
-    callbacks_lib.save_weights(
-        model.transfer_backbone, start.path(workdir_lib.BACKBONE_FILE)
+    checkpoints.save_weights(model, run.path(runs.SSL_MODEL_FILE))
+    checkpoints.save_weights(
+        model.transfer_backbone, run.path(runs.BACKBONE_FILE)
     )
-    final = {k: float(v[-1]) for k, v in history.history.items() if v}
+    final = {k: float(v[-1]) for k, v in model.history.history.items() if v}
     results: dict[str, Any] = {"final_epoch": final}
     if monitor is not None:
-        results["knn_accuracy"] = {
-            "before": record["knn_accuracy_before"],
+        results.update(_monitor_scores(
+            monitor, final, run.record["knn_accuracy_before"], knn_k,
+            monitor_bank_split, monitor_split, labelled, seed,
+        ))
+    return run.finish(results, f"metrics: {results}", metrics=results)
+
+
+# Configurable as `pretrain` in gin, registered here on the definition; Python
+# callers get the plain function (its errors without gin's call notes).
+gin.external_configurable(pretrain, name="pretrain")
+
+
+def _knn_monitor(model, dataset, monitor_split, monitor_bank_split, knn_k,
+                 common, hint=False) -> monitors.KnnMonitor | None:
+    """The kNN monitor of the backbone's features, or None (with a message)
+    when the dataset has no labelled bank and query splits."""
+    monitor = None
+    splits = dataset.splits()
+    if monitor_split and monitor_split in splits and monitor_bank_split in splits:
+        # Only the labels supervised stages may use (the embedded data's
+        # few-labels case keeps 10%): the monitor and the probe fit on them.
+        bank = pipeline.build_split(
+            dataset, monitor_bank_split, training=False,
+            labelled_fraction=getattr(dataset, "labelled_fraction", 1.0),
+            **common,
+        )
+        queries = pipeline.build_split(dataset, monitor_split, training=False, **common)
+        if bank.class_counts and queries.class_counts:
+            monitor = monitors.KnnMonitor(
+                model.transfer_backbone, bank.data, queries.data,
+                dataset.num_classes, knn_k,
+            )
+    if monitor is None and monitor_split:
+        print(
+            f"no kNN monitor: {dataset.name} has no labelled "
+            f"{monitor_bank_split!r} and {monitor_split!r} splits"
+            + monitor_lib.HINT * hint,
+            flush=True,
+        )
+    return monitor
+
+
+def _monitor_scores(monitor, final, before, knn_k, bank_split, query_split,
+                    dataset, seed) -> dict[str, Any]:
+    """kNN accuracy before and after, and the frozen backbone's linear
+    probe (fitted on the bank split, scored on the query split), the
+    standard SSL score beside kNN."""
+    scores: dict[str, Any] = {
+        "knn_accuracy": {
+            "before": before,
             "after": final["knn_accuracy"]
             if "knn_accuracy" in final
             else monitor.score(),
             "k": knn_k,
-            "bank": monitor_bank_split,
-            "queries": monitor_split,
-            "dataset": labelled.name,
-        }
-        # The frozen backbone's linear probe (fitted on the bank split,
-        # scored on the query split), the standard SSL score beside kNN.
-        results["linear_probe"] = {
-            **monitor.linear_probe(labelled.positive_index(), seed),
-            "fitted_on": monitor_bank_split,
-            "scored_on": monitor_split,
-        }
-        print(f"linear probe: {results['linear_probe']}", flush=True)
-    workdir_lib.write_json(metrics_path, results)
-    config.save_config(start.out, "operative_config.gin", operative=True)
-    record.update(
-        status="complete",
-        finished=workdir_lib.now(),
-        metrics=results,
-        train_seconds=round(throughput.seconds, 2),
-        train_images_per_second=round(
-            throughput.steps * batch_size / max(throughput.seconds, 1e-9), 2
-        ),
-    )
-    workdir_lib.write_json(start.path(workdir_lib.RUN_FILE), record)
-    print(f"metrics: {results}", flush=True)
-    extension_lib.keep_last_backup(start)  # issue 20: extendable
-    if tracker:  # issue 20: MLflow artefacts, after run.json is complete
-        tracker.finish()
-    workdir_lib.finish(start, distribution)
-    return results
+            "bank": bank_split,
+            "queries": query_split,
+            "dataset": dataset.name,
+        },
+        "linear_probe": {
+            **monitor.linear_probe(dataset.positive_index(), seed),
+            "fitted_on": bank_split,
+            "scored_on": query_split,
+        },
+    }
+    print(f"linear probe: {scores['linear_probe']}", flush=True)
+    return scores

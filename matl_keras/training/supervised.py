@@ -11,7 +11,6 @@ validation metric), `model.keras`, `backbone.weights.h5`, `metrics.json` and
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
@@ -20,7 +19,7 @@ import gin
 import keras
 from absl import logging
 
-from matl_keras import registry as registry_lib
+from matl_keras import runs
 from matl_keras.data import decode
 from matl_keras.data import pipeline
 from matl_keras.data.dataset import Dataset
@@ -38,31 +37,15 @@ from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
 from matl_keras.models.resnet.resnet_image_classifier import (
     build_image_classifier,
 )
-from matl_keras.training import callbacks as callbacks_lib
-from matl_keras.training import progress
-from matl_keras.training import determinism
+from matl_keras.training import checkpoints
 from matl_keras.training import early_stopping
-from matl_keras.training import extension as extension_lib
-from matl_keras.training import mlflow_tracking
+from matl_keras.training import monitors
 from matl_keras.training import optimizers
 from matl_keras.training import precision as precision_lib
-from matl_keras.training import strategies
-from matl_keras.training import workdir as workdir_lib
-
-
-def resolve_dataset(dataset: Dataset | str | None) -> Dataset:
-    if dataset is None:
-        raise ConfigError(
-            "no dataset: bind `train.dataset` (e.g. CT_DATA = @synthetic_ct())"
-        )
-    if isinstance(dataset, str):
-        dataset = registry_lib.default_registry().create("datasets", dataset)
-    if not isinstance(dataset, Dataset):
-        raise ConfigError(
-            "`train.dataset` must be a dataset plugin instance or name. "
-            f"Received: {dataset!r}"
-        )
-    return dataset
+from matl_keras.training import stage_config
+from matl_keras.training.stage_run import StageRun
+from matl_keras.training.stage_run import describe_backbone
+from matl_keras.training.stage_run import resolve_dataset
 
 
 CLASS_BALANCE = ("none", "weights", "sampling")
@@ -99,47 +82,6 @@ def evaluate(model, split_data, split, dataset, evaluators, workdir=None,
         context.decision = operating_point.fit_and_write(context, workdir)
         return run_evaluators(context, evaluators), context.decision
     return run_evaluators(context, evaluators)
-
-
-def describe_backbone(features: keras.Model) -> dict[str, Any]:
-    """What the tables need to know of a backbone (depth, width, attention)."""
-    config = features.get_config() if hasattr(features, "get_config") else {}
-    keys = ("depth", "width_multiplier", "attention", "attention_subsample")
-    return {k: config[k] for k in keys if k in config} | {"name": features.name}
-
-
-def fit_resuming(
-    model, data, steps, epochs, start_epoch, start_step=0, **kwargs
-) -> None:
-    """`model.fit` on `data`, which holds epochs `start_epoch .. epochs-1`
-    back to back (`steps` batches each), resuming after `start_step` steps
-    of epoch `start_epoch`.
-
-    Keras keeps one iterator across the epochs of a fit given
-    `steps_per_epoch`, so epoch e trains on epoch e's batches. A fit has
-    one `steps_per_epoch`, so the rest of a partly done epoch is a fit of
-    its own, on the data past its done batches: the data is a pure
-    function of (seed, epoch, position), so these are the batches an
-    uninterrupted run trains on (`ResumableBackup` restores the rest).
-    """
-    if start_step:
-        model.fit(
-            data.skip(start_step),
-            initial_epoch=start_epoch,
-            epochs=start_epoch + 1,
-            steps_per_epoch=steps - start_step,
-            **kwargs,
-        )
-        if model.stop_training or start_epoch + 1 >= epochs:
-            return
-        data, start_epoch = data.skip(steps), start_epoch + 1
-    model.fit(
-        data,
-        initial_epoch=start_epoch,
-        epochs=epochs,
-        steps_per_epoch=steps,
-        **kwargs,
-    )
 
 
 KEEP = ("best", "last")
@@ -267,59 +209,18 @@ def train(
     Returns:
         The content of `metrics.json`.
     """
-    if epochs < 1:
-        raise ConfigError(f"`epochs` must be at least 1. Received: {epochs}")
-    if class_balance not in CLASS_BALANCE:
-        raise ConfigError(
-            f"`class_balance` must be one of {CLASS_BALANCE}. Received: "
-            f"class_balance={class_balance!r}"
-        )
-    if keep not in KEEP:
-        raise ConfigError(
-            f"`keep` must be one of {KEEP}. Received: keep={keep!r}"
-        )
-    if best_metric not in BEST_METRICS:
-        raise ConfigError(
-            f"`best_metric` must be one of {BEST_METRICS}. Received: "
-            f"best_metric={best_metric!r}"
-        )
-    from matl_keras import config
-
-    distribution = strategies.get_strategy(strategy)
-    strategies.check_replica_split(batch_size, distribution)
-    if backup_every_steps and distribution.num_replicas_in_sync > 1:
-        # Tested bitwise on one replica; on MirroredStrategy the resumed
-        # epoch's validation scores differed (the weights did not): refused
-        # until that is understood.
-        raise ConfigError(
-            "`backup_every_steps` works on one replica; this run has "
-            f"{distribution.num_replicas_in_sync}. Received: "
-            f"backup_every_steps={backup_every_steps}"
-        )
-    # More epochs for a finished stage (issue 20): resume its last epoch.
-    extension_lib.prepare(workdir, init_backbone, epochs, distribution)
-    start = workdir_lib.begin(workdir, init_backbone, distribution)
-    if start.complete:
-        return workdir_lib.read_json(os.path.join(workdir, "metrics.json"))
-    record, digest, init = start.record, start.digest, start.init
-    backup_dir, resuming = start.backup_dir, start.resuming
-    metrics_path = start.path("metrics.json")
-    common_cache = strategies.worker_cache(cache, distribution)
-    tracker = mlflow_tracking.for_stage(start)  # issue 20: optional MLflow
-
-    keras.utils.set_random_seed(seed)
-    determinism_record = determinism.configure(deterministic)
-    # The training data starts at the epoch the backup resumes from (read
-    # again by ResumableBackup at `fit`; EpochSeeds checks they agree).
-    start_epoch, start_step = callbacks_lib.ResumableBackup.resume_point(
-        backup_dir
+    _check_choices(class_balance, keep, best_metric)
+    run = StageRun.begin(
+        workdir, init_backbone, strategy=strategy, batch_size=batch_size,
+        epochs=epochs, seed=seed, deterministic=deterministic,
+        backup_every_steps=backup_every_steps,
     )
-    if start_epoch >= epochs:
-        start_epoch, start_step = epochs, 0
-    # --- early stopping (issue 20): its state survives a resume.
+    if run.complete:
+        return run.results()
+    # Early stopping (issue 20): its state survives a resume.
     stopper = early_stopping.for_stage(
         early_stopping_patience, early_stopping_min_delta, best_metric,
-        start.out, backup_dir, workdir,
+        run.start.out, run.start.backup_dir, workdir,
     )
     dataset = resolve_dataset(dataset)
     if not 0.0 < labelled_fraction <= 1.0:
@@ -331,23 +232,13 @@ def train(
     labelled_fraction = labelled_fraction * getattr(
         dataset, "labelled_fraction", 1.0
     )
-    # --- faults (issue 19): one-class data; every bad file of every split
-    # used, named before anything trains.
-    if dataset.num_classes < 2:
-        raise ConfigError(
-            f"dataset {dataset.name} has {dataset.num_classes} class(es) "
-            f"{list(dataset.class_names)}; a classifier needs at least 2 "
-            "(image_folder: one sub-folder per class, root/<class>/<image>)"
-        )
-    decode.check_splits(
+    test_splits = [test_split] if test_split in dataset.splits() else []
+    _check_data(
         dataset,
-        [train_split, val_split, transfer_split or train_split]
-        + ([test_split] if test_split in dataset.splits() else []),
+        [train_split, val_split, transfer_split or train_split, *test_splits],
         on_bad_image,
-        config.binding_in_force("train", "on_bad_image"),
         max_image_pixels,
     )
-    # --- end faults
     evaluators = resolve_evaluators(evaluators)
     transfer_evaluators = resolve_evaluators(
         transfer_evaluators, "train.transfer_evaluators"
@@ -357,7 +248,7 @@ def train(
         batch_size=batch_size,
         crop_fraction=crop_fraction,
         on_bad_image=on_bad_image,
-        cache=common_cache,
+        cache=run.cache(cache),
         seed=seed,
     )
     train_data = pipeline.build_split(
@@ -367,7 +258,7 @@ def train(
         augment=augment,
         balance=class_balance == "sampling",
         labelled_fraction=labelled_fraction,
-        start_epoch=start_epoch,
+        start_epoch=run.start_epoch,
         epochs=epochs,
         **common,
     )
@@ -384,45 +275,34 @@ def train(
         + f", {val_split} {val_data.class_counts}",
         flush=True,
     )
-    record = {
-        "status": "running",
-        "config_hash": digest,
-        "started": (record or {}).get("started", workdir_lib.now()),
-        "resumed": resuming,
-        "scope": gin.current_scope_str(),
-        "seed": seed,
-        **determinism_record,
-        "init_backbone": init,
-        "dataset": dataset.name,
+    run.record = run.new_record(
+        dataset,
         # Tells two runs of one plugin on different folders apart (report).
-        "dataset_root": getattr(dataset, "root", None),
-        "class_names": list(dataset.class_names),
-        "class_counts": {
+        dataset_root=getattr(dataset, "root", None),
+        class_names=list(dataset.class_names),
+        class_counts={
             train_split: train_data.class_counts,
             val_split: val_data.class_counts,
         },
-        "skipped_images": train_data.skipped + val_data.skipped,
-        "class_balance": class_balance,
-        "labelled_fraction": labelled_fraction,
+        skipped_images=train_data.skipped + val_data.skipped,
+        class_balance=class_balance,
+        labelled_fraction=labelled_fraction,
         # What evaluation fed the model: `explain` and `export` reuse it.
-        "preprocessing": {
+        preprocessing={
             "image_size": image_size,
             "crop_fraction": crop_fraction,
             "load_size": pipeline.load_size(image_size, crop_fraction),
         },
-        "versions": workdir_lib.versions(),
-    }
-    extension_lib.carry(start.record, record, epochs)  # issue 20
-    transfer_path = start.path(workdir_lib.TRANSFER_FILE)
-    with distribution.scope(), precision_lib.dtype_policy(precision) as policy:
+    )
+    with run.strategy.scope(), precision_lib.dtype_policy(precision) as policy:
         features = backbone(image_size=image_size)
-        record["architecture"] = describe_backbone(features)
-        record["precision"] = policy
+        run.record["architecture"] = describe_backbone(features)
+        run.record["precision"] = policy
         model = build_image_classifier(
             features, dataset.num_classes, dropout=dropout,
             head_norm=head_norm,
         )
-        if transfer_evaluators and not start.has_transfer:
+        if transfer_evaluators and not run.start.has_transfer:
             # Before any weights are loaded: `model` is the untrained network.
             transfer_data = pipeline.build_split(
                 dataset, transfer_split or train_split, training=False,
@@ -433,42 +313,16 @@ def train(
                 ),
                 **common,
             )
-            scores = transfer.score_sources(
-                sources,
-                untrained=model,
-                build_backbone=lambda: backbone(image_size=image_size),
-                data=transfer_data.data,
-                split=transfer_split or train_split,
-                class_names=dataset.class_names,
-                positive_index=dataset.positive_index(),
-                evaluators=transfer_evaluators,
+            _score_transfer(
+                run, model, lambda: backbone(image_size=image_size),
+                transfer_data, transfer_split or train_split, dataset,
+                sources, transfer_evaluators,
             )
-            workdir_lib.write_json(
-                transfer_path,
-                {"target": dataset.name, "split": transfer_split or train_split,
-                 "num_examples": transfer_data.num_examples, "sources": scores},
-            )
-        # This process's scores, or (resuming) the chief's.
-        for path in (transfer_path, os.path.join(workdir, workdir_lib.TRANSFER_FILE)):
-            if os.path.exists(path):
-                record["transferability"] = workdir_lib.read_json(path)
-                break
+        _record_transfer(run)
         # Loading source models draws from the global RNG: reseed so that
         # training does not depend on whether (or how many) sources ran.
         keras.utils.set_random_seed(seed)
-        if init_backbone:
-            load_backbone(features, init_backbone)
-            print(f"starting from backbone {init_backbone}", flush=True)
-        if pretrained_weights:
-            report = imagenet_weights.load_imagenet_weights(
-                features, pretrained_weights
-            )
-            record["pretrained_weights"] = report.summary()
-            print(
-                f"loaded {len(report.loaded)} layers from "
-                f"{pretrained_weights}; new: {report.kept_initial}",
-                flush=True,
-            )
+        _load_weights(run.record, features, init_backbone, pretrained_weights)
         model.compile(
             optimizer=optimizer(
                 batch_size=batch_size,
@@ -478,59 +332,37 @@ def train(
             loss="sparse_categorical_crossentropy",
             metrics=["accuracy"],
             jit_compile=precision_lib.resolve_jit_compile(
-                jit_compile, distribution, "auto"
+                jit_compile, run.strategy, "auto"
             ),
         )
     # What Keras compiled: it turns XLA off while op determinism is on.
-    record["jit_compile"] = bool(model.jit_compile)
-    workdir_lib.write_json(start.path(workdir_lib.RUN_FILE), record)
-    nan_guard = callbacks_lib.StopOnNonFinite()
-    throughput = callbacks_lib.Throughput()
-    best = callbacks_lib.BestCheckpoint(
-        start.path("best"),
-        resume_from=os.path.join(workdir, "best"),
+    run.record["jit_compile"] = bool(model.jit_compile)
+    run.write_record()
+    best = checkpoints.BestCheckpoint(
+        run.path(runs.BEST_DIR),
+        resume_from=os.path.join(workdir, runs.BEST_DIR),
         monitor=best_metric,
         mode="min" if best_metric == "val_loss" else "max",
     )
-    # Order matters: scores before the best checkpoint, the history before
-    # the backup (a kill between them re-runs a logged epoch rather than
-    # losing one from history.csv).
-    callbacks = [
-        throughput,
-        nan_guard,
-        progress.Progress(batch_size),
-        callbacks_lib.ValidationMetrics(
-            val_data.data, dataset.positive_index()
-        ),
-        best,
-        callbacks_lib.HistoryCSV(start.path("history.csv"), backup_dir),
-        callbacks_lib.ResumableBackup(
-            backup_dir,
-            write_dir=start.path(workdir_lib.BACKUP_DIR),
-            every_steps=backup_every_steps,
-        ),
-        keras.callbacks.TensorBoard(start.path("logs")),
-        determinism.EpochSeeds(seed, start_epoch),
-    ]
-    if stopper is not None:  # early stopping (issue 20): before the backup
-        callbacks.insert(callbacks.index(best) + 1, stopper)
-    callbacks += [tracker] if tracker else []  # issue 20: MLflow
     logging.info(
         "training %s (%d params) for %d epochs of %d steps on %d replica(s)",
         model.name,
         model.count_params(),
         epochs,
         train_data.steps,
-        distribution.num_replicas_in_sync,
+        run.strategy.num_replicas_in_sync,
     )
-    fit_resuming(
+    run.fit(
         model,
         train_data.data,
         train_data.steps,
-        stopper.epochs_to_fit(start_epoch, epochs) if stopper else epochs,
-        start_epoch,
-        start_step,
-        callbacks=callbacks,
+        # The scores first, then the best checkpoint that reads them.
+        [monitors.ValidationMetrics(val_data.data, dataset.positive_index()),
+         best, *([stopper] if stopper else [])],
+        epochs=(
+            stopper.epochs_to_fit(run.start_epoch, epochs) if stopper
+            else None
+        ),
         class_weight=(
             inverse_frequency_weights(
                 train_data.class_counts, list(dataset.class_names)
@@ -538,63 +370,143 @@ def train(
             if class_balance == "weights"
             else None
         ),
-        shuffle=False,  # tf.data shuffles.
-        verbose=1 if sys.stdout.isatty() else 2,
     )
-    nan_guard.raise_if_failed("training", backup_dir)
+    run.record["kept"] = _keep(model, best, keep, best_metric, epochs)
+    if stopper is not None:  # early stopping (issue 20)
+        run.record["early_stopping"] = stopper.record(epochs)
+        if run.record["kept"]["keep"] == "last" and stopper.stopped_epoch:
+            run.record["kept"]["epoch"] = stopper.stopped_epoch
+    model_path = run.path(runs.MODEL_FILE)
+    with runs.writing(model_path, partial=model_path):
+        model.save(model_path)
+    with runs.writing(run.path(runs.BACKBONE_FILE)):
+        checkpoints.save_weights(features, run.path(runs.BACKBONE_FILE))
+    # Operating point and temperature: fitted on val, never on test.
+    results = {}
+    results[val_split], decision = evaluate(
+        model, val_data.data, val_split, dataset, evaluators, run.start.out,
+        fit_decision=True,
+    )
+    for split in test_splits:
+        test_data = pipeline.build_split(
+            dataset, split, training=False, **common
+        )
+        results[split] = evaluate(
+            model, test_data.data, split, dataset, evaluators, run.start.out,
+            decision=decision,
+        )
+    return run.finish(results, "\n".join(
+        f"{split}:\n{metrics_lib.format_table(values)}"
+        for split, values in results.items()
+    ))
 
+
+# Configurable as `train` in gin, registered here on the definition; Python
+# callers get the plain function (its errors without gin's call notes).
+gin.external_configurable(train, name="train")
+
+
+def _check_choices(class_balance: str, keep: str, best_metric: str) -> None:
+    if class_balance not in CLASS_BALANCE:
+        raise ConfigError(
+            f"`class_balance` must be one of {CLASS_BALANCE}. Received: "
+            f"class_balance={class_balance!r}"
+        )
+    if keep not in KEEP:
+        raise ConfigError(
+            f"`keep` must be one of {KEEP}. Received: keep={keep!r}"
+        )
+    if best_metric not in BEST_METRICS:
+        raise ConfigError(
+            f"`best_metric` must be one of {BEST_METRICS}. Received: "
+            f"best_metric={best_metric!r}"
+        )
+
+
+def _check_data(
+    dataset: Dataset, splits: Sequence[str], on_bad_image: str,
+    max_image_pixels: int,
+) -> None:
+    """Faults (issue 19): one-class data; every bad file of every split
+    used, named before anything trains."""
+    if dataset.num_classes < 2:
+        raise ConfigError(
+            f"dataset {dataset.name} has {dataset.num_classes} class(es) "
+            f"{list(dataset.class_names)}; a classifier needs at least 2 "
+            "(image_folder: one sub-folder per class, root/<class>/<image>)"
+        )
+    decode.check_splits(
+        dataset,
+        splits,
+        on_bad_image,
+        stage_config.binding_in_force("train", "on_bad_image"),
+        max_image_pixels,
+    )
+
+
+def _score_transfer(
+    run: StageRun, untrained: keras.Model, build_backbone, data, split: str,
+    dataset: Dataset, sources: Sequence[dict[str, str]],
+    evaluators: Sequence[Evaluator],
+) -> None:
+    """Scores the untrained network and every source stage on `data`
+    into `transferability.json`."""
+    scores = transfer.score_sources(
+        sources,
+        untrained=untrained,
+        build_backbone=build_backbone,
+        data=data.data,
+        split=split,
+        class_names=dataset.class_names,
+        positive_index=dataset.positive_index(),
+        evaluators=evaluators,
+    )
+    runs.write_json(
+        run.path(runs.TRANSFER_FILE),
+        {"target": dataset.name, "split": split,
+         "num_examples": data.num_examples, "sources": scores},
+    )
+
+
+def _record_transfer(run: StageRun) -> None:
+    """Copies this process's transfer scores (or, resuming, the chief's)
+    into `run.json`."""
+    for path in (run.path(runs.TRANSFER_FILE),
+                 os.path.join(run.workdir, runs.TRANSFER_FILE)):
+        if os.path.exists(path):
+            run.record["transferability"] = runs.read_json(path)
+            break
+
+
+def _load_weights(
+    record: dict[str, Any], features: keras.Model, init_backbone: str | None,
+    pretrained_weights: str | None,
+) -> None:
+    """Starts the backbone from the previous stage's weights and/or the
+    ImageNet weights of keras.applications."""
+    if init_backbone:
+        load_backbone(features, init_backbone)
+        print(f"starting from backbone {init_backbone}", flush=True)
+    if pretrained_weights:
+        report = imagenet_weights.load_imagenet_weights(
+            features, pretrained_weights
+        )
+        record["pretrained_weights"] = report.summary()
+        print(
+            f"loaded {len(report.loaded)} layers from "
+            f"{pretrained_weights}; new: {report.kept_initial}",
+            flush=True,
+        )
+
+
+def _keep(model, best, keep: str, best_metric: str, epochs: int) -> dict:
+    """Loads the kept epoch's weights into `model`; returns its record."""
     if keep == "best" and best.best is not None:
         model.load_weights(best.weights_path)
-        record["kept"] = {"keep": "best", **best.best}
         print(
             f"keeping epoch {best.best['epoch']} ({best_metric} "
             f"{best.best['value']:.4f})",
             flush=True,
         )
-    else:
-        record["kept"] = {"keep": "last", "epoch": epochs}
-    if stopper is not None:  # early stopping (issue 20)
-        record["early_stopping"] = stopper.record(epochs)
-        if record["kept"]["keep"] == "last" and stopper.stopped_epoch:
-            record["kept"]["epoch"] = stopper.stopped_epoch
-    model_path = start.path(workdir_lib.MODEL_FILE)
-    with workdir_lib.writing(model_path, partial=model_path):
-        model.save(model_path)
-    with workdir_lib.writing(start.path(workdir_lib.BACKBONE_FILE)):
-        callbacks_lib.save_weights(
-            features, start.path(workdir_lib.BACKBONE_FILE)
-        )
-    # Operating point and temperature: fitted on val, never on test.
-    results = {}
-    results[val_split], decision = evaluate(
-        model, val_data.data, val_split, dataset, evaluators, start.out,
-        fit_decision=True,
-    )
-    if test_split in dataset.splits():
-        test_data = pipeline.build_split(
-            dataset, test_split, training=False, **common
-        )
-        results[test_split] = evaluate(
-            model, test_data.data, test_split, dataset, evaluators, start.out,
-            decision=decision,
-        )
-    workdir_lib.write_json(metrics_path, results)
-    config.save_config(start.out, "operative_config.gin", operative=True)
-    record.update(
-        status="complete",
-        finished=workdir_lib.now(),
-        train_seconds=round(throughput.seconds, 2),
-        # Training steps only: Throughput runs before the validation
-        # callback, so its epoch time excludes validation.
-        train_images_per_second=round(
-            throughput.steps * batch_size / max(throughput.seconds, 1e-9), 2
-        ),
-    )
-    workdir_lib.write_json(start.path(workdir_lib.RUN_FILE), record)
-    for split, values in results.items():
-        print(f"{split}:\n{metrics_lib.format_table(values)}", flush=True)
-    extension_lib.keep_last_backup(start)  # issue 20: extendable
-    if tracker:  # issue 20: MLflow artefacts, after run.json is complete
-        tracker.finish()
-    workdir_lib.finish(start, distribution)
-    return results
+        return {"keep": "best", **best.best}
+    return {"keep": "last", "epoch": epochs}

@@ -57,7 +57,7 @@ from typing import Any
 
 from matl_keras.errors import ConfigError
 from matl_keras.evaluation.evaluator import ReportEvaluator
-from matl_keras.training.workdir import SUMMARY_FILE
+from matl_keras import runs as runs_lib
 
 STAGE_LABELS = {"stl_n": "STL-N", "stl_m": "STL-M", "sstl_m": "SSTL-M"}
 METHOD_LABELS = {"MoCo": "MoCo", "SimCLR": "SimCLR", "RegionAware": "Ours"}
@@ -70,12 +70,12 @@ FULL = ("STL-N", "STL-M", "SSTL-M")
 def _run_dirs(runs: list[str]) -> list[str]:
     found = []
     for path in runs:
-        if os.path.isfile(os.path.join(path, SUMMARY_FILE)):
+        if os.path.isfile(os.path.join(path, runs_lib.SUMMARY_FILE)):
             found.append(path)
         elif os.path.isdir(path):
             inside = sorted(
                 os.path.join(path, d) for d in os.listdir(path)
-                if os.path.isfile(os.path.join(path, d, SUMMARY_FILE))
+                if os.path.isfile(os.path.join(path, d, runs_lib.SUMMARY_FILE))
             )
             if not inside:
                 raise ConfigError(
@@ -105,8 +105,7 @@ def split_label(split: str) -> str:
 
 def describe(run_dir: str) -> dict[str, Any]:
     """The facts of one pipeline run that the tables need."""
-    with open(os.path.join(run_dir, SUMMARY_FILE)) as f:
-        summary = json.load(f)
+    summary = runs_lib.read_json(os.path.join(run_dir, runs_lib.SUMMARY_FILE))
     lineage = summary.get("lineage") or []
     if summary.get("status") != "complete" or not lineage:
         raise ConfigError(
@@ -116,10 +115,9 @@ def describe(run_dir: str) -> dict[str, Any]:
     target = lineage[-1]
     # The target stage's own record: its input size and data folder.
     stage_run: dict[str, Any] = {}
-    run_json = os.path.join(run_dir, target.get("workdir") or "", "run.json")
+    run_json = os.path.join(run_dir, target.get("workdir") or "", runs_lib.RUN_FILE)
     if os.path.isfile(run_json):
-        with open(run_json) as f:
-            stage_run = json.load(f)
+        stage_run = runs_lib.read_json(run_json)
     dataset = target.get("dataset") or stage_run.get("dataset") or ""
     if stage_run.get("dataset_root"):
         dataset = f"{dataset} {stage_run['dataset_root']}"

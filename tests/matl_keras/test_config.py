@@ -7,6 +7,7 @@ import pytest
 
 import gin
 from matl_keras import config
+from matl_keras.training import stage_config
 from matl_keras import registry as registry_lib
 from matl_keras.layers.non_local_block import NonLocalBlock
 from tests.conftest import REPO
@@ -54,7 +55,7 @@ def test_job_macros_reach_their_targets(job):
 
 def _stage_texts(bindings=()):
     _parse(["gin/pipeline.gin"], bindings)
-    return {s: config.stage_config_str(s) for s in ("stl_n", "stl_m", "finetune")}
+    return {s: stage_config.stage_config_str(s) for s in ("stl_n", "stl_m", "finetune")}
 
 
 def test_stage_config_holds_what_reaches_the_stage():

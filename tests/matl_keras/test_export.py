@@ -18,8 +18,8 @@ from matl_keras.data import pipeline
 from matl_keras.evaluation import operating_point
 from matl_keras.evaluation import trained as trained_lib
 from tests.conftest import SHARED_DATA
-from tests.matl_keras.test_cli import error_line
-from tests.matl_keras.test_cli import matl
+from tests.cli_testing import error_line
+from tests.cli_testing import matl
 
 TRAIN = [
     "--gin_file=gin/finetune.gin", "--gin_file=gin/models/tiny.gin",

@@ -143,7 +143,7 @@ def test_gradcam_evaluator_titles_both_labels_and_scores_lung_mass(tmp_path, mon
     from matl_keras.models.resnet.resnet_image_classifier import build_image_classifier
     from matl_keras_plugins.evaluators import gradcam as gradcam_plugin
     from matl_keras_plugins.evaluators.attention_maps import AttentionMaps
-    from tests.plugins.test_lung_regions import _phantom
+    from tests.plugins.plugin_testing import phantom as _phantom
 
     # lung_mass: a heatmap inside the phantom's lungs scores ~1, one on the
     # text label in the corner ~0.

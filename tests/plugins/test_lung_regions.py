@@ -10,26 +10,7 @@ import tensorflow as tf
 from matl_keras.data import decode
 from matl_keras_plugins.ssl_methods import lung_regions
 from tests.conftest import shared_data
-
-
-def _phantom(size=160, shift=(0, 0), label=True, border=True):
-    """Body ellipse (0.7) on black, two dark lungs (0.15): known lung box."""
-    y, x = np.mgrid[:size, :size].astype(np.float32)
-    cy, cx = size / 2 + shift[0], size / 2 + shift[1]
-    image = np.zeros((size, size), np.float32)
-    image[((y - cy) / (0.36 * size)) ** 2 + ((x - cx) / (0.45 * size)) ** 2 < 1] = 0.7
-    lungs = np.zeros_like(image, bool)
-    for side in (-1, 1):
-        lungs |= ((y - cy) / (0.25 * size)) ** 2 + ((x - cx - side * 0.19 * size) / (0.14 * size)) ** 2 < 1
-    image[lungs] = 0.15
-    if label:  # a text label in a corner, as in the source papers
-        image[4:14, 4:40] = 1.0
-    if border:
-        image[:, -3:] = 1.0
-    ys, xs = np.nonzero(lungs)
-    box = (ys.min() / size, xs.min() / size, (ys.max() + 1) / size, (xs.max() + 1) / size)
-    rgb = np.repeat(image[..., None], 3, axis=-1)
-    return rgb, np.array(box)
+from tests.plugins.plugin_testing import phantom as _phantom
 
 
 def _iou(a, b):

@@ -10,41 +10,7 @@ from PIL import Image
 
 from matl_keras.errors import ConfigError
 from matl_keras_plugins.evaluators.transferability import Transferability
-
-STAGE_METHOD = {"MoCo": "MoCo", "Ours": "RegionAware", "SimCLR": "SimCLR"}
-
-
-def _run(root, name, attention, chain, accuracy, method=None, leep=None, depth=50,
-         seed=0, untrained=-0.70, dataset=None, size=None, data_root=None):
-    lineage = []
-    for stage in list(chain) + ["finetune"]:
-        entry = {"stage": stage, "workdir": stage, "seed": seed}
-        if stage == "sstl_m":
-            entry["method"] = STAGE_METHOD[method]
-        lineage.append(entry)
-    sources = {"untrained": {"kind": "untrained", "leep": untrained}}
-    for stage, value in zip([s for s in chain if s != "sstl_m"], leep or []):
-        sources[stage] = {"kind": "classifier", "leep": value}
-    if "sstl_m" in chain:
-        sources["sstl_m"] = {"kind": "backbone", "not_applicable": ["LEEP"]}
-    lineage[-1].update(
-        architecture={"depth": depth, "width_multiplier": 1.0, "attention": attention},
-        metrics={"test": {"accuracy": accuracy, "f1": accuracy - 0.01, "auc": accuracy + 0.02,
-                          "accuracy_ci": [accuracy - 0.05, accuracy + 0.04]}},
-        transferability={"target": "CovidCT", "split": "train", "sources": sources},
-    )
-    folder = root / name
-    folder.mkdir(parents=True)
-    if dataset:
-        lineage[-1]["dataset"] = dataset
-        (folder / "finetune").mkdir()
-        (folder / "finetune" / "run.json").write_text(json.dumps({
-            "dataset": dataset, "dataset_root": data_root,
-            "preprocessing": {"image_size": size, "crop_fraction": 0.875}}))
-    (folder / "summary.json").write_text(json.dumps(
-        {"status": "complete", "stages": [e["stage"] for e in lineage], "lineage": lineage}))
-    return str(folder)
-
+from tests.plugins.plugin_testing import pipeline_run as _run
 
 FULL = ("stl_n", "stl_m", "sstl_m")
 

@@ -1,7 +1,6 @@
 """DICOM files written with pydicom: a chest phantom volume in HU."""
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage

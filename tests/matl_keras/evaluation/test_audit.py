@@ -10,8 +10,8 @@ from PIL import Image
 
 from matl_keras.errors import DataError
 from matl_keras.evaluation import audit
-from tests.matl_keras.test_cli import error_line
-from tests.matl_keras.test_cli import matl
+from tests.cli_testing import error_line
+from tests.cli_testing import matl
 
 
 def _scan(seed, size=96):

@@ -3,7 +3,6 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from matl_keras.errors import ConfigError
 from matl_keras.layers.non_local_block import NonLocalBlock

@@ -21,7 +21,6 @@ strategies.start_multi_worker_from_env()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from tests.matl_keras.training.ssl_testing import build as _build  # noqa: E402
 from tests.matl_keras.training.ssl_testing import data as _data  # noqa: E402

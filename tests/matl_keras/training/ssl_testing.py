@@ -1,11 +1,14 @@
 """Shared helpers of the SSL tests: tiny methods and fixed views (not a
-test module; imported by test_contrastive, test_precision and the
-multi-worker job)."""
+test module; imported by test_contrastive, test_precision, the
+self-supervised stage tests and the multi-worker job)."""
 
 import numpy as np
 import tensorflow as tf
 
+from matl_keras import registry as registry_lib
 from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
+from matl_keras.training import optimizers
+from matl_keras.training import self_supervised
 from matl_keras_plugins.ssl_methods.region_aware import RegionAware
 from matl_keras_plugins.ssl_methods.simclr import SimCLR
 from matl_keras_plugins.ssl_methods.simsiam import SimSiam
@@ -62,3 +65,29 @@ def data(cls, n=16, batch=8, region_size=SIZE):
     return tf.data.Dataset.from_tensor_slices(
         (views(cls, n, region_size=region_size), np.arange(n, dtype=np.int32))
     ).batch(batch)
+
+
+def pretrain(workdir, **kwargs):
+    """`self_supervised.pretrain` of a tiny MoCo on 16 synthetic CT images."""
+    dataset = registry_lib.default_registry().create(
+        "datasets", "synthetic_ct", image_size=40, num_train=16, num_val=8, num_test=0
+    )
+    args = dict(
+        dataset=dataset,
+        method=tiny_moco,
+        backbone=lambda **kw: ResNetBackbone(depth=18, width_multiplier=0.25, **kw),
+        image_size=32, batch_size=8, epochs=3, strategy="default",
+        optimizer=lambda **kw: optimizers.sgd(learning_rate=0.3, **kw),
+    )
+    args.update(kwargs)
+    return self_supervised.pretrain(str(workdir), **args)
+
+
+def tiny_moco(**kwargs):
+    from matl_keras_plugins.ssl_methods.moco import MoCo
+
+    return MoCo(queue_size=8, hidden_dim=16, projection_dim=8, momentum=0.9, **kwargs)
+
+
+tiny_moco.needs_key_encoder = True
+tiny_moco.shuffle_batchnorm = True

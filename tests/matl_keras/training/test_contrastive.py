@@ -303,7 +303,7 @@ def _seeded(fn, element):
 
 
 def test_views_are_two_independent_augmentations_and_five_regions():
-    from tests.plugins.test_lung_regions import _phantom
+    from tests.plugins.plugin_testing import phantom as _phantom
 
     image, _ = _phantom(40)
     moco = _build(MoCo)

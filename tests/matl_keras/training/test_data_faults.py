@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from matl_keras import config
+from matl_keras.training import stage_config
 from matl_keras.data.dataset import Dataset
 from matl_keras.errors import ConfigError
 from matl_keras.errors import DataError
@@ -19,7 +20,7 @@ from matl_keras.training import self_supervised
 from matl_keras.training import supervised
 from matl_keras_plugins.datasets.image_folder import ImageFolder
 from tests.conftest import REPO
-from tests.matl_keras.training.test_supervised import run_train
+from tests.matl_keras.training.stage_testing import run_train
 
 
 def _folder(root, classes=("a", "b"), bad=True):
@@ -103,7 +104,7 @@ def test_the_binding_in_force_follows_the_job_files():
     }
     for scope, (name, binding) in expected.items():
         with gin.config_scope(scope):
-            assert config.binding_in_force(name, "on_bad_image") == binding
+            assert stage_config.binding_in_force(name, "on_bad_image") == binding
 
 
 class Listy(Dataset):

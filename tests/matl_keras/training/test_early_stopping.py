@@ -9,7 +9,7 @@ import pytest
 from matl_keras.errors import ConfigError
 from matl_keras.training import early_stopping
 from matl_keras.training import supervised
-from tests.matl_keras.training.test_supervised import run_train
+from tests.matl_keras.training.stage_testing import run_train
 
 
 def test_decide_by_hand():
@@ -47,7 +47,7 @@ def test_stops_and_a_killed_run_resumes_to_the_same_decision(
     (index 2), the resumed run must still stop after epoch 3 (a fresh
     counter would run to epoch 5); killed after the decision but before
     the stage finished, the rerun trains no further epoch."""
-    from matl_keras.training import callbacks as callbacks_lib
+    from matl_keras.training import monitors as callbacks_lib
 
     kwargs = dict(epochs=6, keep="last", early_stopping_patience=2,
                   early_stopping_min_delta=10.0)

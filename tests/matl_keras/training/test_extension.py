@@ -10,7 +10,7 @@ import pytest
 from matl_keras import config
 from matl_keras.errors import ConfigError
 from matl_keras.training import optimizers
-from tests.matl_keras.training.test_reproducibility import _train
+from tests.matl_keras.training.stage_testing import reproducible_train as _train
 
 
 def _bind(*bindings):
@@ -60,7 +60,7 @@ def test_raising_epochs_extends_and_equals_a_fresh_run(tmp_path):
 def _assert_weights_equal(a, b):
     import numpy as np
 
-    from tests.matl_keras.training.test_reproducibility import _weights
+    from tests.matl_keras.training.stage_testing import weights_of as _weights
 
     first, second = _weights(a / "backbone.weights.h5"), _weights(b / "backbone.weights.h5")
     assert first.keys() == second.keys()
@@ -87,7 +87,7 @@ def test_other_changes_and_fewer_epochs_are_still_refused(tmp_path):
 
 
 def test_pretraining_is_extended_too(tmp_path):
-    from tests.matl_keras.training.test_self_supervised import _pretrain
+    from tests.matl_keras.training.ssl_testing import pretrain as _pretrain
 
     _pretrain(tmp_path, epochs=1, monitor_split=None)
     _pretrain(tmp_path, epochs=2, monitor_split=None)

@@ -9,9 +9,9 @@ import pytest
 
 from matl_keras import config
 from matl_keras.errors import ConfigError
-from tests.matl_keras.training.test_supervised import Bright
-from tests.matl_keras.training.test_supervised import Count
-from tests.matl_keras.training.test_supervised import tiny_backbone
+from tests.matl_keras.training.stage_testing import Bright
+from tests.matl_keras.training.stage_testing import Count
+from tests.matl_keras.training.stage_testing import tiny_backbone
 from matl_keras.training import optimizers
 
 

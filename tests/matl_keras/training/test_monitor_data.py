@@ -9,7 +9,7 @@ from PIL import Image
 
 from matl_keras import registry as registry_lib
 from matl_keras.errors import ConfigError
-from tests.matl_keras.training.test_self_supervised import _pretrain
+from tests.matl_keras.training.ssl_testing import pretrain as _pretrain
 
 
 def _unlabelled(root, n=16):

@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from matl_keras.training.callbacks import KnnMonitor
+from matl_keras.training.monitors import KnnMonitor
 
 
 def _split(rng, n, informative):

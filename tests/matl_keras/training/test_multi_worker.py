@@ -16,7 +16,7 @@ import pytest
 from matl_keras.errors import ConfigError
 from matl_keras.training import strategies
 from tests.conftest import REPO
-from tests.matl_keras.test_cli import CLI
+from tests.cli_testing import CLI
 
 JOB = "tests.matl_keras.training.multi_worker_job"
 
@@ -209,19 +209,3 @@ def test_tf_config_errors_name_the_variable(monkeypatch):
         {"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}))
     assert strategies.cluster_from_env() is None
     assert strategies.chief_from_env()
-
-
-def test_one_device_and_worker_cache(monkeypatch):
-    import tensorflow as tf
-
-    one = strategies.get_strategy("one_device")
-    assert isinstance(one, tf.distribute.OneDeviceStrategy)
-    assert strategies.get_strategy("one_device") is one
-    assert strategies.is_chief(one) and strategies.task_index(one) == 0
-    assert strategies.worker_cache("/data/cache", one) == "/data/cache"
-    assert strategies.broadcast_from_chief(one, [3, 0]) == [3, 0]
-    # A non-chief worker: its own on-disk cache file, memory caches as is.
-    monkeypatch.setattr(strategies, "task_index", lambda strategy: 2)
-    assert not strategies.is_chief(one)
-    assert strategies.worker_cache("/data/cache", one) == "/data/cache-worker2"
-    assert strategies.worker_cache("memory", one) == "memory"

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import time
 
-import gin
 import keras
 import numpy as np
 import pytest
@@ -16,11 +15,9 @@ from matl_keras import config
 from matl_keras import registry as registry_lib
 from matl_keras.errors import ConfigError
 from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
-from matl_keras.training import callbacks as callbacks_lib
-from matl_keras.training import pipeline
 from tests.conftest import REPO
-from tests.matl_keras.test_cli import CLI
-from tests.matl_keras.test_cli import matl
+from tests.cli_testing import CLI
+from tests.cli_testing import matl
 
 TINY_CHAIN = [
     "--gin_file=gin/pipeline.gin",
@@ -179,65 +176,3 @@ def test_stage_lists_are_checked(tmp_path, stages, message):
     with pytest.raises(ConfigError, match=message):
         config.configured("pipeline")(workdir=str(tmp_path))
     assert not os.path.exists(tmp_path / "summary.json")
-
-
-def _tiny_model():
-    inputs = keras.Input((3,))
-    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
-    model.compile(optimizer="sgd", loss="mse")
-    return model
-
-
-def test_backup_ignores_a_half_written_one_and_keeps_the_last(tmp_path):
-    model = _tiny_model()
-    backup = callbacks_lib.ResumableBackup(str(tmp_path))
-    backup.set_model(model)
-    backup.on_epoch_end(0, {"loss": 1.0})
-    saved = [w.copy() for w in model.get_weights()]
-    model.set_weights([w + 1 for w in saved])
-    backup.on_epoch_end(1, {"loss": 1.0})
-    assert sorted(os.listdir(tmp_path)) == ["epoch-2"]
-    model.set_weights([w + 5 for w in saved])
-    backup.on_epoch_end(2, {"loss": float("nan")})  # diverged: not backed up
-    os.makedirs(tmp_path / "epoch-3.tmp")  # killed while writing
-    (tmp_path / "epoch-3.tmp" / "model.weights.h5").write_bytes(b"garbage")
-    fresh = _tiny_model()
-    restore = callbacks_lib.ResumableBackup(str(tmp_path))
-    restore.set_model(fresh)
-    restore.on_train_begin()
-    assert restore.restored_epoch == 2 and fresh._initial_epoch == 2
-    for a, b in zip(fresh.get_weights(), saved):
-        np.testing.assert_array_equal(a, b + 1)
-
-
-def test_best_checkpoint_survives_a_resume(tmp_path):
-    model = _tiny_model()
-    best = callbacks_lib.BestCheckpoint(str(tmp_path / "best"), "val_auc")
-    best.set_model(model)
-    best.on_train_begin()
-    best.on_epoch_end(0, {"loss": 1.0, "val_auc": 0.7})
-    kept = [w.copy() for w in model.get_weights()]
-    model.set_weights([w + 1 for w in kept])
-    best.on_epoch_end(1, {"loss": 1.0, "val_auc": float("nan")})
-    # A new process: the best value is read back, a worse epoch is ignored.
-    again = callbacks_lib.BestCheckpoint(str(tmp_path / "best"), "val_auc")
-    again.set_model(model)
-    again.on_train_begin()
-    again.on_epoch_end(2, {"loss": 1.0, "val_auc": 0.6})
-    assert again.best == {"epoch": 1, "monitor": "val_auc", "value": 0.7}
-    model.load_weights(again.weights_path)
-    for a, b in zip(model.get_weights(), kept):
-        np.testing.assert_array_equal(a, b)
-    again.on_epoch_end(3, {"loss": 1.0, "val_auc": 0.9})
-    assert again.best["epoch"] == 4
-    assert sorted(os.listdir(tmp_path)) == ["best"]
-
-
-def test_loss_minimised_when_best_metric_is_a_loss(tmp_path):
-    model = _tiny_model()
-    best = callbacks_lib.BestCheckpoint(str(tmp_path / "b"), "val_loss", mode="min")
-    best.set_model(model)
-    best.on_train_begin()
-    for epoch, loss in enumerate([0.5, 0.7, 0.3]):
-        best.on_epoch_end(epoch, {"loss": 1.0, "val_loss": loss})
-    assert best.best["epoch"] == 3

@@ -24,7 +24,7 @@ from matl_keras_plugins.ssl_methods.simsiam import SimSiam
 from tests.matl_keras.training.ssl_testing import SIZE
 from tests.matl_keras.training.ssl_testing import build as _build
 from tests.matl_keras.training.ssl_testing import data as _data
-from tests.matl_keras.training.test_self_supervised import _pretrain
+from tests.matl_keras.training.ssl_testing import pretrain as _pretrain
 
 
 def test_precision_choices(monkeypatch):

@@ -6,48 +6,15 @@ seeded; see `matl_keras.training.determinism`)."""
 import csv
 import json
 
-import h5py
 import numpy as np
 import pytest
 
-from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
-from matl_keras.training import callbacks as callbacks_lib
+from matl_keras.training import checkpoints
+from matl_keras.training import monitors
 from matl_keras.training import determinism
-from matl_keras.training import optimizers
-from matl_keras.training import supervised
-from matl_keras_plugins.datasets.synthetic_ct import SyntheticCT
-
-
-def _train(workdir, **kwargs):
-    args = {
-        "dataset": SyntheticCT(image_size=40, num_train=24, num_val=8,
-                               num_test=8, seed=0),
-        "backbone": lambda image_size: ResNetBackbone(
-            depth=18, width_multiplier=0.25, image_size=image_size
-        ),
-        "image_size": 32,
-        "batch_size": 8,
-        "epochs": 2,
-        "augment": "stl_m",  # every kind of draw: crop, affine, flip, shift
-        "dropout": 0.5,
-        "keep": "last",
-        "transfer_evaluators": (),
-        "seed": 3,
-        "optimizer": lambda **kw: optimizers.sgd(learning_rate=0.1, **kw),
-    }
-    args.update(kwargs)
-    return supervised.train(str(workdir), **args)
-
-
-def _weights(path):
-    """Every array of a Keras weights file, by its path in the file."""
-    arrays = {}
-    with h5py.File(path) as f:
-        f.visititems(
-            lambda name, item: arrays.__setitem__(name, item[()])
-            if isinstance(item, h5py.Dataset) else None
-        )
-    return arrays
+from tests.matl_keras.training import ssl_testing
+from tests.matl_keras.training.stage_testing import reproducible_train as _train
+from tests.matl_keras.training.stage_testing import weights_of as _weights
 
 
 def _assert_same_run(first, second):
@@ -70,7 +37,7 @@ def _kill(monkeypatch, epoch=None, batch=None):
     start of `epoch` (after the previous epoch's backup) or at the end of
     `batch` of the first epoch trained (before that step's backup)."""
 
-    class Killed(callbacks_lib.Throughput):
+    class Killed(monitors.Throughput):
         def on_epoch_begin(self, e, logs=None):
             if e == epoch:
                 raise KeyboardInterrupt
@@ -81,7 +48,7 @@ def _kill(monkeypatch, epoch=None, batch=None):
             if b == batch:
                 raise KeyboardInterrupt
 
-    monkeypatch.setattr(callbacks_lib, "Throughput", Killed)
+    monkeypatch.setattr(monitors, "Throughput", Killed)
 
 
 def test_same_fine_tune_twice_is_bitwise_identical(tmp_path):
@@ -103,7 +70,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, monkeypatch):
     _kill(monkeypatch, epoch=1)  # as if killed after epoch 0's backup
     with pytest.raises(KeyboardInterrupt):
         _train(tmp_path / "resumed")
-    assert callbacks_lib.ResumableBackup.completed_epochs(
+    assert checkpoints.ResumableBackup.completed_epochs(
         str(tmp_path / "resumed" / "backup")
     ) == 1
     monkeypatch.undo()
@@ -144,10 +111,8 @@ def test_deterministic_option_is_checked_and_recorded():
 
 
 def _pretrain(workdir, **kwargs):
-    from tests.matl_keras.training.test_self_supervised import _pretrain
-
     kwargs = {"epochs": 2, "seed": 5, "monitor_split": None, **kwargs}
-    return _pretrain(workdir, **kwargs)
+    return ssl_testing.pretrain(workdir, **kwargs)
 
 
 def _assert_same_pretrain(first, second):
@@ -208,7 +173,7 @@ def test_killed_mid_epoch_resumes_at_its_step_backup_and_equals_uninterrupted(
     with pytest.raises(KeyboardInterrupt):
         _train(tmp_path / "resumed", backup_every_steps=2)
     backup = str(tmp_path / "resumed" / "backup")
-    assert callbacks_lib.ResumableBackup.resume_point(backup) == (0, 2)
+    assert checkpoints.ResumableBackup.resume_point(backup) == (0, 2)
     monkeypatch.undo()
     capsys.readouterr()
     _train(tmp_path / "resumed", backup_every_steps=2)
@@ -220,7 +185,7 @@ def test_backup_every_steps_is_checked():
     from matl_keras.errors import ConfigError
 
     with pytest.raises(ConfigError, match="backup_every_steps=0"):
-        callbacks_lib.ResumableBackup("backup", every_steps=0)
+        checkpoints.ResumableBackup("backup", every_steps=0)
 
 
 def test_backup_every_steps_is_refused_on_several_replicas(tmp_path):
@@ -243,7 +208,7 @@ def test_pretrain_killed_mid_epoch_resumes_at_its_step_and_equals_uninterrupted(
     with pytest.raises(KeyboardInterrupt):
         _pretrain(tmp_path / "resumed", backup_every_steps=1)
     backup = str(tmp_path / "resumed" / "backup")
-    assert callbacks_lib.ResumableBackup.resume_point(backup) == (0, 1)
+    assert checkpoints.ResumableBackup.resume_point(backup) == (0, 1)
     monkeypatch.undo()
     _pretrain(tmp_path / "resumed", backup_every_steps=1)
     _assert_same_pretrain(straight_pretrain, tmp_path / "resumed")

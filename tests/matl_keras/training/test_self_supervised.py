@@ -6,13 +6,11 @@ import os
 import numpy as np
 import pytest
 
-from matl_keras import registry as registry_lib
 from matl_keras.errors import ConfigError
-from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
-from matl_keras.training import callbacks as callbacks_lib
-from matl_keras.training import optimizers
+from matl_keras.training import checkpoints as checkpoints_lib
 from matl_keras.training import self_supervised
-from tests.matl_keras.test_cli import matl
+from tests.cli_testing import matl
+from tests.matl_keras.training.ssl_testing import pretrain
 
 TINY_SSL = [
     "--gin_file=gin/sstl_m.gin",
@@ -31,12 +29,56 @@ TINY_SSL = [
 ]
 
 
+# Every file the README's main job leaves in its workdir (TensorBoard's
+# event files by folder): the run contract of `matl_keras.runs`, pinned.
+MAIN_JOB_FILES = [
+    "finetune/backbone.weights.h5",
+    "finetune/best/best.json",
+    "finetune/best/model.weights.h5",
+    "finetune/config.gin",
+    "finetune/decision.json",
+    "finetune/history.csv",
+    "finetune/logs/train/events.out.tfevents",
+    "finetune/logs/validation/events.out.tfevents",
+    "finetune/metrics.json",
+    "finetune/model.keras",
+    "finetune/operative_config.gin",
+    "finetune/reliability_val.png",
+    "finetune/run.json",
+    "finetune/test_confusion_matrix.png",
+    "finetune/test_roc.png",
+    "finetune/transferability.json",
+    "finetune/val_confusion_matrix.png",
+    "finetune/val_roc.png",
+    "sstl_m/backbone.weights.h5",
+    "sstl_m/config.gin",
+    "sstl_m/history.csv",
+    "sstl_m/logs/train/events.out.tfevents",
+    "sstl_m/metrics.json",
+    "sstl_m/operative_config.gin",
+    "sstl_m/run.json",
+    "sstl_m/ssl_model.weights.h5",
+    "summary.json",
+]
+
+
+def _files(workdir):
+    found = set()
+    for folder, _, names in os.walk(workdir):
+        for name in names:
+            path = os.path.relpath(os.path.join(folder, name), workdir)
+            found.add(path.split(".out.tfevents.")[0] + ".out.tfevents"
+                      if ".out.tfevents." in path else path)
+    return sorted(found)
+
+
 @pytest.mark.parametrize("method", ["region_aware", "simclr", "simsiam"])
 def test_sstl_m_job_through_the_cli(tmp_path, method):
     workdir = str(tmp_path / "run")
     extra = ["--gin_param=simsiam.prediction_dim = 4"] if method == "simsiam" else []
     result = matl(*TINY_SSL, *extra, f"--gin_param=SSL_METHOD = @{method}", f"--workdir={workdir}")
     assert result.returncode == 0, result.stdout + result.stderr
+    assert _files(workdir) == MAIN_JOB_FILES
     summary = json.load(open(os.path.join(workdir, "summary.json")))
     sstl, finetune = summary["lineage"]
     assert (sstl["stage"], sstl["function"]) == ("sstl_m", "pretrain")
@@ -73,31 +115,6 @@ def test_sstl_m_job_through_the_cli(tmp_path, method):
         assert 0.1 < std <= 0.26, std
 
 
-def _pretrain(workdir, **kwargs):
-    dataset = registry_lib.default_registry().create(
-        "datasets", "synthetic_ct", image_size=40, num_train=16, num_val=8, num_test=0
-    )
-    args = dict(
-        dataset=dataset,
-        method=_moco,
-        backbone=lambda **kw: ResNetBackbone(depth=18, width_multiplier=0.25, **kw),
-        image_size=32, batch_size=8, epochs=3, strategy="default",
-        optimizer=lambda **kw: optimizers.sgd(learning_rate=0.3, **kw),
-    )
-    args.update(kwargs)
-    return self_supervised.pretrain(str(workdir), **args)
-
-
-def _moco(**kwargs):
-    from matl_keras_plugins.ssl_methods.moco import MoCo
-
-    return MoCo(queue_size=8, hidden_dim=16, projection_dim=8, momentum=0.9, **kwargs)
-
-
-_moco.needs_key_encoder = True
-_moco.shuffle_batchnorm = True
-
-
 def _state(model):
     names = ["queue", "queue_ids", "queue_pointer", "queue_filled"]
     state = {n: getattr(model, n).numpy().copy() for n in names}
@@ -107,7 +124,7 @@ def _state(model):
 
 def test_resume_restores_queue_and_key_encoder(tmp_path, monkeypatch):
     checkpoints, restored = {}, {}
-    save, load = callbacks_lib.ResumableBackup.on_epoch_end, callbacks_lib.ResumableBackup.on_train_begin
+    save, load = checkpoints_lib.ResumableBackup.on_epoch_end, checkpoints_lib.ResumableBackup.on_train_begin
 
     def saving(self, epoch, logs=None):
         save(self, epoch, logs)
@@ -119,13 +136,13 @@ def test_resume_restores_queue_and_key_encoder(tmp_path, monkeypatch):
         load(self, logs)
         restored.update(_state(self.model), epoch=self.restored_epoch)
 
-    monkeypatch.setattr(callbacks_lib.ResumableBackup, "on_epoch_end", saving)
+    monkeypatch.setattr(checkpoints_lib.ResumableBackup, "on_epoch_end", saving)
     with pytest.raises(KeyboardInterrupt):
-        _pretrain(tmp_path)
+        pretrain(tmp_path)
     assert json.load(open(tmp_path / "run.json"))["status"] == "running"
-    monkeypatch.setattr(callbacks_lib.ResumableBackup, "on_epoch_end", save)
-    monkeypatch.setattr(callbacks_lib.ResumableBackup, "on_train_begin", loading)
-    _pretrain(tmp_path)
+    monkeypatch.setattr(checkpoints_lib.ResumableBackup, "on_epoch_end", save)
+    monkeypatch.setattr(checkpoints_lib.ResumableBackup, "on_train_begin", loading)
+    pretrain(tmp_path)
     assert restored["epoch"] == 2
     expected = checkpoints[2]
     # 16 images, batch 8: the queue holds an epoch minus a batch (8 keys).
@@ -142,9 +159,9 @@ def test_resume_restores_queue_and_key_encoder(tmp_path, monkeypatch):
 
 def test_method_is_checked(tmp_path):
     with pytest.raises(ConfigError, match="no SSL method"):
-        _pretrain(tmp_path / "a", method=None)
+        pretrain(tmp_path / "a", method=None)
     with pytest.raises(ConfigError, match="must build an SSLMethod"):
-        _pretrain(tmp_path / "b", method=lambda **kw: object())
+        pretrain(tmp_path / "b", method=lambda **kw: object())
 
 
 def test_replica_split_refuses_a_batch_the_replicas_cannot_share():

@@ -3,63 +3,18 @@
 import json
 import os
 
-import keras
 import numpy as np
 import pytest
 
-from matl_keras.data.dataset import ArrayExamples
-from matl_keras.data.dataset import Dataset
 from matl_keras.errors import ConfigError
 from matl_keras.errors import MatlError
-from matl_keras.evaluation.evaluator import Evaluator
 from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
 from matl_keras.training import optimizers
 from matl_keras.training import strategies
 from matl_keras.training import supervised
-
-
-class Bright(Dataset):
-    """Label 1 images are brighter: learnable in a few steps."""
-
-    class_names = ("dark", "bright")
-    positive_class = "bright"
-
-    def __init__(self, n=16):
-        rng = np.random.default_rng(0)
-        labels = np.arange(n) % 2
-        images = rng.integers(0, 100, (n, 40, 40, 1)).astype(np.uint8)
-        images[labels == 1] += 120
-        self.data = ArrayExamples(images, labels)
-
-    def splits(self):
-        return ("train", "val")
-
-    def examples(self, split):
-        return self.data
-
-
-class Count(Evaluator):
-    def run(self, context):
-        labels, probs = context.predictions()
-        yield "count", int(len(labels))
-
-
-def tiny_backbone(image_size):
-    return ResNetBackbone(depth=18, width_multiplier=0.25, image_size=image_size)
-
-
-def run_train(workdir, **kwargs):
-    args = dict(
-        dataset=Bright(),
-        backbone=tiny_backbone,
-        image_size=32,
-        batch_size=8,
-        epochs=2,
-        evaluators=[Count()],
-        optimizer=lambda **kw: optimizers.sgd(learning_rate=0.5, **kw),
-    )
-    args.update(kwargs)
-    return supervised.train(str(workdir), **args)
+from tests.matl_keras.training.stage_testing import Bright
+from tests.matl_keras.training.stage_testing import run_train
+from tests.matl_keras.training.stage_testing import tiny_backbone
 
 
 def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
@@ -91,15 +46,6 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
     assert not os.path.exists(tmp_path / "model.keras")
 
 
-def test_mirrored_strategy_is_one_per_process():
-    assert strategies.get_strategy("mirrored") is strategies.get_strategy("mirrored")
-
-
-def test_strategy_name_is_checked():
-    with pytest.raises(ConfigError, match="Received: strategy='tpu'"):
-        strategies.get_strategy("tpu")
-
-
 def test_sgd_scales_learning_rate_and_decays_in_steps():
     optimizer = optimizers.sgd(
         batch_size=32, epochs=10, steps_per_epoch=10, learning_rate=0.4,
@@ -127,9 +73,9 @@ def test_epochs_checked(tmp_path):
 def test_interrupted_run_resumes_from_its_last_epoch(tmp_path, monkeypatch):
     import csv
 
-    from matl_keras.training import callbacks as callbacks_lib
+    from matl_keras.training import monitors
 
-    class KilledInSecondEpoch(callbacks_lib.Throughput):
+    class KilledInSecondEpoch(monitors.Throughput):
         def on_epoch_begin(self, epoch, logs=None):
             super().on_epoch_begin(epoch, logs)
             self.epoch = epoch
@@ -138,7 +84,7 @@ def test_interrupted_run_resumes_from_its_last_epoch(tmp_path, monkeypatch):
             if self.epoch == 1:
                 raise KeyboardInterrupt  # as if killed mid-epoch
 
-    monkeypatch.setattr(callbacks_lib, "Throughput", KilledInSecondEpoch)
+    monkeypatch.setattr(monitors, "Throughput", KilledInSecondEpoch)
     with pytest.raises(KeyboardInterrupt):
         run_train(tmp_path, epochs=3)
     assert json.load(open(tmp_path / "run.json"))["status"] == "running"

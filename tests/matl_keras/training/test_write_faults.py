@@ -13,22 +13,21 @@ import numpy as np
 import pytest
 
 from matl_keras.errors import WriteError
-from matl_keras.training import callbacks as callbacks_lib
-from matl_keras.training import workdir as workdir_lib
+from matl_keras.training import checkpoints
+from matl_keras import runs
 from tests.conftest import REPO
-from tests.matl_keras.test_cli import CLI
-from tests.matl_keras.test_cli import TINY
-from tests.matl_keras.test_cli import matl
-from tests.matl_keras.training.test_supervised import run_train
+from tests.cli_testing import TINY
+from tests.cli_testing import matl
+from tests.matl_keras.training.stage_testing import run_train
 
 # Runs the CLI with a file size limit (RLIMIT_FSIZE, no privileges needed)
 # from epoch 1 on: every write past it fails with a real OS error (EFBIG)
 # inside h5py, as a full disk does (ENOSPC).
 LIMITED_CLI = """
 import resource, signal, sys
-from matl_keras.training import callbacks
+from matl_keras.training import monitors
 
-class Limited(callbacks.Throughput):
+class Limited(monitors.Throughput):
     def on_epoch_begin(self, epoch, logs=None):
         super().on_epoch_begin(epoch, logs)
         if epoch == 1:
@@ -36,7 +35,7 @@ class Limited(callbacks.Throughput):
                 resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY)
             )
 
-callbacks.Throughput = Limited
+monitors.Throughput = Limited
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not a kill
 from matl_keras import cli
 sys.argv = [sys.argv[0], *sys.argv[1:]]
@@ -82,7 +81,7 @@ def test_write_error_in_a_backup_is_one_line_and_keeps_the_last(tmp_path):
 def test_history_has_each_epoch_once_after_a_crash_before_its_backup(
     tmp_path, monkeypatch
 ):
-    real = callbacks_lib.ResumableBackup.on_epoch_end
+    real = checkpoints.ResumableBackup.on_epoch_end
 
     def killed_before_second_backup(self, epoch, logs=None):
         if epoch == 1:  # epoch 1's history row is written, its backup not
@@ -90,7 +89,7 @@ def test_history_has_each_epoch_once_after_a_crash_before_its_backup(
         real(self, epoch, logs)
 
     monkeypatch.setattr(
-        callbacks_lib.ResumableBackup, "on_epoch_end",
+        checkpoints.ResumableBackup, "on_epoch_end",
         killed_before_second_backup,
     )
     with pytest.raises(KeyboardInterrupt):
@@ -101,28 +100,16 @@ def test_history_has_each_epoch_once_after_a_crash_before_its_backup(
     assert _epochs(tmp_path / "history.csv") == [0, 1, 2]
 
 
-def test_truncate_history_keeps_one_row_per_backed_up_epoch(tmp_path):
-    path = str(tmp_path / "history.csv")
-    with open(path, "w", newline="") as f:
-        f.write("epoch,loss\r\n0,1.0\r\n0,0.9\r\n1,0.8\r\n2,0.7\r\n3,0.")
-    callbacks_lib.truncate_history(path, 2)
-    # The last row of a repeated epoch (the one the backup holds) is kept.
-    assert open(path).read() == "epoch,loss\n0,0.9\n1,0.8\n"
-    callbacks_lib.truncate_history(path, 0)  # killed before any backup
-    assert open(path).read() == "epoch,loss\n"
-    callbacks_lib.truncate_history(str(tmp_path / "none.csv"), 3)  # no file
-
-
 def test_write_errors_name_the_file_and_the_os_reason(tmp_path, monkeypatch):
     path = str(tmp_path / "run.json")
-    workdir_lib.write_json(path, {"a": 1})
+    runs.write_json(path, {"a": 1})
 
     def disk_full(src, dst):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "replace", disk_full)
     with pytest.raises(WriteError) as e:
-        workdir_lib.write_json(path, {"a": 2})
+        runs.write_json(path, {"a": 2})
     assert str(e.value).startswith(
         f"cannot write {path}: no space left on device (errno 28). "
     )
@@ -134,7 +121,7 @@ def test_write_errors_name_the_file_and_the_os_reason(tmp_path, monkeypatch):
     partial = tmp_path / "epoch-2.tmp"
     partial.mkdir()
     with pytest.raises(WriteError, match=r"x\.h5: no space left on device"):
-        with workdir_lib.writing(str(partial / "x.h5"), partial=str(partial)):
+        with runs.writing(str(partial / "x.h5"), partial=str(partial)):
             raise OSError(
                 "Can't synchronously write data (file write failed: "
                 "filename = 'x.h5', errno = 28, error message = 'No space')"
@@ -148,10 +135,10 @@ def _cli_with_failing_write(tmp_path, failure: str):
     script = (
         "import errno, sys\n"
         "import tensorflow as tf\n"
-        "from matl_keras.training import workdir\n"
+        "from matl_keras import runs\n"
         "def full(*a, **k):\n"
         f"    raise {failure}\n"
-        "workdir.write_text = full\n"
+        "runs.write_text = full\n"
         "from matl_keras import cli\n"
         "cli.run()\n"
     )
@@ -180,7 +167,7 @@ def test_save_weights_in_memory_equals_keras_save_weights(tmp_path):
     model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
     model.compile(optimizer="sgd", loss="mse")
     model.fit(np.ones((4, 3)), np.ones((4, 2)), verbose=0)
-    callbacks_lib.save_weights(model, str(tmp_path / "ours.weights.h5"))
+    checkpoints.save_weights(model, str(tmp_path / "ours.weights.h5"))
     clone = keras.models.clone_model(model)
     clone.compile(optimizer="sgd", loss="mse")
     clone.optimizer.build(clone.trainable_variables)

@@ -106,7 +106,7 @@ def _read(path: str) -> tuple[Any, str | None]:
         ds = pydicom.dcmread(path)
     except InvalidDicomError:
         return None, "not a DICOM file"
-    except Exception as e:  # truncated or corrupt files
+    except Exception as e:  # noqa: BLE001 - truncated or corrupt files
         return None, f"unreadable DICOM ({type(e).__name__}: {e})"
     if "PixelData" not in ds:
         return None, "no pixel data"
@@ -119,7 +119,7 @@ def _read(path: str) -> tuple[Any, str | None]:
 def _pixels(ds: Any) -> tuple[np.ndarray | None, str | None]:
     try:
         return hounsfield(ds), None
-    except Exception as e:  # pydicom raises RuntimeError/NotImplementedError
+    except Exception as e:  # noqa: BLE001 - RuntimeError, NotImplementedError...
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", syntax)
         return None, (

@@ -1,4 +1,7 @@
-"""Keras callbacks of the supervised stage."""
+"""Keras callbacks that write a stage's files so that nothing is lost:
+the resumable backup (`backup/`), the best epoch (`best/`) and the history
+(`history.csv`), each written whole or not at all, and read back by a rerun.
+"""
 
 from __future__ import annotations
 
@@ -9,114 +12,18 @@ import math
 import os
 import re
 import shutil
-import time
 
 import keras
 import numpy as np
 from absl import logging
 
-from matl_keras.evaluation import metrics as metrics_lib
-from matl_keras.evaluation.evaluator import predict_split
-from matl_keras.training import workdir as workdir_lib
+from matl_keras import runs
+from matl_keras.errors import ConfigError
+from matl_keras.training import determinism
+from matl_keras.training.monitors import diverged
 
-
-def _diverged(logs) -> bool:
-    """True when the epoch's mean training loss is not finite: its weights
-    are garbage and must not be scored, kept or backed up."""
-    loss = (logs or {}).get("loss")
-    return loss is not None and not math.isfinite(float(loss))
-
-
-class ValidationMetrics(keras.callbacks.Callback):
-    """Scores the validation split after every epoch.
-
-    Adds `val_accuracy`, `val_f1`, `val_auc`, `val_loss` (exact, see
-    `matl_keras.evaluation.metrics`) to the epoch logs, so CSVLogger,
-    TensorBoard and the progress bar (which Keras adds last) show them.
-
-    Args:
-        data: tf.data.Dataset. Batches of `(images, labels)`.
-        positive_index: int or None. Positive class of a binary task.
-    """
-
-    def __init__(self, data, positive_index=None):
-        super().__init__()
-        self.data = data
-        self.positive_index = positive_index
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs if logs is not None else {}
-        if _diverged(logs):
-            for key in ("accuracy", "f1", "auc", "loss"):
-                logs[f"val_{key}"] = math.nan
-            return
-        labels, probs = predict_split(self.model, self.data)
-        scores = metrics_lib.classification_metrics(
-            labels, probs, self.positive_index
-        )
-        for key in ("accuracy", "f1", "auc", "loss"):
-            logs[f"val_{key}"] = scores[key]
-
-
-class StopOnNonFinite(keras.callbacks.Callback):
-    """Stops training at the first non-finite loss and remembers where."""
-
-    def __init__(self):
-        super().__init__()
-        self.failed_at = None
-        self._epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-
-    def raise_if_failed(self, what: str, backup_dir: str) -> None:
-        """Raises a `MatlError` naming where `what` diverged."""
-        if self.failed_at is None:
-            return
-        from matl_keras.errors import MatlError
-
-        epoch, step, loss = self.failed_at
-        raise MatlError(
-            f"{what} diverged: loss {loss} at epoch {epoch}, step {step}. "
-            f"The last completed epoch is kept in {backup_dir}; lower "
-            "sgd.learning_rate or check the data."
-        )
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            self.failed_at = (self._epoch + 1, batch + 1, float(loss))
-            logging.error(
-                "non-finite loss %s at epoch %d step %d; stopping",
-                loss,
-                self._epoch + 1,
-                batch + 1,
-            )
-            self.model.stop_training = True
-
-
-class Throughput(keras.callbacks.Callback):
-    """Counts the training steps and seconds of this process (a resumed run
-    skips the epochs it restored, so they must not count)."""
-
-    def __init__(self):
-        super().__init__()
-        self.steps = 0
-        self.seconds = 0.0
-        self._start = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.steps += 1
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds += time.perf_counter() - self._start
-
-
-_WEIGHTS = "model.weights.h5"
-_STATE = "state.npz"
+_WEIGHTS = runs.BACKUP_WEIGHTS_FILE
+_STATE = runs.BACKUP_STATE_FILE
 
 
 def save_weights(model: keras.Model, path: str) -> None:
@@ -168,7 +75,7 @@ class ResumableBackup(keras.callbacks.Callback):
     sums, so adding gives the uninterrupted run's values). With the
     training data a pure function of (seed, epoch, position), the resumed
     epoch then ends exactly as an uninterrupted one (the stage skips the S
-    batches done: `supervised.fit_resuming`).
+    batches done: `stage_run.fit_resuming`).
 
     Args:
         backup_dir: str. Folder of the backups a rerun resumes from.
@@ -188,8 +95,6 @@ class ResumableBackup(keras.callbacks.Callback):
     ):
         super().__init__()
         if every_steps is not None and every_steps < 1:
-            from matl_keras.errors import ConfigError
-
             raise ConfigError(
                 "`backup_every_steps` must be None or at least 1. Received: "
                 f"backup_every_steps={every_steps}"
@@ -238,8 +143,6 @@ class ResumableBackup(keras.callbacks.Callback):
         return [v for m in self.model.metrics for v in m.variables]
 
     def _seed_variables(self) -> list:
-        from matl_keras.training import determinism
-
         return determinism.seed_states(self.model)
 
     @staticmethod
@@ -307,7 +210,7 @@ class ResumableBackup(keras.callbacks.Callback):
                 "metric sums", add=True,
             )
             self._pending_metrics = None
-        if not self.every_steps or _diverged(logs):
+        if not self.every_steps or diverged(logs):
             return
         step = self._offset + batch + 1
         steps = (self.params or {}).get("steps")
@@ -317,7 +220,7 @@ class ResumableBackup(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._offset = 0
-        if _diverged(logs):
+        if diverged(logs):
             return  # the last good backup stays
         self._write(f"epoch-{epoch + 1}")
 
@@ -327,7 +230,7 @@ class ResumableBackup(keras.callbacks.Callback):
         shutil.rmtree(tmp, ignore_errors=True)
         # A failed write (disk full) removes the partial folder and raises
         # a one-line WriteError; the last complete backup stays.
-        with workdir_lib.writing(os.path.join(tmp, _WEIGHTS), partial=tmp):
+        with runs.writing(os.path.join(tmp, _WEIGHTS), partial=tmp):
             os.makedirs(tmp)
             save_weights(self.model, os.path.join(tmp, _WEIGHTS))
             if state:
@@ -376,7 +279,7 @@ def truncate_history(path: str, epochs: int) -> None:
     if body == rows[1:]:
         return
     tmp = path + ".tmp"
-    with workdir_lib.writing(path, partial=tmp):
+    with runs.writing(path, partial=tmp):
         with open(tmp, "w", newline="") as f:
             csv.writer(f).writerows([header] + body)
         os.replace(tmp, path)
@@ -404,11 +307,11 @@ class HistoryCSV(keras.callbacks.CSVLogger):
         truncate_history(
             self.filename, ResumableBackup.completed_epochs(self.backup_dir)
         )
-        with workdir_lib.writing(self.filename):
+        with runs.writing(self.filename):
             super().on_train_begin(logs)
 
     def on_epoch_end(self, epoch, logs=None):
-        with workdir_lib.writing(self.filename):
+        with runs.writing(self.filename):
             super().on_epoch_end(epoch, logs)
 
 
@@ -459,7 +362,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         old = self.directory + ".old"
         if not os.path.isdir(self.directory) and os.path.isdir(old):
             os.replace(old, self.directory)  # killed during the swap
-        record = os.path.join(self.resume_from, "best.json")
+        record = os.path.join(self.resume_from, runs.BEST_RECORD_FILE)
         if os.path.exists(record):
             with open(record) as f:
                 self.best = json.load(f)
@@ -474,7 +377,7 @@ class BestCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        if _diverged(logs):
+        if diverged(logs):
             return
         if self.monitor not in logs:
             raise KeyError(
@@ -487,10 +390,10 @@ class BestCheckpoint(keras.callbacks.Callback):
         best = {"epoch": epoch + 1, "monitor": self.monitor, "value": value}
         tmp, old = self.directory + ".tmp", self.directory + ".old"
         shutil.rmtree(tmp, ignore_errors=True)
-        with workdir_lib.writing(os.path.join(tmp, _WEIGHTS), partial=tmp):
+        with runs.writing(os.path.join(tmp, _WEIGHTS), partial=tmp):
             os.makedirs(tmp)
             save_weights(self.model, os.path.join(tmp, _WEIGHTS))
-            with open(os.path.join(tmp, "best.json"), "w") as f:
+            with open(os.path.join(tmp, runs.BEST_RECORD_FILE), "w") as f:
                 json.dump(best, f)
         if os.path.isdir(self.directory):
             shutil.rmtree(old, ignore_errors=True)
@@ -499,75 +402,3 @@ class BestCheckpoint(keras.callbacks.Callback):
         shutil.rmtree(old, ignore_errors=True)
         self.best = best
         self._best_dir = self.directory
-
-
-def pooled_features(backbone: keras.Model, data) -> tuple:
-    """Global-average-pooled backbone features and labels of a split."""
-    import numpy as np
-
-    features, labels = [], []
-    for images, batch_labels in data:
-        maps = backbone(images, training=False)
-        pooled = keras.ops.mean(keras.ops.cast(maps, "float32"), axis=(1, 2))
-        features.append(keras.ops.convert_to_numpy(pooled))
-        labels.append(keras.ops.convert_to_numpy(batch_labels))
-    return np.concatenate(features), np.concatenate(labels)
-
-
-class KnnMonitor(keras.callbacks.Callback):
-    """Logs `knn_accuracy` of the backbone's frozen features after every
-    epoch (`score()` gives it at any time): a labelled bank split
-    votes for the labels of a query split. Tells during SSL whether the
-    representation is getting better for the target task.
-
-    Args:
-        backbone: keras.Model. The encoder being pretrained.
-        bank, queries: tf.data.Dataset of `(images, labels)`.
-        num_classes: int.
-        k: int. Neighbours.
-    """
-
-    def __init__(self, backbone, bank, queries, num_classes, k=20):
-        super().__init__()
-        self.backbone = backbone
-        self.bank = bank
-        self.queries = queries
-        self.num_classes = num_classes
-        self.k = k
-
-    def score(self) -> float:
-        from matl_keras.evaluation.knn import knn_accuracy
-
-        bank, bank_labels = pooled_features(self.backbone, self.bank)
-        queries, query_labels = pooled_features(self.backbone, self.queries)
-        return knn_accuracy(
-            bank, bank_labels, queries, query_labels, self.num_classes, self.k
-        )
-
-    def linear_probe(self, positive_index=None, seed: int = 0) -> dict:
-        """The standard SSL protocol beside kNN: a logistic-regression probe
-        on the frozen pooled features, fitted on the bank split (penalty by
-        5-fold CV on it, `evaluation.linear_probe`), scored on the query
-        split: accuracy, and AUC of the positive class for two classes."""
-        from matl_keras.evaluation import linear_probe as probe_lib
-        from matl_keras.evaluation import metrics as metrics_lib
-
-        bank, bank_labels = pooled_features(self.backbone, self.bank)
-        queries, labels = pooled_features(self.backbone, self.queries)
-        probe = probe_lib.linear_probe(
-            bank, bank_labels, queries, self.num_classes, seed=seed
-        )
-        result = {
-            "accuracy": metrics_lib.accuracy(labels, probe.probs),
-            "penalty": probe.penalty,
-        }
-        if self.num_classes == 2:
-            positive = 1 if positive_index is None else positive_index
-            result["auc"] = metrics_lib.roc_auc_binary(
-                labels == positive, probe.probs[:, positive]
-            )
-        return result
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None and not _diverged(logs):
-            logs["knn_accuracy"] = self.score()

@@ -17,8 +17,8 @@ import os
 import re
 from typing import Any
 
+from matl_keras import runs
 from matl_keras.errors import ConfigError
-from matl_keras.training import workdir as workdir_lib
 
 PROBE_FILE = "probe.json"
 _BACKBONE_PARAMS = (
@@ -35,22 +35,22 @@ def find_backbone(path: str, flag: str = "--model") -> tuple[str, str]:
         raise ConfigError(f"{flag}: {path!r} does not exist")
     if os.path.isfile(path):
         return os.path.dirname(os.path.abspath(path)), path
-    summary = os.path.join(path, workdir_lib.SUMMARY_FILE)
+    summary = os.path.join(path, runs.SUMMARY_FILE)
     if os.path.isfile(summary):
         stages = [
             os.path.join(path, entry["workdir"])
-            for entry in workdir_lib.read_json(summary).get("lineage", [])
+            for entry in runs.read_json(summary).get("lineage", [])
         ]
         stages = [
             s for s in stages
-            if os.path.isfile(os.path.join(s, workdir_lib.BACKBONE_FILE))
+            if os.path.isfile(os.path.join(s, runs.BACKBONE_FILE))
         ]
         if stages:
             path = stages[-1]
-    weights = os.path.join(path, workdir_lib.BACKBONE_FILE)
+    weights = os.path.join(path, runs.BACKBONE_FILE)
     if not os.path.isfile(weights):
         raise ConfigError(
-            f"{flag}: {path!r} has no {workdir_lib.BACKBONE_FILE}; point at a "
+            f"{flag}: {path!r} has no {runs.BACKBONE_FILE}; point at a "
             "finished stage (e.g. RUN/sstl_m), a pipeline folder or the "
             "weights file"
         )
@@ -64,7 +64,7 @@ def _resolved_bindings(stage_dir: str) -> dict[str, Any]:
     if not os.path.isfile(path):
         return {}
     with open(path) as f:
-        raw = workdir_lib.config_bindings(f.read())
+        raw = runs.config_bindings(f.read())
 
     def resolve(text: str, depth: int = 0) -> str:
         def macro(match):
@@ -98,8 +98,8 @@ def _param(bindings: dict[str, Any], names: tuple[str, ...]) -> Any:
 def backbone_spec(stage_dir: str) -> dict[str, Any]:
     """How to rebuild the stage's backbone: `ResNetBackbone` arguments,
     `image_size` and `crop_fraction` of its evaluation."""
-    run_path = os.path.join(stage_dir, workdir_lib.RUN_FILE)
-    run = workdir_lib.read_json(run_path) if os.path.isfile(run_path) else {}
+    run_path = os.path.join(stage_dir, runs.RUN_FILE)
+    run = runs.read_json(run_path) if os.path.isfile(run_path) else {}
     if run and run.get("status") != "complete":
         raise ConfigError(
             f"--model: the stage in {stage_dir!r} is not complete (status "
@@ -147,7 +147,7 @@ def probe(
     from matl_keras.data import pipeline
     from matl_keras.models.backbone_weights import load_backbone
     from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
-    from matl_keras.training.callbacks import KnnMonitor
+    from matl_keras.training.monitors import KnnMonitor
 
     if k < 1:
         raise ConfigError(f"--knn_k must be at least 1. Received: {k}")
@@ -179,7 +179,7 @@ def probe(
     monitor = KnnMonitor(backbone, bank.data, queries.data, data.num_classes, k)
     result = {
         "backbone": {"path": os.path.abspath(weights),
-                     "sha256": workdir_lib.file_sha256(weights),
+                     "sha256": runs.file_sha256(weights),
                      **spec},
         "dataset": dataset,
         "dataset_root": getattr(data, "root", None),
@@ -192,7 +192,7 @@ def probe(
         "linear_probe": monitor.linear_probe(data.positive_index(), seed),
     }
     output = output or os.path.join(stage_dir, PROBE_FILE)
-    workdir_lib.write_json(output, result)
+    runs.write_json(output, result)
     print(
         f"probe of {weights} on {dataset} ({fit_split} -> {score_split}): "
         f"kNN accuracy {result['knn_accuracy']['value']:.4f}, linear probe "

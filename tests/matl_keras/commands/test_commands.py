@@ -10,8 +10,8 @@ from PIL import Image
 
 from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
 from matl_keras.models.resnet.resnet_image_classifier import build_image_classifier
-from tests.matl_keras.test_cli import error_line
-from tests.matl_keras.test_cli import matl
+from tests.cli_testing import error_line
+from tests.cli_testing import matl
 
 CT = ["--gin_param=synthetic_ct.num_test = 12", "--gin_param=synthetic_ct.image_size = 80"]
 
@@ -152,7 +152,7 @@ def test_predict_writes_csv_and_embeddings_row_for_row(stage, tmp_path):
 
 
 def test_report_command(tmp_path):
-    from tests.plugins.test_transferability_report import _run
+    from tests.plugins.plugin_testing import pipeline_run as _run
 
     run = _run(tmp_path / "runs", "a", "none", ("stl_n",), 0.8, leep=[-0.6])
     result = matl("report", f"--runs={run}", f"--output_dir={tmp_path / 'rep'}")

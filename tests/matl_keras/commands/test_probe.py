@@ -5,15 +5,16 @@ import json
 import pytest
 
 from matl_keras.errors import ConfigError
-from matl_keras.evaluation import probe
+from matl_keras.commands import probe
 from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
-from matl_keras.training import callbacks as callbacks_lib
-from tests.matl_keras.test_cli import error_line
-from tests.matl_keras.test_cli import matl
+from matl_keras.training import checkpoints
+from tests.cli_testing import error_line
+from tests.cli_testing import matl
 
 DATA = [
     "--gin_param=synthetic_ct.image_size = 40",
     "--gin_param=synthetic_ct.num_train = 16",
+    "--gin_param=synthetic_ct.labelled_fraction = 1.0",
     "--gin_param=synthetic_ct.num_val = 8",
     "--gin_param=synthetic_ct.num_test = 0",
 ]
@@ -25,7 +26,7 @@ def _stage(folder):
     shipped jobs write it; no `preprocessing`, as pretrain writes none)."""
     folder.mkdir()
     backbone = ResNetBackbone(depth=18, width_multiplier=0.25, image_size=32)
-    callbacks_lib.save_weights(backbone, str(folder / "backbone.weights.h5"))
+    checkpoints.save_weights(backbone, str(folder / "backbone.weights.h5"))
     (folder / "config.gin").write_text(
         "IMAGE_SIZE = 32\nWIDTH = 0.25\n"
         "resnet_backbone.depth = 18\n"
