@@ -16,6 +16,7 @@ from matl_keras import export
 from matl_keras.data import decode
 from matl_keras.data import pipeline
 from matl_keras.evaluation import operating_point
+from matl_keras import runs
 from matl_keras.evaluation import trained as trained_lib
 from tests.conftest import SHARED_DATA
 from tests.cli_testing import error_line
@@ -149,8 +150,8 @@ def _client(version_dir, files, tmp_path):
 def _keras_predictions(run_dir, files, decided=False):
     """Raw probabilities and class names; with `decided`, the stage's
     calibrated probabilities and decided labels instead."""
-    trained = trained_lib.find(run_dir)
-    model = trained.load()
+    trained = runs.find(run_dir)
+    model = trained_lib.load(trained)
     prep = trained.preprocessing(64)
     batch = np.stack([
         pipeline.eval_transform(decode.decode_image(tf.io.read_file(f)),
@@ -172,7 +173,7 @@ def test_served_predictions_equal_the_trained_model(run, tmp_path):
     result = _client(version, files, tmp_path)
     assert not result["imported_matl_keras"]
     expected, decided, decision = _keras_predictions(run, files, decided=True)
-    names = trained_lib.find(run).class_names
+    names = runs.find(run).class_names
     # Served: the val-fitted temperature and operating point.
     assert decision["fitted_on"] == "val" and decision["temperature"] != 1.0
     np.testing.assert_allclose(result["probabilities"], expected, rtol=1e-5, atol=1e-6)

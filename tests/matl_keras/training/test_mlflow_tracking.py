@@ -13,6 +13,7 @@ from tests.matl_keras.training.stage_testing import Bright
 from tests.matl_keras.training.stage_testing import Count
 from tests.matl_keras.training.stage_testing import tiny_backbone
 from matl_keras.training import optimizers
+from matl_keras.training import stage_config
 
 
 def _bind(*bindings):
@@ -77,6 +78,6 @@ def test_turned_on_without_mlflow_is_one_clear_error(tmp_path, monkeypatch):
 
 def test_tracking_is_not_part_of_the_stage_config():
     _bind("train.keep = 'last'")
-    before = config.stage_config_str()
+    before = stage_config.stage_config_str()
     _bind("train.keep = 'last'", "mlflow_tracking.enabled = True")
-    assert config.stage_config_str() == before
+    assert stage_config.stage_config_str() == before

@@ -38,6 +38,8 @@ MAIN_JOB_FILES = [
     "finetune/config.gin",
     "finetune/decision.json",
     "finetune/history.csv",
+    # Kept so that the stage can be extended with more epochs (issue 20).
+    "finetune/last_epoch/epoch-1/model.weights.h5",
     "finetune/logs/train/events.out.tfevents",
     "finetune/logs/validation/events.out.tfevents",
     "finetune/metrics.json",
@@ -53,6 +55,7 @@ MAIN_JOB_FILES = [
     "sstl_m/backbone.weights.h5",
     "sstl_m/config.gin",
     "sstl_m/history.csv",
+    "sstl_m/last_epoch/epoch-1/model.weights.h5",
     "sstl_m/logs/train/events.out.tfevents",
     "sstl_m/metrics.json",
     "sstl_m/operative_config.gin",
