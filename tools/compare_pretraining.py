@@ -159,7 +159,7 @@ def _knn_score(finetune_dir, fraction, seed):
     from matl_keras.data import pipeline
     from matl_keras.models.backbone_weights import load_backbone
     from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
-    from matl_keras.training.callbacks import pooled_features
+    from matl_keras.evaluation.evaluator import pooled_features
 
     with open(os.path.join(finetune_dir, "run.json")) as f:
         run = json.load(f)
