@@ -151,33 +151,30 @@ def knn_loo_accuracy(features, labels, k):
 
 
 def _knn_score(finetune_dir, fraction, seed):
-    """kNN score of the backbone the fine-tuning started from."""
+    """kNN score of the backbone the fine-tuning started from (the previous
+    stage's weights; for `scratch`, the untrained backbone of the seed)."""
     import keras
     import numpy as np
 
     import matl_keras  # noqa: F401  (registers the Keras objects)
+    from matl_keras import runs
+    from matl_keras.commands.probe import backbone_spec
     from matl_keras.data import pipeline
+    from matl_keras.evaluation.evaluator import pooled_features
     from matl_keras.models.backbone_weights import load_backbone
     from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
-    from matl_keras.evaluation.evaluator import pooled_features
 
-    with open(os.path.join(finetune_dir, "run.json")) as f:
-        run = json.load(f)
-    arch = run["architecture"]
+    run = runs.read_json(os.path.join(finetune_dir, runs.RUN_FILE))
+    # The architecture as the stage was configured (`matl-keras probe`'s
+    # reading of run.json and config.gin).
+    spec = backbone_spec(finetune_dir)
     keras.utils.set_random_seed(seed)
-    backbone = ResNetBackbone(
-        depth=arch["depth"], width_multiplier=arch["width_multiplier"],
-        image_size=run["preprocessing"]["image_size"],
-        attention=arch.get("attention", "none"),
-        attention_subsample=arch.get("attention_subsample", 1),
-        normalization="caffe",  # gin/models/resnet.gin
-    )
+    backbone = ResNetBackbone(image_size=spec["image_size"], **spec["backbone"])
     if run.get("init_backbone"):
         load_backbone(backbone, run["init_backbone"]["path"])
-    dataset = _dataset(run)
     split = pipeline.build_split(
-        dataset, "train", image_size=run["preprocessing"]["image_size"],
-        crop_fraction=run["preprocessing"]["crop_fraction"], batch_size=64,
+        _dataset(run), "train", image_size=spec["image_size"],
+        crop_fraction=spec["crop_fraction"], batch_size=64,
         training=False, seed=seed,
         labelled_fraction=run.get("labelled_fraction", 1.0),
     )

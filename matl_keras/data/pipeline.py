@@ -77,12 +77,10 @@ def eval_transform(image: tf.Tensor, image_size: int, crop_fraction: float):
     )
 
 
-def _subset(examples, count: int, seed: int):
+def _take(examples, keep):
+    """The examples at the sorted positions `keep`, of the same kind."""
     import numpy as np
 
-    keep = np.sort(
-        np.random.default_rng(seed).choice(len(examples), count, replace=False)
-    )
     labels = examples.labels
     if isinstance(examples, FileExamples):
         return FileExamples(
@@ -93,6 +91,14 @@ def _subset(examples, count: int, seed: int):
         examples.images[keep],
         None if labels is None else np.asarray(labels)[keep],
     )
+
+
+def _subset(examples, count: int, seed: int):
+    import numpy as np
+
+    return _take(examples, np.sort(
+        np.random.default_rng(seed).choice(len(examples), count, replace=False)
+    ))
 
 
 def _labelled_subset(examples, fraction: float, seed: int, context: str):
@@ -112,13 +118,7 @@ def _labelled_subset(examples, fraction: float, seed: int, context: str):
         members = np.flatnonzero(labels == label)
         count = max(1, int(round(fraction * len(members))))
         keep.extend(rng.choice(members, count, replace=False))
-    keep = np.sort(np.asarray(keep))
-    if isinstance(examples, FileExamples):
-        return FileExamples(
-            tuple(examples.paths[i] for i in keep),
-            tuple(examples.labels[i] for i in keep),
-        )
-    return ArrayExamples(examples.images[keep], labels[keep])
+    return _take(examples, np.sort(np.asarray(keep)))
 
 
 @dataclasses.dataclass
