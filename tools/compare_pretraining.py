@@ -312,12 +312,16 @@ def summarize(cells):
                 else None),
             "knn_mean": float(np.mean([m["knn"] for m in members])),
         })
-    correlation = {
-        score: _spearman(
-            [c[score] for c in cells if c.get(score) is not None],
-            [c["val_auc"] for c in cells if c.get(score) is not None])
-        for score in ("knn", "leep")
-    }
+    correlation = {}
+    for score in ("knn", "leep"):
+        scored = [c for c in cells if c.get(score) is not None]
+        # A ranking of pretrainings needs scores of several of them (LEEP
+        # exists only where the source has a classifier: within one
+        # pretraining it would rank seeds, not transfer).
+        kinds = {c["pretraining"] for c in scored}
+        correlation[score] = _spearman(
+            [c[score] for c in scored], [c["val_auc"] for c in scored]
+        ) if len(kinds) > 1 else None
     return rows, correlation
 
 

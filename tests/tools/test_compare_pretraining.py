@@ -60,6 +60,12 @@ def test_summary_pairs_each_seed_with_its_scratch_run():
     noisy = [dict(c, leep=-0.6931471805599453 + i * 1e-12)
              for i, c in enumerate(cells)]
     assert tool.summarize(noisy)[1]["leep"] is None
+    # Scores of one pretraining only (LEEP of the untrained network): they
+    # rank seeds, not pretrainings, so no correlation is reported.
+    only_scratch = [dict(c, leep=c["val_auc"] if c["pretraining"] == "scratch"
+                         else None)
+                    for c in cells + [cell("scratch", 2, 0.7, 0.6)]]
+    assert tool.summarize(only_scratch)[1]["leep"] is None
     text = tool.markdown(rows, correlation, cells, minutes=1.0)
     assert "| ssl | default | 4 (0.1) | 2 | 0.775 +- 0.075 | +0.075 +- 0.025" in text
 
