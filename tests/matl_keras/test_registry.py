@@ -1,7 +1,5 @@
 """Plugin discovery, isolation, errors and gin configurability."""
 
-import types
-
 import pytest
 
 from matl_keras import config
@@ -9,29 +7,8 @@ from matl_keras import registry as registry_lib
 from matl_keras.data.dataset import Dataset
 from matl_keras.errors import PluginError
 from matl_keras.evaluation.evaluator import Evaluator
-
-
-class FakeDist:
-    def __init__(self, name, version):
-        self.name = name
-        self.version = version
-        self.metadata = {"Name": name}
-
-
-class FakeEntryPoint:
-    def __init__(self, name, value, obj=None, error=None, dist=("fake-pkg", "1.2")):
-        self.name = name
-        self.value = value
-        self.dist = FakeDist(*dist)
-        self._obj = obj
-        self._error = error
-        self.loads = 0
-
-    def load(self):
-        self.loads += 1
-        if self._error is not None:
-            raise self._error
-        return self._obj
+from tests.matl_keras.registry_testing import FakeEntryPoint
+from tests.matl_keras.registry_testing import make_registry
 
 
 class GoodDataset(Dataset):
@@ -53,13 +30,6 @@ class OldDataset(GoodDataset):
 
 class NotAPlugin:
     pass
-
-
-def make_registry(eps_by_group):
-    def entry_points(group):
-        return eps_by_group.get(group, [])
-
-    return registry_lib.Registry(entry_points=entry_points)
 
 
 @pytest.fixture
@@ -197,5 +167,3 @@ def test_group_key_is_checked():
     with pytest.raises(ValueError, match="group"):
         registry_lib.Registry().names("models")
 
-
-del types

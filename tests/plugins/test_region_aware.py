@@ -11,7 +11,7 @@ from matl_keras_plugins.ssl_methods.region_aware import RegionAware
 from tests.matl_keras.training.ssl_testing import SIZE
 from tests.matl_keras.training.ssl_testing import build as _build
 from tests.matl_keras.training.ssl_testing import data as _data
-from tests.plugins.test_lung_regions import _phantom
+from tests.plugins.plugin_testing import phantom as _phantom
 
 
 @pytest.mark.parametrize("bad", [0, -16, SIZE + 1, 16.0, True, "16"])

@@ -15,8 +15,8 @@ from matl_keras_plugins.ssl_methods.moco import MoCo
 from matl_keras_plugins.ssl_methods.region_aware import RegionAware
 from matl_keras_plugins.ssl_methods.simclr import SimCLR
 from matl_keras_plugins.ssl_methods.simsiam import SimSiam
-from tests.matl_keras.test_registry import FakeEntryPoint
-from tests.matl_keras.test_registry import make_registry
+from tests.matl_keras.registry_testing import FakeEntryPoint
+from tests.matl_keras.registry_testing import make_registry
 
 
 def _tiny_backbone(name="tiny", **kwargs):
