@@ -105,8 +105,12 @@ setuptools.setup(
             "gradcam = matl_keras_plugins.evaluators.gradcam:GradCAM",
             "attention_maps = "
             "matl_keras_plugins.evaluators.attention_maps:AttentionMaps",
+        ],
+        # Reports are commands over finished runs, not evaluators of a
+        # model (`matl-keras report`).
+        "matl_keras.reports": [
             "transferability = "
-            "matl_keras_plugins.evaluators.transferability:Transferability",
+            "matl_keras_plugins.reports.transferability:Transferability",
         ],
     },
 )

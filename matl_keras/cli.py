@@ -6,7 +6,7 @@
     matl-keras evaluate --model=RUN --dataset=NAME [--split=test] [--evaluators=metrics,leep]
     matl-keras explain --model=RUN --images=PATH [--output_dir=DIR]
     matl-keras predict --model=RUN --images=PATH [--output_dir=DIR]
-    matl-keras report --runs=DIR[,DIR...] [--output_dir=DIR]
+    matl-keras report --runs=DIR[,DIR...] [--report=NAME] [--output_dir=DIR]
     matl-keras export --model=RUN --export_dir=DIR [--model_version=N]
     matl-keras probe --model=RUN --dataset=NAME [--fit_split=train] [--score_split=val]
 
@@ -101,7 +101,8 @@ flags.DEFINE_string(
     "`export`: folder name under --export_dir (default: the run's name).",
 )
 flags.DEFINE_string(
-    "report", "transferability", "`report`: the report evaluator plugin."
+    "report", "transferability",
+    "`report`: the report plugin (entry-point group matl_keras.reports).",
 )
 # `probe` (issue 20)
 flags.DEFINE_string("fit_split", "train", "`probe`: split the probes fit on.")
@@ -116,7 +117,7 @@ USAGE = """usage:
   matl-keras explain --model=RUN --images=PATH [--images=...] [--output_dir=DIR]
       [--layer=NAME] [--class_name=NAME]
   matl-keras predict --model=RUN --images=PATH [--images=...] [--output_dir=DIR]
-  matl-keras report --runs=DIR[,DIR...] [--output_dir=DIR]
+  matl-keras report --runs=DIR[,DIR...] [--report=NAME] [--output_dir=DIR]
   matl-keras export --model=RUN --export_dir=DIR [--model_version=N]
       [--model_name=NAME]
   matl-keras audit --dataset=NAME [--splits=train,val] [--on_leak=warn|refuse]
@@ -127,7 +128,7 @@ USAGE = """usage:
 
 COMMANDS_HELP = """commands:
   (none)     run the job the --gin_file files configure
-  plugins    list the installed datasets, SSL methods and evaluators
+  plugins    list the installed datasets, SSL methods, evaluators, reports
   evaluate   score a trained model on a dataset split (metrics.json-style)
   explain    Grad-CAM and attention-map PNGs for images
   predict    per-image predictions (CSV) and embeddings (.npy) for images
@@ -301,17 +302,12 @@ def cmd_predict() -> None:
 
 
 def cmd_report() -> None:
-    from matl_keras import registry as registry_lib
-
     _require("runs")
     tf_startup.import_tensorflow()
+    from matl_keras.commands import report
+
     _parse_gin_if_given()
-    reporter = registry_lib.default_registry().create("evaluators", FLAGS.report)
-    if not hasattr(reporter, "report"):
-        _fail(f"--report: evaluator {FLAGS.report!r} writes no cross-run report")
-    reporter.report(
-        FLAGS.runs, FLAGS.output_dir or os.path.join("reports", FLAGS.report)
-    )
+    report.report(FLAGS.report, FLAGS.runs, FLAGS.output_dir)
 
 
 def cmd_export() -> None:

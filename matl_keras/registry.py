@@ -1,12 +1,16 @@
 """Plugin discovery through entry points.
 
-Three groups, one base class each:
+Four groups, one base class each:
 
 | group                   | base class                                  |
 |-------------------------|---------------------------------------------|
 | `matl_keras.datasets`    | `matl_keras.data.dataset.Dataset`            |
 | `matl_keras.ssl_methods` | `matl_keras.training.ssl_method.SSLMethod`   |
 | `matl_keras.evaluators`  | `matl_keras.evaluation.evaluator.Evaluator`  |
+| `matl_keras.reports`     | `matl_keras.commands.report.Report`          |
+
+An evaluator scores one model on one split (inside a stage or `matl-keras
+evaluate`); a report is a command over finished runs (`matl-keras report`).
 
 Discovery reads entry-point metadata only; a plugin's module is imported the
 first time it is used (`load`, `create`) or listed (`load_all`). Built-in
@@ -53,6 +57,11 @@ GROUPS: dict[str, tuple[str, str, str]] = {
         "matl_keras.evaluation.evaluator:Evaluator",
         "evaluator",
     ),
+    "reports": (
+        "matl_keras.reports",
+        "matl_keras.commands.report:Report",
+        "report",
+    ),
 }
 
 OK = "ok"
@@ -65,7 +74,8 @@ class PluginInfo:
     """What is known about one plugin name in one group.
 
     Args:
-        group: str. Group key (`"datasets"`, `"ssl_methods"`, `"evaluators"`).
+        group: str. Group key (`"datasets"`, `"ssl_methods"`,
+            `"evaluators"`, `"reports"`).
         name: str. Entry-point name, the name users write in gin.
         value: str. The entry point's `module:attr`.
         dist: str. Distribution that provides it (several, comma separated,
@@ -197,7 +207,7 @@ class Registry:
             available = ", ".join(self.names(group)) or "(none installed)"
             raise PluginError(
                 f'The {noun} "{name}" is not installed. Available: '
-                f"{available}."
+                f"{available}.{self._other_group_hint(group, name)}"
             )
         info = infos[name]
         if info.status == NOT_LOADED:
@@ -205,6 +215,21 @@ class Registry:
         if info.status == ERROR:
             raise PluginError(_broken_message(info))
         return info.obj
+
+    def _other_group_hint(self, group: str, name: str) -> str:
+        """Says so when `name` is a plugin of another group (an evaluator
+        asked for as a report, or the reverse): metadata only."""
+        for other, (ep_group, base, noun) in GROUPS.items():
+            if other != group and name in self.infos(other):
+                wanted_group, wanted_base, wanted = GROUPS[group]
+                return (
+                    f' "{name}" is {_article(noun)} {noun} (entry-point '
+                    f"group {ep_group}), not {_article(wanted)} {wanted}: "
+                    f"{_article(wanted)} {wanted} subclasses "
+                    f"{wanted_base.replace(':', '.')} and registers in "
+                    f"{wanted_group}."
+                )
+        return ""
 
     def load_all(self, group: str) -> dict[str, PluginInfo]:
         """Loads every plugin of `group`, recording (not raising) failures."""
@@ -263,6 +288,10 @@ def _check_group(group: str) -> None:
         raise ValueError(
             f"`group` must be one of {sorted(GROUPS)}. Received: group={group!r}"
         )
+
+
+def _article(noun: str) -> str:
+    return "an" if noun[0] in "aeiou" else "a"
 
 
 def _broken_message(info: PluginInfo) -> str:
@@ -325,14 +354,15 @@ def resolve(
     """The checked plugin of `value`, a plugin name or an instance: the
     one "name or instance -> plugin" rule of every stage argument.
 
-    A name is created (datasets, evaluators: their gin bindings apply) or,
-    for SSL methods, whose stage builds them around its backbones, loaded
-    (its factory, the gin-configurable class). An instance (or, for SSL
+    A name is created (datasets, evaluators, reports: their gin bindings
+    apply) or, for SSL methods, whose stage builds them around its
+    backbones, loaded (its factory, the gin-configurable class). An instance (or, for SSL
     methods, a factory such as gin's `@moco`) must be of the group's base
     class.
 
     Args:
-        group: str. `"datasets"`, `"ssl_methods"` or `"evaluators"`.
+        group: str. A `GROUPS` key (`"datasets"`, `"ssl_methods"`,
+            `"evaluators"`, `"reports"`).
         value: a name, an instance or (SSL methods) a factory.
         param: str. The setting, named in errors (`train.dataset`).
         expected: str or None. What the error says `param` must be
@@ -356,7 +386,6 @@ def resolve(
     if group == "ssl_methods" and callable(value):
         return value  # A factory; the stage checks what it builds.
     if not isinstance(value, base):
-        article = "an" if noun[0] in "aeiou" else "a"
-        expected = expected or f"be {article} {noun} plugin instance or name"
+        expected = expected or f"be {_article(noun)} {noun} plugin instance or name"
         raise ConfigError(f"`{param}` must {expected}. Received: {value!r}")
     return value

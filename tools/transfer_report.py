@@ -27,8 +27,8 @@ from absl import app
 from absl import flags
 
 from matl_keras import runs
-from matl_keras_plugins.evaluators.transferability import held_out_split
-from matl_keras_plugins.evaluators.transferability import split_label
+from matl_keras_plugins.reports.transferability import held_out_split
+from matl_keras_plugins.reports.transferability import split_label
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 flags.DEFINE_string("ct_root", None, "COVID19-CT root (upstream layout).")

@@ -1,4 +1,4 @@
 """The commands of `matl-keras` beside running a job, one module each
-(`evaluate`, `explain`, `predict`; `export` is `matl_keras.export`): the
-CLI parses the flags and calls them; they read runs through
-`matl_keras.runs`."""
+(`evaluate`, `explain`, `predict`, `probe`, `report`; `export` is
+`matl_keras.export`): the CLI parses the flags and calls them; they read
+runs through `matl_keras.runs`."""

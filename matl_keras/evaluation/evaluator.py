@@ -207,16 +207,15 @@ def first_images(data: Any, count: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(images)[:count], np.concatenate(labels)[:count]
 
 
-class ReportEvaluator(Evaluator):
-    """Base of evaluators that tabulate finished runs (e.g. the paper's
-    transferability tables) instead of scoring one split:
-    `matl-keras report --runs=... --report=NAME` calls `report`."""
-
-    def run(self, context: EvalContext) -> Iterator[tuple[str, Any]]:
-        """A report scores no split: nothing to yield."""
-        return iter(())
-
-    @abc.abstractmethod
-    def report(self, runs: list[str], output_dir: str) -> dict[str, str]:
-        """Writes the report for pipeline workdirs `runs` into `output_dir`;
-        returns `{what: path}` of the files written."""
+def __getattr__(name: str) -> Any:
+    # A report is a command over runs, not an evaluator of a model: its
+    # contract left this group (issue 17). Old plugins get the fix, not a
+    # bare ImportError.
+    if name == "ReportEvaluator":
+        raise ImportError(
+            "matl_keras.evaluation.evaluator.ReportEvaluator is gone: a "
+            "report subclasses matl_keras.commands.report.Report and "
+            'registers in the entry-point group "matl_keras.reports" '
+            '(not "matl_keras.evaluators").'
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

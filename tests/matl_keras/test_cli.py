@@ -109,7 +109,10 @@ def test_plugins_json():
     result = matl("plugins", "--check", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert set(report) == {"datasets", "ssl_methods", "evaluators"}
+    # Reports are a group of their own (issue 17), not evaluators.
+    assert set(report) == {"datasets", "ssl_methods", "evaluators", "reports"}
+    assert report["reports"]["transferability"]["status"] == "ok"
+    assert "transferability" not in report["evaluators"]
     ct = report["datasets"]["synthetic_ct"]
     assert ct["status"] == "ok" and ct["error"] is None
     assert ct["dist"] == "matl-keras" and ct["version"]

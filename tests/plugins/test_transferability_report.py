@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from matl_keras.errors import ConfigError
-from matl_keras_plugins.evaluators.transferability import Transferability
+from matl_keras_plugins.reports.transferability import Transferability
 from tests.plugins.plugin_testing import pipeline_run as _run
 
 FULL = ("stl_n", "stl_m", "sstl_m")

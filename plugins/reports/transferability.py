@@ -55,9 +55,9 @@ import math
 import os
 from typing import Any
 
-from matl_keras.errors import ConfigError
-from matl_keras.evaluation.evaluator import ReportEvaluator
 from matl_keras import runs as runs_lib
+from matl_keras.commands.report import Report
+from matl_keras.errors import ConfigError
 
 STAGE_LABELS = {"stl_n": "STL-N", "stl_m": "STL-M", "sstl_m": "SSTL-M"}
 METHOD_LABELS = {"MoCo": "MoCo", "SimCLR": "SimCLR", "RegionAware": "Ours"}
@@ -270,7 +270,7 @@ def _metric_table(cells_, names, reference) -> tuple[list[str], list[list[str]]]
     return header, body
 
 
-class Transferability(ReportEvaluator):
+class Transferability(Report):
     """The paper's transferability tables and Fig. 3 from pipeline runs."""
 
     def report(self, runs: list[str], output_dir: str) -> dict[str, str]:

@@ -1,0 +1,1 @@
+"""Built-in report plugins (entry-point group `matl_keras.reports`)."""
