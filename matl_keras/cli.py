@@ -1,4 +1,5 @@
-"""`matl-keras`: flags -> plugins -> gin -> the job or a command.
+"""`matl-keras`: flags -> gin -> a command of `matl_keras.commands` (running
+the job the gin files configure is one: `commands.job`).
 
     matl-keras --gin_file=gin/finetune.gin [--gin_param=...] [--workdir=...]
     matl-keras plugins [--check] [--json]
@@ -7,6 +8,7 @@
     matl-keras explain --model=RUN --images=PATH [--output_dir=DIR]
     matl-keras predict --model=RUN --images=PATH [--output_dir=DIR]
     matl-keras report --runs=DIR[,DIR...] [--report=NAME] [--output_dir=DIR]
+    matl-keras audit --dataset=NAME [--splits=train,val] [--on_leak=warn|refuse]
     matl-keras export --model=RUN --export_dir=DIR [--model_version=N]
     matl-keras probe --model=RUN --dataset=NAME [--fit_split=train] [--score_split=val]
 
@@ -20,7 +22,6 @@ need it import it through `tf_startup`, which drops its start-up noise.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -182,65 +183,25 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
     return []
 
 
-def cmd_plugins(as_json: bool, check: bool) -> None:
-    """Lists every plugin by group with its distribution and status: from
-    entry-point metadata only, or imported and checked with `--check`."""
-    from matl_keras import registry as registry_lib
-
-    if check:
+def cmd_plugins() -> None:
+    if FLAGS.check:  # imports every plugin
         tf_startup.import_tensorflow()
-    registry = registry_lib.default_registry()
-    report = {}
-    for group in registry_lib.GROUPS:
-        infos = registry.load_all(group) if check else registry.infos(group)
-        report[group] = {name: info.as_dict() for name, info in infos.items()}
-    if as_json:
-        print(json.dumps(report, indent=2))
-        return
-    for group, infos in report.items():
-        print(group)
-        if not infos:
-            print("  (none installed)")
-        for name, info in infos.items():
-            print(
-                f"  {name:<20} {info['status']:<10} "
-                f"{info['dist']} {info['version']}  ({info['value']})"
-            )
-            if info["error"]:
-                print(f"      error: {info['error']}")
-    if not check:
-        print("(not loaded: `matl-keras plugins --check` imports each one "
-              "and reports the broken ones)")
+    from matl_keras.commands import plugins
+
+    plugins.list_plugins(FLAGS.json, FLAGS.check)
 
 
 def cmd_run_job() -> None:
-    """Runs the job the gin files configure."""
     from matl_keras import config
-    from matl_keras import registry as registry_lib
 
     if not FLAGS.gin_file:
         _fail(f"no --gin_file given; nothing to run.\n{USAGE}")
     # A missing file is reported before TensorFlow is imported (seconds).
     config.check_gin_files(FLAGS.gin_file)
     tf_startup.import_tensorflow()
-    from matl_keras.training import strategies
+    from matl_keras.commands import job
 
-    # First, before any TensorFlow op: multi-worker collectives can only be
-    # configured at program start.
-    strategies.start_multi_worker_from_env()
-    registry = registry_lib.default_registry()
-    config.parse(FLAGS.gin_file, FLAGS.gin_param, registry)
-    workdir = FLAGS.workdir or os.path.join(
-        "runs", os.path.splitext(os.path.basename(FLAGS.gin_file[-1]))[0]
-    )
-    print(f"workdir: {workdir}", flush=True)
-    if strategies.chief_from_env():
-        # The whole job (every stage of a pipeline) holds its workdir.
-        from matl_keras import runs
-
-        runs.lock(workdir)
-    job = config.configured("job")()
-    job(workdir=workdir)
+    job.run_job(FLAGS.gin_file, FLAGS.gin_param, FLAGS.workdir)
 
 
 def _require(*names: str) -> None:
@@ -250,8 +211,8 @@ def _require(*names: str) -> None:
 
 
 def _parse_gin_if_given() -> None:
-    """`evaluate`/`export`: --gin_file/--gin_param configure plugins (e.g.
-    a dataset's root folder)."""
+    """The commands: --gin_file/--gin_param configure plugins (e.g. a
+    dataset's root folder)."""
     if FLAGS.gin_file or FLAGS.gin_param:
         from matl_keras import config
         from matl_keras import registry as registry_lib
@@ -271,22 +232,13 @@ def cmd_evaluate() -> None:
     )
 
 
-def _output_dir(name: str) -> str:
-    """--output_dir, or the folder `name` in the trained stage's folder."""
-    from matl_keras import runs
-
-    return FLAGS.output_dir or os.path.join(
-        runs.find(FLAGS.model).stage_dir, name
-    )
-
-
 def cmd_explain() -> None:
     _require("model", "images")
     tf_startup.import_tensorflow()
     from matl_keras.commands import explain
 
     explain.explain_images(
-        FLAGS.model, FLAGS.images, _output_dir("explain"), FLAGS.layer,
+        FLAGS.model, FLAGS.images, FLAGS.output_dir, FLAGS.layer,
         FLAGS.class_name, FLAGS.batch_size,
     )
 
@@ -297,7 +249,7 @@ def cmd_predict() -> None:
     from matl_keras.commands import predict
 
     predict.predict_images(
-        FLAGS.model, FLAGS.images, _output_dir("predict"), FLAGS.batch_size
+        FLAGS.model, FLAGS.images, FLAGS.output_dir, FLAGS.batch_size
     )
 
 
@@ -313,7 +265,7 @@ def cmd_report() -> None:
 def cmd_export() -> None:
     _require("model", "export_dir")
     tf_startup.import_tensorflow()
-    from matl_keras import export
+    from matl_keras.commands import export
 
     export.export(
         FLAGS.model, FLAGS.export_dir, FLAGS.model_version, FLAGS.model_name
@@ -321,13 +273,11 @@ def cmd_export() -> None:
 
 
 def cmd_audit() -> None:
-    from matl_keras import registry as registry_lib
-    from matl_keras.evaluation import audit
-
     _require("dataset")
+    from matl_keras.commands import audit
+
     _parse_gin_if_given()
-    dataset = registry_lib.default_registry().create("datasets", FLAGS.dataset)
-    audit.run(dataset, FLAGS.splits or None, FLAGS.on_leak, FLAGS.output)
+    audit.audit(FLAGS.dataset, FLAGS.splits, FLAGS.on_leak, FLAGS.output)
 
 
 def cmd_probe() -> None:
@@ -371,7 +321,7 @@ def main(argv: Sequence[str]) -> None:
         if not args:
             cmd_run_job()
         elif args == ["plugins"]:
-            cmd_plugins(FLAGS.json, FLAGS.check)
+            cmd_plugins()
         elif len(args) == 1 and args[0] in COMMANDS:
             COMMANDS[args[0]]()
         else:

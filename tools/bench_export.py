@@ -54,7 +54,7 @@ def main(argv):
     import numpy as np
     import tensorflow as tf
 
-    from matl_keras import export
+    from matl_keras.commands import export
     from matl_keras.data import decode
     from matl_keras.data import pipeline
     from matl_keras.models.resnet.resnet_backbone import ResNetBackbone

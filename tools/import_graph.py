@@ -34,7 +34,7 @@ LAYERS = [
     ["matl_keras.evaluation"],
     ["matl_keras.training"],
     ["matl_keras.config"],
-    ["matl_keras.commands", "matl_keras.export"],
+    ["matl_keras.commands"],
     ["matl_keras.cli", "matl_keras.tf_startup", "matl_keras.__main__"],
 ]
 

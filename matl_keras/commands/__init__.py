@@ -1,4 +1,5 @@
-"""The commands of `matl-keras` beside running a job, one module each
-(`evaluate`, `explain`, `predict`, `probe`, `report`; `export` is
-`matl_keras.export`): the CLI parses the flags and calls them; they read
-runs through `matl_keras.runs`."""
+"""The commands of `matl-keras`, one module each: `job` (running the job
+the gin files configure), `plugins`, `evaluate`, `explain`, `predict`,
+`probe`, `report` (and the report plugin contract), `audit` and `export`.
+The CLI parses the flags and gin and calls them; they read runs through
+`matl_keras.runs`. Nothing below this layer imports it."""

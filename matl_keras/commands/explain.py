@@ -30,14 +30,16 @@ def _mean(values: Sequence[float | None]) -> float | None:
 def explain_images(
     model: str,
     images: Sequence[str],
-    output_dir: str,
+    output_dir: str | None = None,
     layer: str | None = None,
     class_name: str | None = None,
     batch_size: int = 8,
 ) -> list[dict[str, Any]]:
-    """Writes one Fig. 4 row per image into `output_dir` (and
-    `explain.json`): image, Grad-CAM, overlay, attention, overlay."""
+    """Writes one Fig. 4 row per image into `output_dir` (default: the
+    trained stage's `explain/`; and `explain.json`): image, Grad-CAM,
+    overlay, attention, overlay."""
     trained = runs.find(model)
+    output_dir = output_dir or os.path.join(trained.stage_dir, "explain")
     keras_model = trained_lib.load(trained)
     names = trained.class_names or [
         str(i) for i in range(int(keras_model.output.shape[-1]))

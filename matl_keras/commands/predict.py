@@ -24,7 +24,7 @@ EMBEDDINGS_FILE = "embeddings.npy"
 def predict_images(
     model: str,
     images: Sequence[str],
-    output_dir: str,
+    output_dir: str | None = None,
     batch_size: int = 32,
 ) -> tuple[str, str]:
     """Per-image predictions and embeddings of a trained classifier.
@@ -32,12 +32,13 @@ def predict_images(
     Images are decoded and preprocessed as evaluation in training does.
     Writes `predictions.csv` (image, predicted class, one probability column
     per class) and `embeddings.npy` (float32 `(images, channels)`, the
-    pooled backbone features; row i is the CSV's row i) into `output_dir`;
-    returns their paths.
+    pooled backbone features; row i is the CSV's row i) into `output_dir`
+    (default: the trained stage's `predict/`); returns their paths.
     """
     import keras
 
     trained = runs.find(model)
+    output_dir = output_dir or os.path.join(trained.stage_dir, "predict")
     keras_model = trained_lib.load(trained)
     names = trained.class_names or [
         str(i) for i in range(int(keras_model.output.shape[-1]))

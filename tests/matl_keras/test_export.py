@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from matl_keras import export
+from matl_keras.commands import export
 from matl_keras.data import decode
 from matl_keras.data import pipeline
 from matl_keras.evaluation import operating_point
