@@ -16,7 +16,6 @@ from typing import Any
 
 import gin
 import keras
-from absl import logging
 
 from matl_keras import registry as registry_lib
 from matl_keras import runs
@@ -224,9 +223,10 @@ def pretrain(
             stage_config.binding_in_force("pretrain", "on_bad_image"),
             max_image_pixels,
         )
-    replicas = run.strategy.num_replicas_in_sync
     groups = (
-        resolve_batchnorm_groups(batchnorm_groups, batch_size, replicas)
+        resolve_batchnorm_groups(
+            batchnorm_groups, batch_size, run.strategy.num_replicas_in_sync
+        )
         if getattr(resolve_method(method), "shuffle_batchnorm", False)
         else 1
     )
@@ -234,11 +234,7 @@ def pretrain(
         model = build_method(
             method, backbone, image_size, sync_batchnorm, groups
         )
-    common = dict(
-        image_size=image_size, batch_size=batch_size,
-        crop_fraction=crop_fraction, on_bad_image=on_bad_image,
-        cache=run.cache(cache), seed=seed,
-    )
+    common = run.split_options(image_size, crop_fraction, on_bad_image, cache)
     train_data = pipeline.build_split(
         dataset,
         train_split,
@@ -289,15 +285,7 @@ def pretrain(
             load_backbone(model.backbone, init_backbone)
             model.init_from_backbone()
             print(f"starting from backbone {init_backbone}", flush=True)
-        model.compile(
-            optimizer=optimizer(
-                batch_size=batch_size, epochs=epochs,
-                steps_per_epoch=train_data.steps,
-            ),
-            jit_compile=precision_lib.resolve_jit_compile(
-                jit_compile, run.strategy, False
-            ),
-        )
+        run.compile(model, optimizer, train_data.steps, jit_compile, False)
     if monitor is not None:
         # Before any training of this stage; a resumed run keeps the value
         # its first start measured.
@@ -306,21 +294,12 @@ def pretrain(
             before = monitor.score()
         run.record["knn_accuracy_before"] = before
         print(f"kNN accuracy before pretraining: {before:.4f}", flush=True)
-    # What Keras compiled: it turns XLA off while op determinism is on.
-    run.record["jit_compile"] = bool(model.jit_compile)
-    run.write_record()
-    logging.info(
-        "pretraining %s for %d epochs of %d steps on %d replica(s)",
-        type(model).__name__, epochs, train_data.steps, replicas,
-    )
     run.fit(
         model, train_data.data, train_data.steps,
         [monitor] if monitor is not None else [], what="pretraining",
     )
     checkpoints.save_weights(model, run.path(runs.SSL_MODEL_FILE))
-    checkpoints.save_weights(
-        model.transfer_backbone, run.path(runs.BACKBONE_FILE)
-    )
+    run.save_backbone(model.transfer_backbone)
     final = {k: float(v[-1]) for k, v in model.history.history.items() if v}
     results: dict[str, Any] = {"final_epoch": final}
     if monitor is not None:

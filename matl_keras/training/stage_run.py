@@ -9,11 +9,12 @@ the rest to it:
     run = StageRun.begin(workdir, init_backbone, strategy=..., ...)
     if run.complete:
         return run.results()
-    ...                                   # data, model (under run.strategy)
+    ...                                   # data (run.split_options(...)),
+    ...                                   # model (under run.strategy)
     run.record = run.new_record(dataset, **fields)
-    run.write_record()
-    run.fit(model, data, extra_callbacks, **fit_kwargs)
-    ...                                   # save, score
+    run.compile(model, optimizer, steps, jit_compile, ...)
+    run.fit(model, data, steps, stage_callbacks, **fit_kwargs)
+    run.save_backbone(backbone)           # and the stage's own files, scores
     run.finish(results, summary_text)
 
 The files it writes are named in `matl_keras.runs`.
@@ -29,6 +30,8 @@ from typing import Any
 import keras
 
 import gin
+from absl import logging
+
 from matl_keras import registry as registry_lib
 from matl_keras import runs
 from matl_keras.data.dataset import Dataset
@@ -38,6 +41,7 @@ from matl_keras.training import determinism
 from matl_keras.training import extension as extension_lib
 from matl_keras.training import mlflow_tracking
 from matl_keras.training import monitors
+from matl_keras.training import precision as precision_lib
 from matl_keras.training import progress
 from matl_keras.training import stage_config
 from matl_keras.training import strategies
@@ -154,6 +158,21 @@ class StageRun:
         """The decoded-image cache setting for this process."""
         return strategies.worker_cache(cache, self.strategy)
 
+    def split_options(
+        self, image_size: int, crop_fraction: float, on_bad_image: str,
+        cache: str,
+    ) -> dict[str, Any]:
+        """The `pipeline.build_split` arguments every split of the stage
+        shares: these, the batch size, the seed and this process's cache."""
+        return dict(
+            image_size=image_size,
+            batch_size=self.batch_size,
+            crop_fraction=crop_fraction,
+            on_bad_image=on_bad_image,
+            cache=self.cache(cache),
+            seed=self.seed,
+        )
+
     # --- run.json -----------------------------------------------------
     def new_record(self, dataset: Any, **fields: Any) -> dict[str, Any]:
         """The `run.json` of a running stage: the fields every stage
@@ -180,6 +199,32 @@ class StageRun:
         runs.write_json(self.path(runs.RUN_FILE), self.record)
 
     # --- fit ------------------------------------------------------------
+    def compile(
+        self,
+        model: keras.Model,
+        optimizer: Any,
+        steps: int,
+        jit_compile: bool | str,
+        jit_default: bool | str,
+        **kwargs: Any,
+    ) -> None:
+        """Compiles `model` with the stage's optimizer (`optimizer` builds
+        it from the batch size, epochs and `steps` per epoch) and XLA
+        setting (`"auto"`: on GPU, else `jit_default`; see
+        `precision.resolve_jit_compile`). Call it under `strategy.scope()`.
+        """
+        model.compile(
+            optimizer=optimizer(
+                batch_size=self.batch_size,
+                epochs=self.epochs,
+                steps_per_epoch=steps,
+            ),
+            jit_compile=precision_lib.resolve_jit_compile(
+                jit_compile, self.strategy, jit_default
+            ),
+            **kwargs,
+        )
+
     def callbacks(
         self, stage_callbacks: Sequence[keras.callbacks.Callback] = ()
     ) -> list[keras.callbacks.Callback]:
@@ -218,13 +263,22 @@ class StageRun:
         epochs: int | None = None,
         **kwargs: Any,
     ) -> None:
-        """Fits `model` on `data` (epochs `start_epoch ..` back to back,
-        `steps` batches each) from where the backup resumes, with the
-        standard callbacks; raises if the loss went non-finite.
+        """Records what Keras compiled and writes `run.json`, then fits
+        `model` on `data` (epochs `start_epoch ..` back to back, `steps`
+        batches each) from where the backup resumes, with the standard
+        callbacks; raises if the loss went non-finite.
 
         Raises:
             MatlError: `what` diverged (the epoch and step are named).
         """
+        # What Keras compiled: it turns XLA off while op determinism is on.
+        self.record["jit_compile"] = bool(model.jit_compile)
+        self.write_record()
+        logging.info(
+            "%s %s (%d params) for %d epochs of %d steps on %d replica(s)",
+            what, model.name, model.count_params(), self.epochs, steps,
+            self.strategy.num_replicas_in_sync,
+        )
         fit_resuming(
             model,
             data,
@@ -240,6 +294,12 @@ class StageRun:
         self.nan_guard.raise_if_failed(what, self.start.backup_dir)
 
     # --- end ------------------------------------------------------------
+    def save_backbone(self, backbone: keras.Model) -> None:
+        """Writes `backbone.weights.h5`, what the next stage starts from."""
+        path = self.path(runs.BACKBONE_FILE)
+        with runs.writing(path):
+            checkpoints.save_weights(backbone, path)
+
     def finish(
         self, results: dict[str, Any], summary: str, **fields: Any
     ) -> dict[str, Any]:

@@ -17,7 +17,6 @@ from typing import Any
 
 import gin
 import keras
-from absl import logging
 
 from matl_keras import runs
 from matl_keras.data import decode
@@ -209,7 +208,7 @@ def train(
     Returns:
         The content of `metrics.json`.
     """
-    _check_choices(class_balance, keep, best_metric)
+    _check_args(class_balance, keep, best_metric, labelled_fraction)
     run = StageRun.begin(
         workdir, init_backbone, strategy=strategy, batch_size=batch_size,
         epochs=epochs, seed=seed, deterministic=deterministic,
@@ -223,11 +222,6 @@ def train(
         run.start.out, run.start.backup_dir, workdir,
     )
     dataset = resolve_dataset(dataset)
-    if not 0.0 < labelled_fraction <= 1.0:
-        raise ConfigError(
-            "`labelled_fraction` must be in (0, 1]. Received: "
-            f"labelled_fraction={labelled_fraction}"
-        )
     # The dataset's own share of labels times this run's share.
     labelled_fraction = labelled_fraction * getattr(
         dataset, "labelled_fraction", 1.0
@@ -243,14 +237,7 @@ def train(
     transfer_evaluators = resolve_evaluators(
         transfer_evaluators, "train.transfer_evaluators"
     )
-    common = dict(
-        image_size=image_size,
-        batch_size=batch_size,
-        crop_fraction=crop_fraction,
-        on_bad_image=on_bad_image,
-        cache=run.cache(cache),
-        seed=seed,
-    )
+    common = run.split_options(image_size, crop_fraction, on_bad_image, cache)
     train_data = pipeline.build_split(
         dataset,
         train_split,
@@ -323,34 +310,15 @@ def train(
         # training does not depend on whether (or how many) sources ran.
         keras.utils.set_random_seed(seed)
         _load_weights(run.record, features, init_backbone, pretrained_weights)
-        model.compile(
-            optimizer=optimizer(
-                batch_size=batch_size,
-                epochs=epochs,
-                steps_per_epoch=train_data.steps,
-            ),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-            jit_compile=precision_lib.resolve_jit_compile(
-                jit_compile, run.strategy, "auto"
-            ),
+        run.compile(
+            model, optimizer, train_data.steps, jit_compile, "auto",
+            loss="sparse_categorical_crossentropy", metrics=["accuracy"],
         )
-    # What Keras compiled: it turns XLA off while op determinism is on.
-    run.record["jit_compile"] = bool(model.jit_compile)
-    run.write_record()
     best = checkpoints.BestCheckpoint(
         run.path(runs.BEST_DIR),
         resume_from=os.path.join(workdir, runs.BEST_DIR),
         monitor=best_metric,
         mode="min" if best_metric == "val_loss" else "max",
-    )
-    logging.info(
-        "training %s (%d params) for %d epochs of %d steps on %d replica(s)",
-        model.name,
-        model.count_params(),
-        epochs,
-        train_data.steps,
-        run.strategy.num_replicas_in_sync,
     )
     run.fit(
         model,
@@ -379,8 +347,7 @@ def train(
     model_path = run.path(runs.MODEL_FILE)
     with runs.writing(model_path, partial=model_path):
         model.save(model_path)
-    with runs.writing(run.path(runs.BACKBONE_FILE)):
-        checkpoints.save_weights(features, run.path(runs.BACKBONE_FILE))
+    run.save_backbone(features)
     # Operating point and temperature: fitted on val, never on test.
     results = {}
     results[val_split], decision = evaluate(
@@ -406,7 +373,9 @@ def train(
 gin.external_configurable(train, name="train")
 
 
-def _check_choices(class_balance: str, keep: str, best_metric: str) -> None:
+def _check_args(
+    class_balance: str, keep: str, best_metric: str, labelled_fraction: float
+) -> None:
     if class_balance not in CLASS_BALANCE:
         raise ConfigError(
             f"`class_balance` must be one of {CLASS_BALANCE}. Received: "
@@ -420,6 +389,11 @@ def _check_choices(class_balance: str, keep: str, best_metric: str) -> None:
         raise ConfigError(
             f"`best_metric` must be one of {BEST_METRICS}. Received: "
             f"best_metric={best_metric!r}"
+        )
+    if not 0.0 < labelled_fraction <= 1.0:
+        raise ConfigError(
+            "`labelled_fraction` must be in (0, 1]. Received: "
+            f"labelled_fraction={labelled_fraction}"
         )
 
 
