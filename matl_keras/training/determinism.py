@@ -11,7 +11,9 @@ Sources of run-to-run differences and where each is handled:
   `EpochSeeds` sets them from (seed, epoch) at every epoch start, so an
   epoch's masks do not depend on whether the run was resumed;
 - kernels whose result depends on thread scheduling or atomics:
-  TensorFlow's op determinism (`configure`).
+  TensorFlow's op determinism (`configure`);
+- graph rewrites that differ between processes: Grappler's arithmetic
+  optimizer (`configure` turns it off with op determinism; see there).
 """
 
 from __future__ import annotations
@@ -64,14 +66,29 @@ def configure(deterministic: bool | str) -> dict[str, object]:
     else:
         tf_config.disable_op_determinism()
     enabled = tf_config.is_op_determinism_enabled()
+    # Op determinism fixes kernels, not the graph they run in. Grappler's
+    # arithmetic optimizer rewrote the region-aware training step (one
+    # backbone through three paths) differently from one process to the
+    # next: the same step from the same weights and batch gave 4 different
+    # results in 5 processes (R-18 x0.5, 96 px, batch 32; every run of one
+    # process repeated itself), so two main-job runs diverged from their
+    # first epochs. With the arithmetic optimizer off, 5 of 5 processes
+    # agreed (turning the remapper off instead also did; the layout
+    # optimizer did not), at no measured cost in step time (README, "Same
+    # config and seed, same result"). Process-wide, like op determinism;
+    # read when a `tf.function` is first run.
+    tf.config.optimizer.set_experimental_options(
+        {"arithmetic_optimization": not enabled}
+    )
     if enabled and gpu:
         reason = (
-            "op determinism on GPU: deterministic cuDNN kernels; Keras "
+            "op determinism on GPU: deterministic cuDNN kernels, Grappler "
+            "arithmetic optimizer off; Keras "
             "compiles no XLA while it is on (run.json jit_compile); mixed "
             "precision gives other bits than a float32 run"
         )
     elif enabled:
-        reason = "op determinism on CPU"
+        reason = "op determinism on CPU; Grappler arithmetic optimizer off"
     elif gpu:
         reason = (
             "GPU without op determinism (deterministic='auto'): cuDNN "

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from matl_keras.training import checkpoints
 from matl_keras.training import monitors
@@ -108,6 +109,20 @@ def test_deterministic_option_is_checked_and_recorded():
         determinism.configure("yes")
     assert determinism.configure(False)["deterministic"] is False
     assert determinism.configure("auto")["deterministic"] is True  # CPU
+
+
+def test_determinism_turns_off_the_arithmetic_optimizer_and_back():
+    # With Grappler's arithmetic optimizer on, the region-aware step from
+    # the same weights and batch gave different bits in different
+    # processes (determinism.configure's comment has the measurement).
+    options = tf.config.optimizer.get_experimental_options
+    record = determinism.configure(True)
+    assert options()["arithmetic_optimization"] is False
+    assert "arithmetic optimizer off" in record["reason"]
+    determinism.configure(False)
+    assert options()["arithmetic_optimization"] is True
+    determinism.configure("auto")
+    assert options()["arithmetic_optimization"] is False
 
 
 def _pretrain(workdir, **kwargs):
