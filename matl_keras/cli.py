@@ -51,12 +51,14 @@ flags.DEFINE_string(
 )
 flags.DEFINE_boolean("json", False, "`plugins`: print JSON.")
 flags.DEFINE_boolean(
-    "check", False,
+    "check",
+    False,
     "`plugins`: import every plugin and report the ones that are broken "
     "(imports TensorFlow; without it, plugins are listed from their metadata).",
 )
 flags.DEFINE_string(
-    "model", None,
+    "model",
+    None,
     "`evaluate`, `explain`, `predict`, `export`: a trained model: a .keras "
     "file, a stage workdir or a pipeline workdir (its last supervised stage).",
 )
@@ -66,7 +68,8 @@ flags.DEFINE_list(
     "evaluators", ["metrics"], "`evaluate`: evaluator plugin names."
 )
 flags.DEFINE_string(
-    "output", None,
+    "output",
+    None,
     "`evaluate`: JSON file (default: <stage>/evaluate_<dataset>_<split>.json).",
 )
 flags.DEFINE_integer(
@@ -76,13 +79,15 @@ flags.DEFINE_multi_string(
     "images", [], "`explain`, `predict`: image files or folders (repeatable)."
 )
 flags.DEFINE_string(
-    "output_dir", None,
+    "output_dir",
+    None,
     "`explain`: folder of the PNGs (default: <stage>/explain); `predict`: "
     "folder of predictions.csv and embeddings.npy (default: <stage>/predict); "
     "`report`: folder of the tables (default: reports/transferability).",
 )
 flags.DEFINE_string(
-    "layer", None,
+    "layer",
+    None,
     "`explain`: Grad-CAM layer (default: the last feature map before the "
     "global pooling, or the deepest with >= 3x3 positions).",
 )
@@ -91,18 +96,25 @@ flags.DEFINE_string(
 )
 flags.DEFINE_list("runs", [], "`report`: pipeline workdirs to tabulate.")
 flags.DEFINE_list("splits", [], "`audit`: splits to compare (default: all).")
-flags.DEFINE_enum("on_leak", "warn", ["warn", "refuse"], "`audit`: a leak's effect.")
-flags.DEFINE_string("export_dir", None, "`export`: TF Serving model base folder.")
+flags.DEFINE_enum(
+    "on_leak", "warn", ["warn", "refuse"], "`audit`: a leak's effect."
+)
+flags.DEFINE_string(
+    "export_dir", None, "`export`: TF Serving model base folder."
+)
 flags.DEFINE_integer(
-    "model_version", None,
+    "model_version",
+    None,
     "`export`: TF Serving version number (default: the next free one).",
 )
 flags.DEFINE_string(
-    "model_name", None,
+    "model_name",
+    None,
     "`export`: folder name under --export_dir (default: the run's name).",
 )
 flags.DEFINE_string(
-    "report", "transferability",
+    "report",
+    "transferability",
     "`report`: the report plugin (entry-point group matl_keras.reports).",
 )
 # `probe` (issue 20)
@@ -143,9 +155,11 @@ def _help() -> str:
     from matl_keras import config
 
     jobs_dir = config.shipped_gin_dir()
-    jobs = sorted(
-        f for f in os.listdir(jobs_dir) if f.endswith(".gin")
-    ) if os.path.isdir(jobs_dir) else []
+    jobs = (
+        sorted(f for f in os.listdir(jobs_dir) if f.endswith(".gin"))
+        if os.path.isdir(jobs_dir)
+        else []
+    )
     flag_help = FLAGS.module_help(__name__).split("\n", 2)[-1]
     return (
         f"matl-keras {_version()}: multi-stage attentive transfer learning "
@@ -217,7 +231,9 @@ def _parse_gin_if_given() -> None:
         from matl_keras import config
         from matl_keras import registry as registry_lib
 
-        config.parse(FLAGS.gin_file, FLAGS.gin_param, registry_lib.default_registry())
+        config.parse(
+            FLAGS.gin_file, FLAGS.gin_param, registry_lib.default_registry()
+        )
 
 
 def cmd_evaluate() -> None:
@@ -227,8 +243,12 @@ def cmd_evaluate() -> None:
 
     _parse_gin_if_given()
     evaluate.evaluate(
-        FLAGS.model, FLAGS.dataset, FLAGS.split, FLAGS.evaluators,
-        FLAGS.output, FLAGS.batch_size,
+        FLAGS.model,
+        FLAGS.dataset,
+        FLAGS.split,
+        FLAGS.evaluators,
+        FLAGS.output,
+        FLAGS.batch_size,
     )
 
 
@@ -238,8 +258,12 @@ def cmd_explain() -> None:
     from matl_keras.commands import explain
 
     explain.explain_images(
-        FLAGS.model, FLAGS.images, FLAGS.output_dir, FLAGS.layer,
-        FLAGS.class_name, FLAGS.batch_size,
+        FLAGS.model,
+        FLAGS.images,
+        FLAGS.output_dir,
+        FLAGS.layer,
+        FLAGS.class_name,
+        FLAGS.batch_size,
     )
 
 
@@ -287,8 +311,13 @@ def cmd_probe() -> None:
 
     _parse_gin_if_given()
     probe.probe(
-        FLAGS.model, FLAGS.dataset, FLAGS.fit_split, FLAGS.score_split,
-        FLAGS.knn_k, FLAGS.batch_size, FLAGS.output,
+        FLAGS.model,
+        FLAGS.dataset,
+        FLAGS.fit_split,
+        FLAGS.score_split,
+        FLAGS.knn_k,
+        FLAGS.batch_size,
+        FLAGS.output,
     )
 
 

@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import gin
-
 from matl_keras import registry as registry_lib
 from matl_keras.errors import ConfigError
 from matl_keras.training import stage_config
@@ -66,9 +65,15 @@ def register_core() -> None:
     from matl_keras.training import self_supervised
     from matl_keras.training import supervised
 
-    for fn in (jobs.job, pipeline.pipeline, pipeline.stage,
-               supervised.train, self_supervised.pretrain, optimizers.sgd,
-               mlflow_tracking.mlflow_tracking):
+    for fn in (
+        jobs.job,
+        pipeline.pipeline,
+        pipeline.stage,
+        supervised.train,
+        self_supervised.pretrain,
+        optimizers.sgd,
+        mlflow_tracking.mlflow_tracking,
+    ):
         _CORE[fn.__name__] = gin.get_configurable(fn)
     # Model code never imports gin: registered from outside.
     _CORE["resnet_backbone"] = gin.external_configurable(
@@ -240,9 +245,11 @@ def _syntax_error(binding: str) -> str | None:
     from gin import config_parser
 
     try:
-        list(config_parser.ConfigParser(
-            binding, gin.config.ParserDelegate(skip_unknown=True)
-        ))
+        list(
+            config_parser.ConfigParser(
+                binding, gin.config.ParserDelegate(skip_unknown=True)
+            )
+        )
     except SyntaxError as e:
         return f"{e.msg}, line {e.lineno}" if e.lineno else str(e.msg)
     except tokenize.TokenError as e:
@@ -372,7 +379,9 @@ def _gin_message(error: Exception, registry: Any) -> str:
 
 
 def _location(message: str) -> str:
-    match = re.search(r'In (?:file|bindings string) "?([^"\n]+)"?, line (\d+)', message)
+    match = re.search(
+        r'In (?:file|bindings string) "?([^"\n]+)"?, line (\d+)', message
+    )
     if match:
         return f" (in {match.group(1)}, line {match.group(2)})"
     return ""

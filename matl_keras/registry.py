@@ -386,6 +386,8 @@ def resolve(
     if group == "ssl_methods" and callable(value):
         return value  # A factory; the stage checks what it builds.
     if not isinstance(value, base):
-        expected = expected or f"be {_article(noun)} {noun} plugin instance or name"
+        expected = (
+            expected or f"be {_article(noun)} {noun} plugin instance or name"
+        )
         raise ConfigError(f"`{param}` must {expected}. Received: {value!r}")
     return value

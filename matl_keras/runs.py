@@ -394,7 +394,9 @@ def config_diff(old: str, new: str, limit: int = 8) -> str:
         elif before[name] != after[name]:
             changes.append(f"{name}: {before[name]} -> {after[name]}")
     more = len(changes) - limit
-    return "; ".join(changes[:limit]) + (f"; and {more} more" if more > 0 else "")
+    return "; ".join(changes[:limit]) + (
+        f"; and {more} more" if more > 0 else ""
+    )
 
 
 def _what_changed(
@@ -490,7 +492,8 @@ class Trained:
         """`image_size`, `crop_fraction` of evaluation (run.json), or the
         model's input size without a crop for models from elsewhere."""
         return self.run.get("preprocessing") or {
-            "image_size": default_size, "crop_fraction": 1.0,
+            "image_size": default_size,
+            "crop_fraction": 1.0,
         }
 
 
@@ -509,7 +512,8 @@ def find(path: str, flag: str = "--model") -> Trained:
         summary = read_json(os.path.join(path, SUMMARY_FILE))
         lineage = summary.get("lineage", [])
         stages = [
-            os.path.join(path, entry["workdir"]) for entry in lineage
+            os.path.join(path, entry["workdir"])
+            for entry in lineage
             if os.path.isfile(os.path.join(path, entry["workdir"], MODEL_FILE))
         ]
         if not stages:

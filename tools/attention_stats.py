@@ -69,7 +69,7 @@ def _split(split):
 def block_stats(model, images):
     rows = {}
     for start in range(0, len(images), 16):
-        maps = attention_maps(model, images[start:start + 16])
+        maps = attention_maps(model, images[start : start + 16])
         for name, a in maps.items():
             a = a.astype("float64")
             ent = -(a * np.log(np.clip(a, 1e-30, None))).sum(-1)
@@ -90,8 +90,10 @@ def block_stats(model, images):
 def main(_):
     keras.utils.set_random_seed(0)
     backbone = ResNetBackbone(
-        depth=FLAGS.depth, width_multiplier=FLAGS.width,
-        image_size=FLAGS.image_size, attention=FLAGS.attention,
+        depth=FLAGS.depth,
+        width_multiplier=FLAGS.width,
+        image_size=FLAGS.image_size,
+        attention=FLAGS.attention,
     )
     for block in nonlocal_blocks(backbone):
         block.score = FLAGS.score
@@ -120,8 +122,10 @@ def main(_):
             train_x, train_y, batch_size=32, epochs=FLAGS.epochs, verbose=2
         )
         result["trained"] = block_stats(backbone, val_x)
-    lines = ["| stage | block | mean max weight | entropy | ln(keys) |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| stage | block | mean max weight | entropy | ln(keys) |",
+        "|---|---|---|---|---|",
+    ]
     for stage, blocks in result.items():
         for name, s in blocks.items():
             lines.append(

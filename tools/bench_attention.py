@@ -33,12 +33,16 @@ FLAGS = flags.FLAGS
 
 def measure(depth, size, attention, subsample):
     model = ResNetBackbone(
-        depth, image_size=size, attention=attention,
+        depth,
+        image_size=size,
+        attention=attention,
         attention_subsample=subsample,
     )
     forward = tf.function(lambda x: model(x, training=False))
     x = tf.constant(
-        np.random.default_rng(0).uniform(0, 1, (FLAGS.batch_size, size, size, 3)),
+        np.random.default_rng(0).uniform(
+            0, 1, (FLAGS.batch_size, size, size, 3)
+        ),
         tf.float32,
     )
     for _ in range(2):  # trace, then let oneDNN settle its kernels
@@ -54,22 +58,35 @@ def measure(depth, size, attention, subsample):
 def main(argv):
     del argv
     rows = []
-    print(f"{'model':<22}{'size':>5}{'params':>13}{'img/s':>9}"
-          f"{'img/s sub2':>12}")
+    print(
+        f"{'model':<22}{'size':>5}{'params':>13}{'img/s':>9}{'img/s sub2':>12}"
+    )
     for depth in map(int, FLAGS.depths):
         for size in map(int, FLAGS.sizes):
-            for attention, label in (("none", "baseline"), ("1", "1 ATTN"),
-                                     ("5", "5 ATTNs")):
+            for attention, label in (
+                ("none", "baseline"),
+                ("1", "1 ATTN"),
+                ("5", "5 ATTNs"),
+            ):
                 params, rate = measure(depth, size, attention, 1)
                 sub = None
                 if attention != "none":
                     _, sub = measure(depth, size, attention, 2)
-                rows.append(dict(depth=depth, size=size, variant=label,
-                                 params=params, img_per_s=round(rate, 2),
-                                 img_per_s_subsample2=sub and round(sub, 2)))
-                print(f"R-{depth} {label:<16}{size:>5}{params:>13,}"
-                      f"{rate:>9.2f}{(f'{sub:.2f}' if sub else '-'):>12}",
-                      flush=True)
+                rows.append(
+                    dict(
+                        depth=depth,
+                        size=size,
+                        variant=label,
+                        params=params,
+                        img_per_s=round(rate, 2),
+                        img_per_s_subsample2=sub and round(sub, 2),
+                    )
+                )
+                print(
+                    f"R-{depth} {label:<16}{size:>5}{params:>13,}"
+                    f"{rate:>9.2f}{(f'{sub:.2f}' if sub else '-'):>12}",
+                    flush=True,
+                )
     if FLAGS.json:
         with open(FLAGS.json, "w") as f:
             json.dump(rows, f, indent=2)

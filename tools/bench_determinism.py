@@ -53,8 +53,11 @@ def _supervised():
     keras.utils.set_random_seed(0)
     backbone = ResNetBackbone(FLAGS.depth, FLAGS.width, FLAGS.image_size)
     model = build_image_classifier(backbone, 2)
-    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                  loss="sparse_categorical_crossentropy", jit_compile=False)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+        loss="sparse_categorical_crossentropy",
+        jit_compile=False,
+    )
     rng = np.random.default_rng(0)
     return model, (_images(rng), tf.zeros([FLAGS.batch_size], tf.int32))
 
@@ -70,11 +73,19 @@ def _moco():
             "auto", batch, 1
         ),
     )
-    model.configure(RunSchedule(num_examples=4096 + batch, steps_per_epoch=100,
-                                epochs=1, global_batch_size=batch, seed=0))
+    model.configure(
+        RunSchedule(
+            num_examples=4096 + batch,
+            steps_per_epoch=100,
+            epochs=1,
+            global_batch_size=batch,
+            seed=0,
+        )
+    )
     model.build()
-    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                  jit_compile=False)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01, momentum=0.9), jit_compile=False
+    )
     rng = np.random.default_rng(0)
     views = {"query": _images(rng), "key": _images(rng)}
     return model, (views, tf.range(batch, dtype=tf.int32))
@@ -104,10 +115,14 @@ def main(argv):
         on = statistics.median(rates[True])
         off = statistics.median(rates[False])
         rows.append((name, on, off))
-        print(f"{name}: deterministic {on:.2f} img/s, not {off:.2f}", flush=True)
-    print(f"\nResNet-{FLAGS.depth} x{FLAGS.width}, {FLAGS.image_size} px, batch "
-          f"{FLAGS.batch_size}, {os.cpu_count()} CPU cores, median of "
-          f"{FLAGS.rounds} rounds of {FLAGS.steps} steps")
+        print(
+            f"{name}: deterministic {on:.2f} img/s, not {off:.2f}", flush=True
+        )
+    print(
+        f"\nResNet-{FLAGS.depth} x{FLAGS.width}, {FLAGS.image_size} px, batch "
+        f"{FLAGS.batch_size}, {os.cpu_count()} CPU cores, median of "
+        f"{FLAGS.rounds} rounds of {FLAGS.steps} steps"
+    )
     print("| step | op determinism on (img/s) | off (img/s) | on / off |")
     print("|---|---|---|---|")
     for name, on, off in rows:

@@ -17,11 +17,13 @@ import sys
 
 from absl import app
 from absl import flags
-
 from timing import median_seconds  # tools/timing.py
 
-flags.DEFINE_string("images", "../shared/data/covid-ct/Images-processed/CT_COVID",
-                    "Folder of real images to serve (PNG/JPEG).")
+flags.DEFINE_string(
+    "images",
+    "../shared/data/covid-ct/Images-processed/CT_COVID",
+    "Folder of real images to serve (PNG/JPEG).",
+)
 flags.DEFINE_integer("depth", 50, "ResNet depth.")
 flags.DEFINE_string("attention", "5", "Attention placement.")
 flags.DEFINE_integer("image_size", 224, "Model input side.")
@@ -30,7 +32,7 @@ flags.DEFINE_integer("repeats", 10, "Timed repeats (median).")
 flags.DEFINE_string("workdir", "runs/bench_export", "Output folder.")
 FLAGS = flags.FLAGS
 
-LOAD = r'''
+LOAD = r"""
 import resource, sys, time, json
 import tensorflow as tf
 start = time.perf_counter()
@@ -38,7 +40,7 @@ model = tf.saved_model.load(sys.argv[1])
 seconds = time.perf_counter() - start
 print(json.dumps({"load_seconds": seconds,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-'''
+"""
 
 
 def _size_mb(folder):
@@ -58,30 +60,59 @@ def main(argv):
     from matl_keras.data import decode
     from matl_keras.data import pipeline
     from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
-    from matl_keras.models.resnet.resnet_image_classifier import build_image_classifier
+    from matl_keras.models.resnet.resnet_image_classifier import (
+        build_image_classifier,
+    )
 
     stage = os.path.join(FLAGS.workdir, "stage")
     os.makedirs(stage, exist_ok=True)
     model = build_image_classifier(
-        ResNetBackbone(FLAGS.depth, 1.0, FLAGS.image_size, attention=FLAGS.attention), 2)
+        ResNetBackbone(
+            FLAGS.depth, 1.0, FLAGS.image_size, attention=FLAGS.attention
+        ),
+        2,
+    )
     model.save(os.path.join(stage, "model.keras"))
     with open(os.path.join(stage, "run.json"), "w") as f:
-        json.dump({"status": "complete", "class_names": ["NonCOVID", "COVID"],
-                   "preprocessing": {"image_size": FLAGS.image_size, "crop_fraction": 0.875}}, f)
-    results = {"model": f"R-{FLAGS.depth} attention={FLAGS.attention} {FLAGS.image_size}px",
-               "params": model.count_params()}
+        json.dump(
+            {
+                "status": "complete",
+                "class_names": ["NonCOVID", "COVID"],
+                "preprocessing": {
+                    "image_size": FLAGS.image_size,
+                    "crop_fraction": 0.875,
+                },
+            },
+            f,
+        )
+    results = {
+        "model": f"R-{FLAGS.depth} attention={FLAGS.attention} {FLAGS.image_size}px",
+        "params": model.count_params(),
+    }
     for label, dedupe in (("deduplicated", True), ("keras_default", False)):
         base = os.path.join(FLAGS.workdir, label)
         subprocess.run(["rm", "-rf", base], check=True)
         version = export.export(stage, base, model_name="m", dedupe=dedupe)
-        loads = [json.loads(subprocess.run(
-            [sys.executable, "-c", LOAD, version], capture_output=True, text=True,
-            check=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")).stdout.splitlines()[-1])
-            for _ in range(3)]
+        loads = [
+            json.loads(
+                subprocess.run(
+                    [sys.executable, "-c", LOAD, version],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+                ).stdout.splitlines()[-1]
+            )
+            for _ in range(3)
+        ]
         results[label] = {
-            "variables_mb": round(_size_mb(os.path.join(version, "variables")), 1),
+            "variables_mb": round(
+                _size_mb(os.path.join(version, "variables")), 1
+            ),
             "savedmodel_mb": round(_size_mb(version), 1),
-            "load_seconds": round(sorted(l["load_seconds"] for l in loads)[1], 2),
+            "load_seconds": round(
+                sorted(l["load_seconds"] for l in loads)[1], 2
+            ),
             "peak_rss_mb": round(sorted(l["peak_rss_mb"] for l in loads)[1]),
         }
         if dedupe:
@@ -93,26 +124,39 @@ def main(argv):
         data += data[: FLAGS.batch - len(data)]
     one = tf.constant(data[:1])
     many = tf.constant(data)
-    decoded = np.stack([
-        pipeline.eval_transform(decode.decode_image(d), FLAGS.image_size, 0.875).numpy()
-        for d in data])
+    decoded = np.stack(
+        [
+            pipeline.eval_transform(
+                decode.decode_image(d), FLAGS.image_size, 0.875
+            ).numpy()
+            for d in data
+        ]
+    )
     r = FLAGS.repeats
     timing = {
-        "serving_default_1_image_ms": 1000 * median_seconds(lambda: served(images=one), r),
-        "serving_default_batch_img_s": FLAGS.batch / median_seconds(lambda: served(images=many), r),
-        "predict_1_image_ms": 1000 * median_seconds(
-            lambda: model.predict(decoded[:1], verbose=0), r),
-        "predict_batch_img_s": FLAGS.batch / median_seconds(
-            lambda: model.predict(decoded, batch_size=FLAGS.batch, verbose=0), r),
-        "model_call_batch_img_s": FLAGS.batch / median_seconds(
-            lambda: model(decoded, training=False), r),
+        "serving_default_1_image_ms": 1000
+        * median_seconds(lambda: served(images=one), r),
+        "serving_default_batch_img_s": FLAGS.batch
+        / median_seconds(lambda: served(images=many), r),
+        "predict_1_image_ms": 1000
+        * median_seconds(lambda: model.predict(decoded[:1], verbose=0), r),
+        "predict_batch_img_s": FLAGS.batch
+        / median_seconds(
+            lambda: model.predict(decoded, batch_size=FLAGS.batch, verbose=0), r
+        ),
+        "model_call_batch_img_s": FLAGS.batch
+        / median_seconds(lambda: model(decoded, training=False), r),
     }
     results["timing"] = {k: round(v, 1) for k, v in timing.items()}
     results["batch"] = FLAGS.batch
     results["images"] = FLAGS.images
     with open(os.path.join(FLAGS.workdir, "bench_export.json"), "w") as f:
         json.dump(results, f, indent=2)
-    d, k, t = results["deduplicated"], results["keras_default"], results["timing"]
+    d, k, t = (
+        results["deduplicated"],
+        results["keras_default"],
+        results["timing"],
+    )
     lines = [
         f"{results['model']}, {results['params']:,} parameters",
         "",

@@ -54,11 +54,16 @@ def main(argv):
         "datasets", FLAGS.dataset, **kwargs
     )
     n = len(dataset.examples("train"))
-    print(f"{FLAGS.dataset}: {n} train images listed/generated in "
-          f"{time.perf_counter() - start:.2f}s")
+    print(
+        f"{FLAGS.dataset}: {n} train images listed/generated in "
+        f"{time.perf_counter() - start:.2f}s"
+    )
     split = pipeline.build_split(
-        dataset, "train", image_size=FLAGS.image_size,
-        batch_size=FLAGS.batch_size, training=True,
+        dataset,
+        "train",
+        image_size=FLAGS.image_size,
+        batch_size=FLAGS.batch_size,
+        training=True,
     )
     first = _epoch_rate(split.data)
     cached = np.median([_epoch_rate(split.data) for _ in range(3)])
@@ -69,16 +74,20 @@ def main(argv):
         ResNetBackbone(FLAGS.depth, FLAGS.width, FLAGS.image_size),
         dataset.num_classes,
     )
-    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                  loss="sparse_categorical_crossentropy")
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+        loss="sparse_categorical_crossentropy",
+    )
     images, labels = next(iter(split.data))
     batch = tf.data.Dataset.from_tensors((images, labels)).repeat(FLAGS.steps)
     model.fit(batch.take(2), verbose=0)  # trace and warm up
     start = time.perf_counter()
     model.fit(batch, verbose=0)
     train = FLAGS.steps * FLAGS.batch_size / (time.perf_counter() - start)
-    print(f"training step alone (R-{FLAGS.depth} x{FLAGS.width}, "
-          f"{FLAGS.image_size}px): {train:9.1f} img/s")
+    print(
+        f"training step alone (R-{FLAGS.depth} x{FLAGS.width}, "
+        f"{FLAGS.image_size}px): {train:9.1f} img/s"
+    )
     print(f"pipeline headroom: {cached / train:.1f}x")
 
 

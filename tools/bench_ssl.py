@@ -42,7 +42,9 @@ flags.DEFINE_integer("image_size", 128, "View side.")
 flags.DEFINE_integer("batch_size", 32, "Batch size.")
 flags.DEFINE_integer("steps", 3, "Timed steps.")
 flags.DEFINE_integer("rounds", 1, "Timing rounds, the methods taking turns.")
-flags.DEFINE_list("region_sizes", ["0"], "region_aware crop sides (0: image size).")
+flags.DEFINE_list(
+    "region_sizes", ["0"], "region_aware crop sides (0: image size)."
+)
 FLAGS = flags.FLAGS
 PREDICTED_COST = {"moco": 4, "simclr": 6, "region_aware": 19, "simsiam": 6}
 
@@ -90,9 +92,11 @@ def main(argv):
     size = FLAGS.image_size
     load = pipeline.load_size(size, 0.875)
     rng = np.random.default_rng(0)
-    images = rng.uniform(0, 1, (FLAGS.batch_size, load, load, 3)).astype(np.float32)
+    images = rng.uniform(0, 1, (FLAGS.batch_size, load, load, 3)).astype(
+        np.float32
+    )
     # A phantom-like slice so the Generator finds a lung.
-    images[:, load // 4: 3 * load // 4, load // 8: 7 * load // 8] *= 0.2
+    images[:, load // 4 : 3 * load // 4, load // 8 : 7 * load // 8] *= 0.2
     prepared = []
     for name, factory in _runs():
         groups = self_supervised.resolve_batchnorm_groups(
@@ -100,17 +104,28 @@ def main(argv):
         )
         model = self_supervised.build_method(
             factory,
-            lambda **kw: ResNetBackbone(depth=FLAGS.depth, width_multiplier=FLAGS.width, **kw),
+            lambda **kw: ResNetBackbone(
+                depth=FLAGS.depth, width_multiplier=FLAGS.width, **kw
+            ),
             size,
             sync_batchnorm=False,
             batchnorm_groups=groups,
         )
         # A queue of 4096 keys (the data size only sizes the queue here).
-        model.configure(RunSchedule(
-            num_examples=4096 + FLAGS.batch_size, steps_per_epoch=100,
-            epochs=1, global_batch_size=FLAGS.batch_size, seed=0))
+        model.configure(
+            RunSchedule(
+                num_examples=4096 + FLAGS.batch_size,
+                steps_per_epoch=100,
+                epochs=1,
+                global_batch_size=FLAGS.batch_size,
+                seed=0,
+            )
+        )
         model.build()
-        model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), jit_compile=False)
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+            jit_compile=False,
+        )
 
         def example(index, image, model=model):
             if model.prepare is not None:
@@ -118,7 +133,9 @@ def main(argv):
             seed = tf.stack([index, tf.constant(0, tf.int64)])
             return model.views(image, seed), tf.cast(index, tf.int32)
 
-        data = tf.data.Dataset.from_tensor_slices(images).enumerate().map(example)
+        data = (
+            tf.data.Dataset.from_tensor_slices(images).enumerate().map(example)
+        )
         batches = iter(data.repeat().batch(FLAGS.batch_size))
         batch = next(batches)  # the first one includes tracing
         start = time.perf_counter()
@@ -135,30 +152,43 @@ def main(argv):
             for _ in range(FLAGS.steps):
                 logs = step(batch)
             float(logs["loss"])
-            rate = FLAGS.steps * FLAGS.batch_size / (time.perf_counter() - start)
+            rate = (
+                FLAGS.steps * FLAGS.batch_size / (time.perf_counter() - start)
+            )
             rates[name].append(rate)
-            print(f"round {round_ + 1} {name}: {rate:.2f} img/s training, "
-                  f"views {views_rate:.0f} img/s", flush=True)
+            print(
+                f"round {round_ + 1} {name}: {rate:.2f} img/s training, "
+                f"views {views_rate:.0f} img/s",
+                flush=True,
+            )
     rows = [
         (name, float(np.median(rates[name])), views_rate)
         for name, _, _, views_rate in prepared
     ]
     base = dict((n, r) for n, r, _ in rows).get("moco")
-    print(f"\nResNet-{FLAGS.depth} x{FLAGS.width}, {size} px, batch {FLAGS.batch_size}, "
-          f"{os.cpu_count()} CPU cores")
+    print(
+        f"\nResNet-{FLAGS.depth} x{FLAGS.width}, {size} px, batch {FLAGS.batch_size}, "
+        f"{os.cpu_count()} CPU cores"
+    )
     print(f"median of {FLAGS.rounds} round(s) of {FLAGS.steps} steps")
-    print("| method | train img/s | views img/s (tf.data, sequential map) | time vs MoCo | predicted |")
+    print(
+        "| method | train img/s | views img/s (tf.data, sequential map) | time vs MoCo | predicted |"
+    )
     print("|---|---|---|---|---|")
     for name, rate, views_rate in rows:
         measured = f"{base / rate:.2f}" if base else "-"
         predicted = predicted_cost(name) / PREDICTED_COST["moco"]
-        print(f"| {name} | {rate:.2f} | {views_rate:.0f} | {measured} | {predicted:.2f} |")
+        print(
+            f"| {name} | {rate:.2f} | {views_rate:.0f} | {measured} | {predicted:.2f} |"
+        )
     regions = [(n, r) for n, r, _ in rows if n.startswith("region_aware@")]
     if len(regions) > 1:
         (first, first_rate), *others = regions
         for name, rate in others:
-            print(f"{name} / {first}: {rate / first_rate:.2f}x img/s "
-                  f"(predicted {predicted_cost(first) / predicted_cost(name):.2f}x)")
+            print(
+                f"{name} / {first}: {rate / first_rate:.2f}x img/s "
+                f"(predicted {predicted_cost(first) / predicted_cost(name):.2f}x)"
+            )
 
 
 if __name__ == "__main__":

@@ -40,13 +40,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-
 from timing import median_seconds  # noqa: E402  (tools/timing.py)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-flags.DEFINE_string("output_dir", "runs/benchmark", "Where the JSON/Markdown go.")
-flags.DEFINE_list("sections", ["roofline", "steps", "input", "serving"], "Sections.")
-flags.DEFINE_list("steps", ["supervised", "moco", "simclr", "region_aware"], "Step types.")
+flags.DEFINE_string(
+    "output_dir", "runs/benchmark", "Where the JSON/Markdown go."
+)
+flags.DEFINE_list(
+    "sections", ["roofline", "steps", "input", "serving"], "Sections."
+)
+flags.DEFINE_list(
+    "steps", ["supervised", "moco", "simclr", "region_aware"], "Step types."
+)
 flags.DEFINE_list("backbones", ["baseline", "attn5"], "ResNet-50 variants.")
 flags.DEFINE_list("sizes", ["128", "224"], "Input sides.")
 flags.DEFINE_integer("batch_size", 8, "Global batch of the timed steps.")
@@ -55,15 +60,25 @@ flags.DEFINE_integer("timed_steps", 3, "Timed steps.")
 flags.DEFINE_integer("depth", 50, "ResNet depth.")
 flags.DEFINE_string("precision", "float32", "Dtype policy of the steps.")
 flags.DEFINE_boolean("jit_compile", False, "XLA for the steps.")
-flags.DEFINE_string("covid_ct", os.path.join(REPO, "..", "shared", "data", "covid-ct"),
-                    "COVID19-CT root (Images-processed, Data-split).")
-flags.DEFINE_integer("input_images", 256, "COVID-CT train images the input section reads.")
+flags.DEFINE_string(
+    "covid_ct",
+    os.path.join(REPO, "..", "shared", "data", "covid-ct"),
+    "COVID19-CT root (Images-processed, Data-split).",
+)
+flags.DEFINE_integer(
+    "input_images", 256, "COVID-CT train images the input section reads."
+)
 flags.DEFINE_string("child", None, "Internal: run one measurement (JSON).")
 FLAGS = flags.FLAGS
 
 ATTENTION = {"baseline": "none", "attn5": "5"}
 # Backbone passes per image: (backpropagated, forward only).
-PASSES = {"supervised": (1, 0), "moco": (1, 1), "simclr": (2, 0), "region_aware": (6, 1)}
+PASSES = {
+    "supervised": (1, 0),
+    "moco": (1, 1),
+    "simclr": (2, 0),
+    "region_aware": (6, 1),
+}
 
 
 def _peak_rss_mb() -> float:
@@ -83,12 +98,19 @@ def roofline() -> dict:
     matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
     matmul()
     seconds = median_seconds(lambda: float(matmul()), 10, warmup=0)
-    out["matmul"] = {"shape": f"{n}x{n}x{n}", "gflops": round(2 * n**3 / seconds / 1e9, 1)}
+    out["matmul"] = {
+        "shape": f"{n}x{n}x{n}",
+        "gflops": round(2 * n**3 / seconds / 1e9, 1),
+    }
     convs = []
     # (batch, side, c_in, c_out, kernel): ResNet-50 conv2..conv5 shapes at 224.
     for batch, side, cin, cout, k in [
-        (32, 56, 64, 64, 3), (32, 28, 128, 128, 3), (32, 14, 256, 256, 3),
-        (32, 7, 512, 512, 3), (32, 56, 256, 64, 1), (32, 14, 1024, 256, 1),
+        (32, 56, 64, 64, 3),
+        (32, 28, 128, 128, 3),
+        (32, 14, 256, 256, 3),
+        (32, 7, 512, 512, 3),
+        (32, 56, 256, 64, 1),
+        (32, 14, 1024, 256, 1),
     ]:
         x = tf.random.normal([batch, side, side, cin])
         w = tf.Variable(tf.random.normal([k, k, cin, cout]) * 0.01)
@@ -108,10 +130,22 @@ def roofline() -> dict:
 
         forward()
         train()
-        fwd = flops / median_seconds(lambda: float(forward()), 7, warmup=0) / 1e9
-        trn = 3 * flops / median_seconds(lambda: float(train()), 5, warmup=0) / 1e9
-        convs.append({"shape": f"{batch}x{side}x{side}x{cin}->{cout} k{k}",
-                      "forward_gflops": round(fwd, 1), "train_gflops": round(trn, 1)})
+        fwd = (
+            flops / median_seconds(lambda: float(forward()), 7, warmup=0) / 1e9
+        )
+        trn = (
+            3
+            * flops
+            / median_seconds(lambda: float(train()), 5, warmup=0)
+            / 1e9
+        )
+        convs.append(
+            {
+                "shape": f"{batch}x{side}x{side}x{cin}->{cout} k{k}",
+                "forward_gflops": round(fwd, 1),
+                "train_gflops": round(trn, 1),
+            }
+        )
     out["conv"] = convs
     out["conv_forward_gflops"] = max(c["forward_gflops"] for c in convs)
     out["conv_train_gflops"] = max(c["train_gflops"] for c in convs)
@@ -127,12 +161,17 @@ def forward_flops(model, size: int) -> int:
     )
 
     fn = tf.function(lambda x: model(x, training=False))
-    concrete = fn.get_concrete_function(tf.TensorSpec([1, size, size, 3], tf.float32))
+    concrete = fn.get_concrete_function(
+        tf.TensorSpec([1, size, size, 3], tf.float32)
+    )
     frozen, _ = convert_variables_to_constants_v2_as_graph(concrete)
     options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     options["output"] = "none"
     info = tf.compat.v1.profiler.profile(
-        graph=frozen.graph, run_meta=tf.compat.v1.RunMetadata(), cmd="op", options=options
+        graph=frozen.graph,
+        run_meta=tf.compat.v1.RunMetadata(),
+        cmd="op",
+        options=options,
     )
     return int(info.total_float_ops)
 
@@ -143,14 +182,24 @@ def _encoder(backbone):
     return keras.Sequential([backbone, keras.layers.GlobalAveragePooling2D()])
 
 
-def step(kind: str, backbone_name: str, size: int, batch: int, warmup: int,
-         timed: int, precision: str, jit_compile: bool) -> dict:
+def step(
+    kind: str,
+    backbone_name: str,
+    size: int,
+    batch: int,
+    warmup: int,
+    timed: int,
+    precision: str,
+    jit_compile: bool,
+) -> dict:
     import keras
     import numpy as np
     import tensorflow as tf
 
     from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
-    from matl_keras.models.resnet.resnet_image_classifier import build_image_classifier
+    from matl_keras.models.resnet.resnet_image_classifier import (
+        build_image_classifier,
+    )
     from matl_keras.training import precision as precision_lib
     from matl_keras.training import self_supervised
 
@@ -159,14 +208,21 @@ def step(kind: str, backbone_name: str, size: int, batch: int, warmup: int,
     rng = np.random.default_rng(0)
 
     def images(*shape):
-        return tf.constant(rng.uniform(0, 1, (batch, *shape, size, size, 3)).astype("float32"))
+        return tf.constant(
+            rng.uniform(0, 1, (batch, *shape, size, size, 3)).astype("float32")
+        )
 
     with precision_lib.dtype_policy(precision):
         if kind == "supervised":
-            features = ResNetBackbone(FLAGS.depth, 1.0, size, attention=attention)
+            features = ResNetBackbone(
+                FLAGS.depth, 1.0, size, attention=attention
+            )
             model = build_image_classifier(features, 2)
-            model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                          loss="sparse_categorical_crossentropy", jit_compile=jit_compile)
+            model.compile(
+                optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                loss="sparse_categorical_crossentropy",
+                jit_compile=jit_compile,
+            )
             data = (images(), tf.zeros([batch], tf.int32))
             flops_model = model
         else:
@@ -174,16 +230,30 @@ def step(kind: str, backbone_name: str, size: int, batch: int, warmup: int,
 
             model = self_supervised.build_method(
                 kind,
-                lambda **kw: ResNetBackbone(FLAGS.depth, 1.0, attention=attention, **kw),
-                size, sync_batchnorm=True,
-                batchnorm_groups=self_supervised.resolve_batchnorm_groups("auto", batch, 1),
+                lambda **kw: ResNetBackbone(
+                    FLAGS.depth, 1.0, attention=attention, **kw
+                ),
+                size,
+                sync_batchnorm=True,
+                batchnorm_groups=self_supervised.resolve_batchnorm_groups(
+                    "auto", batch, 1
+                ),
             )
             # A queue of 4096 keys (the data size only sizes the queue).
-            model.configure(RunSchedule(num_examples=4096 + batch, steps_per_epoch=100,
-                                        epochs=1, global_batch_size=batch, seed=0))
+            model.configure(
+                RunSchedule(
+                    num_examples=4096 + batch,
+                    steps_per_epoch=100,
+                    epochs=1,
+                    global_batch_size=batch,
+                    seed=0,
+                )
+            )
             model.build()
-            model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                          jit_compile=jit_compile)
+            model.compile(
+                optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                jit_compile=jit_compile,
+            )
             if kind == "simclr":
                 data = ({"view1": images(), "view2": images()},)
             else:
@@ -232,7 +302,9 @@ def input_pipeline(kind: str, size: int, root: str, count: int) -> dict:
     from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
     from matl_keras.training import self_supervised
 
-    real = registry_lib.default_registry().create("datasets", "covid_ct", root=root)
+    real = registry_lib.default_registry().create(
+        "datasets", "covid_ct", root=root
+    )
 
     class Subset(Dataset):
         """The first `count` train images (the timing needs no more)."""
@@ -245,7 +317,9 @@ def input_pipeline(kind: str, size: int, root: str, count: int) -> dict:
 
         def examples(self, split):
             examples = real.examples(split)
-            return type(examples)(examples.paths[:count], examples.labels[:count])
+            return type(examples)(
+                examples.paths[:count], examples.labels[:count]
+            )
 
     augment, extra = "crop_flip", {}
     if kind != "supervised":
@@ -255,8 +329,15 @@ def input_pipeline(kind: str, size: int, root: str, count: int) -> dict:
         augment = model.views
         extra = {"prepare": model.prepare, "targets": "indices"}
     split = pipeline.build_split(
-        Subset(), "train", image_size=size, batch_size=32, training=True,
-        augment=augment, cache="memory", seed=0, **extra,
+        Subset(),
+        "train",
+        image_size=size,
+        batch_size=32,
+        training=True,
+        augment=augment,
+        cache="memory",
+        seed=0,
+        **extra,
     )
 
     def epoch():
@@ -267,9 +348,12 @@ def input_pipeline(kind: str, size: int, root: str, count: int) -> dict:
 
     first = epoch()
     cached = max(epoch() for _ in range(2))
-    return {"first_pass_images_per_second": round(first, 1),
-            "cached_images_per_second": round(cached, 1),
-            "images": split.num_examples, "cpu_cores": os.cpu_count()}
+    return {
+        "first_pass_images_per_second": round(first, 1),
+        "cached_images_per_second": round(cached, 1),
+        "images": split.num_examples,
+        "cpu_cores": os.cpu_count(),
+    }
 
 
 # --- orchestration ------------------------------------------------------------
@@ -278,9 +362,15 @@ def input_pipeline(kind: str, size: int, root: str, count: int) -> dict:
 def _child(spec: dict) -> dict:
     print(f"  running {spec}", flush=True)
     result = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), f"--child={json.dumps(spec)}"]
+        [
+            sys.executable,
+            os.path.abspath(__file__),
+            f"--child={json.dumps(spec)}",
+        ]
         + [f"--depth={FLAGS.depth}"],
-        cwd=REPO, capture_output=True, text=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
     )
     lines = [l for l in result.stdout.splitlines() if l.startswith("{")]
@@ -305,29 +395,42 @@ def run_child(spec: dict) -> None:
 def _markdown(results: dict) -> str:
     lines = []
     env = results["machine"]
-    lines.append(f"Machine: {env['cpu']}, {env['cores']} cores; TensorFlow "
-                 f"{env['tensorflow']}, Keras {env['keras']}; steps in "
-                 f"{results['settings']['precision']}, XLA "
-                 f"{'on' if results['settings']['jit_compile'] else 'off'}, "
-                 f"batch {results['settings']['batch_size']}.")
+    lines.append(
+        f"Machine: {env['cpu']}, {env['cores']} cores; TensorFlow "
+        f"{env['tensorflow']}, Keras {env['keras']}; steps in "
+        f"{results['settings']['precision']}, XLA "
+        f"{'on' if results['settings']['jit_compile'] else 'off'}, "
+        f"batch {results['settings']['batch_size']}."
+    )
     roof = results.get("roofline")
     if roof and "error" not in roof:
-        lines += ["", "| limit | GFLOP/s |", "|---|---|",
-                  f"| matmul {roof['matmul']['shape']} float32 | {roof['matmul']['gflops']} |"]
+        lines += [
+            "",
+            "| limit | GFLOP/s |",
+            "|---|---|",
+            f"| matmul {roof['matmul']['shape']} float32 | {roof['matmul']['gflops']} |",
+        ]
         for c in roof["conv"]:
-            lines.append(f"| conv {c['shape']} forward / train | "
-                         f"{c['forward_gflops']} / {c['train_gflops']} |")
+            lines.append(
+                f"| conv {c['shape']} forward / train | "
+                f"{c['forward_gflops']} / {c['train_gflops']} |"
+            )
     steps = results.get("steps", [])
     if steps:
-        lines += ["", "| step | backbone | px | train img/s | GFLOP/img (train) | "
-                  "achieved GFLOP/s | % conv fwd roofline | % conv train roofline | "
-                  "peak RSS MB | input img/s (cached) | input / step |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| step | backbone | px | train img/s | GFLOP/img (train) | "
+            "achieved GFLOP/s | % conv fwd roofline | % conv train roofline | "
+            "peak RSS MB | input img/s (cached) | input / step |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for row in steps:
             r = row["result"]
             if "error" in r:
-                lines.append(f"| {row['step']} | {row['backbone']} | {row['size']} | "
-                             f"error: {r['error'].splitlines()[-1][:80]} |")
+                lines.append(
+                    f"| {row['step']} | {row['backbone']} | {row['size']} | "
+                    f"error: {r['error'].splitlines()[-1][:80]} |"
+                )
                 continue
             inp = row.get("input", {})
             cached = inp.get("cached_images_per_second")
@@ -337,31 +440,45 @@ def _markdown(results: dict) -> str:
                 f"{r['achieved_gflops']} | {row.get('pct_conv_forward', '-')} | "
                 f"{row.get('pct_conv_train', '-')} | {r['peak_rss_mb']} | "
                 f"{cached if cached else '-'} | "
-                f"{round(cached / r['images_per_second'], 1) if cached else '-'} |")
+                f"{round(cached / r['images_per_second'], 1) if cached else '-'} |"
+            )
     ratios = results.get("region_aware_vs_moco", [])
     if ratios:
-        lines += ["", "| backbone | px | region_aware / MoCo time | FLOP ratio | off by |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| backbone | px | region_aware / MoCo time | FLOP ratio | off by |",
+            "|---|---|---|---|---|",
+        ]
         for r in ratios:
-            lines.append(f"| {r['backbone']} | {r['size']} | {r['time_ratio']} | "
-                         f"{r['flop_ratio']} | {r['off_by_percent']}% |")
+            lines.append(
+                f"| {r['backbone']} | {r['size']} | {r['time_ratio']} | "
+                f"{r['flop_ratio']} | {r['off_by_percent']}% |"
+            )
     inputs = results.get("input", [])
     if inputs:
-        lines += ["", "| input pipeline (real COVID-CT) | px | first pass img/s | cached img/s |",
-                  "|---|---|---|---|"]
+        lines += [
+            "",
+            "| input pipeline (real COVID-CT) | px | first pass img/s | cached img/s |",
+            "|---|---|---|---|",
+        ]
         for row in inputs:
             r = row["result"]
             if "error" in r:
                 lines.append(f"| {row['step']} | {row['size']} | error | |")
                 continue
-            lines.append(f"| {row['step']} | {row['size']} | "
-                         f"{r['first_pass_images_per_second']} | {r['cached_images_per_second']} |")
+            lines.append(
+                f"| {row['step']} | {row['size']} | "
+                f"{r['first_pass_images_per_second']} | {r['cached_images_per_second']} |"
+            )
     serving = results.get("serving")
     if serving and "timing" in serving:
         t = serving["timing"]
-        lines += ["", f"Serving ({serving['model']}): serving_default "
-                  f"{t['serving_default_1_image_ms']} ms for 1 image, "
-                  f"{t['serving_default_batch_img_s']} img/s at batch {serving['batch']}."]
+        lines += [
+            "",
+            f"Serving ({serving['model']}): serving_default "
+            f"{t['serving_default_1_image_ms']} ms for 1 image, "
+            f"{t['serving_default_batch_img_s']} img/s at batch {serving['batch']}.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -375,15 +492,30 @@ def main(argv):
 
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     path = os.path.join(FLAGS.output_dir, "benchmark.json")
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
-                if l.startswith("model name")), "unknown")
+    cpu = next(
+        (
+            l.split(":", 1)[1].strip()
+            for l in open("/proc/cpuinfo")
+            if l.startswith("model name")
+        ),
+        "unknown",
+    )
     results = {
         "command": " ".join(sys.argv),
-        "machine": {"cpu": cpu, "cores": os.cpu_count(),
-                    "tensorflow": tf.__version__, "keras": keras.__version__},
-        "settings": {"batch_size": FLAGS.batch_size, "precision": FLAGS.precision,
-                     "jit_compile": FLAGS.jit_compile, "depth": FLAGS.depth,
-                     "warmup_steps": FLAGS.warmup_steps, "timed_steps": FLAGS.timed_steps},
+        "machine": {
+            "cpu": cpu,
+            "cores": os.cpu_count(),
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+        },
+        "settings": {
+            "batch_size": FLAGS.batch_size,
+            "precision": FLAGS.precision,
+            "jit_compile": FLAGS.jit_compile,
+            "depth": FLAGS.depth,
+            "warmup_steps": FLAGS.warmup_steps,
+            "timed_steps": FLAGS.timed_steps,
+        },
     }
     if os.path.exists(path):  # keep sections not rerun
         previous = json.load(open(path))
@@ -406,14 +538,33 @@ def main(argv):
         print("input pipeline", flush=True)
         results["input"] = []
         if not os.path.isdir(FLAGS.covid_ct):
-            results["input"] = [{"step": "-", "size": 0, "result": {
-                "error": f"--covid_ct={FLAGS.covid_ct} is absent"}}]
+            results["input"] = [
+                {
+                    "step": "-",
+                    "size": 0,
+                    "result": {
+                        "error": f"--covid_ct={FLAGS.covid_ct} is absent"
+                    },
+                }
+            ]
         else:
             for kind in FLAGS.steps:
                 for size in sizes:
-                    results["input"].append({"step": kind, "size": size, "result": _child(
-                        {"what": "input", "kind": kind, "size": size,
-                         "root": FLAGS.covid_ct, "count": FLAGS.input_images})})
+                    results["input"].append(
+                        {
+                            "step": kind,
+                            "size": size,
+                            "result": _child(
+                                {
+                                    "what": "input",
+                                    "kind": kind,
+                                    "size": size,
+                                    "root": FLAGS.covid_ct,
+                                    "count": FLAGS.input_images,
+                                }
+                            ),
+                        }
+                    )
                     save()
     if "steps" in FLAGS.sections:
         print("training steps", flush=True)
@@ -421,16 +572,32 @@ def main(argv):
         for kind in FLAGS.steps:
             for name in FLAGS.backbones:
                 for size in sizes:
-                    r = _child({"what": "step", "kind": kind, "backbone_name": name,
-                                "size": size, "batch": FLAGS.batch_size,
-                                "warmup": FLAGS.warmup_steps, "timed": FLAGS.timed_steps,
-                                "precision": FLAGS.precision,
-                                "jit_compile": FLAGS.jit_compile})
-                    results["steps"].append({"step": kind, "backbone": name,
-                                             "size": size, "result": r})
+                    r = _child(
+                        {
+                            "what": "step",
+                            "kind": kind,
+                            "backbone_name": name,
+                            "size": size,
+                            "batch": FLAGS.batch_size,
+                            "warmup": FLAGS.warmup_steps,
+                            "timed": FLAGS.timed_steps,
+                            "precision": FLAGS.precision,
+                            "jit_compile": FLAGS.jit_compile,
+                        }
+                    )
+                    results["steps"].append(
+                        {
+                            "step": kind,
+                            "backbone": name,
+                            "size": size,
+                            "result": r,
+                        }
+                    )
                     save()
     roof = results.get("roofline", {})
-    inputs = {(r["step"], r["size"]): r["result"] for r in results.get("input", [])}
+    inputs = {
+        (r["step"], r["size"]): r["result"] for r in results.get("input", [])
+    }
     by_key = {}
     for row in results.get("steps", []):
         r = row["result"]
@@ -438,21 +605,37 @@ def main(argv):
         if "error" in r:
             continue
         if "conv_forward_gflops" in roof:
-            row["pct_conv_forward"] = round(100 * r["achieved_gflops"] / roof["conv_forward_gflops"], 1)
-            row["pct_conv_train"] = round(100 * r["achieved_gflops"] / roof["conv_train_gflops"], 1)
+            row["pct_conv_forward"] = round(
+                100 * r["achieved_gflops"] / roof["conv_forward_gflops"], 1
+            )
+            row["pct_conv_train"] = round(
+                100 * r["achieved_gflops"] / roof["conv_train_gflops"], 1
+            )
         if "error" not in inputs.get((row["step"], row["size"]), {"error": 1}):
             row["input"] = inputs[(row["step"], row["size"])]
     results["region_aware_vs_moco"] = []
     for (kind, name, size), r in by_key.items():
         moco = by_key.get(("moco", name, size))
-        if kind != "region_aware" or not moco or "error" in r or "error" in moco:
+        if (
+            kind != "region_aware"
+            or not moco
+            or "error" in r
+            or "error" in moco
+        ):
             continue
         time_ratio = moco["images_per_second"] / r["images_per_second"]
-        flop_ratio = r["train_gflops_per_image"] / moco["train_gflops_per_image"]
-        results["region_aware_vs_moco"].append({
-            "backbone": name, "size": size, "time_ratio": round(time_ratio, 2),
-            "flop_ratio": round(flop_ratio, 2),
-            "off_by_percent": round(100 * (time_ratio / flop_ratio - 1), 1)})
+        flop_ratio = (
+            r["train_gflops_per_image"] / moco["train_gflops_per_image"]
+        )
+        results["region_aware_vs_moco"].append(
+            {
+                "backbone": name,
+                "size": size,
+                "time_ratio": round(time_ratio, 2),
+                "flop_ratio": round(flop_ratio, 2),
+                "off_by_percent": round(100 * (time_ratio / flop_ratio - 1), 1),
+            }
+        )
     if "serving" in FLAGS.sections:
         print("serving", flush=True)
         work = os.path.join(FLAGS.output_dir, "export")
@@ -460,13 +643,23 @@ def main(argv):
         if not os.path.isdir(images):
             images = os.path.join(REPO, "tests", "data")
         proc = subprocess.run(
-            [sys.executable, os.path.join(REPO, "tools", "bench_export.py"),
-             f"--workdir={work}", f"--images={images}"],
-            cwd=REPO, capture_output=True, text=True,
-            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+            [
+                sys.executable,
+                os.path.join(REPO, "tools", "bench_export.py"),
+                f"--workdir={work}",
+                f"--images={images}",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        )
         out = os.path.join(work, "bench_export.json")
-        results["serving"] = (json.load(open(out)) if proc.returncode == 0
-                              else {"error": proc.stderr[-2000:]})
+        results["serving"] = (
+            json.load(open(out))
+            if proc.returncode == 0
+            else {"error": proc.stderr[-2000:]}
+        )
     save()
     print(_markdown(results))
     print(f"wrote {path}")

@@ -53,18 +53,34 @@ from absl import flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 flags.DEFINE_string("workdir", "runs/compare_pretraining", "Output folder.")
-flags.DEFINE_string("ct_root", None, "COVID19-CT root; default: the embedded "
-                    "synthetic_ct data of gin/sstl_m.gin.")
-flags.DEFINE_string("cxr_root", None, "COVIDx-like CXR root (for `stl_m`); "
-                    "default: the embedded synthetic_cxr data.")
-flags.DEFINE_list("pretrainings", ["scratch", "sstl_m:region_aware"],
-                  "Chains before fine-tuning (see the module doc).")
-flags.DEFINE_list("variants", ["default"],
-                  "Attention placements: default (the job's), baseline, "
-                  "attn1, attn5.")
-flags.DEFINE_list("fractions", ["default"],
-                  "Labelled fractions of the train split for fine-tuning "
-                  "('default': the job's LABELLED_FRACTION).")
+flags.DEFINE_string(
+    "ct_root",
+    None,
+    "COVID19-CT root; default: the embedded "
+    "synthetic_ct data of gin/sstl_m.gin.",
+)
+flags.DEFINE_string(
+    "cxr_root",
+    None,
+    "COVIDx-like CXR root (for `stl_m`); "
+    "default: the embedded synthetic_cxr data.",
+)
+flags.DEFINE_list(
+    "pretrainings",
+    ["scratch", "sstl_m:region_aware"],
+    "Chains before fine-tuning (see the module doc).",
+)
+flags.DEFINE_list(
+    "variants",
+    ["default"],
+    "Attention placements: default (the job's), baseline, attn1, attn5.",
+)
+flags.DEFINE_list(
+    "fractions",
+    ["default"],
+    "Labelled fractions of the train split for fine-tuning "
+    "('default': the job's LABELLED_FRACTION).",
+)
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
 flags.DEFINE_multi_string("gin_param", [], "Extra bindings for every run.")
 flags.DEFINE_integer("knn_k", 20, "k of the kNN transferability score.")
@@ -127,8 +143,9 @@ def _run(command, log_path):
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     start = time.perf_counter()
     with open(log_path, "a") as log:
-        done = subprocess.run(command, cwd=REPO, stdout=log,
-                              stderr=subprocess.STDOUT)
+        done = subprocess.run(
+            command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+        )
     if done.returncode:
         raise SystemExit(f"failed (exit {done.returncode}); see {log_path}")
     return time.perf_counter() - start
@@ -139,14 +156,16 @@ def knn_loo_accuracy(features, labels, k):
     import numpy as np
 
     x = features / np.maximum(
-        np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+        np.linalg.norm(features, axis=1, keepdims=True), 1e-12
+    )
     similarity = x @ x.T
     np.fill_diagonal(similarity, -np.inf)
     k = min(k, len(x) - 1)
     neighbours = np.argsort(-similarity, axis=1)[:, :k]
     votes = labels[neighbours]
     predicted = np.array(
-        [np.bincount(v, minlength=labels.max() + 1).argmax() for v in votes])
+        [np.bincount(v, minlength=labels.max() + 1).argmax() for v in votes]
+    )
     return float((predicted == labels).mean())
 
 
@@ -173,9 +192,13 @@ def _knn_score(finetune_dir, fraction, seed):
     if run.get("init_backbone"):
         load_backbone(backbone, run["init_backbone"]["path"])
     split = pipeline.build_split(
-        _dataset(run), "train", image_size=spec["image_size"],
-        crop_fraction=spec["crop_fraction"], batch_size=64,
-        training=False, seed=seed,
+        _dataset(run),
+        "train",
+        image_size=spec["image_size"],
+        crop_fraction=spec["crop_fraction"],
+        batch_size=64,
+        training=False,
+        seed=seed,
         labelled_fraction=run.get("labelled_fraction", 1.0),
     )
     features, labels = pooled_features(backbone, split.data)
@@ -187,9 +210,11 @@ def _dataset(run):
 
     if FLAGS.ct_root:
         return default_registry().load("datasets", "covid_ct")(
-            root=FLAGS.ct_root)
+            root=FLAGS.ct_root
+        )
     return default_registry().load("datasets", "synthetic_ct")(
-        **_synthetic_ct_arguments())
+        **_synthetic_ct_arguments()
+    )
 
 
 def _synthetic_ct_arguments():
@@ -203,7 +228,7 @@ def _synthetic_ct_arguments():
         for line in f:
             line = line.split("#")[0].strip()
             if line.startswith("synthetic_ct.") and "=" in line:
-                key, value = line[len("synthetic_ct."):].split("=", 1)
+                key, value = line[len("synthetic_ct.") :].split("=", 1)
                 arguments[key.strip()] = ast.literal_eval(value.strip())
     return arguments
 
@@ -211,8 +236,9 @@ def _synthetic_ct_arguments():
 def _cell(pretraining, variant, fraction, seed, workdir):
     stages, method = parse_pretraining(pretraining)
     name = f"{pretraining.replace(':', '-').replace('+', '_')}/{variant}"
-    cell_dir = os.path.join(workdir, name, f"fraction-{fraction}",
-                            f"seed-{seed}")
+    cell_dir = os.path.join(
+        workdir, name, f"fraction-{fraction}", f"seed-{seed}"
+    )
     result_path = os.path.join(cell_dir, "cell.json")
     if os.path.exists(result_path):
         with open(result_path) as f:
@@ -227,17 +253,21 @@ def _cell(pretraining, variant, fraction, seed, workdir):
             print(f"== pretrain {name} seed {seed}", flush=True)
             seconds["pretrain"] = _run(
                 _command(stages, method, variant, fraction, seed, pre_dir),
-                pre_dir + ".log")
+                pre_dir + ".log",
+            )
             open(os.path.join(pre_dir, "done"), "w").close()
         for stage in stages:
             if not os.path.exists(os.path.join(cell_dir, stage)):
-                shutil.copytree(os.path.join(pre_dir, stage),
-                                os.path.join(cell_dir, stage))
+                shutil.copytree(
+                    os.path.join(pre_dir, stage), os.path.join(cell_dir, stage)
+                )
     print(f"== fine-tune {name} fraction {fraction} seed {seed}", flush=True)
     seconds["finetune"] = _run(
-        _command(stages + ["finetune"], method, variant, fraction, seed,
-                 cell_dir),
-        cell_dir + ".log")
+        _command(
+            stages + ["finetune"], method, variant, fraction, seed, cell_dir
+        ),
+        cell_dir + ".log",
+    )
     finetune_dir = os.path.join(cell_dir, "finetune")
     with open(os.path.join(finetune_dir, "metrics.json")) as f:
         val = json.load(f)["val"]
@@ -246,10 +276,13 @@ def _cell(pretraining, variant, fraction, seed, workdir):
     transfer = run.get("transferability", {}).get("sources", {})
     source = stages[-1] if stages else "untrained"
     cell = {
-        "pretraining": pretraining, "variant": variant,
-        "fraction": fraction, "seed": seed,
+        "pretraining": pretraining,
+        "variant": variant,
+        "fraction": fraction,
+        "seed": seed,
         "labelled": run["class_counts"]["train"],
-        "val_auc": val["auc"], "val_auc_ci": val.get("auc_ci"),
+        "val_auc": val["auc"],
+        "val_auc_ci": val.get("auc_ci"),
         "val_accuracy": val["accuracy"],
         "leep": transfer.get(source, {}).get("leep"),
         "knn": _knn_score(finetune_dir, fraction, seed),
@@ -288,30 +321,44 @@ def summarize(cells):
 
     groups = {}
     for c in cells:
-        groups.setdefault((c["pretraining"], c["variant"], c["fraction"]),
-                          []).append(c)
-    scratch = {(c["variant"], c["fraction"], c["seed"]): c["val_auc"]
-               for c in cells if c["pretraining"] == "scratch"}
+        groups.setdefault(
+            (c["pretraining"], c["variant"], c["fraction"]), []
+        ).append(c)
+    scratch = {
+        (c["variant"], c["fraction"], c["seed"]): c["val_auc"]
+        for c in cells
+        if c["pretraining"] == "scratch"
+    }
     rows = []
     for (pretraining, variant, fraction), members in groups.items():
         auc = np.array([m["val_auc"] for m in members])
-        gains = [m["val_auc"] - scratch[(variant, fraction, m["seed"])]
-                 for m in members
-                 if (variant, fraction, m["seed"]) in scratch]
-        rows.append({
-            "pretraining": pretraining, "variant": variant,
-            "fraction": fraction, "seeds": len(members),
-            "labelled": members[0]["labelled"],
-            "val_auc_mean": float(auc.mean()),
-            "val_auc_std": float(auc.std()),
-            "gain_over_scratch_mean": (
-                float(np.mean(gains)) if gains and pretraining != "scratch"
-                else None),
-            "gain_over_scratch_std": (
-                float(np.std(gains)) if gains and pretraining != "scratch"
-                else None),
-            "knn_mean": float(np.mean([m["knn"] for m in members])),
-        })
+        gains = [
+            m["val_auc"] - scratch[(variant, fraction, m["seed"])]
+            for m in members
+            if (variant, fraction, m["seed"]) in scratch
+        ]
+        rows.append(
+            {
+                "pretraining": pretraining,
+                "variant": variant,
+                "fraction": fraction,
+                "seeds": len(members),
+                "labelled": members[0]["labelled"],
+                "val_auc_mean": float(auc.mean()),
+                "val_auc_std": float(auc.std()),
+                "gain_over_scratch_mean": (
+                    float(np.mean(gains))
+                    if gains and pretraining != "scratch"
+                    else None
+                ),
+                "gain_over_scratch_std": (
+                    float(np.std(gains))
+                    if gains and pretraining != "scratch"
+                    else None
+                ),
+                "knn_mean": float(np.mean([m["knn"] for m in members])),
+            }
+        )
     correlation = {}
     for score in ("knn", "leep"):
         scored = [c for c in cells if c.get(score) is not None]
@@ -319,9 +366,13 @@ def summarize(cells):
         # exists only where the source has a classifier: within one
         # pretraining it would rank seeds, not transfer).
         kinds = {c["pretraining"] for c in scored}
-        correlation[score] = _spearman(
-            [c[score] for c in scored], [c["val_auc"] for c in scored]
-        ) if len(kinds) > 1 else None
+        correlation[score] = (
+            _spearman(
+                [c[score] for c in scored], [c["val_auc"] for c in scored]
+            )
+            if len(kinds) > 1
+            else None
+        )
     return rows, correlation
 
 
@@ -329,7 +380,9 @@ def markdown(rows, correlation, cells, minutes):
     def fmt(value, std=None):
         if value is None:
             return "-"
-        return f"{value:+.3f} +- {std:.3f}" if std is not None else f"{value:.3f}"
+        return (
+            f"{value:+.3f} +- {std:.3f}" if std is not None else f"{value:.3f}"
+        )
 
     lines = [
         "Fine-tuned val AUC, mean +- std over seeds; gain = paired "
@@ -341,9 +394,15 @@ def markdown(rows, correlation, cells, minutes):
         "scratch | kNN score |",
         "|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(rows, key=lambda r: (r["variant"], str(r["fraction"]),
-                                         r["pretraining"] != "scratch",
-                                         r["pretraining"])):
+    for r in sorted(
+        rows,
+        key=lambda r: (
+            r["variant"],
+            str(r["fraction"]),
+            r["pretraining"] != "scratch",
+            r["pretraining"],
+        ),
+    ):
         labelled = sum(r["labelled"].values())
         lines.append(
             f"| {r['pretraining']} | {r['variant']} | {labelled} "
@@ -352,18 +411,25 @@ def markdown(rows, correlation, cells, minutes):
             f"{fmt(r['gain_over_scratch_mean'], r['gain_over_scratch_std'])} "
             f"| {r['knn_mean']:.3f} |"
         )
-    lines += ["", "Rank correlation (Spearman) of transferability scores "
-              "with the fine-tuned val AUC over all cells: "
-              + ", ".join(f"{k} {fmt(v)}" for k, v in correlation.items()),
-              "", "Per seed (val AUC with its 95% stratified bootstrap CI):",
-              "", "| pretraining | variant | fraction | seed | val AUC | CI "
-              "| LEEP | kNN |", "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Rank correlation (Spearman) of transferability scores "
+        "with the fine-tuned val AUC over all cells: "
+        + ", ".join(f"{k} {fmt(v)}" for k, v in correlation.items()),
+        "",
+        "Per seed (val AUC with its 95% stratified bootstrap CI):",
+        "",
+        "| pretraining | variant | fraction | seed | val AUC | CI "
+        "| LEEP | kNN |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for c in cells:
         ci = c.get("val_auc_ci") or [float("nan")] * 2
         lines.append(
             f"| {c['pretraining']} | {c['variant']} | {c['fraction']} | "
             f"{c['seed']} | {c['val_auc']:.3f} | {ci[0]:.3f}-{ci[1]:.3f} | "
-            f"{fmt(c.get('leep'))} | {c['knn']:.3f} |")
+            f"{fmt(c.get('leep'))} | {c['knn']:.3f} |"
+        )
     lines += ["", f"Wall time of this invocation: {minutes:.1f} min."]
     return "\n".join(lines) + "\n"
 
@@ -378,13 +444,21 @@ def plot(rows, path):
     for key in sorted({(r["pretraining"], r["variant"]) for r in rows}):
         points = sorted(
             (float(r["fraction"]), r["val_auc_mean"], r["val_auc_std"])
-            for r in rows if (r["pretraining"], r["variant"]) == key
-            and r["fraction"] != "default")
+            for r in rows
+            if (r["pretraining"], r["variant"]) == key
+            and r["fraction"] != "default"
+        )
         if len(points) < 2:
             continue
         x, y, e = zip(*points)
-        axis.errorbar(x, y, yerr=e, marker="o", capsize=3,
-                      label=" / ".join(k for k in key if k != "default"))
+        axis.errorbar(
+            x,
+            y,
+            yerr=e,
+            marker="o",
+            capsize=3,
+            label=" / ".join(k for k in key if k != "default"),
+        )
     axis.set_xscale("log")
     axis.set_xlabel("labelled fraction of the train split")
     axis.set_ylabel("fine-tuned val AUC (mean +- std)")
@@ -412,9 +486,17 @@ def main(argv):
     rows, correlation = summarize(cells)
     minutes = (time.perf_counter() - start) / 60
     with open(os.path.join(workdir, "report.json"), "w") as f:
-        json.dump({"flags": FLAGS.flag_values_dict(), "rows": rows,
-                   "correlation": correlation, "cells": cells}, f, indent=2,
-                  default=str)
+        json.dump(
+            {
+                "flags": FLAGS.flag_values_dict(),
+                "rows": rows,
+                "correlation": correlation,
+                "cells": cells,
+            },
+            f,
+            indent=2,
+            default=str,
+        )
     text = markdown(rows, correlation, cells, minutes)
     with open(os.path.join(workdir, "report.md"), "w") as f:
         f.write(text)

@@ -155,7 +155,9 @@ def layer_breaks(graph) -> list[str]:
         for target, line in targets:
             other = layer_of(target)
             if rank is not None and other is not None and other > rank:
-                breaks.append(f"{module}:{line} imports {target} (a layer above)")
+                breaks.append(
+                    f"{module}:{line} imports {target} (a layer above)"
+                )
     return breaks
 
 
@@ -172,8 +174,10 @@ def main() -> int:
                 print(f"{module} -> {target} ({line})")
     found = cycles(graph)
     breaks = layer_breaks(graph)
-    print(f"{len(known)} modules, {count} imports of the package "
-          "(module-level and inside functions)")
+    print(
+        f"{len(known)} modules, {count} imports of the package "
+        "(module-level and inside functions)"
+    )
     print(f"cycles: {len(found)}")
     for component in found:
         print(f"  {len(component)} modules: {', '.join(component)}")

@@ -34,8 +34,11 @@ from absl import flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 flags.DEFINE_string("ct_root", None, "COVID19-CT root (upstream layout).")
 flags.DEFINE_string("workdir", "runs/ssl_probe", "Output folder.")
-flags.DEFINE_list("methods", ["none", "moco", "simclr", "region_aware"],
-                  "SSL methods ('none': random init).")
+flags.DEFINE_list(
+    "methods",
+    ["none", "moco", "simclr", "region_aware"],
+    "SSL methods ('none': random init).",
+)
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
 flags.DEFINE_integer("image_size", 96, "Model input side.")
 flags.DEFINE_integer("batch_size", 32, "SSL batch size.")
@@ -44,8 +47,11 @@ flags.DEFINE_integer("depth", 18, "ResNet depth.")
 flags.DEFINE_float("width", 0.5, "ResNet width multiplier.")
 flags.DEFINE_string("attention", "none", "ATTENTION placement.")
 flags.DEFINE_multi_string(
-    "gin_param", [], "Extra bindings for every SSTL-M run (e.g. "
-    "'moco.augment = \"ct_intensity\"').")
+    "gin_param",
+    [],
+    "Extra bindings for every SSTL-M run (e.g. "
+    "'moco.augment = \"ct_intensity\"').",
+)
 flags.mark_flags_as_required(["ct_root"])
 FLAGS = flags.FLAGS
 
@@ -79,40 +85,48 @@ def _pretrain(method, seed, workdir):
 def _score(backbone_path, seed):
     """kNN and linear-probe scores of one backbone on val."""
     import keras
+    from matl_keras_plugins.datasets.covid_ct import CovidCT
 
     from matl_keras.data import pipeline
     from matl_keras.evaluation import knn
     from matl_keras.evaluation import linear_probe
     from matl_keras.evaluation import metrics as metrics_lib
+    from matl_keras.evaluation.evaluator import pooled_features
     from matl_keras.models.backbone_weights import load_backbone
     from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
-    from matl_keras.evaluation.evaluator import pooled_features
-    from matl_keras_plugins.datasets.covid_ct import CovidCT
 
     keras.utils.set_random_seed(seed)
     backbone = ResNetBackbone(
-        depth=FLAGS.depth, width_multiplier=FLAGS.width,
-        image_size=FLAGS.image_size, attention=FLAGS.attention,
+        depth=FLAGS.depth,
+        width_multiplier=FLAGS.width,
+        image_size=FLAGS.image_size,
+        attention=FLAGS.attention,
         normalization="caffe",
     )
     if backbone_path:
         load_backbone(backbone, backbone_path)
     dataset = CovidCT(root=FLAGS.ct_root)
-    common = dict(image_size=FLAGS.image_size, batch_size=64,
-                  training=False, seed=seed)
+    common = dict(
+        image_size=FLAGS.image_size, batch_size=64, training=False, seed=seed
+    )
     bank, bank_labels = pooled_features(
-        backbone, pipeline.build_split(dataset, "train", **common).data)
+        backbone, pipeline.build_split(dataset, "train", **common).data
+    )
     queries, labels = pooled_features(
-        backbone, pipeline.build_split(dataset, "val", **common).data)
+        backbone, pipeline.build_split(dataset, "val", **common).data
+    )
     positive = dataset.positive_index()
     probe = linear_probe.linear_probe(
-        bank, bank_labels, queries, dataset.num_classes, seed=seed)
+        bank, bank_labels, queries, dataset.num_classes, seed=seed
+    )
     return {
         "knn_accuracy": knn.knn_accuracy(
-            bank, bank_labels, queries, labels, dataset.num_classes, 20),
+            bank, bank_labels, queries, labels, dataset.num_classes, 20
+        ),
         "probe_accuracy": metrics_lib.accuracy(labels, probe.probs),
         "probe_auc": metrics_lib.roc_auc_binary(
-            labels == positive, probe.probs[:, positive]),
+            labels == positive, probe.probs[:, positive]
+        ),
         "probe_penalty": probe.penalty,
         "num_bank": int(len(bank)),
         "num_queries": int(len(queries)),
@@ -143,11 +157,15 @@ def _markdown(cells):
             stats.append(f"{values.mean():.3f} +- {values.std():.3f}")
         minutes = np.mean([r.get("pretrain_seconds") or 0.0 for r in rows]) / 60
         lines.append(
-            f"| {method} | {len(rows)} | " + " | ".join(stats)
+            f"| {method} | {len(rows)} | "
+            + " | ".join(stats)
             + f" | {minutes:.1f} |"
         )
-    lines += ["", "| method | seed | kNN acc | probe acc | probe AUC |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| method | seed | kNN acc | probe acc | probe AUC |",
+        "|---|---|---|---|---|",
+    ]
     for c in cells:
         lines.append(
             f"| {c['method']} | {c['seed']} | {c['knn_accuracy']:.3f} | "
@@ -175,17 +193,27 @@ def main(argv):
             if method != "none":
                 print(f"== SSTL-M {method} seed {seed}", flush=True)
                 seconds = _pretrain(method, seed, cell_dir)
-                weights = os.path.join(cell_dir, "sstl_m", "backbone.weights.h5")
-            cell = {"method": method, "seed": seed,
-                    "pretrain_seconds": seconds, **_score(weights, seed)}
+                weights = os.path.join(
+                    cell_dir, "sstl_m", "backbone.weights.h5"
+                )
+            cell = {
+                "method": method,
+                "seed": seed,
+                "pretrain_seconds": seconds,
+                **_score(weights, seed),
+            }
             print(json.dumps(cell), flush=True)
             with open(score_path + ".tmp", "w") as f:
                 json.dump(cell, f, indent=2)
             os.replace(score_path + ".tmp", score_path)
             cells.append(cell)
     with open(os.path.join(workdir, "report.json"), "w") as f:
-        json.dump({"flags": FLAGS.flag_values_dict(), "cells": cells}, f,
-                  indent=2, default=str)
+        json.dump(
+            {"flags": FLAGS.flag_values_dict(), "cells": cells},
+            f,
+            indent=2,
+            default=str,
+        )
     text = _markdown(cells)
     with open(os.path.join(workdir, "report.md"), "w") as f:
         f.write(text)

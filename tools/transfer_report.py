@@ -25,17 +25,21 @@ import time
 
 from absl import app
 from absl import flags
-
-from matl_keras import runs
 from matl_keras_plugins.reports.transferability import held_out_split
 from matl_keras_plugins.reports.transferability import split_label
+
+from matl_keras import runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 flags.DEFINE_string("ct_root", None, "COVID19-CT root (upstream layout).")
 flags.DEFINE_string("cxr_root", None, "COVIDx-layout chest X-ray root.")
 flags.DEFINE_string("workdir", "runs/transfer_report", "Output folder.")
-flags.DEFINE_list("variants", ["baseline", "attn5"], "gin/variants/*.gin names.")
-flags.DEFINE_list("ablations", ["wo_tl", "w_stl_m"], "gin/ablations/*.gin names.")
+flags.DEFINE_list(
+    "variants", ["baseline", "attn5"], "gin/variants/*.gin names."
+)
+flags.DEFINE_list(
+    "ablations", ["wo_tl", "w_stl_m"], "gin/ablations/*.gin names."
+)
 flags.DEFINE_integer("image_size", 128, "Model input side.")
 flags.DEFINE_integer("batch_size", 32, "Batch size of every stage.")
 flags.DEFINE_integer("depth", 18, "ResNet depth.")
@@ -43,7 +47,8 @@ flags.DEFINE_float("width", 0.5, "ResNet width multiplier.")
 flags.DEFINE_integer("stl_m_epochs", 6, "STL-M epochs.")
 flags.DEFINE_integer("finetune_epochs", 12, "Fine-tuning epochs.")
 flags.DEFINE_string(
-    "leep_split", "val",
+    "leep_split",
+    "val",
     "COVID19-CT split on which the fine-tuning stage scores LEEP of the "
     "untrained network and of every earlier stage.",
 )
@@ -84,16 +89,24 @@ def _run(variant, ablation):
 def _operating_point(variant, ablation, stage, split):
     """Sensitivity / specificity at the stage's val-chosen operating point
     on `split` (from the stage's metrics.json), and how it was chosen."""
-    path = os.path.join(REPO, FLAGS.workdir, variant, ablation,
-                        stage["workdir"], runs.METRICS_FILE)
+    path = os.path.join(
+        REPO,
+        FLAGS.workdir,
+        variant,
+        ablation,
+        stage["workdir"],
+        runs.METRICS_FILE,
+    )
     if not os.path.isfile(path):
         return ""
     with open(path) as f:
         at = json.load(f).get(split, {}).get("operating_point") or {}
     if at.get("threshold") is None:
         return ""
-    return (f"{at['sensitivity']:.3f} / {at['specificity']:.3f} "
-            f"({at['description']})")
+    return (
+        f"{at['sensitivity']:.3f} / {at['specificity']:.3f} "
+        f"({at['description']})"
+    )
 
 
 def _pipeline_rate(dataset, root):
@@ -102,12 +115,18 @@ def _pipeline_rate(dataset, root):
     from matl_keras import registry as registry_lib
     from matl_keras.data import pipeline
 
-    data = registry_lib.default_registry().create("datasets", dataset, root=root)
+    data = registry_lib.default_registry().create(
+        "datasets", dataset, root=root
+    )
     rates = {}
     for name, augment in (("stl_m", "stl_m"), ("finetune", "moco_v2")):
         split = pipeline.build_split(
-            data, "train", image_size=FLAGS.image_size,
-            batch_size=FLAGS.batch_size, training=True, augment=augment,
+            data,
+            "train",
+            image_size=FLAGS.image_size,
+            batch_size=FLAGS.batch_size,
+            training=True,
+            augment=augment,
         )
         for label in ("first_pass", "cached"):
             start, n = time.perf_counter(), 0
@@ -136,7 +155,8 @@ def main(argv):
             )
             sources = stages["finetune"]["transferability"]["sources"]
             leep = ", ".join(
-                f"{name} {values['leep']:.4f}" for name, values in sources.items()
+                f"{name} {values['leep']:.4f}"
+                for name, values in sources.items()
                 if values.get("leep") is not None
             )
             rows.append(
@@ -144,10 +164,14 @@ def main(argv):
                 f"{scores['accuracy']:.3f} | {scores['f1']:.3f} | "
                 f"{scores['auc']:.3f} | {at} | {leep} | {timing} |"
             )
-    rates = {
-        "covid_ct": _pipeline_rate("covid_ct", FLAGS.ct_root),
-        "covidx": _pipeline_rate("covidx", FLAGS.cxr_root),
-    } if FLAGS.pipeline_rates else {}
+    rates = (
+        {
+            "covid_ct": _pipeline_rate("covid_ct", FLAGS.ct_root),
+            "covidx": _pipeline_rate("covidx", FLAGS.cxr_root),
+        }
+        if FLAGS.pipeline_rates
+        else {}
+    )
     lines = [
         f"ResNet-{FLAGS.depth} x{FLAGS.width}, {FLAGS.image_size} px, batch "
         f"{FLAGS.batch_size}; STL-M {FLAGS.stl_m_epochs} epochs, fine-tuning "
@@ -177,14 +201,20 @@ def main(argv):
     with open(os.path.join(FLAGS.workdir, "report.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(os.path.join(FLAGS.workdir, "report.json"), "w") as f:
-        json.dump({"runs": results, "pipeline_images_per_second": rates}, f, indent=2)
+        json.dump(
+            {"runs": results, "pipeline_images_per_second": rates}, f, indent=2
+        )
     print("\n".join(lines))
     # The paper's tables from the same runs.
     subprocess.run(
-        [os.path.join(os.path.dirname(sys.executable), "matl-keras"), "report",
-         f"--runs={','.join(os.path.join(FLAGS.workdir, v, a) for v in FLAGS.variants for a in FLAGS.ablations)}",
-         f"--output_dir={os.path.join(FLAGS.workdir, 'tables')}"],
-        cwd=REPO, check=True,
+        [
+            os.path.join(os.path.dirname(sys.executable), "matl-keras"),
+            "report",
+            f"--runs={','.join(os.path.join(FLAGS.workdir, v, a) for v in FLAGS.variants for a in FLAGS.ablations)}",
+            f"--output_dir={os.path.join(FLAGS.workdir, 'tables')}",
+        ],
+        cwd=REPO,
+        check=True,
     )
 
 

@@ -37,8 +37,11 @@ def evaluate(
         )
     plugins = resolve_evaluators(evaluators, "--evaluators")
     classes = int(keras_model.output.shape[-1])
-    if (classes == data_plugin.num_classes and trained.class_names
-            and trained.class_names != list(data_plugin.class_names)):
+    if (
+        classes == data_plugin.num_classes
+        and trained.class_names
+        and trained.class_names != list(data_plugin.class_names)
+    ):
         raise ConfigError(
             f"--dataset: the model was trained on classes {trained.class_names}, "
             f"dataset {dataset!r} has {list(data_plugin.class_names)}: the "
@@ -46,8 +49,11 @@ def evaluate(
         )
     prep = trained.preprocessing(int(keras_model.input.shape[1]))
     data = pipeline.build_split(
-        data_plugin, split, image_size=prep["image_size"],
-        crop_fraction=prep["crop_fraction"], batch_size=batch_size,
+        data_plugin,
+        split,
+        image_size=prep["image_size"],
+        crop_fraction=prep["crop_fraction"],
+        batch_size=batch_size,
         training=False,
     )
     output = output or os.path.join(
@@ -62,7 +68,9 @@ def evaluate(
         else None
     )
     context = EvalContext(
-        model=keras_model, data=data.data, split=split,
+        model=keras_model,
+        data=data.data,
+        split=split,
         class_names=tuple(data_plugin.class_names),
         positive_index=data_plugin.positive_index(),
         workdir=os.path.dirname(os.path.abspath(output)),
@@ -80,7 +88,9 @@ def evaluate(
         "results": results,
     }
     runs.write_json(output, report)
-    print(f"{dataset} {split} ({data.num_examples} images), model {trained.model_path}")
+    print(
+        f"{dataset} {split} ({data.num_examples} images), model {trained.model_path}"
+    )
     print(metrics_lib.format_table(results))
     print(f"wrote {output}")
     return report

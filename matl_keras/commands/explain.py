@@ -57,12 +57,15 @@ def explain_images(
         cam = explain.GradCAM(keras_model, layer)  # set up once for all batches
     except ValueError as e:
         if layer is not None and "No such layer" in str(e):
-            raise ConfigError(f"--layer: the model has no layer {layer!r}") from None
+            raise ConfigError(
+                f"--layer: the model has no layer {layer!r}"
+            ) from None
         raise ConfigError(f"--layer: {e}") from None
     layer = cam.layer
     decision_path = os.path.join(trained.stage_dir, runs.DECISION_FILE)
-    decision = (runs.read_json(decision_path)
-                if os.path.isfile(decision_path) else None)
+    decision = (
+        runs.read_json(decision_path) if os.path.isfile(decision_path) else None
+    )
     # The share of Grad-CAM mass inside the lung box, from the `gradcam`
     # evaluator plugin (it holds the lung locator; None without it).
     scorer = registry_lib.default_registry().create("evaluators", "gradcam")
@@ -70,24 +73,30 @@ def explain_images(
     os.makedirs(output_dir, exist_ok=True)
     records = []
     for start in range(0, len(files), batch_size):
-        chunk = files[start:start + batch_size]
-        batch = np.stack([
-            pipeline.eval_transform(
-                decode.decode_file_image(tf.io.read_file(f)),
-                prep["image_size"], prep["crop_fraction"],
-            ).numpy()
-            for f in chunk
-        ])
+        chunk = files[start : start + batch_size]
+        batch = np.stack(
+            [
+                pipeline.eval_transform(
+                    decode.decode_file_image(tf.io.read_file(f)),
+                    prep["image_size"],
+                    prep["crop_fraction"],
+                ).numpy()
+                for f in chunk
+            ]
+        )
         probs = keras_model.predict(batch, verbose=0)
         # The stage's decision (calibration, operating point), as served.
         decided = probs.argmax(1)
         if decision is not None:
             probs, decided = operating_point.apply(decision, probs)
-        targets = decided if class_index is None else np.full(len(chunk), class_index)
+        targets = (
+            decided if class_index is None else np.full(len(chunk), class_index)
+        )
         cams = cam(batch, targets)
         attention = explain.attention_map(keras_model, batch)
         shares, boxes, found = (
-            lung_mass(batch, cams) if lung_mass else ([None] * len(chunk),) * 3)
+            lung_mass(batch, cams) if lung_mass else ([None] * len(chunk),) * 3
+        )
         for i, path in enumerate(chunk):
             predicted = int(decided[i])
             stem = os.path.splitext(os.path.basename(path))[0]
@@ -98,35 +107,55 @@ def explain_images(
                 f"{names[int(targets[i])]} at {layer}"
             )
             explain.write_row(
-                out, batch[i], cams[i],
-                None if attention is None else attention[i], title,
+                out,
+                batch[i],
+                cams[i],
+                None if attention is None else attention[i],
+                title,
             )
-            records.append({
-                "image": os.path.abspath(path),
-                "png": out,
-                "predicted": names[predicted],
-                "probabilities": {n: float(p) for n, p in zip(names, probs[i])},
-                "gradcam_class": names[int(targets[i])],
-                "gradcam_peak_yx": [int(v) for v in np.unravel_index(cams[i].argmax(), cams[i].shape)],
-                "lung_mass": metrics_lib.to_json_value(shares[i]),
-                "lung_box": boxes[i] and boxes[i]["box"],
-                "lung_mass_chance": boxes[i] and boxes[i]["chance"],
-                "lung_found": found[i],
-            })
+            records.append(
+                {
+                    "image": os.path.abspath(path),
+                    "png": out,
+                    "predicted": names[predicted],
+                    "probabilities": {
+                        n: float(p) for n, p in zip(names, probs[i])
+                    },
+                    "gradcam_class": names[int(targets[i])],
+                    "gradcam_peak_yx": [
+                        int(v)
+                        for v in np.unravel_index(
+                            cams[i].argmax(), cams[i].shape
+                        )
+                    ],
+                    "lung_mass": metrics_lib.to_json_value(shares[i]),
+                    "lung_box": boxes[i] and boxes[i]["box"],
+                    "lung_mass_chance": boxes[i] and boxes[i]["chance"],
+                    "lung_found": found[i],
+                }
+            )
     runs.write_json(
         os.path.join(output_dir, "explain.json"),
-        {"model": os.path.abspath(trained.model_path), "gradcam_layer": layer,
-         "gradcam_layer_note": cam.note,
-         "predicted_by": ("argmax (no decision.json)" if decision is None
-                          else operating_point.describe(decision)),
-         "attention_block": explain.last_block_name(keras_model),
-         "lung_mass_mean": _mean([r["lung_mass"] for r in records]),
-         "lung_mass_chance_mean": _mean([r["lung_mass_chance"] for r in records]),
-         "lung_mass": "share of the Grad-CAM mass inside the lung box "
-                      "(lung_box of the region-aware Generator; its central "
-                      "fallback box where lung_found is false); chance: the "
-                      "share of a uniform map (the box's area)",
-         "images": records},
+        {
+            "model": os.path.abspath(trained.model_path),
+            "gradcam_layer": layer,
+            "gradcam_layer_note": cam.note,
+            "predicted_by": (
+                "argmax (no decision.json)"
+                if decision is None
+                else operating_point.describe(decision)
+            ),
+            "attention_block": explain.last_block_name(keras_model),
+            "lung_mass_mean": _mean([r["lung_mass"] for r in records]),
+            "lung_mass_chance_mean": _mean(
+                [r["lung_mass_chance"] for r in records]
+            ),
+            "lung_mass": "share of the Grad-CAM mass inside the lung box "
+            "(lung_box of the region-aware Generator; its central "
+            "fallback box where lung_found is false); chance: the "
+            "share of a uniform map (the box's area)",
+            "images": records,
+        },
     )
     print(f"wrote {len(records)} figure(s) to {output_dir}")
     return records

@@ -75,7 +75,9 @@ def check_encoded(images: tf.Tensor) -> tf.Tensor:
     empty = tf.equal(lengths, 0)
     known = tf.zeros_like(empty)
     for magic in _MAGIC:
-        known = known | tf.equal(tf.strings.substr(images, 0, len(magic)), magic)
+        known = known | tf.equal(
+            tf.strings.substr(images, 0, len(magic)), magic
+        )
     checks = [
         tf.debugging.Assert(
             tf.logical_not(tf.reduce_any(empty)),
@@ -83,8 +85,10 @@ def check_encoded(images: tf.Tensor) -> tf.Tensor:
         ),
         tf.debugging.Assert(
             tf.reduce_all(known | empty),
-            ["`images`: not a PNG, JPEG, BMP or GIF file at index",
-             tf.where(tf.logical_not(known | empty))[:, 0]],
+            [
+                "`images`: not a PNG, JPEG, BMP or GIF file at index",
+                tf.where(tf.logical_not(known | empty))[:, 0],
+            ],
         ),
     ]
     with tf.control_dependencies(checks):
@@ -100,15 +104,19 @@ def check_rank(images: tf.Tensor) -> tf.Tensor:
     rank = tf.reduce_sum(tf.sign(tf.shape(images) + 1))
     check = tf.debugging.Assert(
         tf.equal(rank, 1),
-        ["`images` must be a batch (rank 1) of encoded images, e.g. "
-         "[png_bytes]; received a tensor of rank", rank],
+        [
+            "`images` must be a batch (rank 1) of encoded images, e.g. "
+            "[png_bytes]; received a tensor of rank",
+            rank,
+        ],
     )
     with tf.control_dependencies([check]):
         return tf.identity(images)
 
 
-def check_decodable(images: tf.Tensor, image_size: int,
-                    crop_fraction: float) -> tf.Tensor:
+def check_decodable(
+    images: tf.Tensor, image_size: int, crop_fraction: float
+) -> tf.Tensor:
     """Asserts that every image decodes and preprocesses; the error names
     the index of each one that does not (a truncated PNG, a PNG header
     followed by zeros, a corrupt JPEG). A graph cannot catch an op's
@@ -119,18 +127,31 @@ def check_decodable(images: tf.Tensor, image_size: int,
     # and tf.data's graph optimization would then never decode.
     passed = (
         tf.data.Dataset.from_tensor_slices((tf.range(count), images))
-        .map(lambda i, data: (i, tf.reduce_max(pipeline.eval_transform(
-            decode.decode_image(data), image_size, crop_fraction))))
+        .map(
+            lambda i, data: (
+                i,
+                tf.reduce_max(
+                    pipeline.eval_transform(
+                        decode.decode_image(data), image_size, crop_fraction
+                    )
+                ),
+            )
+        )
         .ignore_errors()
-        .reduce(tf.zeros([count], tf.bool),
-                lambda ok, item: tf.tensor_scatter_nd_update(
-                    ok, [[item[0]]], [tf.math.is_finite(item[1])]))
+        .reduce(
+            tf.zeros([count], tf.bool),
+            lambda ok, item: tf.tensor_scatter_nd_update(
+                ok, [[item[0]]], [tf.math.is_finite(item[1])]
+            ),
+        )
     )
     check = tf.debugging.Assert(
         tf.reduce_all(passed),
-        ["`images`: cannot decode the image(s) at index",
-         tf.where(tf.logical_not(passed))[:, 0],
-         "(truncated or corrupt file; the request fails as a whole)"],
+        [
+            "`images`: cannot decode the image(s) at index",
+            tf.where(tf.logical_not(passed))[:, 0],
+            "(truncated or corrupt file; the request fails as a whole)",
+        ],
     )
     with tf.control_dependencies([check]):
         return tf.identity(images)
@@ -150,12 +171,18 @@ def preprocess_encoded(
             decode.decode_image(data), image_size, crop_fraction
         ),
         images,
-        fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32),
+        fn_output_signature=tf.TensorSpec(
+            [image_size, image_size, 3], tf.float32
+        ),
     )
 
 
-def _outputs(model: keras.Model, pixels: tf.Tensor, labels: tf.Tensor,
-             decision: dict[str, Any] | None = None) -> dict[str, tf.Tensor]:
+def _outputs(
+    model: keras.Model,
+    pixels: tf.Tensor,
+    labels: tf.Tensor,
+    decision: dict[str, Any] | None = None,
+) -> dict[str, tf.Tensor]:
     probabilities = tf.cast(model(pixels, training=False), tf.float32)
     if decision is None:
         return {
@@ -163,15 +190,19 @@ def _outputs(model: keras.Model, pixels: tf.Tensor, labels: tf.Tensor,
             "classes": tf.gather(labels, tf.argmax(probabilities, axis=-1)),
         }
     # calibration.scale and operating_point.apply, in float64 as there.
-    logits = tf.math.log(tf.clip_by_value(
-        tf.cast(probabilities, tf.float64), calibration.EPS, 1.0))
+    logits = tf.math.log(
+        tf.clip_by_value(
+            tf.cast(probabilities, tf.float64), calibration.EPS, 1.0
+        )
+    )
     scaled = tf.nn.softmax(logits / decision["temperature"], axis=-1)
     if decision.get("threshold") is None:
         decided = tf.argmax(scaled, axis=-1, output_type=tf.int32)
     else:
         positive = int(decision["positive_index"])
-        decided = tf.where(scaled[:, positive] >= decision["threshold"],
-                           positive, 1 - positive)
+        decided = tf.where(
+            scaled[:, positive] >= decision["threshold"], positive, 1 - positive
+        )
     return {
         "probabilities": tf.cast(scaled, tf.float32),
         "classes": tf.gather(labels, decided),
@@ -188,13 +219,19 @@ def read_decision(stage_dir: str) -> dict[str, Any] | None:
 
 
 def _next_version(base: str) -> int:
-    versions = [int(d) for d in os.listdir(base) if d.isdigit()] if os.path.isdir(base) else []
+    versions = (
+        [int(d) for d in os.listdir(base) if d.isdigit()]
+        if os.path.isdir(base)
+        else []
+    )
     return max(versions, default=0) + 1
 
 
 def _example_images(size: int) -> list[bytes]:
     """Warm-up inputs: a PNG at the load size and a smaller JPEG."""
-    ramp = np.linspace(0, 255, size * size, dtype=np.float32).reshape(size, size, 1)
+    ramp = np.linspace(0, 255, size * size, dtype=np.float32).reshape(
+        size, size, 1
+    )
     gray = tf.constant(ramp.astype(np.uint8))
     rgb = tf.image.resize(tf.tile(gray, [1, 1, 3]), (size // 2, size // 3))
     return [
@@ -227,17 +264,24 @@ def write_warmup(path: str, model_name: str, examples: Sequence[bytes]) -> None:
             writer.write(log.SerializeToString())
 
 
-def _archive(model: keras.Model, class_names: Sequence[str], image_size: int,
-             crop_fraction: float, dedupe: bool = True,
-             decision: dict[str, Any] | None = None) -> keras.export.ExportArchive:
+def _archive(
+    model: keras.Model,
+    class_names: Sequence[str],
+    image_size: int,
+    crop_fraction: float,
+    dedupe: bool = True,
+    decision: dict[str, Any] | None = None,
+) -> keras.export.ExportArchive:
     labels = tf.constant(list(class_names))
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
         SIGNATURE_BYTES,
         lambda images: _outputs(
-            model, preprocess_encoded(images, image_size, crop_fraction),
-            labels, decision,
+            model,
+            preprocess_encoded(images, image_size, crop_fraction),
+            labels,
+            decision,
         ),
         input_signature=[tf.TensorSpec([None], tf.string, name="images")],
     )
@@ -245,7 +289,9 @@ def _archive(model: keras.Model, class_names: Sequence[str], image_size: int,
         SIGNATURE_PIXELS,
         lambda pixels: _outputs(model, pixels, labels, decision),
         input_signature=[
-            tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="pixels")
+            tf.TensorSpec(
+                [None, image_size, image_size, 3], tf.float32, name="pixels"
+            )
         ],
     )
     # Keras 3 stores every weight twice in an exported SavedModel: once
@@ -276,7 +322,9 @@ def export(
     trained = runs.find(model)
     keras_model = trained_lib.load(trained)
     if len(keras_model.output.shape) != 2:
-        raise ConfigError(f"--model: {trained.model_path!r} is not a classifier")
+        raise ConfigError(
+            f"--model: {trained.model_path!r} is not a classifier"
+        )
     classes = int(keras_model.output.shape[-1])
     class_names = trained.class_names or [str(i) for i in range(classes)]
     if len(class_names) != classes:
@@ -291,13 +339,23 @@ def export(
             f"--model: run.json says image_size {prep['image_size']}, the "
             f"model takes {image_size}"
         )
-    run_root = os.path.dirname(trained.stage_dir) if trained.lineage else trained.stage_dir
-    name = model_name or _NAME.sub("_", os.path.basename(os.path.abspath(run_root))) or "model"
+    run_root = (
+        os.path.dirname(trained.stage_dir)
+        if trained.lineage
+        else trained.stage_dir
+    )
+    name = (
+        model_name
+        or _NAME.sub("_", os.path.basename(os.path.abspath(run_root)))
+        or "model"
+    )
     base = os.path.join(export_dir, name)
     if version is None:
         version = _next_version(base)
     if version < 1:
-        raise ConfigError(f"--model_version must be a positive integer. Received: {version}")
+        raise ConfigError(
+            f"--model_version must be a positive integer. Received: {version}"
+        )
     final = os.path.join(base, str(version))
     if os.path.exists(final):
         raise ConfigError(
@@ -309,20 +367,29 @@ def export(
     shutil.rmtree(staging, ignore_errors=True)
 
     decision = read_decision(trained.stage_dir)
-    if decision is not None and decision.get("class_names") not in (None, list(class_names)):
+    if decision is not None and decision.get("class_names") not in (
+        None,
+        list(class_names),
+    ):
         raise ConfigError(
             f"--model: decision.json is for classes {decision['class_names']}, "
             f"the model predicts {list(class_names)}"
         )
     archive = _archive(
-        keras_model, class_names, image_size, prep["crop_fraction"], dedupe,
+        keras_model,
+        class_names,
+        image_size,
+        prep["crop_fraction"],
+        dedupe,
         decision,
     )
     archive.write_out(staging, verbose=False)
     with open(os.path.join(staging, LABELS_FILE), "w") as f:
         f.write("\n".join(class_names) + "\n")
     load = pipeline.load_size(image_size, prep["crop_fraction"])
-    write_warmup(os.path.join(staging, WARMUP_FILE), name, _example_images(load))
+    write_warmup(
+        os.path.join(staging, WARMUP_FILE), name, _example_images(load)
+    )
     metadata = _metadata(trained, name, version, class_names, prep, image_size)
     metadata["decision"] = _decision_metadata(decision)
     with open(os.path.join(staging, METADATA_FILE), "w") as f:
@@ -335,7 +402,9 @@ def export(
     return final
 
 
-def _metadata(trained, name, version, class_names, prep, image_size) -> dict[str, Any]:
+def _metadata(
+    trained, name, version, class_names, prep, image_size
+) -> dict[str, Any]:
     run = trained.run
     return {
         "model_name": name,
@@ -348,14 +417,19 @@ def _metadata(trained, name, version, class_names, prep, image_size) -> dict[str
             "crop_fraction": prep["crop_fraction"],
             "load_size": pipeline.load_size(image_size, prep["crop_fraction"]),
         },
-        "outputs": {"probabilities": f"float32 [batch, {len(class_names)}]",
-                    "classes": "string [batch]"},  # described in "decision"
+        "outputs": {
+            "probabilities": f"float32 [batch, {len(class_names)}]",
+            "classes": "string [batch]",
+        },  # described in "decision"
         "source_model": os.path.abspath(trained.model_path),
         "dataset": run.get("dataset"),
         "architecture": run.get("architecture"),
         "kept": run.get("kept"),
         "stages": [
-            {k: entry.get(k) for k in ("stage", "function", "dataset", "config_hash", "kept")}
+            {
+                k: entry.get(k)
+                for k in ("stage", "function", "dataset", "config_hash", "kept")
+            }
             for entry in trained.lineage
         ],
         "versions": run.get("versions"),
@@ -369,14 +443,15 @@ def _decision_metadata(decision: dict[str, Any] | None) -> dict[str, Any]:
             "probabilities": "uncalibrated softmax",
             "classes": "argmax",
             "note": "the stage has no decision.json (trained before "
-                    "operating points existed): no calibration, argmax",
+            "operating points existed): no calibration, argmax",
         }
     threshold = decision.get("threshold")
     return {
         "probabilities": f"temperature-scaled softmax, T={decision['temperature']}",
         "classes": (
-            "argmax" if threshold is None else
-            f"{decision['positive_class']} when its probability >= threshold"
+            "argmax"
+            if threshold is None
+            else f"{decision['positive_class']} when its probability >= threshold"
         ),
         "threshold": threshold,
         "positive_class": decision.get("positive_class"),

@@ -15,11 +15,14 @@ def image_files(paths: Sequence[str]) -> list[str]:
     for path in paths:
         if os.path.isdir(path):
             found = sorted(
-                os.path.join(path, name) for name in os.listdir(path)
+                os.path.join(path, name)
+                for name in os.listdir(path)
                 if name.lower().endswith(decode.IMAGE_EXTENSIONS)
             )
             if not found:
-                raise ConfigError(f"--images: no image files in folder {path!r}")
+                raise ConfigError(
+                    f"--images: no image files in folder {path!r}"
+                )
             files += found
         elif os.path.isfile(path):
             files.append(path)

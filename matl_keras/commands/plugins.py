@@ -38,5 +38,7 @@ def list_plugins(as_json: bool = False, check: bool = False) -> None:
             if info["error"]:
                 print(f"      error: {info['error']}")
     if not check:
-        print("(not loaded: `matl-keras plugins --check` imports each one "
-              "and reports the broken ones)")
+        print(
+            "(not loaded: `matl-keras plugins --check` imports each one "
+            "and reports the broken ones)"
+        )

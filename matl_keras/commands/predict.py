@@ -52,13 +52,16 @@ def predict_images(
     )
     probabilities, embeddings = [], []
     for start in range(0, len(files), batch_size):
-        batch = np.stack([
-            pipeline.eval_transform(
-                decode.decode_image(tf.io.read_file(f)),
-                prep["image_size"], prep["crop_fraction"],
-            ).numpy()
-            for f in files[start:start + batch_size]
-        ])
+        batch = np.stack(
+            [
+                pipeline.eval_transform(
+                    decode.decode_image(tf.io.read_file(f)),
+                    prep["image_size"],
+                    prep["crop_fraction"],
+                ).numpy()
+                for f in files[start : start + batch_size]
+            ]
+        )
         probs, features = both.predict(batch, verbose=0)
         probabilities.append(np.asarray(probs))
         embeddings.append(np.asarray(features, np.float32))

@@ -22,8 +22,12 @@ from matl_keras.errors import ConfigError
 
 PROBE_FILE = "probe.json"
 _BACKBONE_PARAMS = (
-    "depth", "width_multiplier", "normalization", "attention",
-    "attention_reduction", "attention_subsample",
+    "depth",
+    "width_multiplier",
+    "normalization",
+    "attention",
+    "attention_reduction",
+    "attention_subsample",
 )
 
 
@@ -42,7 +46,8 @@ def find_backbone(path: str, flag: str = "--model") -> tuple[str, str]:
             for entry in runs.read_json(summary).get("lineage", [])
         ]
         stages = [
-            s for s in stages
+            s
+            for s in stages
             if os.path.isfile(os.path.join(s, runs.BACKBONE_FILE))
         ]
         if stages:
@@ -89,7 +94,8 @@ def _param(bindings: dict[str, Any], names: tuple[str, ...]) -> Any:
     """The value of the most specific binding of any of `names` (e.g.
     `train.image_size`), whatever its scope."""
     found = [
-        (key.count("/"), value) for key, value in bindings.items()
+        (key.count("/"), value)
+        for key, value in bindings.items()
         if key.split("/")[-1] in names
     ]
     return max(found, key=lambda f: f[0])[1] if found else None
@@ -107,7 +113,8 @@ def backbone_spec(stage_dir: str) -> dict[str, Any]:
         )
     bindings = _resolved_bindings(stage_dir)
     kwargs = {
-        k: v for k, v in (run.get("architecture") or {}).items()
+        k: v
+        for k, v in (run.get("architecture") or {}).items()
         if k in _BACKBONE_PARAMS
     }
     for name in _BACKBONE_PARAMS:
@@ -127,8 +134,11 @@ def backbone_spec(stage_dir: str) -> dict[str, Any]:
             "architecture in run.json or image_size in config.gin); point "
             "at a stage folder matl-keras wrote"
         )
-    return {"backbone": kwargs, "image_size": image_size,
-            "crop_fraction": float(crop or 0.875)}
+    return {
+        "backbone": kwargs,
+        "image_size": image_size,
+        "crop_fraction": float(crop or 0.875),
+    }
 
 
 def probe(
@@ -164,13 +174,18 @@ def probe(
     backbone = ResNetBackbone(image_size=spec["image_size"], **spec["backbone"])
     load_backbone(backbone, weights)
     common = dict(
-        image_size=spec["image_size"], crop_fraction=spec["crop_fraction"],
-        batch_size=batch_size, training=False, seed=seed,
+        image_size=spec["image_size"],
+        crop_fraction=spec["crop_fraction"],
+        batch_size=batch_size,
+        training=False,
+        seed=seed,
     )
     bank = pipeline.build_split(data, fit_split, **common)
     queries = pipeline.build_split(data, score_split, **common)
-    for flag, split, built in (("--fit_split", fit_split, bank),
-                               ("--score_split", score_split, queries)):
+    for flag, split, built in (
+        ("--fit_split", fit_split, bank),
+        ("--score_split", score_split, queries),
+    ):
         if not built.class_counts:
             raise ConfigError(
                 f"{flag}: split {split!r} of dataset {dataset!r} has no "
@@ -178,16 +193,20 @@ def probe(
             )
     monitor = KnnMonitor(backbone, bank.data, queries.data, data.num_classes, k)
     result = {
-        "backbone": {"path": os.path.abspath(weights),
-                     "sha256": runs.file_sha256(weights),
-                     **spec},
+        "backbone": {
+            "path": os.path.abspath(weights),
+            "sha256": runs.file_sha256(weights),
+            **spec,
+        },
         "dataset": dataset,
         "dataset_root": getattr(data, "root", None),
         "class_names": list(data.class_names),
         "fitted_on": fit_split,
         "scored_on": score_split,
-        "class_counts": {fit_split: bank.class_counts,
-                         score_split: queries.class_counts},
+        "class_counts": {
+            fit_split: bank.class_counts,
+            score_split: queries.class_counts,
+        },
         "knn_accuracy": {"value": monitor.score(), "k": k},
         "linear_probe": monitor.linear_probe(data.positive_index(), seed),
     }

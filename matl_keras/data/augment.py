@@ -157,12 +157,8 @@ def resized_crop_box(
     # Central fallback, as torchvision: the whole image when its aspect is
     # within `ratio`, else the largest central crop of the clamped aspect.
     in_ratio = w / h
-    fallback_w = tf.where(
-        in_ratio > ratio[1], tf.round(h * ratio[1]), w
-    )
-    fallback_h = tf.where(
-        in_ratio < ratio[0], tf.round(w / ratio[0]), h
-    )
+    fallback_w = tf.where(in_ratio > ratio[1], tf.round(h * ratio[1]), w)
+    fallback_h = tf.where(in_ratio < ratio[0], tf.round(w / ratio[0]), h)
     found = tf.reduce_any(fits)
     crop_h = tf.cast(tf.where(found, crop_h[first], fallback_h), tf.int32)
     crop_w = tf.cast(tf.where(found, crop_w[first], fallback_w), tf.int32)
@@ -221,9 +217,14 @@ def affine(
     ox, oy = cx + shift_x, cy + shift_y
     transform = tf.stack(
         [
-            cos, sin, cx - cos * ox - sin * oy,
-            -sin, cos, cy + sin * ox - cos * oy,
-            0.0, 0.0,
+            cos,
+            sin,
+            cx - cos * ox - sin * oy,
+            -sin,
+            cos,
+            cy + sin * ox - cos * oy,
+            0.0,
+            0.0,
         ]
     )
     out = tf.raw_ops.ImageProjectiveTransformV3(
@@ -316,7 +317,8 @@ def gaussian_blur(image: tf.Tensor, sigma: tf.Tensor, kernel: int) -> tf.Tensor:
     taps = tf.exp(-(x**2) / (2.0 * sigma**2))
     taps = taps / tf.reduce_sum(taps)
     padded = tf.pad(
-        image[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]],
+        image[None],
+        [[0, 0], [radius, radius], [radius, radius], [0, 0]],
         mode="REFLECT",
     )
     vertical = tf.tile(tf.reshape(taps, [kernel, 1, 1, 1]), [1, 1, 3, 1])
@@ -326,9 +328,7 @@ def gaussian_blur(image: tf.Tensor, sigma: tf.Tensor, kernel: int) -> tf.Tensor:
     return tf.clip_by_value(out[0], 0.0, 1.0)
 
 
-def random_blur(
-    size: int, sigma: tuple[float, float] = (0.1, 2.0)
-) -> Augment:
+def random_blur(size: int, sigma: tuple[float, float] = (0.1, 2.0)) -> Augment:
     """Gaussian blur with sigma from U[sigma] (MoCo v2's `GaussianBlur`)."""
     kernel = blur_kernel_size(size)
 

@@ -36,7 +36,14 @@ from matl_keras.errors import DataError
 ON_BAD_IMAGE = ("refuse", "skip")
 # What file-based datasets list (any case); the content decides the decoder.
 IMAGE_EXTENSIONS = (
-    ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
 )
 FORMATS = "PNG, JPEG, BMP, GIF, TIFF or WebP"
 # Default refusal limit on width x height, read from the header.
@@ -333,8 +340,7 @@ def filter_bad_images(
         from absl import logging
 
         logging.warning(
-            "%s: skipping %d of %d image files that cannot be used "
-            "(first: %s)",
+            "%s: skipping %d of %d image files that cannot be used (first: %s)",
             context,
             len(bad),
             len(paths),
@@ -409,7 +415,9 @@ def check_splits(
 
     logging.warning(
         "%s: skipping %d image files that cannot be used (%s): %s",
-        dataset.name, count, where,
+        dataset.name,
+        count,
+        where,
         "; ".join(f"{s}: {b}" for s, found in bad.items() for b in found),
     )
     return bad

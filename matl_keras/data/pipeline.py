@@ -96,9 +96,14 @@ def _take(examples, keep):
 def _subset(examples, count: int, seed: int):
     import numpy as np
 
-    return _take(examples, np.sort(
-        np.random.default_rng(seed).choice(len(examples), count, replace=False)
-    ))
+    return _take(
+        examples,
+        np.sort(
+            np.random.default_rng(seed).choice(
+                len(examples), count, replace=False
+            )
+        ),
+    )
 
 
 def _labelled_subset(examples, fraction: float, seed: int, context: str):
@@ -192,7 +197,9 @@ def _fix_graph_seed() -> None:
 
 
 def _to_uint8(value: tf.Tensor) -> tf.Tensor:
-    return tf.cast(tf.round(tf.clip_by_value(value, 0.0, 1.0) * 255.0), tf.uint8)
+    return tf.cast(
+        tf.round(tf.clip_by_value(value, 0.0, 1.0) * 255.0), tf.uint8
+    )
 
 
 def _to_float(element):
@@ -249,9 +256,7 @@ def _source(examples, size: int, on_bad_image: str, context: str, prepare):
         if examples.labels is not None:
             labels = [examples.labels[i] for i in keep]
         images = tf.data.Dataset.from_tensor_slices(paths).map(
-            lambda p: cached_form(
-                decode.decode_file_image(tf.io.read_file(p))
-            ),
+            lambda p: cached_form(decode.decode_file_image(tf.io.read_file(p))),
             num_parallel_calls=AUTOTUNE,
         )
     elif isinstance(examples, ArrayExamples):
@@ -423,14 +428,14 @@ def build_split(
     if max_examples is not None and len(examples) > max_examples:
         examples = _subset(examples, max_examples, seed)
     if labelled_fraction < 1.0:
-        examples = _labelled_subset(
-            examples, labelled_fraction, seed, context
-        )
+        examples = _labelled_subset(examples, labelled_fraction, seed, context)
     data, labels, skipped = _source(
         examples, size, on_bad_image, context, prepare if training else None
     )
-    if labels is not None and len(labels) and (
-        min(labels) < 0 or max(labels) >= dataset.num_classes
+    if (
+        labels is not None
+        and len(labels)
+        and (min(labels) < 0 or max(labels) >= dataset.num_classes)
     ):
         raise DataError(
             f"{context}: labels must be in 0..{dataset.num_classes - 1} "
@@ -473,8 +478,10 @@ def build_split(
                 ordered = _balanced(cached, labels, n, seeds)
             else:
                 ordered = _shuffled(cached, n, seeds)
-            return ordered.take(per_epoch).enumerate().map(
-                lambda position, element: (epoch, position, element)
+            return (
+                ordered.take(per_epoch)
+                .enumerate()
+                .map(lambda position, element: (epoch, position, element))
             )
 
         def finish(epoch, position, element):

@@ -62,24 +62,33 @@ def dhash(image: Any, side: int = HASH_SIDE) -> np.ndarray:
     from PIL import Image
 
     if isinstance(image, np.ndarray):
-        array = image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
+        array = (
+            image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
+        )
         image = Image.fromarray(np.asarray(array, np.uint8))
     gray = np.asarray(
-        image.convert("L").resize((side + 1, side), Image.Resampling.BOX), np.float32
+        image.convert("L").resize((side + 1, side), Image.Resampling.BOX),
+        np.float32,
     )
     return (gray[:, 1:] > gray[:, :-1]).ravel()
 
 
-def hamming_pairs(hashes: np.ndarray, threshold: int) -> list[tuple[int, int, int]]:
+def hamming_pairs(
+    hashes: np.ndarray, threshold: int
+) -> list[tuple[int, int, int]]:
     """`(i, j, distance)` for every pair `i < j` of rows of the bool matrix
     `hashes` that differ in at most `threshold` positions."""
     bits = np.asarray(hashes, np.float32)
     ones = bits.sum(axis=1)
     pairs = []
     for start in range(0, len(bits), 1024):
-        block = bits[start:start + 1024]
+        block = bits[start : start + 1024]
         # |a xor b| = |a| + |b| - 2 a.b
-        distance = ones[start:start + 1024, None] + ones[None, :] - 2.0 * block @ bits.T
+        distance = (
+            ones[start : start + 1024, None]
+            + ones[None, :]
+            - 2.0 * block @ bits.T
+        )
         rows, cols = np.nonzero(np.rint(distance) <= threshold)
         for r, c in zip(rows, cols):
             i = start + int(r)
@@ -95,8 +104,10 @@ def _xlsx_rows(path: str) -> list[list[str]]:
         strings = []
         if "xl/sharedStrings.xml" in z.namelist():
             root = ElementTree.fromstring(z.read("xl/sharedStrings.xml"))
-            strings = ["".join(t.text or "" for t in si.iter(f"{{{ns['m']}}}t"))
-                       for si in root.findall("m:si", ns)]
+            strings = [
+                "".join(t.text or "" for t in si.iter(f"{{{ns['m']}}}t"))
+                for si in root.findall("m:si", ns)
+            ]
         sheet = ElementTree.fromstring(z.read("xl/worksheets/sheet1.xml"))
     rows = []
     for row in sheet.iter(f"{{{ns['m']}}}row"):
@@ -108,12 +119,19 @@ def _xlsx_rows(path: str) -> list[list[str]]:
                 index = index * 26 + ord(ch) - 64
             value = cell.find("m:v", ns)
             inline = cell.find("m:is/m:t", ns)
-            text = (inline.text if inline is not None else
-                    value.text if value is not None else "") or ""
+            text = (
+                inline.text
+                if inline is not None
+                else value.text
+                if value is not None
+                else ""
+            ) or ""
             if cell.get("t") == "s" and text:
                 text = strings[int(text)]
             cells[index - 1] = text
-        rows.append([cells.get(i, "") for i in range(max(cells, default=-1) + 1)])
+        rows.append(
+            [cells.get(i, "") for i in range(max(cells, default=-1) + 1)]
+        )
     return rows
 
 
@@ -124,13 +142,22 @@ def _table_ids(rows: list[list[str]]) -> dict[str, str]:
         return {}
     header = [h.strip().lower() for h in rows[0]]
     patient = next((i for i, h in enumerate(header) if "patient" in h), None)
-    image = next((i for i, h in enumerate(header)
-                  if ("image" in h or "file" in h) and i != patient), None)
+    image = next(
+        (
+            i
+            for i, h in enumerate(header)
+            if ("image" in h or "file" in h) and i != patient
+        ),
+        None,
+    )
     if patient is None or image is None:
         return {}
     return {
-        row[image].strip(): row[patient].strip() for row in rows[1:]
-        if len(row) > max(patient, image) and row[image].strip() and row[patient].strip()
+        row[image].strip(): row[patient].strip()
+        for row in rows[1:]
+        if len(row) > max(patient, image)
+        and row[image].strip()
+        and row[patient].strip()
     }
 
 
@@ -196,7 +223,8 @@ def audit(
     """
     if on_leak not in ON_LEAK:
         raise DataError(
-            f"`on_leak` must be one of {ON_LEAK}. Received: on_leak={on_leak!r}")
+            f"`on_leak` must be one of {ON_LEAK}. Received: on_leak={on_leak!r}"
+        )
     splits = list(splits or dataset.splits())
     for split in splits:
         dataset.check_split(split)
@@ -209,28 +237,44 @@ def audit(
         for index in range(len(examples)):
             image, digest = _load(examples, index)
             path = examples.paths[index] if hasattr(examples, "paths") else None
-            label = None if examples.labels is None else int(examples.labels[index])
-            items.append({
-                "split": split, "index": index, "path": path,
-                "label": None if label is None else dataset.class_names[label],
-            })
+            label = (
+                None if examples.labels is None else int(examples.labels[index])
+            )
+            items.append(
+                {
+                    "split": split,
+                    "index": index,
+                    "path": path,
+                    "label": None
+                    if label is None
+                    else dataset.class_names[label],
+                }
+            )
             hashes.append(dhash(image))
             digests.append(digest)
 
     def where(i: int) -> dict[str, Any]:
         item = items[i]
-        return {k: item[k] for k in ("split", "index", "path", "label")
-                if item[k] is not None or k == "path"}
+        return {
+            k: item[k]
+            for k in ("split", "index", "path", "label")
+            if item[k] is not None or k == "path"
+        }
 
     by_digest: dict[str, list[int]] = {}
     for i, digest in enumerate(digests):
         by_digest.setdefault(digest, []).append(i)
     exact = [group for group in by_digest.values() if len(group) > 1]
     exact_pairs = {(a, b) for g in exact for a in g for b in g if a < b}
-    near = [
-        (i, j, d) for i, j, d in hamming_pairs(np.stack(hashes), threshold)
-        if (i, j) not in exact_pairs
-    ] if items else []
+    near = (
+        [
+            (i, j, d)
+            for i, j, d in hamming_pairs(np.stack(hashes), threshold)
+            if (i, j) not in exact_pairs
+        ]
+        if items
+        else []
+    )
 
     def crosses(indices: Sequence[int]) -> bool:
         return len({items[i]["split"] for i in indices}) > 1
@@ -238,25 +282,39 @@ def audit(
     patient_splits: dict[str, dict[str, list[str]]] = {}
     matched = 0
     for item in items:
-        pid = patients.get(os.path.basename(item["path"] or "")) if patients else None
+        pid = (
+            patients.get(os.path.basename(item["path"] or ""))
+            if patients
+            else None
+        )
         if pid is not None:
             matched += 1
-            files = patient_splits.setdefault(pid, {}).setdefault(item["split"], [])
+            files = patient_splits.setdefault(pid, {}).setdefault(
+                item["split"], []
+            )
             files.append(os.path.basename(item["path"]))
     shared_patients = {
-        pid: found for pid, found in sorted(patient_splits.items()) if len(found) > 1
+        pid: found
+        for pid, found in sorted(patient_splits.items())
+        if len(found) > 1
     }
     report = {
-        "splits": {s: sum(1 for it in items if it["split"] == s) for s in splits},
+        "splits": {
+            s: sum(1 for it in items if it["split"] == s) for s in splits
+        },
         "near_threshold_bits": threshold,
         "hash": f"dHash {HASH_SIDE}x{HASH_SIDE} ({HASH_SIDE * HASH_SIDE} bits)",
         "exact_duplicates": [
-            {"across_splits": crosses(g), "images": [where(i) for i in g]} for g in exact
+            {"across_splits": crosses(g), "images": [where(i) for i in g]}
+            for g in exact
         ],
         "near_duplicates": [
-            {"across_splits": crosses((i, j)), "distance": d,
-             "same_label": items[i]["label"] == items[j]["label"],
-             "images": [where(i), where(j)]}
+            {
+                "across_splits": crosses((i, j)),
+                "distance": d,
+                "same_label": items[i]["label"] == items[j]["label"],
+                "images": [where(i), where(j)],
+            }
             for i, j, d in sorted(near, key=lambda p: p[2])
         ],
         "patients": {
@@ -266,15 +324,25 @@ def audit(
         },
     }
     report["summary"] = {
-        "exact_groups_across_splits": sum(e["across_splits"] for e in report["exact_duplicates"]),
-        "exact_groups_within_a_split": sum(not e["across_splits"] for e in report["exact_duplicates"]),
-        "near_pairs_across_splits": sum(n["across_splits"] for n in report["near_duplicates"]),
-        "near_pairs_within_a_split": sum(not n["across_splits"] for n in report["near_duplicates"]),
+        "exact_groups_across_splits": sum(
+            e["across_splits"] for e in report["exact_duplicates"]
+        ),
+        "exact_groups_within_a_split": sum(
+            not e["across_splits"] for e in report["exact_duplicates"]
+        ),
+        "near_pairs_across_splits": sum(
+            n["across_splits"] for n in report["near_duplicates"]
+        ),
+        "near_pairs_within_a_split": sum(
+            not n["across_splits"] for n in report["near_duplicates"]
+        ),
         "patients_in_several_splits": len(shared_patients),
     }
-    leaks = (report["summary"]["exact_groups_across_splits"]
-             + report["summary"]["near_pairs_across_splits"]
-             + report["summary"]["patients_in_several_splits"])
+    leaks = (
+        report["summary"]["exact_groups_across_splits"]
+        + report["summary"]["near_pairs_across_splits"]
+        + report["summary"]["patients_in_several_splits"]
+    )
     report["leak"] = bool(leaks)
     report["on_leak"] = on_leak
     return report
@@ -291,27 +359,46 @@ def describe(report: dict[str, Any]) -> str:
         f"near duplicates ({report['hash']}, <= {report['near_threshold_bits']} bits): "
         f"{s['near_pairs_across_splits']} pair(s) across splits, "
         f"{s['near_pairs_within_a_split']} within a split",
-        (f"patients: {p['images_with_id']} image(s) with an id "
-         f"({', '.join(os.path.basename(x) for x in p['sources']) or 'given'}); "
-         f"{s['patients_in_several_splits']} patient(s) in several splits"
-         if p["images_with_id"] else "patients: no patient ids found"),
+        (
+            f"patients: {p['images_with_id']} image(s) with an id "
+            f"({', '.join(os.path.basename(x) for x in p['sources']) or 'given'}); "
+            f"{s['patients_in_several_splits']} patient(s) in several splits"
+            if p["images_with_id"]
+            else "patients: no patient ids found"
+        ),
     ]
     for pid, found in list(p["in_several_splits"].items())[:5]:
-        lines.append(f"  patient {pid}: " + "; ".join(
-            f"{split} {len(files)} ({', '.join(files[:2])}{', ...' if len(files) > 2 else ''})"
-            for split, files in found.items()))
-    for pair in [n for n in report["near_duplicates"] if n["across_splits"]][:5]:
+        lines.append(
+            f"  patient {pid}: "
+            + "; ".join(
+                f"{split} {len(files)} ({', '.join(files[:2])}{', ...' if len(files) > 2 else ''})"
+                for split, files in found.items()
+            )
+        )
+    for pair in [n for n in report["near_duplicates"] if n["across_splits"]][
+        :5
+    ]:
         a, b = pair["images"]
-        lines.append(f"  near ({pair['distance']} bits): {a['split']} "
-                     f"{os.path.basename(a['path'] or str(a['index']))} ~ {b['split']} "
-                     f"{os.path.basename(b['path'] or str(b['index']))}")
-    lines.append("LEAK: findings across splits" if report["leak"]
-                 else "no finding across splits")
+        lines.append(
+            f"  near ({pair['distance']} bits): {a['split']} "
+            f"{os.path.basename(a['path'] or str(a['index']))} ~ {b['split']} "
+            f"{os.path.basename(b['path'] or str(b['index']))}"
+        )
+    lines.append(
+        "LEAK: findings across splits"
+        if report["leak"]
+        else "no finding across splits"
+    )
     return "\n".join(lines)
 
 
-def run(dataset: Any, splits: Sequence[str] | None, on_leak: str,
-        output: str | None, threshold: int = NEAR_THRESHOLD) -> dict[str, Any]:
+def run(
+    dataset: Any,
+    splits: Sequence[str] | None,
+    on_leak: str,
+    output: str | None,
+    threshold: int = NEAR_THRESHOLD,
+) -> dict[str, Any]:
     """`matl-keras audit`: audits, prints, writes `output` (JSON), and
     raises `DataError` for a leak when `on_leak="refuse"`."""
     import json

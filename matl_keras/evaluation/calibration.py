@@ -30,7 +30,9 @@ def scale(probs: np.ndarray, temperature: float) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def nll(labels: np.ndarray, probs: np.ndarray, temperature: float = 1.0) -> float:
+def nll(
+    labels: np.ndarray, probs: np.ndarray, temperature: float = 1.0
+) -> float:
     """Mean negative log-likelihood of the labels under `scale(probs, T)`."""
     labels = np.asarray(labels, np.int64)
     z = _logits(probs) / temperature
@@ -95,12 +97,16 @@ def expected_calibration_error(
     probs = np.asarray(probs, np.float64)
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
-    which = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    which = np.clip(
+        np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1
+    )
     total = 0.0
     for k in range(bins):
         members = which == k
         if members.any():
-            total += members.sum() * abs(correct[members].mean() - confidence[members].mean())
+            total += members.sum() * abs(
+                correct[members].mean() - confidence[members].mean()
+            )
     return float(total / len(labels)) if len(labels) else math.nan
 
 
@@ -113,17 +119,22 @@ def reliability_bins(
     probs = np.asarray(probs, np.float64)
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
-    which = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    which = np.clip(
+        np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1
+    )
     rows = []
     for k in range(bins):
         members = which == k
         if members.any():
-            rows.append({
-                "low": k / bins, "high": (k + 1) / bins,
-                "count": int(members.sum()),
-                "confidence": float(confidence[members].mean()),
-                "accuracy": float(correct[members].mean()),
-            })
+            rows.append(
+                {
+                    "low": k / bins,
+                    "high": (k + 1) / bins,
+                    "count": int(members.sum()),
+                    "confidence": float(confidence[members].mean()),
+                    "accuracy": float(correct[members].mean()),
+                }
+            )
     return rows
 
 
@@ -137,8 +148,9 @@ def brier_score(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(np.mean(np.sum((probs - onehot) ** 2, axis=1)))
 
 
-def summary(labels: np.ndarray, probs: np.ndarray, temperature: float,
-            bins: int = 15) -> dict[str, float]:
+def summary(
+    labels: np.ndarray, probs: np.ndarray, temperature: float, bins: int = 15
+) -> dict[str, float]:
     """ECE, Brier and NLL before (T = 1) and after temperature scaling."""
     after = scale(probs, temperature)
     return {
@@ -152,8 +164,12 @@ def summary(labels: np.ndarray, probs: np.ndarray, temperature: float,
 
 
 def write_reliability_diagram(
-    path: str, labels: np.ndarray, probs: np.ndarray, temperature: float,
-    title: str, bins: int = 15,
+    path: str,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    temperature: float,
+    title: str,
+    bins: int = 15,
 ) -> str:
     """A PNG: accuracy against confidence per bin, before and after
     scaling, with the diagonal of perfect calibration."""
@@ -164,12 +180,18 @@ def write_reliability_diagram(
 
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot([0, 1], [0, 1], color="gray", linestyle=":", label="perfect")
-    for name, p in (("T = 1", probs),
-                    (f"T = {temperature:.2f}", scale(probs, temperature))):
+    for name, p in (
+        ("T = 1", probs),
+        (f"T = {temperature:.2f}", scale(probs, temperature)),
+    ):
         rows = reliability_bins(labels, p, bins)
         ece = expected_calibration_error(labels, p, bins)
-        ax.plot([r["confidence"] for r in rows], [r["accuracy"] for r in rows],
-                marker="o", label=f"{name} (ECE {ece:.3f})")
+        ax.plot(
+            [r["confidence"] for r in rows],
+            [r["accuracy"] for r in rows],
+            marker="o",
+            label=f"{name} (ECE {ece:.3f})",
+        )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence (top class)")

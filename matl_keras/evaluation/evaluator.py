@@ -26,7 +26,6 @@ import numpy as np
 
 from matl_keras import PLUGIN_API_VERSION
 
-
 POOL_LAYER = "avg_pool"
 
 
@@ -166,7 +165,9 @@ def run_evaluators(context: EvalContext, evaluators: Any) -> dict[str, Any]:
                 raise ConfigError(
                     f"two evaluators both report {name!r} for split {context.split!r}"
                 )
-            results[name] = to_json_value(value) if isinstance(value, float) else value
+            results[name] = (
+                to_json_value(value) if isinstance(value, float) else value
+            )
     if skipped:
         results["not_applicable"] = skipped
     return results

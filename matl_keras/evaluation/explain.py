@@ -57,7 +57,9 @@ def _before_pooling(model: keras.Model) -> str:
         return pooled._keras_history[0].name
     except (ValueError, AttributeError, IndexError):
         pass
-    names = [layer.name for layer in model.layers if _BLOCK_OUT.search(layer.name)]
+    names = [
+        layer.name for layer in model.layers if _BLOCK_OUT.search(layer.name)
+    ]
     if not names:
         raise ValueError(
             f"model {model.name!r} has no {POOL_LAYER!r} layer and no "
@@ -81,10 +83,13 @@ def choose_gradcam_layer(
     when it is too small.
     """
     if layer is not None:
-        grid = _grid(model.get_layer(layer))  # a clear error for an unknown name
+        grid = _grid(
+            model.get_layer(layer)
+        )  # a clear error for an unknown name
         if grid is None:
             raise ValueError(
-                f"Grad-CAM layer {layer!r} is not a 4-D feature map")
+                f"Grad-CAM layer {layer!r} is not a 4-D feature map"
+            )
         if min(grid) < MIN_POSITIONS:
             deepest = _deepest_large_enough(model, len(model.layers))
             raise ValueError(
@@ -121,8 +126,11 @@ def choose_gradcam_layer(
 def _deepest_large_enough(model: keras.Model, before: int) -> str | None:
     for layer in reversed(model.layers[:before]):
         grid = _grid(layer)
-        if grid is not None and min(grid) >= MIN_POSITIONS and not isinstance(
-                layer, keras.layers.InputLayer):
+        if (
+            grid is not None
+            and min(grid) >= MIN_POSITIONS
+            and not isinstance(layer, keras.layers.InputLayer)
+        ):
             return layer.name
     return None
 
@@ -144,7 +152,9 @@ def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     import tensorflow as tf
 
     maps = np.asarray(maps, np.float32)
-    up = tf.image.resize(maps[..., None], size, method="bilinear").numpy()[..., 0]
+    up = tf.image.resize(maps[..., None], size, method="bilinear").numpy()[
+        ..., 0
+    ]
     low = up.min(axis=(1, 2), keepdims=True)
     high = up.max(axis=(1, 2), keepdims=True)
     return ((up - low) / np.maximum(high - low, 1e-12)).astype(np.float32)
@@ -159,7 +169,9 @@ def mass_inside(heat: np.ndarray, box: Sequence[float]) -> float:
     ys = (np.arange(h) + 0.5) / h
     xs = (np.arange(w) + 0.5) / w
     y0, x0, y1, x1 = (float(v) for v in box)
-    inside = ((ys >= y0) & (ys <= y1))[:, None] & ((xs >= x0) & (xs <= x1))[None, :]
+    inside = ((ys >= y0) & (ys <= y1))[:, None] & ((xs >= x0) & (xs <= x1))[
+        None, :
+    ]
     total = heat.sum()
     return float(heat[inside].sum() / total) if total > 0 else math.nan
 
@@ -181,15 +193,21 @@ class GradCAM:
     def __init__(self, model: keras.Model, layer: str | None = None) -> None:
         self.model = model
         self.layer, self.note = choose_gradcam_layer(model, layer)
-        if layer is None and self.layer == _before_pooling(model) and _has_pool(model):
+        if (
+            layer is None
+            and self.layer == _before_pooling(model)
+            and _has_pool(model)
+        ):
             features = model.get_layer(POOL_LAYER).input
         else:
             features = _output(model.get_layer(self.layer))
         last = model.layers[-1]
         self._head = None
         pre = model.output
-        if isinstance(last, keras.layers.Dense) and getattr(
-                last.activation, "__name__", "") == "softmax":
+        if (
+            isinstance(last, keras.layers.Dense)
+            and getattr(last.activation, "__name__", "") == "softmax"
+        ):
             pre, self._head = last.input, last
         self._sub = keras.Model(model.input, [features, pre])
 
@@ -202,14 +220,18 @@ class GradCAM:
 
         images = np.asarray(images, np.float32)
         if class_index is None:
-            class_index = np.argmax(self.model.predict(images, verbose=0), axis=1)
+            class_index = np.argmax(
+                self.model.predict(images, verbose=0), axis=1
+            )
         classes = np.broadcast_to(np.asarray(class_index), (len(images),))
         with tf.GradientTape() as tape:
             features, pre = self._sub(images, training=False)
             features = tf.cast(features, tf.float32)
             logits = tf.cast(pre, tf.float32)
             if self._head is not None:
-                logits = tf.matmul(logits, tf.cast(self._head.kernel, tf.float32))
+                logits = tf.matmul(
+                    logits, tf.cast(self._head.kernel, tf.float32)
+                )
                 logits += tf.cast(self._head.bias, tf.float32)
             score = tf.gather(logits, classes[:, None], batch_dims=1)
         grads = tape.gradient(score, features)
@@ -245,7 +267,9 @@ def attention_map(model: keras.Model, images: np.ndarray) -> np.ndarray | None:
     height, width = blocks[-1].input.shape[1:3]
     step = blocks[-1].subsample
     key_h, key_w = -(-height // step), -(-width // step)
-    return upsample(attention.mean(axis=1).reshape(-1, key_h, key_w), images.shape[1:3])
+    return upsample(
+        attention.mean(axis=1).reshape(-1, key_h, key_w), images.shape[1:3]
+    )
 
 
 def last_block_name(model: keras.Model) -> str | None:
@@ -254,7 +278,9 @@ def last_block_name(model: keras.Model) -> str | None:
     return blocks[-1].name if blocks else None
 
 
-def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+def overlay(
+    image: np.ndarray, heat: np.ndarray, alpha: float = 0.45
+) -> np.ndarray:
     """`image` (h, w, 3) in [0, 1] blended with the jet-coloured `heat`."""
     from matplotlib import colormaps
 
@@ -277,10 +303,19 @@ def write_row(
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    panels = [("image", image), (cam_label, cam), (f"{cam_label} overlay", overlay(image, cam))]
+    panels = [
+        ("image", image),
+        (cam_label, cam),
+        (f"{cam_label} overlay", overlay(image, cam)),
+    ]
     if attention is not None:
-        panels += [("attention", attention), ("attention overlay", overlay(image, attention))]
-    figure, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.9))
+        panels += [
+            ("attention", attention),
+            ("attention overlay", overlay(image, attention)),
+        ]
+    figure, axes = plt.subplots(
+        1, len(panels), figsize=(2.6 * len(panels), 2.9)
+    )
     for axis, (name, picture) in zip(np.atleast_1d(axes), panels):
         if picture.ndim == 2:
             axis.imshow(picture, cmap="jet", vmin=0.0, vmax=1.0)

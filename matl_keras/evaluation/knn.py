@@ -27,6 +27,7 @@ def knn_accuracy(
     """
     if len(bank) == 0 or len(queries) == 0:
         raise ValueError("knn_accuracy needs a non-empty bank and queries")
+
     def normalize(x):
         x = np.asarray(x, np.float64)
         return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
@@ -38,7 +39,10 @@ def knn_accuracy(
     votes = np.zeros((len(queries), num_classes))
     np.add.at(
         votes,
-        (np.repeat(np.arange(len(queries)), k), np.asarray(bank_labels)[nearest].ravel()),
+        (
+            np.repeat(np.arange(len(queries)), k),
+            np.asarray(bank_labels)[nearest].ravel(),
+        ),
         weights.ravel(),
     )
     return float(np.mean(votes.argmax(1) == np.asarray(query_labels)))

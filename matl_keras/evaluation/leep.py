@@ -58,7 +58,11 @@ def leep(
             "logits. Row sums range over "
             f"[{theta.sum(axis=1).min():.4g}, {theta.sum(axis=1).max():.4g}]"
         )
-    classes = int(labels.max()) + 1 if num_target_classes is None else num_target_classes
+    classes = (
+        int(labels.max()) + 1
+        if num_target_classes is None
+        else num_target_classes
+    )
     if labels.min() < 0 or labels.max() >= classes:
         raise ValueError(
             f"`target_labels` must be in [0, {classes}). Received labels in "

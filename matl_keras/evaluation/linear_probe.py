@@ -136,7 +136,9 @@ def linear_probe(
         correct = 0
         for held in split:
             keep = np.setdiff1d(np.arange(len(x)), held)
-            w, b = fit_logistic(x[keep], bank_labels[keep], num_classes, penalty)
+            w, b = fit_logistic(
+                x[keep], bank_labels[keep], num_classes, penalty
+            )
             predicted = predict_proba(x[held], w, b).argmax(axis=1)
             correct += int(np.sum(predicted == bank_labels[held]))
         scores[penalty] = correct / len(x)

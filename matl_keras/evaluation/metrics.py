@@ -30,7 +30,9 @@ def accuracy(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(np.mean(np.argmax(probs, axis=1) == labels))
 
 
-def f1_binary(labels: np.ndarray, predicted: np.ndarray, positive: int) -> float:
+def f1_binary(
+    labels: np.ndarray, predicted: np.ndarray, positive: int
+) -> float:
     """F1 of class `positive`; NaN when the class does not occur in
     `labels` (its recall is undefined: a bootstrap resample without a
     positive says nothing about F1, and scoring it 0 would drag the
@@ -165,7 +167,9 @@ def resample_indices(
     parts = []
     for value in np.unique(labels):
         members = np.flatnonzero(labels == value)
-        parts.append(members[rng.integers(0, len(members), (num_samples, len(members)))])
+        parts.append(
+            members[rng.integers(0, len(members), (num_samples, len(members)))]
+        )
     if not parts:
         return np.zeros((num_samples, 0), np.int64)
     return np.concatenate(parts, axis=1)
@@ -252,7 +256,11 @@ def format_table(results: dict) -> str:
     if isinstance(at, dict) and at.get("threshold") is not None:
         lines.append(f"  at the operating point: {at.get('description')}")
         lines += format_table(
-            {k: v for k, v in at.items() if k not in ("threshold", "temperature")}
+            {
+                k: v
+                for k, v in at.items()
+                if k not in ("threshold", "temperature")
+            }
         ).splitlines()[1:]
     if isinstance(at, dict) and at.get("calibration"):
         c = at["calibration"]

@@ -26,9 +26,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import gin
 import numpy as np
 
+import gin
 from matl_keras import runs
 from matl_keras.errors import ConfigError
 from matl_keras.evaluation import calibration
@@ -39,7 +39,9 @@ DECISION_FILE = runs.DECISION_FILE
 
 
 def choose_threshold(
-    is_positive: np.ndarray, scores: np.ndarray, rule: str,
+    is_positive: np.ndarray,
+    scores: np.ndarray,
+    rule: str,
     target: float | None = None,
 ) -> dict[str, float]:
     """The threshold a rule picks among the ROC points of `scores`.
@@ -75,7 +77,11 @@ def choose_threshold(
             k = int(np.flatnonzero(1.0 - fpr >= target - 1e-12)[-1])
         if k == 0:
             top = points[1]
-            threshold = top + (1.0 - top) / 2.0 if top < 1.0 else math.nextafter(1.0, 2.0)
+            threshold = (
+                top + (1.0 - top) / 2.0
+                if top < 1.0
+                else math.nextafter(1.0, 2.0)
+            )
         elif k == len(points) - 1:
             threshold = float(points[k])
         else:
@@ -140,7 +146,9 @@ def fit_decision(
     labels = np.asarray(labels, np.int64)
     probs = np.asarray(probs, np.float64)
     _check_rule(rule, target)
-    temperature = calibration.fit_temperature(labels, probs) if calibrate else 1.0
+    temperature = (
+        calibration.fit_temperature(labels, probs) if calibrate else 1.0
+    )
     decision: dict[str, Any] = {
         "fitted_on": split,
         "num_examples": int(len(labels)),
@@ -154,12 +162,18 @@ def fit_decision(
     }
     positive = 1 if positive_index is None else positive_index
     if probs.shape[1] == 2 and len(np.unique(labels)) < 2:
-        decision |= {"rule": "argmax", "target": None, "threshold": None,
-                     "note": f"{split} has one class only: no operating point"}
+        decision |= {
+            "rule": "argmax",
+            "target": None,
+            "threshold": None,
+            "note": f"{split} has one class only: no operating point",
+        }
     elif probs.shape[1] == 2:
         point = choose_threshold(
-            labels == positive, calibration.scale(probs, temperature)[:, positive],
-            rule, target,
+            labels == positive,
+            calibration.scale(probs, temperature)[:, positive],
+            rule,
+            target,
         )
         decision |= {
             "rule": rule,
@@ -196,13 +210,20 @@ def describe(decision: dict[str, Any]) -> str:
     else:
         how = f"{decision['rule']} >= {decision['target']}"
     threshold = decision.get("threshold")
-    shown = "" if threshold is None else (
-        f", {decision['positive_class']} when p >= {threshold:.4f}")
-    return (f"{how} on {decision['fitted_on']} ({decision['num_examples']} "
-            f"images), temperature {decision['temperature']:.3f}{shown}")
+    shown = (
+        ""
+        if threshold is None
+        else (f", {decision['positive_class']} when p >= {threshold:.4f}")
+    )
+    return (
+        f"{how} on {decision['fitted_on']} ({decision['num_examples']} "
+        f"images), temperature {decision['temperature']:.3f}{shown}"
+    )
 
 
-def apply(decision: dict[str, Any], probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def apply(
+    decision: dict[str, Any], probs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """`(calibrated probabilities, decided labels)` of `probs`."""
     scaled = calibration.scale(probs, decision["temperature"])
     if decision.get("threshold") is None:
@@ -212,8 +233,9 @@ def apply(decision: dict[str, Any], probs: np.ndarray) -> tuple[np.ndarray, np.n
     return scaled, np.where(chosen, positive, 1 - positive)
 
 
-def threshold_metrics(labels: np.ndarray, predicted: np.ndarray,
-                      positive: int) -> dict[str, float]:
+def threshold_metrics(
+    labels: np.ndarray, predicted: np.ndarray, positive: int
+) -> dict[str, float]:
     """Accuracy, F1, sensitivity, specificity of given decisions (binary);
     NaN where the labels lack the class a value is conditioned on."""
     labels = np.asarray(labels)
@@ -222,14 +244,22 @@ def threshold_metrics(labels: np.ndarray, predicted: np.ndarray,
     return {
         "accuracy": float(np.mean(truth == guess)),
         "f1": metrics_lib.f1_binary(labels, predicted, positive),
-        "sensitivity": float(np.mean(guess[truth])) if truth.any() else math.nan,
-        "specificity": float(np.mean(~guess[~truth])) if (~truth).any() else math.nan,
+        "sensitivity": float(np.mean(guess[truth]))
+        if truth.any()
+        else math.nan,
+        "specificity": float(np.mean(~guess[~truth]))
+        if (~truth).any()
+        else math.nan,
     }
 
 
 def score_at(
-    decision: dict[str, Any], labels: np.ndarray, probs: np.ndarray,
-    split: str, bootstrap_samples: int = 1000, confidence: float = 0.95,
+    decision: dict[str, Any],
+    labels: np.ndarray,
+    probs: np.ndarray,
+    split: str,
+    bootstrap_samples: int = 1000,
+    confidence: float = 0.95,
     seed: int = 0,
 ) -> dict[str, Any]:
     """A split's scores at the decision: calibration before/after and, for
@@ -245,7 +275,8 @@ def score_at(
         "description": describe(decision),
         "temperature": temperature,
         "calibration": calibration.summary(
-            labels, probs, temperature, decision["calibration"]["bins"]),
+            labels, probs, temperature, decision["calibration"]["bins"]
+        ),
     }
     if decision.get("threshold") is None:
         return result
@@ -254,11 +285,20 @@ def score_at(
     result.update(threshold_metrics(labels, predicted, positive))
     if bootstrap_samples:
         intervals = metrics_lib.bootstrap_ci(
-            labels, scaled,
+            labels,
+            scaled,
             lambda y, p: threshold_metrics(
-                y, np.where(p[:, positive] >= decision["threshold"],
-                            positive, 1 - positive), positive),
-            num_samples=bootstrap_samples, confidence=confidence, seed=seed,
+                y,
+                np.where(
+                    p[:, positive] >= decision["threshold"],
+                    positive,
+                    1 - positive,
+                ),
+                positive,
+            ),
+            num_samples=bootstrap_samples,
+            confidence=confidence,
+            seed=seed,
         )
         for name, interval in intervals.items():
             result[f"{name}_ci"] = list(interval)
@@ -276,7 +316,10 @@ def fit_and_write(context: Any, out_dir: str | None) -> dict[str, Any]:
 
     labels, probs = context.predictions()
     decision = fit_decision(
-        labels, probs, context.positive_index, context.class_names,
+        labels,
+        probs,
+        context.positive_index,
+        context.class_names,
         split=context.split,
     )
     if out_dir:
@@ -285,7 +328,9 @@ def fit_and_write(context: Any, out_dir: str | None) -> dict[str, Any]:
             json.dump(decision, f, indent=2, allow_nan=False)
         calibration.write_reliability_diagram(
             os.path.join(out_dir, f"reliability_{context.split}.png"),
-            labels, probs, decision["temperature"],
+            labels,
+            probs,
+            decision["temperature"],
             f"{context.split} ({len(labels)} images): temperature "
             f"{decision['temperature']:.2f}",
             decision["calibration"]["bins"],

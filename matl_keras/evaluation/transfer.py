@@ -113,12 +113,26 @@ def score_sources(
     results: dict[str, Any] = {}
     if untrained is not None:
         results[UNTRAINED] = score(
-            untrained, "untrained", data, split, class_names, positive_index, evaluators
+            untrained,
+            "untrained",
+            data,
+            split,
+            class_names,
+            positive_index,
+            evaluators,
         )
     for source in sources:
         model, kind = load_source(source["workdir"], build_backbone)
         results[source["stage"]] = dict(
-            score(model, kind, data, split, class_names, positive_index, evaluators),
+            score(
+                model,
+                kind,
+                data,
+                split,
+                class_names,
+                positive_index,
+                evaluators,
+            ),
             workdir=source["workdir"],
         )
     for name, values in results.items():

@@ -58,7 +58,11 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
     def __init__(self, groups: int = 1, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        if (
+            not isinstance(groups, int)
+            or isinstance(groups, bool)
+            or groups < 1
+        ):
             raise ValueError(
                 f"`groups` must be a positive int. Received: groups={groups!r}"
             )
@@ -160,34 +164,55 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         if x.dtype not in (tf.float16, tf.bfloat16, tf.float32):
             x = tf.cast(x, tf.float32)
         channels = x.shape[-1]
-        gamma = (tf.cast(self.gamma, tf.float32) if self.scale
-                 else tf.ones([channels], tf.float32))
-        beta = (tf.cast(self.beta, tf.float32) if self.center
-                else tf.zeros([channels], tf.float32))
+        gamma = (
+            tf.cast(self.gamma, tf.float32)
+            if self.scale
+            else tf.ones([channels], tf.float32)
+        )
+        beta = (
+            tf.cast(self.beta, tf.float32)
+            if self.center
+            else tf.zeros([channels], tf.float32)
+        )
         moving_mean = tf.cast(self.moving_mean, tf.float32)
         moving_variance = tf.cast(self.moving_variance, tf.float32)
         if training and self.trainable:
             y, mean, unbiased, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-                x=x, scale=gamma, offset=beta,
-                mean=tf.zeros([0], tf.float32), variance=tf.zeros([0], tf.float32),
-                epsilon=self.epsilon, exponential_avg_factor=1.0,
-                data_format="NHWC", is_training=True,
+                x=x,
+                scale=gamma,
+                offset=beta,
+                mean=tf.zeros([0], tf.float32),
+                variance=tf.zeros([0], tf.float32),
+                epsilon=self.epsilon,
+                exponential_avg_factor=1.0,
+                data_format="NHWC",
+                is_training=True,
             )
             n = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
             variance = unbiased * (n - 1.0) / tf.maximum(n, 1.0)
             momentum = self.momentum
             self.moving_mean.assign(
-                tf.cast(moving_mean * momentum + mean * (1.0 - momentum),
-                        self.moving_mean.dtype)
+                tf.cast(
+                    moving_mean * momentum + mean * (1.0 - momentum),
+                    self.moving_mean.dtype,
+                )
             )
             self.moving_variance.assign(
-                tf.cast(moving_variance * momentum + variance * (1.0 - momentum),
-                        self.moving_variance.dtype)
+                tf.cast(
+                    moving_variance * momentum + variance * (1.0 - momentum),
+                    self.moving_variance.dtype,
+                )
             )
         else:
             y, _, _, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-                x=x, scale=gamma, offset=beta, mean=moving_mean,
-                variance=moving_variance, epsilon=self.epsilon,
-                exponential_avg_factor=1.0, data_format="NHWC", is_training=False,
+                x=x,
+                scale=gamma,
+                offset=beta,
+                mean=moving_mean,
+                variance=moving_variance,
+                epsilon=self.epsilon,
+                exponential_avg_factor=1.0,
+                data_format="NHWC",
+                is_training=False,
             )
         return tf.cast(y, self.compute_dtype)

@@ -87,8 +87,7 @@ class NonLocalBlock(keras.layers.Layer):
         super().__init__(**kwargs)
         if score not in ("cosine", "dot"):
             raise ValueError(
-                "`score` must be 'cosine' or 'dot'. Received: "
-                f"score={score!r}"
+                f"`score` must be 'cosine' or 'dot'. Received: score={score!r}"
             )
         if not 1.0 <= float(logit_scale) <= float(max_logit_scale):
             raise ValueError(
@@ -164,7 +163,9 @@ class NonLocalBlock(keras.layers.Layer):
         kv_shape = input_shape
         if self.subsample > 1:
             self.pool = layers.MaxPooling2D(
-                self.subsample, padding="same", dtype=self.dtype_policy,
+                self.subsample,
+                padding="same",
+                dtype=self.dtype_policy,
                 name=f"{name}_pool",
             )
             kv_shape = self.pool.compute_output_shape(input_shape)

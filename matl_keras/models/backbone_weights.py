@@ -20,9 +20,11 @@ def _saved_shapes(path: str) -> list[tuple[int, ...]]:
     shapes: list[tuple[int, ...]] = []
     with h5py.File(path, "r") as f:
         f.visititems(
-            lambda _, v: shapes.append(tuple(v.shape))
-            if isinstance(v, h5py.Dataset)
-            else None
+            lambda _, v: (
+                shapes.append(tuple(v.shape))
+                if isinstance(v, h5py.Dataset)
+                else None
+            )
         )
     return shapes
 
@@ -50,7 +52,11 @@ def load_backbone(features: keras.Model, path: str) -> None:
             features.load_weights(path)
         except (ValueError, KeyError) as e:
             raise mismatch from e
-    skipped = [w for w in caught if "could not be loaded" in str(w.message)
-               or "Skipping" in str(w.message)]
+    skipped = [
+        w
+        for w in caught
+        if "could not be loaded" in str(w.message)
+        or "Skipping" in str(w.message)
+    ]
     if skipped:
         raise mismatch

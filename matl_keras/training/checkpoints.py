@@ -206,8 +206,10 @@ class ResumableBackup(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self._pending_metrics is not None:
             self._restore(
-                self._metric_variables(), self._pending_metrics,
-                "metric sums", add=True,
+                self._metric_variables(),
+                self._pending_metrics,
+                "metric sums",
+                add=True,
             )
             self._pending_metrics = None
         if not self.every_steps or diverged(logs):
@@ -344,7 +346,9 @@ class BestCheckpoint(keras.callbacks.Callback):
     ):
         super().__init__()
         if mode not in ("max", "min"):
-            raise ValueError(f"`mode` must be 'max' or 'min'. Received: {mode!r}")
+            raise ValueError(
+                f"`mode` must be 'max' or 'min'. Received: {mode!r}"
+            )
         self.directory = directory
         self.resume_from = resume_from or directory
         self.monitor = monitor

@@ -79,7 +79,11 @@ def projection_head(hidden_dim: int, output_dim: int, name: str) -> keras.Model:
 
 def _replica_context() -> tuple[Any, int, Any]:
     context = tf.distribute.get_replica_context()
-    return context, context.num_replicas_in_sync, context.replica_id_in_sync_group
+    return (
+        context,
+        context.num_replicas_in_sync,
+        context.replica_id_in_sync_group,
+    )
 
 
 def _on_replica_device(tensor: tf.Tensor) -> tf.Tensor:
@@ -145,7 +149,9 @@ def shuffle_permutation(batch_size, groups: int, seed: tf.Tensor) -> tf.Tensor:
         (batch_size,) int32 permutation.
     """
     if groups < 2:
-        raise ValueError(f"shuffle-BN needs >= 2 groups. Received: groups={groups}")
+        raise ValueError(
+            f"shuffle-BN needs >= 2 groups. Received: groups={groups}"
+        )
     if isinstance(batch_size, int) and (
         batch_size % groups or batch_size // groups < 2
     ):
@@ -155,7 +161,9 @@ def shuffle_permutation(batch_size, groups: int, seed: tf.Tensor) -> tf.Tensor:
         )
     batch_size = tf.cast(batch_size, tf.int32)
     table = tf.reshape(tf.range(batch_size), [groups, -1])
-    table = tf.gather(table, tf.argsort(hash_noise(table, seed), axis=1), batch_dims=1)
+    table = tf.gather(
+        table, tf.argsort(hash_noise(table, seed), axis=1), batch_dims=1
+    )
     return tf.reshape(tf.transpose(table), [-1])
 
 
@@ -230,7 +238,9 @@ class ContrastiveModel(SSLMethod):
         self.image_size = image_size
         self.total_steps = 0
         self.seed = 0
-        self.projector = projection_head(hidden_dim, projection_dim, "projector")
+        self.projector = projection_head(
+            hidden_dim, projection_dim, "projector"
+        )
         self.key_backbone = key_backbone
         self.key_projector = (
             projection_head(hidden_dim, projection_dim, "key_projector")
@@ -281,9 +291,7 @@ class ContrastiveModel(SSLMethod):
             for k, q in zip(self.key_weights, self.query_weights):
                 k.assign(q)
         if self.queue_size:
-            replicated = dict(
-                trainable=False, aggregation="only_first_replica"
-            )
+            replicated = dict(trainable=False, aggregation="only_first_replica")
             self.queue = self.add_weight(
                 shape=(self.queue_size, self.projection_dim),
                 initializer="zeros",
@@ -299,12 +307,18 @@ class ContrastiveModel(SSLMethod):
                 **replicated,
             )
             self.queue_pointer = self.add_weight(
-                shape=(), dtype="int32", initializer="zeros",
-                name="queue_pointer", **replicated,
+                shape=(),
+                dtype="int32",
+                initializer="zeros",
+                name="queue_pointer",
+                **replicated,
             )
             self.queue_filled = self.add_weight(
-                shape=(), dtype="int32", initializer="zeros",
-                name="queue_filled", **replicated,
+                shape=(),
+                dtype="int32",
+                initializer="zeros",
+                name="queue_filled",
+                **replicated,
             )
         self.build_heads(features)
         self.built = True
@@ -323,7 +337,9 @@ class ContrastiveModel(SSLMethod):
     @property
     def query_weights(self) -> list:
         """theta_q of Eq. 3: the query encoder's trainable weights."""
-        return self.backbone.trainable_weights + self.projector.trainable_weights
+        return (
+            self.backbone.trainable_weights + self.projector.trainable_weights
+        )
 
     @property
     def key_weights(self) -> list:
@@ -398,7 +414,9 @@ class ContrastiveModel(SSLMethod):
         perm = shuffle_permutation(
             tf.shape(gathered)[0], groups, self._key_seed()
         )
-        mine = tf.gather(gathered, perm)[replica * local : (replica + 1) * local]
+        mine = tf.gather(gathered, perm)[
+            replica * local : (replica + 1) * local
+        ]
         keys = self.key_projector(
             self.key_backbone(mine, training=True), training=True
         )
@@ -445,7 +463,8 @@ class ContrastiveModel(SSLMethod):
             ids = context.all_gather(_on_replica_device(ids), axis=0)
         n = tf.shape(keys)[0]
         tf.debugging.assert_less_equal(
-            n, self.queue_size,
+            n,
+            self.queue_size,
             message="queue_size must be at least the global batch size",
         )
         slots = ((self.queue_pointer + tf.range(n)) % self.queue_size)[:, None]

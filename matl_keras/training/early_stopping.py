@@ -32,7 +32,8 @@ STATE_FILE = "early_stopping.json"
 def check(patience: int | None, min_delta: float) -> None:
     """Refuses bad `early_stopping_patience` / `early_stopping_min_delta`."""
     if patience is not None and (
-        isinstance(patience, bool) or not isinstance(patience, int)
+        isinstance(patience, bool)
+        or not isinstance(patience, int)
         or patience < 1
     ):
         raise ConfigError(
@@ -78,10 +79,18 @@ def decide(
         else:
             wait += 1
         if wait >= patience:
-            return {"best_epoch": best_epoch, "best_value": best_value,
-                    "wait": wait, "stopped_epoch": epoch}
-    return {"best_epoch": best_epoch, "best_value": best_value, "wait": wait,
-            "stopped_epoch": None}
+            return {
+                "best_epoch": best_epoch,
+                "best_value": best_value,
+                "wait": wait,
+                "stopped_epoch": epoch,
+            }
+    return {
+        "best_epoch": best_epoch,
+        "best_value": best_value,
+        "wait": wait,
+        "stopped_epoch": None,
+    }
 
 
 class EarlyStopping(keras.callbacks.Callback):
@@ -130,7 +139,8 @@ class EarlyStopping(keras.callbacks.Callback):
         if done and os.path.exists(self.resume_path):
             saved = runs.read_json(self.resume_path)
             self.values = {
-                int(e): float(v) for e, v in saved.get("values", {}).items()
+                int(e): float(v)
+                for e, v in saved.get("values", {}).items()
                 if int(e) < done
             }
 
@@ -162,8 +172,11 @@ class EarlyStopping(keras.callbacks.Callback):
         self.values[epoch] = float(logs[self.monitor])
         runs.write_json(
             self.path,
-            {"monitor": self.monitor, "mode": self.mode,
-             "values": {str(e): v for e, v in sorted(self.values.items())}},
+            {
+                "monitor": self.monitor,
+                "mode": self.mode,
+                "values": {str(e): v for e, v in sorted(self.values.items())},
+            },
         )
         state = self.state()
         if state["stopped_epoch"] is not None:
@@ -190,7 +203,8 @@ class EarlyStopping(keras.callbacks.Callback):
             "best_epoch": state["best_epoch"],
             "best_value": state["best_value"],
             "reason": (
-                self.reason(state) if state["stopped_epoch"] is not None
+                self.reason(state)
+                if state["stopped_epoch"] is not None
                 else f"not stopped: ran all {epochs} epochs"
             ),
         }
@@ -209,6 +223,11 @@ def for_stage(
     if patience is None:
         return None
     return EarlyStopping(
-        directory, monitor, "min" if monitor == "val_loss" else "max",
-        patience, min_delta, backup_dir, resume_from,
+        directory,
+        monitor,
+        "min" if monitor == "val_loss" else "max",
+        patience,
+        min_delta,
+        backup_dir,
+        resume_from,
     )

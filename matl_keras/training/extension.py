@@ -80,8 +80,9 @@ def _digest(config_text: str, init_sha: str | None) -> str:
     )
 
 
-def carry(previous: dict[str, Any] | None, record: dict[str, Any],
-          epochs: int) -> None:
+def carry(
+    previous: dict[str, Any] | None, record: dict[str, Any], epochs: int
+) -> None:
     """Puts into a stage's new `run.json` record its epoch count and the
     extensions of the run it continues."""
     record["epochs"] = epochs
@@ -124,7 +125,8 @@ def prepare(
     config_text = stage_config.stage_config_str()
     init_sha = (
         runs.file_sha256(init_backbone)
-        if init_backbone and os.path.isfile(init_backbone) else None
+        if init_backbone and os.path.isfile(init_backbone)
+        else None
     )
     if (record.get("init_backbone") or {}).get("sha256") != init_sha:
         return None  # refused by `begin`, naming the change

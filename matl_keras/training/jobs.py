@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import gin
-
 from matl_keras.errors import ConfigError
 
 

@@ -38,9 +38,10 @@ _APPLIED = False
 
 def in_multi_worker_mode(strategy) -> bool:
     """True for a MultiWorkerMirroredStrategy over more than one worker."""
-    return isinstance(
-        strategy, tf.distribute.MultiWorkerMirroredStrategy
-    ) and strategy.extended._in_multi_worker_mode()  # noqa: SLF001
+    return (
+        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        and strategy.extended._in_multi_worker_mode()
+    )  # noqa: SLF001
 
 
 def apply() -> None:
@@ -54,8 +55,8 @@ def apply() -> None:
     global _APPLIED
     if _APPLIED:
         return
-    from keras.src.backend.tensorflow import trainer as tf_trainer
     from keras.src import tree
+    from keras.src.backend.tensorflow import trainer as tf_trainer
 
     trainer_cls = tf_trainer.TensorFlowTrainer
     if not hasattr(trainer_cls, "_maybe_symbolic_build") or not hasattr(
@@ -73,13 +74,17 @@ def apply() -> None:
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         strategy = self._distribute_strategy  # noqa: SLF001
         if iterator is None or not in_multi_worker_mode(strategy):
-            return original_build(self, iterator=iterator, data_batch=data_batch)
+            return original_build(
+                self, iterator=iterator, data_batch=data_batch
+            )
         for _, _, it in iterator:
             batch = next(it)
             data_batch = tree.map_structure(
-                lambda v: strategy.experimental_local_results(v)[0]
-                if isinstance(v, tf.distribute.DistributedValues)
-                else v,
+                lambda v: (
+                    strategy.experimental_local_results(v)[0]
+                    if isinstance(v, tf.distribute.DistributedValues)
+                    else v
+                ),
                 batch,
             )
             break

@@ -25,16 +25,19 @@ import math
 import os
 from typing import Any
 
-import gin
 import keras
 
+import gin
 from matl_keras import runs
 from matl_keras.errors import ConfigError
 from matl_keras.training import workdir as workdir_lib
 
 RUN_ID_FILE = "mlflow.json"
 ARTIFACTS = (
-    "metrics.json", "run.json", "config.gin", "operative_config.gin",
+    "metrics.json",
+    "run.json",
+    "config.gin",
+    "operative_config.gin",
     "history.csv",
 )
 _MAX_VALUE = 500  # characters of a parameter value (MLflow limits them)
@@ -56,8 +59,12 @@ def mlflow_tracking(
         run_name: str or None. Run name (default: the workdir's last two
             folder names, e.g. `sstl_m/finetune`).
     """
-    return {"enabled": enabled, "tracking_uri": tracking_uri,
-            "experiment": experiment, "run_name": run_name}
+    return {
+        "enabled": enabled,
+        "tracking_uri": tracking_uri,
+        "experiment": experiment,
+        "run_name": run_name,
+    }
 
 
 _configured_tracking = gin.external_configurable(
@@ -127,7 +134,8 @@ class MLflowTracking(keras.callbacks.Callback):
         name = self.settings["experiment"]
         found = self.client.get_experiment_by_name(name)
         experiment_id = (
-            found.experiment_id if found
+            found.experiment_id
+            if found
             else self.client.create_experiment(name)
         )
         parts = os.path.abspath(self.out).split(os.sep)
@@ -136,11 +144,14 @@ class MLflowTracking(keras.callbacks.Callback):
             run_name=self.settings["run_name"] or "/".join(parts[-2:]),
             tags={"matl_keras.workdir": os.path.abspath(self.out)},
         )
-        runs.write_json(path, {
-            "run_id": run.info.run_id,
-            "tracking_uri": self.settings["tracking_uri"],
-            "experiment": name,
-        })
+        runs.write_json(
+            path,
+            {
+                "run_id": run.info.run_id,
+                "tracking_uri": self.settings["tracking_uri"],
+                "experiment": name,
+            },
+        )
         return run.info.run_id
 
     def log_params(self, config_path: str) -> None:
@@ -151,10 +162,13 @@ class MLflowTracking(keras.callbacks.Callback):
             return
         with open(config_path) as f:
             params = _params(f.read())
-        new = [Param(k, v) for k, v in sorted(params.items())
-               if k not in self._logged]
+        new = [
+            Param(k, v)
+            for k, v in sorted(params.items())
+            if k not in self._logged
+        ]
         for i in range(0, len(new), 100):  # MLflow's batch limit
-            self.client.log_batch(self.run_id, params=new[i:i + 100])
+            self.client.log_batch(self.run_id, params=new[i : i + 100])
         self._logged |= {p.key for p in new}
 
     def on_epoch_end(self, epoch, logs=None):

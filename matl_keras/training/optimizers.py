@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import gin
 import keras
 
+import gin
 from matl_keras.errors import ConfigError
 from matl_keras.training import warmup
 

@@ -36,7 +36,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import gin
-
 from matl_keras import runs
 from matl_keras.errors import ConfigError
 from matl_keras.training import workdir as workdir_lib
@@ -84,8 +83,14 @@ def _check_stages(stages: Sequence[str]) -> list[str]:
     return names
 
 
-def _stage_entry(name: str, stage_dir: str, fn: Callable[..., Any],
-                 metrics: Any, seconds: float, workdir: str) -> dict[str, Any]:
+def _stage_entry(
+    name: str,
+    stage_dir: str,
+    fn: Callable[..., Any],
+    metrics: Any,
+    seconds: float,
+    workdir: str,
+) -> dict[str, Any]:
     run_path = os.path.join(stage_dir, runs.RUN_FILE)
     run = runs.read_json(run_path) if os.path.exists(run_path) else {}
     backbone = os.path.join(stage_dir, runs.BACKBONE_FILE)
@@ -156,7 +161,9 @@ def _accepts_sources(fn: Callable[..., Any]) -> bool:
         return False
 
 
-def pipeline(workdir: str, stages: Sequence[str] = ("finetune",)) -> dict[str, Any]:
+def pipeline(
+    workdir: str, stages: Sequence[str] = ("finetune",)
+) -> dict[str, Any]:
     """Runs `stages` in order; each starts from the previous one's backbone.
 
     Args:
@@ -201,15 +208,23 @@ def pipeline(workdir: str, stages: Sequence[str] = ("finetune",)) -> dict[str, A
         if _accepts_sources(fn):
             # The earlier stages, to score their transferability to this one.
             kwargs["sources"] = [
-                {"stage": entry["stage"],
-                 "workdir": os.path.join(workdir, entry["workdir"])}
+                {
+                    "stage": entry["stage"],
+                    "workdir": os.path.join(workdir, entry["workdir"]),
+                }
                 for entry in summary["lineage"]
             ]
         with gin.config_scope(name):
             metrics = fn(workdir=stage_dir, init_backbone=previous, **kwargs)
         summary["lineage"].append(
-            _stage_entry(name, stage_dir, fn, metrics,
-                         time.perf_counter() - start, workdir)
+            _stage_entry(
+                name,
+                stage_dir,
+                fn,
+                metrics,
+                time.perf_counter() - start,
+                workdir,
+            )
         )
         if chief:
             runs.write_json(summary_path, summary)

@@ -54,7 +54,8 @@ def dtype_policy(precision: str) -> Iterator[str]:
 
 
 def resolve_jit_compile(
-    jit_compile: bool | str, strategy: tf.distribute.Strategy,
+    jit_compile: bool | str,
+    strategy: tf.distribute.Strategy,
     default_on_cpu: bool | str,
 ) -> bool | str:
     """XLA for the training step.

@@ -14,23 +14,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import gin
 import keras
 
+import gin
 from matl_keras import registry as registry_lib
 from matl_keras import runs
 from matl_keras.data import decode
 from matl_keras.data import pipeline
 from matl_keras.data.dataset import Dataset
 from matl_keras.errors import ConfigError
-from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
 from matl_keras.models.backbone_weights import load_backbone
+from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
 from matl_keras.training import checkpoints
 from matl_keras.training import monitor_data as monitor_lib
 from matl_keras.training import monitors
-from matl_keras.training import ssl_method
 from matl_keras.training import optimizers
 from matl_keras.training import precision as precision_lib
+from matl_keras.training import ssl_method
 from matl_keras.training import stage_config
 from matl_keras.training.ssl_method import RunSchedule
 from matl_keras.training.ssl_method import SSLMethod
@@ -203,8 +203,13 @@ def pretrain(
         The content of `metrics.json`.
     """
     run = StageRun.begin(
-        workdir, init_backbone, strategy=strategy, batch_size=batch_size,
-        epochs=epochs, seed=seed, deterministic=deterministic,
+        workdir,
+        init_backbone,
+        strategy=strategy,
+        batch_size=batch_size,
+        epochs=epochs,
+        seed=seed,
+        deterministic=deterministic,
         backup_every_steps=backup_every_steps,
     )
     if run.complete:
@@ -216,10 +221,13 @@ def pretrain(
     read = [monitor_bank_split, monitor_split]
     if not (monitor_split and set(read) <= set(labelled.splits())):
         read = []  # no kNN monitor
-    for source, splits in monitor_lib.reads(dataset, train_split, labelled,
-                                            read):
+    for source, splits in monitor_lib.reads(
+        dataset, train_split, labelled, read
+    ):
         decode.check_splits(
-            source, splits, on_bad_image,
+            source,
+            splits,
+            on_bad_image,
             stage_config.binding_in_force("pretrain", "on_bad_image"),
             max_image_pixels,
         )
@@ -261,7 +269,12 @@ def pretrain(
         flush=True,
     )
     monitor = _knn_monitor(
-        model, labelled, monitor_split, monitor_bank_split, knn_k, common,
+        model,
+        labelled,
+        monitor_split,
+        monitor_bank_split,
+        knn_k,
+        common,
         hint=monitor_dataset is None,
     )
     run.record = run.new_record(
@@ -270,7 +283,8 @@ def pretrain(
         monitor_dataset=monitor_lib.describe(labelled, monitor, dataset),
         method=type(model).__name__,
         batchnorm=(
-            f"shuffle-BN, {groups} groups" if groups > 1
+            f"shuffle-BN, {groups} groups"
+            if groups > 1
             else ("synchronized" if sync_batchnorm else "per replica")
         ),
         **model.run_record(),
@@ -295,18 +309,29 @@ def pretrain(
         run.record["knn_accuracy_before"] = before
         print(f"kNN accuracy before pretraining: {before:.4f}", flush=True)
     run.fit(
-        model, train_data.data, train_data.steps,
-        [monitor] if monitor is not None else [], what="pretraining",
+        model,
+        train_data.data,
+        train_data.steps,
+        [monitor] if monitor is not None else [],
+        what="pretraining",
     )
     checkpoints.save_weights(model, run.path(runs.SSL_MODEL_FILE))
     run.save_backbone(model.transfer_backbone)
     final = {k: float(v[-1]) for k, v in model.history.history.items() if v}
     results: dict[str, Any] = {"final_epoch": final}
     if monitor is not None:
-        results.update(_monitor_scores(
-            monitor, final, run.record["knn_accuracy_before"], knn_k,
-            monitor_bank_split, monitor_split, labelled, seed,
-        ))
+        results.update(
+            _monitor_scores(
+                monitor,
+                final,
+                run.record["knn_accuracy_before"],
+                knn_k,
+                monitor_bank_split,
+                monitor_split,
+                labelled,
+                seed,
+            )
+        )
     return run.finish(results, f"metrics: {results}", metrics=results)
 
 
@@ -315,38 +340,52 @@ def pretrain(
 gin.external_configurable(pretrain, name="pretrain")
 
 
-def _knn_monitor(model, dataset, monitor_split, monitor_bank_split, knn_k,
-                 common, hint=False) -> monitors.KnnMonitor | None:
+def _knn_monitor(
+    model, dataset, monitor_split, monitor_bank_split, knn_k, common, hint=False
+) -> monitors.KnnMonitor | None:
     """The kNN monitor of the backbone's features, or None (with a message)
     when the dataset has no labelled bank and query splits."""
     monitor = None
     splits = dataset.splits()
-    if monitor_split and monitor_split in splits and monitor_bank_split in splits:
+    if (
+        monitor_split
+        and monitor_split in splits
+        and monitor_bank_split in splits
+    ):
         # Only the labels supervised stages may use (the embedded data's
         # few-labels case keeps 10%): the monitor and the probe fit on them.
         bank = pipeline.build_split(
-            dataset, monitor_bank_split, training=False,
+            dataset,
+            monitor_bank_split,
+            training=False,
             labelled_fraction=getattr(dataset, "labelled_fraction", 1.0),
             **common,
         )
-        queries = pipeline.build_split(dataset, monitor_split, training=False, **common)
+        queries = pipeline.build_split(
+            dataset, monitor_split, training=False, **common
+        )
         if bank.class_counts and queries.class_counts:
             monitor = monitors.KnnMonitor(
-                model.transfer_backbone, bank.data, queries.data,
-                dataset.num_classes, knn_k,
+                model.transfer_backbone,
+                bank.data,
+                queries.data,
+                dataset.num_classes,
+                knn_k,
             )
     if monitor is None and monitor_split:
         print(
             f"no kNN monitor: {dataset.name} has no labelled "
             f"{monitor_bank_split!r} and {monitor_split!r} splits"
-            + monitor_lib.HINT * hint,
+            + monitor_lib.HINT
+            * hint,
             flush=True,
         )
     return monitor
 
 
-def _monitor_scores(monitor, final, before, knn_k, bank_split, query_split,
-                    dataset, seed) -> dict[str, Any]:
+def _monitor_scores(
+    monitor, final, before, knn_k, bank_split, query_split, dataset, seed
+) -> dict[str, Any]:
     """kNN accuracy before and after, and the frozen backbone's linear
     probe (fitted on the bank split, scored on the query split), the
     standard SSL score beside kNN."""

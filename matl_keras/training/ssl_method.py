@@ -265,6 +265,5 @@ def check_contract(cls: type, name: str | None = None) -> None:
         label = f'"{name}" ({label})'
     raise PluginError(
         f"The SSL method {label} does not implement the SSLMethod contract "
-        f"(matl_keras/training/ssl_method.py); missing: "
-        + "; ".join(missing)
+        f"(matl_keras/training/ssl_method.py); missing: " + "; ".join(missing)
     )

@@ -28,10 +28,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
-
-import gin
 from absl import logging
 
+import gin
 from matl_keras import registry as registry_lib
 from matl_keras import runs
 from matl_keras.data.dataset import Dataset
@@ -66,8 +65,9 @@ class StageRun:
             (recorded in `run.json`).
     """
 
-    def __init__(self, start, strategy, batch_size, epochs, seed,
-                 backup_every_steps):
+    def __init__(
+        self, start, strategy, batch_size, epochs, seed, backup_every_steps
+    ):
         self.start = start
         self.strategy = strategy
         self.batch_size = batch_size
@@ -104,7 +104,9 @@ class StageRun:
                 missing `init_backbone`.
         """
         if epochs < 1:
-            raise ConfigError(f"`epochs` must be at least 1. Received: {epochs}")
+            raise ConfigError(
+                f"`epochs` must be at least 1. Received: {epochs}"
+            )
         distribution = strategies.get_strategy(strategy)
         strategies.check_replica_split(batch_size, distribution)
         if backup_every_steps and distribution.num_replicas_in_sync > 1:
@@ -119,8 +121,9 @@ class StageRun:
         # More epochs for a finished stage (issue 20): resume its last epoch.
         extension_lib.prepare(workdir, init_backbone, epochs, distribution)
         start = workdir_lib.begin(workdir, init_backbone, distribution)
-        run = cls(start, distribution, batch_size, epochs, seed,
-                  backup_every_steps)
+        run = cls(
+            start, distribution, batch_size, epochs, seed, backup_every_steps
+        )
         if start.complete:
             return run
         run.tracker = mlflow_tracking.for_stage(start)
@@ -159,7 +162,10 @@ class StageRun:
         return strategies.worker_cache(cache, self.strategy)
 
     def split_options(
-        self, image_size: int, crop_fraction: float, on_bad_image: str,
+        self,
+        image_size: int,
+        crop_fraction: float,
+        on_bad_image: str,
         cache: str,
     ) -> dict[str, Any]:
         """The `pipeline.build_split` arguments every split of the stage
@@ -276,7 +282,11 @@ class StageRun:
         self.write_record()
         logging.info(
             "%s %s (%d params) for %d epochs of %d steps on %d replica(s)",
-            what, model.name, model.count_params(), self.epochs, steps,
+            what,
+            model.name,
+            model.count_params(),
+            self.epochs,
+            steps,
             self.strategy.num_replicas_in_sync,
         )
         fit_resuming(
@@ -320,7 +330,8 @@ class StageRun:
             # Training steps only: Throughput runs before the validation
             # callbacks, so its epoch time excludes validation.
             train_images_per_second=round(
-                throughput.steps * self.batch_size
+                throughput.steps
+                * self.batch_size
                 / max(throughput.seconds, 1e-9),
                 2,
             ),

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
 
-import gin
 import keras
 
+import gin
 from matl_keras import runs
 from matl_keras.data import decode
 from matl_keras.data import pipeline
@@ -46,7 +46,6 @@ from matl_keras.training.stage_run import StageRun
 from matl_keras.training.stage_run import describe_backbone
 from matl_keras.training.stage_run import resolve_dataset
 
-
 CLASS_BALANCE = ("none", "weights", "sampling")
 
 
@@ -62,8 +61,16 @@ def inverse_frequency_weights(
     }
 
 
-def evaluate(model, split_data, split, dataset, evaluators, workdir=None,
-             decision=None, fit_decision=False):
+def evaluate(
+    model,
+    split_data,
+    split,
+    dataset,
+    evaluators,
+    workdir=None,
+    decision=None,
+    fit_decision=False,
+):
     """Runs `evaluators` on one split; returns `{metric: value}`. With
     `fit_decision` (the val split only), first fits the operating point and
     temperature there (`operating_point.fit_and_write`) and returns
@@ -210,16 +217,25 @@ def train(
     """
     _check_args(class_balance, keep, best_metric, labelled_fraction)
     run = StageRun.begin(
-        workdir, init_backbone, strategy=strategy, batch_size=batch_size,
-        epochs=epochs, seed=seed, deterministic=deterministic,
+        workdir,
+        init_backbone,
+        strategy=strategy,
+        batch_size=batch_size,
+        epochs=epochs,
+        seed=seed,
+        deterministic=deterministic,
         backup_every_steps=backup_every_steps,
     )
     if run.complete:
         return run.results()
     # Early stopping (issue 20): its state survives a resume.
     stopper = early_stopping.for_stage(
-        early_stopping_patience, early_stopping_min_delta, best_metric,
-        run.start.out, run.start.backup_dir, workdir,
+        early_stopping_patience,
+        early_stopping_min_delta,
+        best_metric,
+        run.start.out,
+        run.start.backup_dir,
+        workdir,
     )
     dataset = resolve_dataset(dataset)
     # The dataset's own share of labels times this run's share.
@@ -286,13 +302,17 @@ def train(
         run.record["architecture"] = describe_backbone(features)
         run.record["precision"] = policy
         model = build_image_classifier(
-            features, dataset.num_classes, dropout=dropout,
+            features,
+            dataset.num_classes,
+            dropout=dropout,
             head_norm=head_norm,
         )
         if transfer_evaluators and not run.start.has_transfer:
             # Before any weights are loaded: `model` is the untrained network.
             transfer_data = pipeline.build_split(
-                dataset, transfer_split or train_split, training=False,
+                dataset,
+                transfer_split or train_split,
+                training=False,
                 max_examples=transfer_max_examples,
                 # Only the labels this run may use.
                 labelled_fraction=(
@@ -301,9 +321,14 @@ def train(
                 **common,
             )
             _score_transfer(
-                run, model, lambda: backbone(image_size=image_size),
-                transfer_data, transfer_split or train_split, dataset,
-                sources, transfer_evaluators,
+                run,
+                model,
+                lambda: backbone(image_size=image_size),
+                transfer_data,
+                transfer_split or train_split,
+                dataset,
+                sources,
+                transfer_evaluators,
             )
         _record_transfer(run)
         # Loading source models draws from the global RNG: reseed so that
@@ -311,8 +336,13 @@ def train(
         keras.utils.set_random_seed(seed)
         _load_weights(run.record, features, init_backbone, pretrained_weights)
         run.compile(
-            model, optimizer, train_data.steps, jit_compile, "auto",
-            loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+            model,
+            optimizer,
+            train_data.steps,
+            jit_compile,
+            "auto",
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
         )
     best = checkpoints.BestCheckpoint(
         run.path(runs.BEST_DIR),
@@ -325,11 +355,13 @@ def train(
         train_data.data,
         train_data.steps,
         # The scores first, then the best checkpoint that reads them.
-        [monitors.ValidationMetrics(val_data.data, dataset.positive_index()),
-         best, *([stopper] if stopper else [])],
+        [
+            monitors.ValidationMetrics(val_data.data, dataset.positive_index()),
+            best,
+            *([stopper] if stopper else []),
+        ],
         epochs=(
-            stopper.epochs_to_fit(run.start_epoch, epochs) if stopper
-            else None
+            stopper.epochs_to_fit(run.start_epoch, epochs) if stopper else None
         ),
         class_weight=(
             inverse_frequency_weights(
@@ -351,7 +383,12 @@ def train(
     # Operating point and temperature: fitted on val, never on test.
     results = {}
     results[val_split], decision = evaluate(
-        model, val_data.data, val_split, dataset, evaluators, run.start.out,
+        model,
+        val_data.data,
+        val_split,
+        dataset,
+        evaluators,
+        run.start.out,
         fit_decision=True,
     )
     for split in test_splits:
@@ -359,13 +396,21 @@ def train(
             dataset, split, training=False, **common
         )
         results[split] = evaluate(
-            model, test_data.data, split, dataset, evaluators, run.start.out,
+            model,
+            test_data.data,
+            split,
+            dataset,
+            evaluators,
+            run.start.out,
             decision=decision,
         )
-    return run.finish(results, "\n".join(
-        f"{split}:\n{metrics_lib.format_table(values)}"
-        for split, values in results.items()
-    ))
+    return run.finish(
+        results,
+        "\n".join(
+            f"{split}:\n{metrics_lib.format_table(values)}"
+            for split, values in results.items()
+        ),
+    )
 
 
 # Configurable as `train` in gin, registered here on the definition; Python
@@ -398,7 +443,9 @@ def _check_args(
 
 
 def _check_data(
-    dataset: Dataset, splits: Sequence[str], on_bad_image: str,
+    dataset: Dataset,
+    splits: Sequence[str],
+    on_bad_image: str,
     max_image_pixels: int,
 ) -> None:
     """Faults (issue 19): one-class data; every bad file of every split
@@ -419,8 +466,13 @@ def _check_data(
 
 
 def _score_transfer(
-    run: StageRun, untrained: keras.Model, build_backbone, data, split: str,
-    dataset: Dataset, sources: Sequence[dict[str, str]],
+    run: StageRun,
+    untrained: keras.Model,
+    build_backbone,
+    data,
+    split: str,
+    dataset: Dataset,
+    sources: Sequence[dict[str, str]],
     evaluators: Sequence[Evaluator],
 ) -> None:
     """Scores the untrained network and every source stage on `data`
@@ -437,23 +489,31 @@ def _score_transfer(
     )
     runs.write_json(
         run.path(runs.TRANSFER_FILE),
-        {"target": dataset.name, "split": split,
-         "num_examples": data.num_examples, "sources": scores},
+        {
+            "target": dataset.name,
+            "split": split,
+            "num_examples": data.num_examples,
+            "sources": scores,
+        },
     )
 
 
 def _record_transfer(run: StageRun) -> None:
     """Copies this process's transfer scores (or, resuming, the chief's)
     into `run.json`."""
-    for path in (run.path(runs.TRANSFER_FILE),
-                 os.path.join(run.workdir, runs.TRANSFER_FILE)):
+    for path in (
+        run.path(runs.TRANSFER_FILE),
+        os.path.join(run.workdir, runs.TRANSFER_FILE),
+    ):
         if os.path.exists(path):
             run.record["transferability"] = runs.read_json(path)
             break
 
 
 def _load_weights(
-    record: dict[str, Any], features: keras.Model, init_backbone: str | None,
+    record: dict[str, Any],
+    features: keras.Model,
+    init_backbone: str | None,
     pretrained_weights: str | None,
 ) -> None:
     """Starts the backbone from the previous stage's weights and/or the

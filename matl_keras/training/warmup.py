@@ -29,7 +29,9 @@ def warmup_factor(step: float, warmup_steps: int) -> float:
 
 
 def warmup_steps_of(
-    warmup_epochs: float, warmup_steps: int, steps_per_epoch: int,
+    warmup_epochs: float,
+    warmup_steps: int,
+    steps_per_epoch: int,
     total_steps: int,
 ) -> int:
     """The warm-up length in optimizer steps from `sgd`'s two arguments.

@@ -93,7 +93,9 @@ def begin(workdir: str, init_backbone: str | None, strategy=None) -> Start:
     init = None
     if init_backbone:
         if not os.path.isfile(init_backbone):
-            raise ConfigError(f"`init_backbone`: no such file: {init_backbone!r}")
+            raise ConfigError(
+                f"`init_backbone`: no such file: {init_backbone!r}"
+            )
         init = {
             "path": os.path.abspath(init_backbone),
             "sha256": runs.file_sha256(init_backbone),
@@ -137,10 +139,10 @@ def begin(workdir: str, init_backbone: str | None, strategy=None) -> Start:
 
 
 def versions() -> dict[str, str]:
-    import gin
     import keras
     import tensorflow as tf
 
+    import gin
     import matl_keras
 
     return {

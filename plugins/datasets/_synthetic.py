@@ -74,9 +74,7 @@ class SyntheticDataset(Dataset):
             images = np.stack(
                 [
                     self.render(
-                        np.random.default_rng(
-                            [self.seed, SPLIT_IDS[split], i]
-                        ),
+                        np.random.default_rng([self.seed, SPLIT_IDS[split], i]),
                         int(labels[i]),
                     )
                     for i in range(n)

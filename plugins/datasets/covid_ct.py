@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import os
 
+from matl_keras_plugins.datasets._listing import read_lines
+
 from matl_keras.data.dataset import Dataset
 from matl_keras.data.dataset import FileExamples
 from matl_keras.errors import DataError
-from matl_keras_plugins.datasets._listing import read_lines
 
 SPLITS = ("train", "val", "test")
 # label index -> (class name, image folder, list folder)
@@ -60,7 +61,8 @@ class CovidCT(Dataset):
 
     def splits(self) -> tuple[str, ...]:
         return tuple(
-            s for s in SPLITS
+            s
+            for s in SPLITS
             if all(os.path.isfile(self._list_path(s, c[2])) for c in CLASSES)
         )
 

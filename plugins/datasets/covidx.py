@@ -15,10 +15,11 @@ from __future__ import annotations
 import hashlib
 import os
 
+from matl_keras_plugins.datasets._listing import read_lines
+
 from matl_keras.data.dataset import Dataset
 from matl_keras.data.dataset import FileExamples
 from matl_keras.errors import DataError
-from matl_keras_plugins.datasets._listing import read_lines
 
 
 class COVIDx(Dataset):
@@ -34,13 +35,17 @@ class COVIDx(Dataset):
     class_names = ("normal", "pneumonia", "COVID-19")
     positive_class = "COVID-19"
 
-    def __init__(self, root: str | None = None, val_fraction: float = 0.1) -> None:
+    def __init__(
+        self, root: str | None = None, val_fraction: float = 0.1
+    ) -> None:
         if not root:
             raise DataError(
                 'covidx: `root` is required (gin: covidx.root = "/data/COVIDx")'
             )
         if not os.path.isdir(root):
-            raise DataError(f"covidx: root folder not found. Received: root={root!r}")
+            raise DataError(
+                f"covidx: root folder not found. Received: root={root!r}"
+            )
         if not 0.0 <= val_fraction < 1.0:
             raise DataError(
                 "covidx: `val_fraction` must be in [0, 1). Received: "
@@ -50,8 +55,11 @@ class COVIDx(Dataset):
         self.val_fraction = val_fraction
 
     def splits(self) -> tuple[str, ...]:
-        found = [s for s in ("train", "test")
-                 if os.path.isfile(os.path.join(self.root, f"{s}.txt"))]
+        found = [
+            s
+            for s in ("train", "test")
+            if os.path.isfile(os.path.join(self.root, f"{s}.txt"))
+        ]
         if "train" in found and self.val_fraction > 0:
             found.insert(1, "val")
         return tuple(found)

@@ -45,8 +45,17 @@ SPLIT_NAMES = ("train", "val", "test")
 EVAL_SPLITS = ("val", "test")
 # Words of a folder name that mark the negative class of a binary task.
 NEGATIVE_WORDS = frozenset(
-    {"non", "no", "not", "normal", "negative", "neg", "healthy", "benign",
-     "control"}
+    {
+        "non",
+        "no",
+        "not",
+        "normal",
+        "negative",
+        "neg",
+        "healthy",
+        "benign",
+        "control",
+    }
 )
 
 
@@ -143,7 +152,11 @@ class ImageFolder(Dataset):
         if self._split_layout:
             self._splits = tuple(s for s in SPLIT_NAMES if s in subdirs)
             found = sorted(
-                {c for s in self._splits for c in _subdirs(os.path.join(root, s))}
+                {
+                    c
+                    for s in self._splits
+                    for c in _subdirs(os.path.join(root, s))
+                }
             )
         else:
             self._splits = ("train", "val")
@@ -185,7 +198,8 @@ class ImageFolder(Dataset):
         )
         positive = (
             f"; positive class {positive_class!r} ({how})"
-            if positive_class is not None else ""
+            if positive_class is not None
+            else ""
         )
         print(f"image_folder {root}: {counts} images{positive}", flush=True)
 
@@ -248,11 +262,15 @@ class ImageFolder(Dataset):
         return FileExamples(tuple(paths), tuple(labels))
 
     def _check_evaluable(self, split: str) -> None:
-        counts = {n: len(self._files[n].get(split, [])) for n in self.class_names}
+        counts = {
+            n: len(self._files[n].get(split, [])) for n in self.class_names
+        }
         if min(counts.values()) >= self.min_eval_per_class:
             return
         listed = ", ".join(f"{n} {c}" for n, c in counts.items())
-        total = sum(len(f) for files in self._files.values() for f in files.values())
+        total = sum(
+            len(f) for files in self._files.values() for f in files.values()
+        )
         fix = (
             f"raise image_folder.val_fraction (now {self.val_fraction}) or add "
             "images"
@@ -278,6 +296,7 @@ class ImageFolder(Dataset):
 
 def _subdirs(folder: str) -> list[str]:
     return sorted(
-        d for d in os.listdir(folder)
+        d
+        for d in os.listdir(folder)
         if os.path.isdir(os.path.join(folder, d)) and not d.startswith(".")
     )

@@ -16,17 +16,19 @@ from __future__ import annotations
 import csv
 import os
 
+from matl_keras_plugins.datasets._listing import read_lines
+
 from matl_keras.data.dataset import Dataset
 from matl_keras.data.dataset import FileExamples
 from matl_keras.errors import DataError
-from matl_keras_plugins.datasets._listing import read_lines
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 
 
 def _images(folder: str) -> list[str]:
     return sorted(
-        f for f in os.listdir(folder)
+        f
+        for f in os.listdir(folder)
         if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
     )
 
@@ -50,9 +52,13 @@ class ImageNet(Dataset):
                 f"Received: root={root!r}"
             )
         self.root = root
-        self.class_names = tuple(sorted(
-            d for d in os.listdir(train) if os.path.isdir(os.path.join(train, d))
-        ))
+        self.class_names = tuple(
+            sorted(
+                d
+                for d in os.listdir(train)
+                if os.path.isdir(os.path.join(train, d))
+            )
+        )
         if not self.class_names:
             raise DataError(f"imagenet: no class folders in {train!r}")
         self.readable_names = dict.fromkeys(self.class_names, "")
@@ -64,16 +70,21 @@ class ImageNet(Dataset):
                     self.readable_names[wnid] = name.strip()
 
     def splits(self) -> tuple[str, ...]:
-        return ("train", "val") if os.path.isdir(
-            os.path.join(self.root, "val")
-        ) else ("train",)
+        return (
+            ("train", "val")
+            if os.path.isdir(os.path.join(self.root, "val"))
+            else ("train",)
+        )
 
     def examples(self, split: str) -> FileExamples:
         self.check_split(split)
         folder = os.path.join(self.root, split)
         index = {w: i for i, w in enumerate(self.class_names)}
-        subdirs = [d for d in os.listdir(folder)
-                   if os.path.isdir(os.path.join(folder, d))]
+        subdirs = [
+            d
+            for d in os.listdir(folder)
+            if os.path.isdir(os.path.join(folder, d))
+        ]
         paths, labels = [], []
         if subdirs:
             unknown = sorted(set(subdirs) - set(index))
@@ -96,7 +107,9 @@ class ImageNet(Dataset):
                 paths.append(os.path.join(folder, image))
                 labels.append(index[wnid])
         if not paths:
-            raise DataError(f"imagenet split {split!r} has no images in {folder!r}")
+            raise DataError(
+                f"imagenet split {split!r} has no images in {folder!r}"
+            )
         return FileExamples(tuple(paths), tuple(labels))
 
     def _flat_val_labels(self) -> list[tuple[str, str]]:

@@ -21,7 +21,6 @@ classes (see tests/plugins/test_synthetic_datasets.py).
 from __future__ import annotations
 
 import numpy as np
-
 from matl_keras_plugins.datasets import _synthetic as syn
 
 
@@ -116,9 +115,9 @@ class SyntheticCT(syn.SyntheticDataset):
         line = np.abs(y - fy - 0.1 * (x - right[1])) < 0.012
         img += 0.12 * line * rl
         for lung, mask, sign in ((right, rl, 1), (left, ll, -1)):
-            oblique = np.abs(
-                (y - lung[0] - 0.1) - sign * 0.9 * (x - lung[1])
-            ) < 0.012
+            oblique = (
+                np.abs((y - lung[0] - 0.1) - sign * 0.9 * (x - lung[1])) < 0.012
+            )
             img += 0.1 * oblique * mask
 
         # Findings.
@@ -127,8 +126,16 @@ class SyntheticCT(syn.SyntheticDataset):
                 lung = right if rng.uniform() < 0.5 else left
                 cy, cx = _lung_point(rng, lung, lower_bias=0.7)
                 r = rng.uniform(0.08, 0.16)
-                blob = syn.ellipse(y, x, cy, cx, r, r * rng.uniform(0.7, 1.3),
-                                   angle=rng.uniform(0, np.pi), softness=0.7)
+                blob = syn.ellipse(
+                    y,
+                    x,
+                    cy,
+                    cx,
+                    r,
+                    r * rng.uniform(0.7, 1.3),
+                    angle=rng.uniform(0, np.pi),
+                    softness=0.7,
+                )
                 texture = 0.7 + 0.6 * syn.blur(
                     rng.uniform(size=(s, s)).astype(np.float32), 1.0 * px
                 )
@@ -149,13 +156,20 @@ class SyntheticCT(syn.SyntheticDataset):
                 img += 0.5 * nodule * lungs
             else:  # dependent atelectasis: thin band at the posterior base
                 band = syn.ellipse(
-                    y, x, lung[0] + 0.8 * lung[2], lung[1], 0.05,
-                    0.7 * lung[3], softness=0.3,
+                    y,
+                    x,
+                    lung[0] + 0.8 * lung[2],
+                    lung[1],
+                    0.05,
+                    0.7 * lung[3],
+                    softness=0.3,
                 )
                 img += 0.25 * band * lungs
 
         img = syn.blur(img.astype(np.float32), 0.6 * px)
         img += rng.normal(0.0, rng.uniform(0.01, 0.035), img.shape)
         # Window jitter: larger than the mean brightness a lesion adds.
-        img = (img - 0.5) * rng.uniform(0.8, 1.2) + 0.5 + rng.uniform(-0.08, 0.08)
+        img = (
+            (img - 0.5) * rng.uniform(0.8, 1.2) + 0.5 + rng.uniform(-0.08, 0.08)
+        )
         return syn.to_uint8(img)

@@ -15,7 +15,6 @@ radiological patterns that tell them apart:
 from __future__ import annotations
 
 import numpy as np
-
 from matl_keras_plugins.datasets import _synthetic as syn
 
 
@@ -48,7 +47,10 @@ class SyntheticCXR(syn.SyntheticDataset):
                 rng.uniform(0.22, 0.27),
             )
             mask = syn.ellipse(
-                y, x, *lung, angle=side * rng.uniform(0.03, 0.12),
+                y,
+                x,
+                *lung,
+                angle=side * rng.uniform(0.03, 0.12),
                 softness=0.12,
             )
             lungs_info.append(lung)
@@ -75,21 +77,33 @@ class SyntheticCXR(syn.SyntheticDataset):
             zone = rng.choice([0.45, 0.0, -0.4], p=[0.6, 0.25, 0.15])
             r = rng.uniform(0.12, 0.2)
             patch = syn.ellipse(
-                y, x, cy + zone * ry, cx + rng.uniform(-0.3, 0.3) * rx,
-                r, r * rng.uniform(0.8, 1.4), softness=0.25,
+                y,
+                x,
+                cy + zone * ry,
+                cx + rng.uniform(-0.3, 0.3) * rx,
+                r,
+                r * rng.uniform(0.8, 1.4),
+                softness=0.25,
             )
             img += rng.uniform(0.22, 0.35) * patch * masks[index]
         elif label == 2:  # bilateral, peripheral, hazy
             for index in (0, 1, *rng.integers(0, 2, rng.integers(0, 3))):
                 cy, cx, ry, rx = lungs_info[index]
                 side = np.sign(cx)
-                zone = rng.uniform(0.0, 0.6) if rng.uniform() < 0.75 else (
-                    rng.uniform(-0.5, 0.0)
+                zone = (
+                    rng.uniform(0.0, 0.6)
+                    if rng.uniform() < 0.75
+                    else (rng.uniform(-0.5, 0.0))
                 )
                 r = rng.uniform(0.08, 0.15)
                 blob = syn.ellipse(
-                    y, x, cy + zone * ry, cx + side * rng.uniform(0.35, 0.7) * rx,
-                    r, r, softness=0.8,
+                    y,
+                    x,
+                    cy + zone * ry,
+                    cx + side * rng.uniform(0.35, 0.7) * rx,
+                    r,
+                    r,
+                    softness=0.8,
                 )
                 texture = 0.6 + 0.8 * syn.blur(
                     rng.uniform(size=(s, s)).astype(np.float32), 1.5 * px
@@ -100,12 +114,19 @@ class SyntheticCXR(syn.SyntheticDataset):
             cy, cx, ry, rx = lungs_info[index]
             r = rng.uniform(0.025, 0.04)
             nodule = syn.ellipse(
-                y, x, cy + rng.uniform(-0.5, 0.5) * ry,
-                cx + rng.uniform(-0.5, 0.5) * rx, r, r, softness=0.2,
+                y,
+                x,
+                cy + rng.uniform(-0.5, 0.5) * ry,
+                cx + rng.uniform(-0.5, 0.5) * rx,
+                r,
+                r,
+                softness=0.2,
             )
             img += 0.3 * nodule * masks[index]
 
         img = syn.blur(img.astype(np.float32), 0.8 * px)
         img += rng.normal(0.0, rng.uniform(0.01, 0.03), img.shape)
-        img = (img - 0.4) * rng.uniform(0.8, 1.2) + 0.4 + rng.uniform(-0.07, 0.07)
+        img = (
+            (img - 0.4) * rng.uniform(0.8, 1.2) + 0.4 + rng.uniform(-0.07, 0.07)
+        )
         return syn.to_uint8(img)

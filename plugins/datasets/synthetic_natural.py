@@ -10,7 +10,6 @@ with noise. Colour carries no class information.
 from __future__ import annotations
 
 import numpy as np
-
 from matl_keras_plugins.datasets import _synthetic as syn
 
 
@@ -80,8 +79,14 @@ class SyntheticNatural(syn.SyntheticDataset):
         "polka_dots",
     )
 
-    def __init__(self, image_size: int = 64, num_train: int = 1000,
-                 num_val: int = 200, num_test: int = 0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        image_size: int = 64,
+        num_train: int = 1000,
+        num_val: int = 200,
+        num_test: int = 0,
+        seed: int = 0,
+    ) -> None:
         super().__init__(image_size, num_train, num_val, num_test, seed)
 
     def render(self, rng: np.random.Generator, label: int) -> np.ndarray:
@@ -94,21 +99,38 @@ class SyntheticNatural(syn.SyntheticDataset):
             foreground = rng.uniform(0.0, 1.0, 3)
         img = np.empty((s, s, 3), np.float32)
         for ch in range(3):
-            texture = syn.blur(rng.normal(0, 1, (s, s)).astype(np.float32),
-                               s / 16)
+            texture = syn.blur(
+                rng.normal(0, 1, (s, s)).astype(np.float32), s / 16
+            )
             img[..., ch] = background[ch] + 0.6 * texture
         if label < 6:
             mask = _shape_mask(
-                kind, y, x, rng.uniform(-0.35, 0.35), rng.uniform(-0.35, 0.35),
-                rng.uniform(0.3, 0.55), rng.uniform(0, 2 * np.pi),
+                kind,
+                y,
+                x,
+                rng.uniform(-0.35, 0.35),
+                rng.uniform(-0.35, 0.35),
+                rng.uniform(0.3, 0.55),
+                rng.uniform(0, 2 * np.pi),
             )
         else:
-            region = syn.ellipse(
-                y, x, rng.uniform(-0.2, 0.2), rng.uniform(-0.2, 0.2),
-                rng.uniform(0.5, 0.8), rng.uniform(0.5, 0.8),
-            ) > 0
+            region = (
+                syn.ellipse(
+                    y,
+                    x,
+                    rng.uniform(-0.2, 0.2),
+                    rng.uniform(-0.2, 0.2),
+                    rng.uniform(0.5, 0.8),
+                    rng.uniform(0.5, 0.8),
+                )
+                > 0
+            )
             mask = region & _texture_mask(
-                kind, y, x, rng.uniform(3, 7), rng.uniform(0, 2 * np.pi),
+                kind,
+                y,
+                x,
+                rng.uniform(3, 7),
+                rng.uniform(0, 2 * np.pi),
                 rng.uniform(-0.2, 0.2),
             )
         mask = syn.blur(mask.astype(np.float32), 0.5)

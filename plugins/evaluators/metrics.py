@@ -108,19 +108,25 @@ class ClassificationMetrics(Evaluator):
             for name in CI_METRICS:
                 if name in intervals:
                     yield f"{name}_ci", [_json(v) for v in intervals[name]]
-            yield "ci", {
-                "method": "percentile bootstrap, stratified by class",
-                "samples": self.bootstrap_samples,
-                "confidence": self.confidence,
-                "seed": self.seed,
-            }
+            yield (
+                "ci",
+                {
+                    "method": "percentile bootstrap, stratified by class",
+                    "samples": self.bootstrap_samples,
+                    "confidence": self.confidence,
+                    "seed": self.seed,
+                },
+            )
         matrix = metrics_lib.confusion_matrix(
             labels, np.argmax(probs, axis=1), num_classes
         )
-        yield "confusion_matrix", {
-            "rows_true_columns_predicted": list(context.class_names),
-            "counts": matrix.tolist(),
-        }
+        yield (
+            "confusion_matrix",
+            {
+                "rows_true_columns_predicted": list(context.class_names),
+                "counts": matrix.tolist(),
+            },
+        )
         if num_classes == 2:
             positive = 1 if positive is None else positive
             yield "positive_class", context.class_names[positive]
@@ -129,25 +135,42 @@ class ClassificationMetrics(Evaluator):
             curves = {name: c for c, name in enumerate(context.class_names)}
         roc = {}
         for name, c in curves.items():
-            fpr, tpr, thresholds = metrics_lib.roc_curve(labels == c, probs[:, c])
+            fpr, tpr, thresholds = metrics_lib.roc_curve(
+                labels == c, probs[:, c]
+            )
             roc[name] = {
                 "fpr": [_json(v) for v in fpr],
                 "tpr": [_json(v) for v in tpr],
-                "thresholds": [_json(v) for v in thresholds],  # first: +inf -> null
+                "thresholds": [
+                    _json(v) for v in thresholds
+                ],  # first: +inf -> null
             }
         yield "roc", roc
         if context.decision is not None:
             # Argmax scores above; the val-fitted decision's beside them.
-            yield "operating_point", operating_point.score_at(
-                context.decision, labels, probs, context.split,
-                bootstrap_samples=self.bootstrap_samples,
-                confidence=self.confidence, seed=self.seed,
+            yield (
+                "operating_point",
+                operating_point.score_at(
+                    context.decision,
+                    labels,
+                    probs,
+                    context.split,
+                    bootstrap_samples=self.bootstrap_samples,
+                    confidence=self.confidence,
+                    seed=self.seed,
+                ),
             )
         if context.workdir:
-            prefix = os.path.join(context.workdir, context.prefix or context.split)
-            _plot_roc(roc, scores, num_classes, f"{prefix}_roc.png", context.split)
+            prefix = os.path.join(
+                context.workdir, context.prefix or context.split
+            )
+            _plot_roc(
+                roc, scores, num_classes, f"{prefix}_roc.png", context.split
+            )
             _plot_confusion(
-                matrix, context.class_names, f"{prefix}_confusion_matrix.png",
+                matrix,
+                context.class_names,
+                f"{prefix}_confusion_matrix.png",
                 context.split,
             )
 
@@ -190,8 +213,14 @@ def _plot_confusion(matrix, class_names, path: str, split: str) -> None:
     high = matrix.max() if matrix.size else 0
     for i in range(n):
         for j in range(n):
-            axis.text(j, i, str(int(matrix[i, j])), ha="center", va="center",
-                      color="white" if matrix[i, j] > high / 2 else "black")
+            axis.text(
+                j,
+                i,
+                str(int(matrix[i, j])),
+                ha="center",
+                va="center",
+                color="white" if matrix[i, j] > high / 2 else "black",
+            )
     axis.set_xticks(range(n), class_names, rotation=30, ha="right", fontsize=8)
     axis.set_yticks(range(n), class_names, fontsize=8)
     axis.set_xlabel("predicted")

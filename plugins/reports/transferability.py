@@ -74,7 +74,8 @@ def _run_dirs(runs: list[str]) -> list[str]:
             found.append(path)
         elif os.path.isdir(path):
             inside = sorted(
-                os.path.join(path, d) for d in os.listdir(path)
+                os.path.join(path, d)
+                for d in os.listdir(path)
                 if os.path.isfile(os.path.join(path, d, runs_lib.SUMMARY_FILE))
             )
             if not inside:
@@ -115,7 +116,9 @@ def describe(run_dir: str) -> dict[str, Any]:
     target = lineage[-1]
     # The target stage's own record: its input size and data folder.
     stage_run: dict[str, Any] = {}
-    run_json = os.path.join(run_dir, target.get("workdir") or "", runs_lib.RUN_FILE)
+    run_json = os.path.join(
+        run_dir, target.get("workdir") or "", runs_lib.RUN_FILE
+    )
     if os.path.isfile(run_json):
         stage_run = runs_lib.read_json(run_json)
     dataset = target.get("dataset") or stage_run.get("dataset") or ""
@@ -127,10 +130,15 @@ def describe(run_dir: str) -> dict[str, Any]:
     group = f"R-{depth}" + ("" if width in (None, 1, 1.0) else f"x{width:g}")
     attention = arch.get("attention", "none")
     variant = VARIANT_LABELS.get(str(attention), str(attention))
-    chain = tuple(STAGE_LABELS.get(e["stage"], e["stage"].upper()) for e in lineage[:-1])
+    chain = tuple(
+        STAGE_LABELS.get(e["stage"], e["stage"].upper()) for e in lineage[:-1]
+    )
     method = next(
-        (METHOD_LABELS.get(e.get("method"), e.get("method")) for e in lineage
-         if e["stage"] == "sstl_m" and e.get("method")),
+        (
+            METHOD_LABELS.get(e.get("method"), e.get("method"))
+            for e in lineage
+            if e["stage"] == "sstl_m" and e.get("method")
+        ),
         None,
     )
     metrics = target.get("metrics") or {}
@@ -148,10 +156,18 @@ def describe(run_dir: str) -> dict[str, Any]:
         if values.get("leep") is not None:
             leep[label] = values["leep"]
     return {
-        "run": run_dir, "name": os.path.basename(os.path.normpath(run_dir)),
-        "seed": target.get("seed"), "dataset": dataset, "image_size": image_size,
-        "group": group, "variant": variant, "chain": chain,
-        "method": method, "split": split, "scores": scores, "leep": leep,
+        "run": run_dir,
+        "name": os.path.basename(os.path.normpath(run_dir)),
+        "seed": target.get("seed"),
+        "dataset": dataset,
+        "image_size": image_size,
+        "group": group,
+        "variant": variant,
+        "chain": chain,
+        "method": method,
+        "split": split,
+        "scores": scores,
+        "leep": leep,
         "leep_split": (target.get("transferability") or {}).get("split"),
     }
 
@@ -172,14 +188,20 @@ def _label(chain: tuple[str, ...]) -> str:
 
 def _variant_key(row: dict[str, Any]) -> tuple:
     variant = row["variant"]
-    rank = VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER)
+    rank = (
+        VARIANT_ORDER.index(variant)
+        if variant in VARIANT_ORDER
+        else len(VARIANT_ORDER)
+    )
     return (row["dataset"], row["image_size"] or 0, row["group"], rank, variant)
 
 
 def _column(row: dict[str, Any], several: bool) -> str:
     if not several:
         return row["group"]
-    return f"{row['group']} {row['dataset'] or '?'} {row['image_size'] or '?'}px"
+    return (
+        f"{row['group']} {row['dataset'] or '?'} {row['image_size'] or '?'}px"
+    )
 
 
 def _stats(values: list[float]) -> tuple[float | None, float | None]:
@@ -189,10 +211,20 @@ def _stats(values: list[float]) -> tuple[float | None, float | None]:
     mean = sum(values) / len(values)
     if len(values) < 2:
         return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return mean, math.sqrt(
+        sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    )
 
 
-CELL_KEYS = ("dataset", "image_size", "group", "variant", "chain", "method", "split")
+CELL_KEYS = (
+    "dataset",
+    "image_size",
+    "group",
+    "variant",
+    "chain",
+    "method",
+    "split",
+)
 
 
 def cells(described: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -211,9 +243,12 @@ def cells(described: list[dict[str, Any]]) -> list[dict[str, Any]]:
         cell["mean"], cell["std"] = {}, {}
         for metric, _ in METRICS:
             cell["mean"][metric], cell["std"][metric] = _stats(
-                [r["scores"].get(metric) for r in rows])
+                [r["scores"].get(metric) for r in rows]
+            )
         cell["ci"] = {
-            metric: rows[0]["scores"].get(f"{metric}_ci") if len(rows) == 1 else None
+            metric: rows[0]["scores"].get(f"{metric}_ci")
+            if len(rows) == 1
+            else None
             for metric, _ in METRICS
         }
         out.append(cell)
@@ -234,21 +269,35 @@ def _seeds(cell: dict[str, Any]) -> str:
 def _reference(cells_, cell, what: str, **where) -> tuple[dict | None, str]:
     """The cell with `cell`'s dataset, image size, group, seed set and split
     and `where`; or None and why not."""
-    setting = dict(dataset=cell["dataset"], image_size=cell["image_size"], group=cell["group"])
+    setting = dict(
+        dataset=cell["dataset"],
+        image_size=cell["image_size"],
+        group=cell["group"],
+    )
     same = dict(**setting, seeds=cell["seeds"], split=cell["split"], **where)
     for other in cells_:
         if all(other[k] == v for k, v in same.items()):
             return other, f"{what}: " + ", ".join(other["runs"])
-    near = [o for o in cells_ if all(o[k] == v for k, v in {**where, **setting}.items())]
+    near = [
+        o
+        for o in cells_
+        if all(o[k] == v for k, v in {**where, **setting}.items())
+    ]
     if near:
         why = "; ".join(
-            f"{', '.join(o['runs'])} has seeds {_seeds(o) or '-'} on {o['split']}" for o in near)
-        return None, (f"no {what} with seeds {_seeds(cell) or '-'} on "
-                      f"{cell['split']} ({why})")
+            f"{', '.join(o['runs'])} has seeds {_seeds(o) or '-'} on {o['split']}"
+            for o in near
+        )
+        return None, (
+            f"no {what} with seeds {_seeds(cell) or '-'} on "
+            f"{cell['split']} ({why})"
+        )
     return None, f"no {what} run"
 
 
-def _metric_table(cells_, names, reference) -> tuple[list[str], list[list[str]]]:
+def _metric_table(
+    cells_, names, reference
+) -> tuple[list[str], list[list[str]]]:
     """Value / CI / Improv. columns per metric; `reference(cell)` returns
     `(reference cell or None, what it was compared with)`."""
     header = ["Dataset", "Size", "Group", "Model", "n", "Seeds", "Split"]
@@ -259,13 +308,24 @@ def _metric_table(cells_, names, reference) -> tuple[list[str], list[list[str]]]
     for cell, name in zip(cells_, names):
         ref, compared = reference(cell)
         size = cell["image_size"]
-        line = [cell["dataset"], "" if size is None else str(size), cell["group"], name,
-                str(cell["n"]), _seeds(cell), split_label(cell["split"])]
+        line = [
+            cell["dataset"],
+            "" if size is None else str(size),
+            cell["group"],
+            name,
+            str(cell["n"]),
+            _seeds(cell),
+            split_label(cell["split"]),
+        ]
         for key, _ in METRICS:
             value = cell["mean"].get(key)
             line += [_value(cell, key), _ci(cell["ci"].get(key))]
             base = None if ref is None else ref["mean"].get(key)
-            line.append("" if value is None or base is None else f"{100 * (value - base):.1f}")
+            line.append(
+                ""
+                if value is None or base is None
+                else f"{100 * (value - base):.1f}"
+            )
         body.append(line + [compared, ", ".join(cell["runs"])])
     return header, body
 
@@ -274,7 +334,9 @@ class Transferability(Report):
     """The paper's transferability tables and Fig. 3 from pipeline runs."""
 
     def report(self, runs: list[str], output_dir: str) -> dict[str, str]:
-        described = sorted((describe(r) for r in _run_dirs(runs)), key=_variant_key)
+        described = sorted(
+            (describe(r) for r in _run_dirs(runs)), key=_variant_key
+        )
         os.makedirs(output_dir, exist_ok=True)
         tables: dict[str, tuple[str, list[str], list[list[str]]]] = {}
 
@@ -285,17 +347,25 @@ class Transferability(Report):
         if not table2 and full_all:
             notes["table2_overall"] = (
                 "No full-chain run with the paper's SSL method (Ours); the "
-                "full-chain runs given use " + ", ".join(sorted(
-                    {str(c["method"]) for c in full_all})) + " (see Tables 3 and 4)."
+                "full-chain runs given use "
+                + ", ".join(sorted({str(c["method"]) for c in full_all}))
+                + " (see Tables 3 and 4)."
             )
         tables["table2_overall"] = (
             "Table 2: overall, pretrained with STL-N, STL-M and SSTL-M (Ours) "
             "(Improv. against the group's Baseline with the same chain, "
             "seeds and split)",
             *_metric_table(
-                table2, [c["variant"] for c in table2],
-                lambda c: _reference(table2, c, "Baseline", variant="Baseline",
-                                     chain=c["chain"], method=c["method"]),
+                table2,
+                [c["variant"] for c in table2],
+                lambda c: _reference(
+                    table2,
+                    c,
+                    "Baseline",
+                    variant="Baseline",
+                    chain=c["chain"],
+                    method=c["method"],
+                ),
             ),
         )
         ssl = [c for c in merged if "SSTL-M" in c["chain"] and c["method"]]
@@ -304,57 +374,119 @@ class Transferability(Report):
             "Table 3: SSL methods (Improv. against MoCo after the same "
             "earlier stages, with the same backbone variant, seeds and split)",
             *_metric_table(
-                ssl, [f"{c['variant']} {_label(c['chain'])} ({c['method']})"
-                      if c["chain"] != FULL else f"{c['variant']} w {c['method']}"
-                      for c in ssl],
-                lambda c: _reference(ssl, c, "MoCo", variant=c["variant"],
-                                     chain=c["chain"], method="MoCo"),
+                ssl,
+                [
+                    f"{c['variant']} {_label(c['chain'])} ({c['method']})"
+                    if c["chain"] != FULL
+                    else f"{c['variant']} w {c['method']}"
+                    for c in ssl
+                ],
+                lambda c: _reference(
+                    ssl,
+                    c,
+                    "MoCo",
+                    variant=c["variant"],
+                    chain=c["chain"],
+                    method="MoCo",
+                ),
             ),
         )
         plain = [c for c in merged if not c["chain"]]
-        table4 = sorted(plain + full_all, key=lambda c: (_variant_key(c), len(c["chain"]), str(c["method"])))
+        table4 = sorted(
+            plain + full_all,
+            key=lambda c: (_variant_key(c), len(c["chain"]), str(c["method"])),
+        )
         tables["table4_transfer"] = (
             "Table 4: with vs without transfer learning (Improv. against w/o "
             "TL with the same variant, seeds and split)",
             *_metric_table(
                 table4,
-                [f"{c['variant']} w TL ({c['method']})" if c["chain"] else
-                 f"{c['variant']} w/o TL" for c in table4],
+                [
+                    f"{c['variant']} w TL ({c['method']})"
+                    if c["chain"]
+                    else f"{c['variant']} w/o TL"
+                    for c in table4
+                ],
                 lambda c: _reference(plain, c, "w/o TL", variant=c["variant"]),
             ),
         )
-        single = [c for c in merged if c["chain"] in ((), ("STL-N",), ("STL-M",))]
-        single.sort(key=lambda c: (_variant_key(c), [(), ("STL-N",), ("STL-M",)].index(c["chain"])))
+        single = [
+            c for c in merged if c["chain"] in ((), ("STL-N",), ("STL-M",))
+        ]
+        single.sort(
+            key=lambda c: (
+                _variant_key(c),
+                [(), ("STL-N",), ("STL-M",)].index(c["chain"]),
+            )
+        )
         tables["table5_stages"] = (
             "Table 5: each supervised stage alone (Improv. against w/o TL "
             "with the same variant, seeds and split)",
             *_metric_table(
-                single, [f"{c['variant']} {_label(c['chain'])}" for c in single],
+                single,
+                [f"{c['variant']} {_label(c['chain'])}" for c in single],
                 lambda c: _reference(plain, c, "w/o TL", variant=c["variant"]),
             ),
         )
         leep_rows, points = self._leep(described)
         splits = sorted({r["leep_split"] for r in described if r["leep"]})
-        where = f"the target's {splits[0]} split" if len(splits) == 1 else (
-            "the target split each run scored (" + ", ".join(splits) + ")")
+        where = (
+            f"the target's {splits[0]} split"
+            if len(splits) == 1
+            else (
+                "the target split each run scored (" + ", ".join(splits) + ")"
+            )
+        )
         tables["table6_leep"] = (
             f"Table 6: LEEP on {where} (natural log; Improv. against w/o TL)",
             *leep_rows,
         )
-        runs_header = ["Run", "Seed", "Dataset", "Size", "Group", "Model", "Pretraining", "SSL", "Split",
-                       "Accuracy", "Accuracy 95% CI", "F1-Score", "F1-Score 95% CI",
-                       "AUC", "AUC 95% CI", "LEEP"]
+        runs_header = [
+            "Run",
+            "Seed",
+            "Dataset",
+            "Size",
+            "Group",
+            "Model",
+            "Pretraining",
+            "SSL",
+            "Split",
+            "Accuracy",
+            "Accuracy 95% CI",
+            "F1-Score",
+            "F1-Score 95% CI",
+            "AUC",
+            "AUC 95% CI",
+            "LEEP",
+        ]
         runs_body = [
-            [r["run"], str(r["seed"]), r["dataset"],
-             "" if r["image_size"] is None else str(r["image_size"]), r["group"], r["variant"], _label(r["chain"]), r["method"] or "",
-             split_label(r["split"])]
-            + sum(([_pct(r["scores"].get(k)), _ci(r["scores"].get(f"{k}_ci"))] for k, _ in METRICS), [])
+            [
+                r["run"],
+                str(r["seed"]),
+                r["dataset"],
+                "" if r["image_size"] is None else str(r["image_size"]),
+                r["group"],
+                r["variant"],
+                _label(r["chain"]),
+                r["method"] or "",
+                split_label(r["split"]),
+            ]
+            + sum(
+                (
+                    [_pct(r["scores"].get(k)), _ci(r["scores"].get(f"{k}_ci"))]
+                    for k, _ in METRICS
+                ),
+                [],
+            )
             + ["; ".join(f"{k}: {v:.3f}" for k, v in r["leep"].items())]
             for r in described
         ]
-        tables["runs"] = ("All runs (target scores on `test` when it exists, else `val`, "
-                          "labelled as selected on val)",
-                          runs_header, runs_body)
+        tables["runs"] = (
+            "All runs (target scores on `test` when it exists, else `val`, "
+            "labelled as selected on val)",
+            runs_header,
+            runs_body,
+        )
 
         written: dict[str, str] = {}
         markdown = ["# Transferability report", ""]
@@ -368,9 +500,14 @@ class Transferability(Report):
             if name in notes:
                 text += [f"_{notes[name]}_", ""]
             if body:
-                text += ["| " + " | ".join(header) + " |",
-                         "|" + "---|" * len(header)]
-                text += ["| " + " | ".join(str(c) for c in line) + " |" for line in body]
+                text += [
+                    "| " + " | ".join(header) + " |",
+                    "|" + "---|" * len(header),
+                ]
+                text += [
+                    "| " + " | ".join(str(c) for c in line) + " |"
+                    for line in body
+                ]
             elif name not in notes:
                 text.append("_No runs of this kind were given._")
             md_path = os.path.join(output_dir, f"{name}.md")
@@ -378,13 +515,24 @@ class Transferability(Report):
                 f.write("\n".join(text) + "\n")
             markdown += text + [""]
             written[name] = md_path
-        written["fig3_leep"] = self._figure(points, os.path.join(output_dir, "fig3_leep.png"))
+        written["fig3_leep"] = self._figure(
+            points, os.path.join(output_dir, "fig3_leep.png")
+        )
         report_path = os.path.join(output_dir, "report.md")
         with open(report_path, "w") as f:
             f.write("\n".join(markdown) + "\n![Fig. 3](fig3_leep.png)\n")
         with open(os.path.join(output_dir, "report.json"), "w") as f:
-            json.dump({"runs": described, "cells": merged, "notes": notes,
-                       "files": written}, f, indent=2, default=list)
+            json.dump(
+                {
+                    "runs": described,
+                    "cells": merged,
+                    "notes": notes,
+                    "files": written,
+                },
+                f,
+                indent=2,
+                default=list,
+            )
         written["report"] = report_path
         print(f"wrote {report_path} ({len(described)} runs)")
         return written
@@ -410,13 +558,24 @@ class Transferability(Report):
                 values.setdefault(key, {}).setdefault(column, []).append(value)
                 runs.setdefault(key, set()).add(r["name"])
                 if base is not None:
-                    paired.setdefault(key, {}).setdefault(column, []).append(value - base)
+                    paired.setdefault(key, {}).setdefault(column, []).append(
+                        value - base
+                    )
                 if label not in series:
                     series.append(label)
-        header = (["Model"] + sum(([g, f"{g} n", f"{g} Improv."] for g in groups), [])
-                  + ["Runs"])
-        order = sorted(values, key=lambda k: (
-            VARIANT_ORDER.index(k[0]) if k[0] in VARIANT_ORDER else 9, k[1] != "w/o TL", k[1].count(" w ")))
+        header = (
+            ["Model"]
+            + sum(([g, f"{g} n", f"{g} Improv."] for g in groups), [])
+            + ["Runs"]
+        )
+        order = sorted(
+            values,
+            key=lambda k: (
+                VARIANT_ORDER.index(k[0]) if k[0] in VARIANT_ORDER else 9,
+                k[1] != "w/o TL",
+                k[1].count(" w "),
+            ),
+        )
         body = []
         for variant, label in order:
             line = [f"{variant} {label}"]
@@ -424,15 +583,26 @@ class Transferability(Report):
                 mean, std = _stats(values[(variant, label)].get(g, []))
                 diff, _ = _stats(paired.get((variant, label), {}).get(g, []))
                 n = len(values[(variant, label)].get(g, []))
-                shown = "" if mean is None else (
-                    f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}")
-                line += [shown, str(n) if n else "",
-                         "" if diff is None else f"{diff:+.3f}"]
+                shown = (
+                    ""
+                    if mean is None
+                    else (
+                        f"{mean:.3f}"
+                        if std is None
+                        else f"{mean:.3f} ± {std:.3f}"
+                    )
+                )
+                line += [
+                    shown,
+                    str(n) if n else "",
+                    "" if diff is None else f"{diff:+.3f}",
+                ]
             body.append(line + [", ".join(sorted(runs[(variant, label)]))])
         points: dict[str, dict[str, list[tuple[str, float]]]] = {}
         for (group, variant), labels in order_seen.items():
             points.setdefault(group, {})[variant] = [
-                (label, _stats(values[(variant, label)][group])[0]) for label in labels
+                (label, _stats(values[(variant, label)][group])[0])
+                for label in labels
             ]
         return (header, body), points
 
@@ -444,12 +614,23 @@ class Transferability(Report):
         from matplotlib import pyplot as plt
 
         groups = sorted(points) or ["(no LEEP)"]
-        figure, axes = plt.subplots(1, len(groups), figsize=(4.5 * len(groups), 3.6), squeeze=False)
+        figure, axes = plt.subplots(
+            1, len(groups), figsize=(4.5 * len(groups), 3.6), squeeze=False
+        )
         for axis, group in zip(axes[0], groups):
-            for variant, series in sorted(points.get(group, {}).items(), key=lambda kv: (
-                    VARIANT_ORDER.index(kv[0]) if kv[0] in VARIANT_ORDER else 9)):
+            for variant, series in sorted(
+                points.get(group, {}).items(),
+                key=lambda kv: (
+                    VARIANT_ORDER.index(kv[0]) if kv[0] in VARIANT_ORDER else 9
+                ),
+            ):
                 labels = [label for label, _ in series]
-                axis.plot(range(len(series)), [v for _, v in series], marker="o", label=variant)
+                axis.plot(
+                    range(len(series)),
+                    [v for _, v in series],
+                    marker="o",
+                    label=variant,
+                )
                 axis.set_xticks(range(len(series)), labels, fontsize=8)
             axis.set_title(group)
             axis.set_ylabel("LEEP")
@@ -457,7 +638,13 @@ class Transferability(Report):
             if points.get(group):
                 axis.legend(fontsize=8)
             else:
-                axis.text(0.5, 0.5, "no LEEP in these runs", ha="center", transform=axis.transAxes)
+                axis.text(
+                    0.5,
+                    0.5,
+                    "no LEEP in these runs",
+                    ha="center",
+                    transform=axis.transAxes,
+                )
         figure.suptitle("Fig. 3: LEEP per stage of transfer")
         figure.tight_layout()
         figure.savefig(path, dpi=110)

@@ -49,7 +49,13 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-REGIONS = ("right_upper", "right_middle", "right_lower", "left_upper", "left_lower")
+REGIONS = (
+    "right_upper",
+    "right_middle",
+    "right_lower",
+    "left_upper",
+    "left_lower",
+)
 
 # (cx, cy, w, h) in the lung box, patient's right on the image's left. The
 # right lung has three lobes (the middle lobe sits in front, between the
@@ -75,7 +81,9 @@ def _otsu_threshold(gray: tf.Tensor, bins: int = 64) -> tf.Tensor:
     weight1 = tf.reduce_sum(histogram) - weight0
     sum0 = tf.cumsum(histogram * centers)
     mean0 = sum0 / tf.maximum(weight0, 1e-6)
-    mean1 = (tf.reduce_sum(histogram * centers) - sum0) / tf.maximum(weight1, 1e-6)
+    mean1 = (tf.reduce_sum(histogram * centers) - sum0) / tf.maximum(
+        weight1, 1e-6
+    )
     between = weight0 * weight1 * tf.square(mean0 - mean1)
     return (tf.cast(tf.argmax(between), tf.float32) + 1.0) / bins
 
@@ -93,8 +101,12 @@ def _extent(mask_1d: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """First and last True index (0, -1 when none)."""
     indices = tf.cast(tf.where(mask_1d)[:, 0], tf.float32)
     return (
-        tf.cond(tf.size(indices) > 0, lambda: tf.reduce_min(indices), lambda: 0.0),
-        tf.cond(tf.size(indices) > 0, lambda: tf.reduce_max(indices), lambda: -1.0),
+        tf.cond(
+            tf.size(indices) > 0, lambda: tf.reduce_min(indices), lambda: 0.0
+        ),
+        tf.cond(
+            tf.size(indices) > 0, lambda: tf.reduce_max(indices), lambda: -1.0
+        ),
     )
 
 
@@ -104,7 +116,11 @@ def _between_ends(mask: tf.Tensor, axis: int) -> tf.Tensor:
     n = tf.shape(mask)[axis]
     as_int = tf.cast(mask, tf.int32)
     first = tf.argmax(as_int, axis=axis, output_type=tf.int32)
-    last = n - 1 - tf.argmax(tf.reverse(as_int, [axis]), axis=axis, output_type=tf.int32)
+    last = (
+        n
+        - 1
+        - tf.argmax(tf.reverse(as_int, [axis]), axis=axis, output_type=tf.int32)
+    )
     any_true = tf.reduce_any(mask, axis=axis)
     index = tf.range(n)
     if axis == 1:
@@ -166,14 +182,18 @@ def lung_box(
     enclosed = _between_ends(body, axis=1) & _between_ends(body, axis=0)
     my = body_margin * (by1 - by0)
     mx = body_margin * (bx1 - bx0)
-    inner = (ys > by0 + my) & (ys < by1 - my) & (xs > bx0 + mx) & (xs < bx1 - mx)
+    inner = (
+        (ys > by0 + my) & (ys < by1 - my) & (xs > bx0 + mx) & (xs < bx1 - mx)
+    )
     lung = tf.cast((tissue < 0.5) & enclosed & inner, tf.float32)
     edges = boundary_map(lung) & (lung > 0.5)
     points = tf.cast(tf.where(edges), tf.float32)  # (N, 2): y, x
     # A lung is a coherent region: most of its pixels are not on its
     # boundary. Noise, or a texture without a body, is mostly boundary.
     area = tf.reduce_sum(lung)
-    coherent = tf.cast(tf.shape(points)[0], tf.float32) < max_edge_fraction * area
+    coherent = (
+        tf.cast(tf.shape(points)[0], tf.float32) < max_edge_fraction * area
+    )
     enough = (tf.shape(points)[0] >= 16) & coherent
 
     def from_points():
@@ -185,8 +205,10 @@ def lung_box(
 
     fallback = tf.constant(fallback_box, tf.float32)
     box = tf.cond(enough, from_points, lambda: fallback)
-    found = enough & (box[2] - box[0] >= min_lung_fraction) & (
-        box[3] - box[1] >= min_lung_fraction
+    found = (
+        enough
+        & (box[2] - box[0] >= min_lung_fraction)
+        & (box[3] - box[1] >= min_lung_fraction)
     )
     box = tf.where(found, box, fallback)
     if return_found:
@@ -194,7 +216,9 @@ def lung_box(
     return box
 
 
-def region_boxes(box: tf.Tensor, orientation: str = "radiological") -> tf.Tensor:
+def region_boxes(
+    box: tf.Tensor, orientation: str = "radiological"
+) -> tf.Tensor:
     """(5, 4) normalized `(y0, x0, y1, x1)` of the lobe regions in `box`."""
     if orientation not in ORIENTATIONS:
         raise ValueError(
@@ -211,7 +235,9 @@ def region_boxes(box: tf.Tensor, orientation: str = "radiological") -> tf.Tensor
     left = x0 + (cx - w / 2) * bw
     bottom = y0 + (cy + h / 2) * bh
     right = x0 + (cx + w / 2) * bw
-    boxes = tf.clip_by_value(tf.stack([top, left, bottom, right], axis=1), 0.0, 1.0)
+    boxes = tf.clip_by_value(
+        tf.stack([top, left, bottom, right], axis=1), 0.0, 1.0
+    )
     # Never empty: at least 1/16 of the image on each side.
     minimum = 1.0 / 16.0
     bottom = tf.maximum(boxes[:, 2], tf.minimum(boxes[:, 0] + minimum, 1.0))
@@ -294,5 +320,7 @@ def generate_regions(
     each region 2-3x and lose the fine texture the regions are for."""
     image = tf.convert_to_tensor(image, tf.float32)
     shape = tf.shape(image)
-    boxes = square_boxes(lung_box(image, **locate), shape[0], shape[1], orientation)
+    boxes = square_boxes(
+        lung_box(image, **locate), shape[0], shape[1], orientation
+    )
     return crop_squares(image, boxes, size)

@@ -79,8 +79,10 @@ class MoCo(ContrastiveModel):
         query = self.encode(views["query"], training=True)
         keys = self.encode_keys(views["key"])
         mask = self.queue_mask(ids) if self.queue_size else None
-        queue = self.queue if self.queue_size else tf.zeros(
-            [0, self.projection_dim]
+        queue = (
+            self.queue
+            if self.queue_size
+            else tf.zeros([0, self.projection_dim])
         )
         loss = ssl_losses.info_nce(query, keys, queue, self.temperature, mask)
         return loss, keys

@@ -18,12 +18,12 @@ from typing import Any
 
 import keras
 import tensorflow as tf
+from matl_keras_plugins.ssl_methods import lung_regions
+from matl_keras_plugins.ssl_methods.moco import MoCo
 
 from matl_keras.data import augment as augment_lib
 from matl_keras.errors import ConfigError
 from matl_keras.training import ssl_losses
-from matl_keras_plugins.ssl_methods import lung_regions
-from matl_keras_plugins.ssl_methods.moco import MoCo
 
 
 class RegionAware(MoCo):
@@ -130,7 +130,10 @@ class RegionAware(MoCo):
         if self.augment_regions:
             seeds = augment_lib.split_seed(region_seed, count)
             regions = tf.stack(
-                [self._region_augment(regions[i], seeds[i]) for i in range(count)]
+                [
+                    self._region_augment(regions[i], seeds[i])
+                    for i in range(count)
+                ]
             )
         else:
             regions = tf.image.resize(
@@ -149,7 +152,9 @@ class RegionAware(MoCo):
             self.region_classifier(features), [shape[0], shape[1], -1]
         )
         region = ssl_losses.region_aware(logits)
-        loss = ssl_losses.combined(contrastive, region, self.alpha1, self.alpha2)
+        loss = ssl_losses.combined(
+            contrastive, region, self.alpha1, self.alpha2
+        )
         return loss, {
             "keys": keys,
             "region_loss": region,

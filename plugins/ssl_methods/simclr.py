@@ -51,7 +51,9 @@ class SimCLR(ContrastiveModel):
         del ids  # the negatives are the other images of the batch
         b = tf.shape(views["view1"])[0]
         # One forward pass over both views.
-        z = self.encode(tf.concat([views["view1"], views["view2"]], 0), training=True)
+        z = self.encode(
+            tf.concat([views["view1"], views["view2"]], 0), training=True
+        )
         z1, z2 = z[:b], z[b:]
         context = tf.distribute.get_replica_context()
         z1_all, z2_all, offset = z1, z2, 0
@@ -59,6 +61,8 @@ class SimCLR(ContrastiveModel):
             z1_all = context.all_gather(z1, axis=0)
             z2_all = context.all_gather(z2, axis=0)
             offset = context.replica_id_in_sync_group * b
-        loss = ssl_losses.nt_xent(z1, z2, self.temperature, z1_all, z2_all, offset)
+        loss = ssl_losses.nt_xent(
+            z1, z2, self.temperature, z1_all, z2_all, offset
+        )
         # One value per image: the mean over its two views.
         return (loss[:b] + loss[b:]) / 2.0, {}

@@ -29,8 +29,14 @@ from collections.abc import Mapping
 from collections.abc import Sequence
 
 STAGE_ALIASES = {
-    "conv2": "conv2", "conv3": "conv3", "conv4": "conv4", "conv5": "conv5",
-    "res2": "conv2", "res3": "conv3", "res4": "conv4", "res5": "conv5",
+    "conv2": "conv2",
+    "conv3": "conv3",
+    "conv4": "conv4",
+    "conv5": "conv5",
+    "res2": "conv2",
+    "res3": "conv3",
+    "res4": "conv4",
+    "res5": "conv5",
 }
 _EVERY_OTHER_LAST_TWO = "every_other_last_two"
 PRESETS = {
@@ -91,13 +97,19 @@ def resolve(
         resolved = set()
         for index in indices:
             position = index if index > 0 else count + 1 + index
-            if not isinstance(index, int) or index == 0 or not 1 <= position <= count:
+            if (
+                not isinstance(index, int)
+                or index == 0
+                or not 1 <= position <= count
+            ):
                 raise ValueError(
                     f"`attention` asks for block {index!r} of {stage}, which "
                     f"has blocks 1..{count} (or -1..-{count} from the end)"
                 )
             resolved.add(position)
-        placement[stage] = tuple(sorted(resolved | set(placement.get(stage, ()))))
+        placement[stage] = tuple(
+            sorted(resolved | set(placement.get(stage, ())))
+        )
     return {s: placement[s] for s in sorted(placement) if placement[s]}
 
 

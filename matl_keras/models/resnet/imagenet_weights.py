@@ -140,7 +140,8 @@ def load_imagenet_weights(backbone: keras.Model, source) -> LoadReport:
         plan.append((layer, source_layers[layer.name]))
     backbone_names = {l.name for l in target_layers}
     missing = [
-        n for n in source_layers
+        n
+        for n in source_layers
         if n not in backbone_names and n != "predictions"
     ]
     if missing:

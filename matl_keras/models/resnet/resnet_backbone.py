@@ -58,7 +58,9 @@ def _bn(name, synchronized=False, groups=1):
     )
 
 
-def apply_bottleneck_block(x, filters, stride, conv_shortcut, name, sync=False, groups=1):
+def apply_bottleneck_block(
+    x, filters, stride, conv_shortcut, name, sync=False, groups=1
+):
     """keras.applications' `block1`: 1x1 (strided) -> 3x3 -> 1x1 (x4)."""
     if conv_shortcut:
         shortcut = layers.Conv2D(
@@ -79,7 +81,9 @@ def apply_bottleneck_block(x, filters, stride, conv_shortcut, name, sync=False, 
     return layers.Activation("relu", name=f"{name}_out")(x)
 
 
-def apply_basic_block(x, filters, stride, conv_shortcut, name, sync=False, groups=1):
+def apply_basic_block(
+    x, filters, stride, conv_shortcut, name, sync=False, groups=1
+):
     """Two 3x3 convolutions (ResNet-18/34)."""
     if conv_shortcut:
         shortcut = layers.Conv2D(

@@ -5,7 +5,9 @@ import json
 import os
 import shutil
 
-from conftest import PACKAGE, matl, pip_install
+from conftest import PACKAGE
+from conftest import matl
+from conftest import pip_install
 from tests_dicom_phantoms import write_volume
 
 
@@ -19,29 +21,57 @@ def test_listed_with_its_distribution_only_when_installed(installed):
     seen = _plugins(installed)
     for group, name in (("datasets", "dicom_ct"), ("evaluators", "logme")):
         info = seen[group][name]
-        assert (info["status"], info["dist"], info["version"]) == ("ok", "matl-keras-dicom", "0.1.0")
+        assert (info["status"], info["dist"], info["version"]) == (
+            "ok",
+            "matl-keras-dicom",
+            "0.1.0",
+        )
     assert seen["evaluators"]["metrics"]["status"] == "ok"
     without = _plugins(None)
-    assert "dicom_ct" not in without["datasets"] and "logme" not in without["evaluators"]
+    assert (
+        "dicom_ct" not in without["datasets"]
+        and "logme" not in without["evaluators"]
+    )
 
 
 def test_a_broken_copy_is_isolated(tmp_path):
     broken = tmp_path / "src" / "matl-keras-dicom"
-    shutil.copytree(PACKAGE, broken, ignore=shutil.ignore_patterns("tests", "build", "*.egg-info"))
+    shutil.copytree(
+        PACKAGE,
+        broken,
+        ignore=shutil.ignore_patterns("tests", "build", "*.egg-info"),
+    )
     module = broken / "src" / "matl_keras_dicom" / "logme.py"
-    module.write_text(module.read_text().replace(
-        "from __future__ import annotations\n",
-        "from __future__ import annotations\nimport a_module_that_is_not_installed\n"))
+    module.write_text(
+        module.read_text().replace(
+            "from __future__ import annotations\n",
+            "from __future__ import annotations\nimport a_module_that_is_not_installed\n",
+        )
+    )
     target = pip_install(broken, tmp_path / "site")
     seen = _plugins(target)
     logme = seen["evaluators"]["logme"]
     assert logme["status"] == "error" and logme["dist"] == "matl-keras-dicom"
-    assert logme["version"] == "0.1.0" and "a_module_that_is_not_installed" in logme["error"]
+    assert (
+        logme["version"] == "0.1.0"
+        and "a_module_that_is_not_installed" in logme["error"]
+    )
     assert seen["datasets"]["dicom_ct"]["status"] == "ok"
-    assert all(i["status"] == "ok" for g in seen.values() for n, i in g.items() if n != "logme")
+    assert all(
+        i["status"] == "ok"
+        for g in seen.values()
+        for n, i in g.items()
+        if n != "logme"
+    )
     # Naming it in a job gives the plugin's own error as one line.
-    result = matl("evaluate", "--model=/nonexistent", "--dataset=synthetic_ct",
-                  "--evaluators=logme", "--gin_param=logme.tolerance = 0.01", target=target)
+    result = matl(
+        "evaluate",
+        "--model=/nonexistent",
+        "--dataset=synthetic_ct",
+        "--evaluators=logme",
+        "--gin_param=logme.tolerance = 0.01",
+        target=target,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "matl-keras-dicom" in result.stderr
 
@@ -55,31 +85,45 @@ def test_fine_tune_on_dicom_from_gin_with_logme(installed, tmp_path):
     (tmp_path / "labels.csv").write_text("\n".join(labels) + "\n")
     workdir = tmp_path / "run"
     result = matl(
-        "--gin_file=gin/finetune.gin", "--gin_file=gin/models/tiny.gin",
+        "--gin_file=gin/finetune.gin",
+        "--gin_file=gin/models/tiny.gin",
         "--gin_param=CT_DATA = @dicom_ct()",
         f"--gin_param=dicom_ct.root = '{root}'",
         f"--gin_param=dicom_ct.labels_csv = '{tmp_path / 'labels.csv'}'",
         "--gin_param=dicom_ct.size = 48",
         "--gin_param=dicom_ct.split_fractions = {'train': 0.5, 'val': 0.5}",
-        "--gin_param=IMAGE_SIZE = 32", "--gin_param=BATCH_SIZE = 4",
+        "--gin_param=IMAGE_SIZE = 32",
+        "--gin_param=BATCH_SIZE = 4",
         "--gin_param=FINETUNE_EPOCHS = 1",
         # The embedded default's few-labels batch is 8.
         "--gin_param=FINETUNE_BATCH_SIZE = 4",
         "--gin_param=train.transfer_evaluators = ['leep', 'logme']",
-        f"--workdir={workdir}", target=installed,
+        f"--workdir={workdir}",
+        target=installed,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     run = json.load(open(workdir / "finetune" / "run.json"))
-    assert run["dataset"] == "DicomCT" and sum(run["class_counts"]["train"].values()) > 0
-    untrained = json.load(open(workdir / "finetune" / "transferability.json"))["sources"]["untrained"]
+    assert (
+        run["dataset"] == "DicomCT"
+        and sum(run["class_counts"]["train"].values()) > 0
+    )
+    untrained = json.load(open(workdir / "finetune" / "transferability.json"))[
+        "sources"
+    ]["untrained"]
     assert untrained["leep"] <= 0 and isinstance(untrained["logme"], float)
-    scored = matl("evaluate", f"--model={workdir}", "--dataset=dicom_ct", "--split=val",
-                  "--evaluators=metrics,logme",
-                  f"--gin_param=dicom_ct.root = '{root}'",
-                  f"--gin_param=dicom_ct.labels_csv = '{tmp_path / 'labels.csv'}'",
-                  "--gin_param=dicom_ct.size = 48",
-                  "--gin_param=dicom_ct.split_fractions = {'train': 0.5, 'val': 0.5}",
-                  f"--output={tmp_path / 'scores.json'}", target=installed)
+    scored = matl(
+        "evaluate",
+        f"--model={workdir}",
+        "--dataset=dicom_ct",
+        "--split=val",
+        "--evaluators=metrics,logme",
+        f"--gin_param=dicom_ct.root = '{root}'",
+        f"--gin_param=dicom_ct.labels_csv = '{tmp_path / 'labels.csv'}'",
+        "--gin_param=dicom_ct.size = 48",
+        "--gin_param=dicom_ct.split_fractions = {'train': 0.5, 'val': 0.5}",
+        f"--output={tmp_path / 'scores.json'}",
+        target=installed,
+    )
     assert scored.returncode == 0, scored.stderr[-3000:]
     results = json.load(open(tmp_path / "scores.json"))["results"]
     assert isinstance(results["logme"], float) and "accuracy" in results
@@ -90,7 +134,11 @@ def test_the_readme_minimal_dataset_plugin_works(tmp_path):
     from PIL import Image
 
     readme = open(os.path.join(PACKAGE, "README.md")).read()
-    code = readme.split("A minimal dataset plugin is")[1].split("```python")[1].split("```")[0]
+    code = (
+        readme.split("A minimal dataset plugin is")[1]
+        .split("```python")[1]
+        .split("```")[0]
+    )
     namespace = {}
     exec(code, namespace)
     for split in ("train", "val"):

@@ -21,19 +21,28 @@ def _direct(f, y, iterations=11, tolerance=0.01):
             alpha_de = m @ m
             beta_de = np.sum((t - f @ m) ** 2)
             new = (gamma / (alpha_de + 1e-5), (n - gamma) / (beta_de + 1e-5))
-            stop = abs(new[0] / new[1] - alpha / beta) / (alpha / beta) < tolerance
+            stop = (
+                abs(new[0] / new[1] - alpha / beta) / (alpha / beta) < tolerance
+            )
             alpha, beta = new
             if stop:
                 break
         _, logdet = np.linalg.slogdet(alpha * np.eye(d) + beta * f.T @ f)
-        evidence = (d / 2 * math.log(alpha) + n / 2 * math.log(beta) - 0.5 * logdet
-                    - beta / 2 * (beta_de + 1e-5) - alpha / 2 * (alpha_de + 1e-5)
-                    - n / 2 * math.log(2 * math.pi))
+        evidence = (
+            d / 2 * math.log(alpha)
+            + n / 2 * math.log(beta)
+            - 0.5 * logdet
+            - beta / 2 * (beta_de + 1e-5)
+            - alpha / 2 * (alpha_de + 1e-5)
+            - n / 2 * math.log(2 * math.pi)
+        )
         evidences.append(evidence / n)
     return float(np.mean(evidences))
 
 
-@pytest.mark.parametrize("n, d, classes", [(200, 16, 2), (40, 64, 3), (120, 32, 5)])
+@pytest.mark.parametrize(
+    "n, d, classes", [(200, 16, 2), (40, 64, 3), (120, 32, 5)]
+)
 def test_matches_the_direct_fixed_point_iteration(installed, n, d, classes):
     from matl_keras_dicom.logme_math import logme
 

@@ -18,15 +18,26 @@ def chest_hu(size, z, slices, covid):
     hu[(yy - 0.5) ** 2 / 0.16 + (xx - 0.5) ** 2 / 0.2 < 1] = 40.0
     radius = 0.14 * np.sin(np.pi * (z + 0.5) / slices)
     for cx in (0.32, 0.68):
-        hu[(yy - 0.5) ** 2 + (xx - cx) ** 2 < radius ** 2] = -850.0
+        hu[(yy - 0.5) ** 2 + (xx - cx) ** 2 < radius**2] = -850.0
     if covid:
         hu[(yy - 0.55) ** 2 + (xx - 0.28) ** 2 < (radius / 2) ** 2] = -400.0
     return hu
 
 
-def write_slice(path, hu, patient, study, series, z, modality="CT", size=None,
-                slope=SLOPE, intercept=INTERCEPT, orientation=(1, 0, 0, 0, 1, 0),
-                pixel_data=True):
+def write_slice(
+    path,
+    hu,
+    patient,
+    study,
+    series,
+    z,
+    modality="CT",
+    size=None,
+    slope=SLOPE,
+    intercept=INTERCEPT,
+    orientation=(1, 0, 0, 0, 1, 0),
+    pixel_data=True,
+):
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -64,6 +75,12 @@ def write_volume(folder, patient, covid, slices=6, size=64, study=None):
     study = study or generate_uid()
     series = generate_uid()
     for z in range(slices):
-        write_slice(str(folder / f"IM{z:04d}"), chest_hu(size, z, slices, covid),
-                    patient, study, series, z)
+        write_slice(
+            str(folder / f"IM{z:04d}"),
+            chest_hu(size, z, slices, covid),
+            patient,
+            study,
+            series,
+            z,
+        )
     return study

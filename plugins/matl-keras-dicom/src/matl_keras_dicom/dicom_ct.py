@@ -84,7 +84,10 @@ def is_axial(dataset: Any, tolerance_degrees: float = 10.0) -> bool:
     orientation = getattr(dataset, "ImageOrientationPatient", None)
     if orientation is None or len(orientation) != 6:
         return True
-    row, col = np.asarray(orientation[:3], float), np.asarray(orientation[3:], float)
+    row, col = (
+        np.asarray(orientation[:3], float),
+        np.asarray(orientation[3:], float),
+    )
     normal = np.cross(row, col)
     norm = np.linalg.norm(normal)
     if norm == 0:
@@ -120,7 +123,9 @@ def _pixels(ds: Any) -> tuple[np.ndarray | None, str | None]:
     try:
         return hounsfield(ds), None
     except Exception as e:  # noqa: BLE001 - RuntimeError, NotImplementedError...
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        syntax = getattr(
+            getattr(ds, "file_meta", None), "TransferSyntaxUID", None
+        )
         name = getattr(syntax, "name", syntax)
         return None, (
             f"cannot decode transfer syntax {name} ({type(e).__name__}); "
@@ -183,7 +188,9 @@ class DicomCT(Dataset):
         seed: int = 0,
     ) -> None:
         if root is None:
-            raise ConfigError("dicom_ct: bind `dicom_ct.root` to the DICOM folder")
+            raise ConfigError(
+                "dicom_ct: bind `dicom_ct.root` to the DICOM folder"
+            )
         if not os.path.isdir(root):
             raise ConfigError(f"dicom_ct.root: {root!r} is not a folder")
         if label_key not in LABEL_KEYS:
@@ -191,17 +198,25 @@ class DicomCT(Dataset):
                 f"dicom_ct.label_key must be one of {LABEL_KEYS}. Received: {label_key!r}"
             )
         if slices not in SLICES:
-            raise ConfigError(f"dicom_ct.slices must be one of {SLICES}. Received: {slices!r}")
+            raise ConfigError(
+                f"dicom_ct.slices must be one of {SLICES}. Received: {slices!r}"
+            )
         if every < 1:
             raise ConfigError(f"dicom_ct.every must be >= 1. Received: {every}")
         if not window_width > 0:
-            raise ConfigError(f"dicom_ct.window_width must be positive. Received: {window_width}")
+            raise ConfigError(
+                f"dicom_ct.window_width must be positive. Received: {window_width}"
+            )
         if on_bad_file not in ON_BAD_FILE:
             raise ConfigError(
                 f"dicom_ct.on_bad_file must be one of {ON_BAD_FILE}. Received: {on_bad_file!r}"
             )
         fractions = dict(split_fractions or {"train": 0.8, "val": 0.2})
-        if not fractions or any(v < 0 for v in fractions.values()) or abs(sum(fractions.values()) - 1) > 1e-6:
+        if (
+            not fractions
+            or any(v < 0 for v in fractions.values())
+            or abs(sum(fractions.values()) - 1) > 1e-6
+        ):
             raise ConfigError(
                 "dicom_ct.split_fractions must be non-negative and sum to 1. "
                 f"Received: {fractions}"
@@ -238,7 +253,9 @@ class DicomCT(Dataset):
     def _files(self) -> list[str]:
         found = []
         for folder, _, names in os.walk(self.root):
-            found += [os.path.join(folder, n) for n in names if not n.startswith(".")]
+            found += [
+                os.path.join(folder, n) for n in names if not n.startswith(".")
+            ]
         if not found:
             raise DataError(f"dicom_ct.root: no files under {self.root!r}")
         return sorted(found)
@@ -258,12 +275,23 @@ class DicomCT(Dataset):
                 bad.append((path, reason))
                 continue
             position = getattr(ds, "ImagePositionPatient", None)
-            z = float(position[2]) if position is not None and len(position) == 3 else float(
-                getattr(ds, "InstanceNumber", 0) or 0)
-            kept.append(_Slice(path, str(getattr(ds, "PatientID", "")),
-                               str(getattr(ds, "StudyInstanceUID", "")),
-                               str(getattr(ds, "SeriesInstanceUID", "")), z,
-                               hu.shape, lung_fraction(hu), self._image(hu)))
+            z = (
+                float(position[2])
+                if position is not None and len(position) == 3
+                else float(getattr(ds, "InstanceNumber", 0) or 0)
+            )
+            kept.append(
+                _Slice(
+                    path,
+                    str(getattr(ds, "PatientID", "")),
+                    str(getattr(ds, "StudyInstanceUID", "")),
+                    str(getattr(ds, "SeriesInstanceUID", "")),
+                    z,
+                    hu.shape,
+                    lung_fraction(hu),
+                    self._image(hu),
+                )
+            )
         # A series whose slices disagree on size is inconsistent: all of it is bad.
         by_series: dict[str, list[_Slice]] = {}
         for s in kept:
@@ -272,7 +300,10 @@ class DicomCT(Dataset):
         for series, members in by_series.items():
             shapes = sorted({m.shape for m in members})
             if len(shapes) > 1:
-                bad += [(m.path, f"series {series} mixes slice sizes {shapes}") for m in members]
+                bad += [
+                    (m.path, f"series {series} mixes slice sizes {shapes}")
+                    for m in members
+                ]
             else:
                 consistent += members
         return consistent, bad, not_axial
@@ -289,11 +320,15 @@ class DicomCT(Dataset):
         if self.labels_csv is None:
             return None
         if not os.path.isfile(self.labels_csv):
-            raise DataError(f"dicom_ct.labels_csv: {self.labels_csv!r} not found")
+            raise DataError(
+                f"dicom_ct.labels_csv: {self.labels_csv!r} not found"
+            )
         labels = {}
         with open(self.labels_csv, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
-            missing = {self.label_key, self.label_column} - set(reader.fieldnames or [])
+            missing = {self.label_key, self.label_column} - set(
+                reader.fieldnames or []
+            )
             if missing:
                 raise DataError(
                     f"{self.labels_csv}: needs columns {self.label_key!r} and "
@@ -307,7 +342,9 @@ class DicomCT(Dataset):
                         f"{self.labels_csv}, line {line}: label {name!r} is not one "
                         f"of class_names={list(self.class_names)}"
                     )
-                labels[row[self.label_key].strip()] = self.class_names.index(name)
+                labels[row[self.label_key].strip()] = self.class_names.index(
+                    name
+                )
         return labels
 
     def _image(self, hu: np.ndarray) -> np.ndarray:
@@ -316,7 +353,8 @@ class DicomCT(Dataset):
 
         windowed = window(hu, self.window_width, self.window_level)
         resized = tf.image.resize(
-            windowed[..., None].astype(np.float32), (self.size, self.size),
+            windowed[..., None].astype(np.float32),
+            (self.size, self.size),
             antialias=True,
         ).numpy()[..., 0]
         return resized.round().clip(0, 255).astype(np.uint8)
@@ -330,15 +368,24 @@ class DicomCT(Dataset):
                 "Fix or remove them, or skip them with dicom_ct.on_bad_file = 'skip'."
             )
         if bad:
-            logging.warning("dicom_ct: skipping %d unusable files (first: %s: %s)",
-                            len(bad), *bad[0])
+            logging.warning(
+                "dicom_ct: skipping %d unusable files (first: %s: %s)",
+                len(bad),
+                *bad[0],
+            )
         labels = self._labels()
         by_series: dict[str, list[_Slice]] = {}
         for s in slices:
             by_series.setdefault(s.series, []).append(s)
-        chosen = [s for series in by_series.values() for s in self._select(series)]
+        chosen = [
+            s for series in by_series.values() for s in self._select(series)
+        ]
         if labels is not None:
-            key = (lambda s: s.patient) if self.label_key == "PatientID" else (lambda s: s.study)
+            key = (
+                (lambda s: s.patient)
+                if self.label_key == "PatientID"
+                else (lambda s: s.study)
+            )
             unknown = sorted({key(s) for s in chosen if key(s) not in labels})
             if unknown:
                 raise DataError(
@@ -346,22 +393,36 @@ class DicomCT(Dataset):
                     f"{self.labels_csv}: {unknown[:5]}"
                 )
         if not chosen:
-            raise DataError(f"dicom_ct: no usable axial CT slices under {self.root!r}")
+            raise DataError(
+                f"dicom_ct: no usable axial CT slices under {self.root!r}"
+            )
         out: dict[str, ArrayExamples] = {}
         for split in self.splits():
-            members = [s for s in chosen if _split_of(s.patient, self.fractions, self.seed) == split]
+            members = [
+                s
+                for s in chosen
+                if _split_of(s.patient, self.fractions, self.seed) == split
+            ]
             images = np.zeros((len(members), self.size, self.size, 1), np.uint8)
             for i, s in enumerate(members):
                 images[i, ..., 0] = s.image
             split_labels = None
             if labels is not None:
                 split_labels = np.array(
-                    [labels[s.patient if self.label_key == "PatientID" else s.study] for s in members],
+                    [
+                        labels[
+                            s.patient
+                            if self.label_key == "PatientID"
+                            else s.study
+                        ]
+                        for s in members
+                    ],
                     np.int64,
                 )
             out[split] = ArrayExamples(images, split_labels)
         self.report = {
-            "files_bad": len(bad), "not_axial": not_axial,
+            "files_bad": len(bad),
+            "not_axial": not_axial,
             "slices": {k: len(v) for k, v in out.items()},
             "patients": len({s.patient for s in chosen}),
         }

@@ -11,26 +11,37 @@ from typing import Any
 
 from matl_keras.evaluation.evaluator import EvalContext
 from matl_keras.evaluation.evaluator import Evaluator
-
 from matl_keras_dicom.logme_math import logme
 
 
 class LogME(Evaluator):
     """Args:
-        max_iterations: int. Fixed-point steps at most (reference: 11).
-        tolerance: float. Stop when alpha/beta changes by less than this
-            fraction (reference: 0.01).
+    max_iterations: int. Fixed-point steps at most (reference: 11).
+    tolerance: float. Stop when alpha/beta changes by less than this
+        fraction (reference: 0.01).
     """
 
     needs_classifier = False
 
-    def __init__(self, max_iterations: int = 11, tolerance: float = 0.01) -> None:
+    def __init__(
+        self, max_iterations: int = 11, tolerance: float = 0.01
+    ) -> None:
         if max_iterations < 1:
-            raise ValueError(f"`max_iterations` must be >= 1. Received: {max_iterations}")
+            raise ValueError(
+                f"`max_iterations` must be >= 1. Received: {max_iterations}"
+            )
         self.max_iterations = max_iterations
         self.tolerance = tolerance
 
     def run(self, context: EvalContext) -> Iterator[tuple[str, Any]]:
         labels, features = context.features()
-        yield "logme", logme(features, labels, len(context.class_names),
-                             self.max_iterations, self.tolerance)
+        yield (
+            "logme",
+            logme(
+                features,
+                labels,
+                len(context.class_names),
+                self.max_iterations,
+                self.tolerance,
+            ),
+        )

@@ -22,9 +22,16 @@ import math
 import numpy as np
 
 
-def _evidence(y: np.ndarray, u: np.ndarray, s2: np.ndarray, n: int, d: int,
-              max_iterations: int, tolerance: float) -> float:
-    z = u.T @ y                     # y in the left singular basis (k,)
+def _evidence(
+    y: np.ndarray,
+    u: np.ndarray,
+    s2: np.ndarray,
+    n: int,
+    d: int,
+    max_iterations: int,
+    tolerance: float,
+) -> float:
+    z = u.T @ y  # y in the left singular basis (k,)
     outside = float(y @ y - z @ z)  # ||y||^2 outside the span of F
     alpha, beta = 1.0, 1.0
     lam = alpha / beta
@@ -41,7 +48,9 @@ def _evidence(y: np.ndarray, u: np.ndarray, s2: np.ndarray, n: int, d: int,
             break
         lam = new_lam
     # log det A = sum_i log(alpha + beta s_i^2) + (D - k) log alpha.
-    log_det = float(np.sum(np.log(alpha + beta * s2))) + (d - len(s2)) * math.log(alpha)
+    log_det = float(np.sum(np.log(alpha + beta * s2))) + (
+        d - len(s2)
+    ) * math.log(alpha)
     evidence = (
         d / 2.0 * math.log(alpha)
         + n / 2.0 * math.log(beta)
@@ -53,8 +62,13 @@ def _evidence(y: np.ndarray, u: np.ndarray, s2: np.ndarray, n: int, d: int,
     return evidence / n
 
 
-def logme(features: np.ndarray, labels: np.ndarray, num_classes: int | None = None,
-          max_iterations: int = 11, tolerance: float = 0.01) -> float:
+def logme(
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int | None = None,
+    max_iterations: int = 11,
+    tolerance: float = 0.01,
+) -> float:
     """LogME of `features` (n, D) for integer `labels` (n,).
 
     Classes absent from `labels` are left out of the average.
@@ -72,10 +86,13 @@ def logme(features: np.ndarray, labels: np.ndarray, num_classes: int | None = No
         raise ValueError("`features` contain NaN or inf")
     n, d = f.shape
     u, s, _ = np.linalg.svd(f, full_matrices=False)
-    s2 = s ** 2
+    s2 = s**2
     classes = range(int(y.max()) + 1 if num_classes is None else num_classes)
     scores = [
-        _evidence((y == c).astype(np.float64), u, s2, n, d, max_iterations, tolerance)
-        for c in classes if (y == c).any()
+        _evidence(
+            (y == c).astype(np.float64), u, s2, n, d, max_iterations, tolerance
+        )
+        for c in classes
+        if (y == c).any()
     ]
     return float(np.mean(scores))
