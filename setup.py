@@ -67,7 +67,8 @@ setuptools.setup(
             "pytest-xdist>=3.5,<4",
             "scikit-learn>=1.4,<2",
             "pillow>=10,<14",
-            # The third-party example package's tests (plugins/matl-keras-dicom).
+            # The third-party example package's tests
+            # (plugins/matl-keras-dicom).
             "pydicom>=3.0,<4",
             # The optional MLflow tracking's test (a local file store; the
             # client alone, without MLflow's server and UI).
@@ -84,11 +85,14 @@ setuptools.setup(
     entry_points={
         "console_scripts": ["matl-keras = matl_keras_cli:run"],
         "matl_keras.datasets": [
-            "synthetic_ct = matl_keras_plugins.datasets.synthetic_ct:SyntheticCT",
-            "synthetic_cxr = matl_keras_plugins.datasets.synthetic_cxr:SyntheticCXR",
+            "synthetic_ct = "
+            "matl_keras_plugins.datasets.synthetic_ct:SyntheticCT",
+            "synthetic_cxr = "
+            "matl_keras_plugins.datasets.synthetic_cxr:SyntheticCXR",
             "synthetic_natural = "
             "matl_keras_plugins.datasets.synthetic_natural:SyntheticNatural",
-            "image_folder = matl_keras_plugins.datasets.image_folder:ImageFolder",
+            "image_folder = "
+            "matl_keras_plugins.datasets.image_folder:ImageFolder",
             "covid_ct = matl_keras_plugins.datasets.covid_ct:CovidCT",
             "covidx = matl_keras_plugins.datasets.covidx:COVIDx",
             "imagenet = matl_keras_plugins.datasets.imagenet:ImageNet",
@@ -101,7 +105,8 @@ setuptools.setup(
             "simsiam = matl_keras_plugins.ssl_methods.simsiam:SimSiam",
         ],
         "matl_keras.evaluators": [
-            "metrics = matl_keras_plugins.evaluators.metrics:ClassificationMetrics",
+            "metrics = "
+            "matl_keras_plugins.evaluators.metrics:ClassificationMetrics",
             "leep = matl_keras_plugins.evaluators.leep:LEEP",
             "gradcam = matl_keras_plugins.evaluators.gradcam:GradCAM",
             "attention_maps = "

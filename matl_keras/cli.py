@@ -4,13 +4,15 @@ the job the gin files configure is one: `commands.job`).
     matl-keras --gin_file=gin/finetune.gin [--gin_param=...] [--workdir=...]
     matl-keras plugins [--check] [--json]
     matl-keras --help | --version
-    matl-keras evaluate --model=RUN --dataset=NAME [--split=test] [--evaluators=metrics,leep]
+    matl-keras evaluate --model=RUN --dataset=NAME [--split=test]
+        [--evaluators=metrics,leep]
     matl-keras explain --model=RUN --images=PATH [--output_dir=DIR]
     matl-keras predict --model=RUN --images=PATH [--output_dir=DIR]
     matl-keras report --runs=DIR[,DIR...] [--report=NAME] [--output_dir=DIR]
     matl-keras audit --dataset=NAME [--splits=train,val] [--on_leak=warn|refuse]
     matl-keras export --model=RUN --export_dir=DIR [--model_version=N]
-    matl-keras probe --model=RUN --dataset=NAME [--fit_split=train] [--score_split=val]
+    matl-keras probe --model=RUN --dataset=NAME [--fit_split=train]
+        [--score_split=val]
 
 Errors the user can fix (bad flags, gin, data, plugins) are printed as
 `matl-keras: error: ...` with exit status 2, without a traceback.
@@ -41,7 +43,8 @@ flags.DEFINE_multi_string(
 flags.DEFINE_multi_string(
     "gin_param",
     [],
-    "Gin binding(s) applied after the files, e.g. 'FINETUNE_EPOCHS = 2' (repeatable).",
+    "Gin binding(s) applied after the files, e.g. 'FINETUNE_EPOCHS = 2' "
+    "(repeatable).",
 )
 flags.DEFINE_string(
     "workdir",

@@ -286,7 +286,8 @@ class Registry:
 def _check_group(group: str) -> None:
     if group not in GROUPS:
         raise ValueError(
-            f"`group` must be one of {sorted(GROUPS)}. Received: group={group!r}"
+            f"`group` must be one of {sorted(GROUPS)}. "
+            f"Received: group={group!r}"
         )
 
 
@@ -356,9 +357,9 @@ def resolve(
 
     A name is created (datasets, evaluators, reports: their gin bindings
     apply) or, for SSL methods, whose stage builds them around its
-    backbones, loaded (its factory, the gin-configurable class). An instance (or, for SSL
-    methods, a factory such as gin's `@moco`) must be of the group's base
-    class.
+    backbones, loaded (its factory, the gin-configurable class). An
+    instance (or, for SSL methods, a factory such as gin's `@moco`) must be
+    of the group's base class.
 
     Args:
         group: str. A `GROUPS` key (`"datasets"`, `"ssl_methods"`,

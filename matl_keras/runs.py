@@ -8,22 +8,23 @@ neither gin nor TensorFlow (a test checks it), so a reader pays for neither.
 
 A stage's folder (`WORKDIR/<stage>/`, or `--workdir` for a single stage):
 
-    config.gin              CONFIG_FILE            bindings reaching it, at start
-    run.json                RUN_FILE               status, config hash, versions...
-    logs/                   LOGS_DIR               TensorBoard
-    history.csv             HISTORY_FILE           one row per completed epoch
-    backup/                 BACKUP_DIR             only while running
-      epoch-N[-step-S]/     (BACKUP_WEIGHTS_FILE, BACKUP_STATE_FILE)
-    best/                   BEST_DIR               supervised: the best epoch
-      model.weights.h5      BACKUP_WEIGHTS_FILE
-      best.json             BEST_RECORD_FILE
-    model.keras             MODEL_FILE             supervised: the classifier
-    ssl_model.weights.h5    SSL_MODEL_FILE         self-supervised: the method
-    backbone.weights.h5     BACKBONE_FILE          the next stage starts here
-    decision.json           DECISION_FILE          operating point (val)
-    transferability.json    TRANSFER_FILE          sources scored before training
-    metrics.json            METRICS_FILE           final scores
-    operative_config.gin    OPERATIVE_CONFIG_FILE  gin values actually used
+    config.gin            CONFIG_FILE            bindings reaching it, at start
+    run.json              RUN_FILE               status, config hash,
+                                                 versions...
+    logs/                 LOGS_DIR               TensorBoard
+    history.csv           HISTORY_FILE           one row per completed epoch
+    backup/               BACKUP_DIR             only while running
+      epoch-N[-step-S]/   (BACKUP_WEIGHTS_FILE, BACKUP_STATE_FILE)
+    best/                 BEST_DIR               supervised: the best epoch
+      model.weights.h5    BACKUP_WEIGHTS_FILE
+      best.json           BEST_RECORD_FILE
+    model.keras           MODEL_FILE             supervised: the classifier
+    ssl_model.weights.h5  SSL_MODEL_FILE         self-supervised: the method
+    backbone.weights.h5   BACKBONE_FILE          the next stage starts here
+    decision.json         DECISION_FILE          operating point (val)
+    transferability.json  TRANSFER_FILE          sources scored before training
+    metrics.json          METRICS_FILE           final scores
+    operative_config.gin  OPERATIVE_CONFIG_FILE  gin values actually used
 
 A pipeline's folder holds `summary.json` (SUMMARY_FILE, the lineage) and
 `.matl-keras.lock` (LOCK_FILE) while a run holds it.

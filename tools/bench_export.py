@@ -2,8 +2,10 @@
 and without the weight de-duplication, and serving latency/throughput next
 to `model.predict`.
 
-    python tools/bench_export.py [--images=../shared/data/covid-ct/Images-processed/CT_COVID]
-        [--depth=50] [--attention=5] [--image_size=224] [--workdir=runs/bench_export]
+    python tools/bench_export.py
+        [--images=../shared/data/covid-ct/Images-processed/CT_COVID]
+        [--depth=50] [--attention=5] [--image_size=224]
+        [--workdir=runs/bench_export]
 
 Loads run in fresh processes (peak RSS from `getrusage`). Writes
 `bench_export.json` and `bench_export.md` in the workdir.
@@ -32,15 +34,17 @@ flags.DEFINE_integer("repeats", 10, "Timed repeats (median).")
 flags.DEFINE_string("workdir", "runs/bench_export", "Output folder.")
 FLAGS = flags.FLAGS
 
-LOAD = r"""
-import resource, sys, time, json
-import tensorflow as tf
-start = time.perf_counter()
-model = tf.saved_model.load(sys.argv[1])
-seconds = time.perf_counter() - start
-print(json.dumps({"load_seconds": seconds,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
+LOAD = (
+    "\n"
+    "import resource, sys, time, json\n"
+    "import tensorflow as tf\n"
+    "start = time.perf_counter()\n"
+    "model = tf.saved_model.load(sys.argv[1])\n"
+    "seconds = time.perf_counter() - start\n"
+    'print(json.dumps({"load_seconds": seconds,\n'
+    '                  "peak_rss_mb": '
+    "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+)
 
 
 def _size_mb(folder):
@@ -86,7 +90,9 @@ def main(argv):
             f,
         )
     results = {
-        "model": f"R-{FLAGS.depth} attention={FLAGS.attention} {FLAGS.image_size}px",
+        "model": (
+            f"R-{FLAGS.depth} attention={FLAGS.attention} {FLAGS.image_size}px"
+        ),
         "params": model.count_params(),
     }
     for label, dedupe in (("deduplicated", True), ("keras_default", False)):
@@ -162,14 +168,20 @@ def main(argv):
         "",
         "| export | variables MB | SavedModel MB | load s | peak RSS MB |",
         "|---|---|---|---|---|",
-        f"| Keras default | {k['variables_mb']} | {k['savedmodel_mb']} | {k['load_seconds']} | {k['peak_rss_mb']} |",
-        f"| de-duplicated (ours) | {d['variables_mb']} | {d['savedmodel_mb']} | {d['load_seconds']} | {d['peak_rss_mb']} |",
+        f"| Keras default | {k['variables_mb']} | {k['savedmodel_mb']} | "
+        f"{k['load_seconds']} | {k['peak_rss_mb']} |",
+        f"| de-duplicated (ours) | {d['variables_mb']} | "
+        f"{d['savedmodel_mb']} | {d['load_seconds']} | {d['peak_rss_mb']} |",
         "",
         "| path | 1 image (ms) | batch of %d (img/s) |" % FLAGS.batch,
         "|---|---|---|",
-        f"| serving_default (bytes: decode + preprocess + model) | {t['serving_default_1_image_ms']} | {t['serving_default_batch_img_s']} |",
-        f"| model.predict (decoded, preprocessed) | {t['predict_1_image_ms']} | {t['predict_batch_img_s']} |",
-        f"| model(x) (decoded, preprocessed) | - | {t['model_call_batch_img_s']} |",
+        "| serving_default (bytes: decode + preprocess + model) | "
+        f"{t['serving_default_1_image_ms']} | "
+        f"{t['serving_default_batch_img_s']} |",
+        "| model.predict (decoded, preprocessed) | "
+        f"{t['predict_1_image_ms']} | {t['predict_batch_img_s']} |",
+        "| model(x) (decoded, preprocessed) | - | "
+        f"{t['model_call_batch_img_s']} |",
     ]
     with open(os.path.join(FLAGS.workdir, "bench_export.md"), "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -167,19 +167,22 @@ def main(argv):
     ]
     base = dict((n, r) for n, r, _ in rows).get("moco")
     print(
-        f"\nResNet-{FLAGS.depth} x{FLAGS.width}, {size} px, batch {FLAGS.batch_size}, "
+        f"\nResNet-{FLAGS.depth} x{FLAGS.width}, {size} px, "
+        f"batch {FLAGS.batch_size}, "
         f"{os.cpu_count()} CPU cores"
     )
     print(f"median of {FLAGS.rounds} round(s) of {FLAGS.steps} steps")
     print(
-        "| method | train img/s | views img/s (tf.data, sequential map) | time vs MoCo | predicted |"
+        "| method | train img/s | views img/s (tf.data, sequential map) | "
+        "time vs MoCo | predicted |"
     )
     print("|---|---|---|---|---|")
     for name, rate, views_rate in rows:
         measured = f"{base / rate:.2f}" if base else "-"
         predicted = predicted_cost(name) / PREDICTED_COST["moco"]
         print(
-            f"| {name} | {rate:.2f} | {views_rate:.0f} | {measured} | {predicted:.2f} |"
+            f"| {name} | {rate:.2f} | {views_rate:.0f} | {measured} | "
+            f"{predicted:.2f} |"
         )
     regions = [(n, r) for n, r, _ in rows if n.startswith("region_aware@")]
     if len(regions) > 1:
@@ -187,7 +190,8 @@ def main(argv):
         for name, rate in others:
             print(
                 f"{name} / {first}: {rate / first_rate:.2f}x img/s "
-                f"(predicted {predicted_cost(first) / predicted_cost(name):.2f}x)"
+                "(predicted "
+                f"{predicted_cost(first) / predicted_cost(name):.2f}x)"
             )
 
 

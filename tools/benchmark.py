@@ -408,7 +408,8 @@ def _markdown(results: dict) -> str:
             "",
             "| limit | GFLOP/s |",
             "|---|---|",
-            f"| matmul {roof['matmul']['shape']} float32 | {roof['matmul']['gflops']} |",
+            f"| matmul {roof['matmul']['shape']} float32 | "
+            f"{roof['matmul']['gflops']} |",
         ]
         for c in roof["conv"]:
             lines.append(
@@ -437,16 +438,21 @@ def _markdown(results: dict) -> str:
             lines.append(
                 f"| {row['step']} | {row['backbone']} | {row['size']} | "
                 f"{r['images_per_second']} | {r['train_gflops_per_image']} | "
-                f"{r['achieved_gflops']} | {row.get('pct_conv_forward', '-')} | "
-                f"{row.get('pct_conv_train', '-')} | {r['peak_rss_mb']} | "
+                f"{r['achieved_gflops']} | "
+                f"{row.get('pct_conv_forward', '-')} | "
+                f"{row.get('pct_conv_train', '-')} | "
+                f"{r['peak_rss_mb']} | "
                 f"{cached if cached else '-'} | "
-                f"{round(cached / r['images_per_second'], 1) if cached else '-'} |"
+                f"""{
+                    round(cached / r["images_per_second"], 1) if cached else "-"
+                } |"""
             )
     ratios = results.get("region_aware_vs_moco", [])
     if ratios:
         lines += [
             "",
-            "| backbone | px | region_aware / MoCo time | FLOP ratio | off by |",
+            "| backbone | px | region_aware / MoCo time | FLOP ratio | "
+            "off by |",
             "|---|---|---|---|---|",
         ]
         for r in ratios:
@@ -458,7 +464,8 @@ def _markdown(results: dict) -> str:
     if inputs:
         lines += [
             "",
-            "| input pipeline (real COVID-CT) | px | first pass img/s | cached img/s |",
+            "| input pipeline (real COVID-CT) | px | first pass img/s | "
+            "cached img/s |",
             "|---|---|---|---|",
         ]
         for row in inputs:
@@ -468,7 +475,8 @@ def _markdown(results: dict) -> str:
                 continue
             lines.append(
                 f"| {row['step']} | {row['size']} | "
-                f"{r['first_pass_images_per_second']} | {r['cached_images_per_second']} |"
+                f"{r['first_pass_images_per_second']} | "
+                f"{r['cached_images_per_second']} |"
             )
     serving = results.get("serving")
     if serving and "timing" in serving:
@@ -477,7 +485,8 @@ def _markdown(results: dict) -> str:
             "",
             f"Serving ({serving['model']}): serving_default "
             f"{t['serving_default_1_image_ms']} ms for 1 image, "
-            f"{t['serving_default_batch_img_s']} img/s at batch {serving['batch']}.",
+            f"{t['serving_default_batch_img_s']} img/s "
+            f"at batch {serving['batch']}.",
         ]
     return "\n".join(lines) + "\n"
 

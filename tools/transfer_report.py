@@ -11,10 +11,11 @@ it stopped), then writes `report.md` and `report.json` in the workdir: the
 fine-tuned model's accuracy / F1 / AUC on the held-out test split when the
 dataset has one (else on val, labelled as selected on val: the kept epoch
 and the operating point were chosen there, so it is optimistic), the
-sensitivity / specificity at the val-chosen operating point, each stage's wall time
-and training img/s (from the runs' `run.json`), and the input pipeline's
-img/s alone per dataset (`tools/bench_input_pipeline.py`'s measure: decode,
-resize and cache on the first pass, augmentation from the cache after).
+sensitivity / specificity at the val-chosen operating point, each stage's
+wall time and training img/s (from the runs' `run.json`), and the input
+pipeline's img/s alone per dataset (`tools/bench_input_pipeline.py`'s
+measure: decode, resize and cache on the first pass, augmentation from the
+cache after).
 """
 
 import json
@@ -182,7 +183,8 @@ def main(argv):
         f"LEEP on the {FLAGS.leep_split} split (untrained network, and each "
         "source stage's model with its own head).",
         "",
-        "| variant | chain | split | acc | F1 | AUC | sens / spec at the val-chosen "
+        "| variant | chain | split | acc | F1 | AUC | "
+        "sens / spec at the val-chosen "
         "operating point | LEEP | training (per stage) |",
         "|---|---|---|---|---|---|---|---|---|",
         *rows,
@@ -210,7 +212,13 @@ def main(argv):
         [
             os.path.join(os.path.dirname(sys.executable), "matl-keras"),
             "report",
-            f"--runs={','.join(os.path.join(FLAGS.workdir, v, a) for v in FLAGS.variants for a in FLAGS.ablations)}",
+            f"""--runs={
+                ",".join(
+                    os.path.join(FLAGS.workdir, v, a)
+                    for v in FLAGS.variants
+                    for a in FLAGS.ablations
+                )
+            }""",
             f"--output_dir={os.path.join(FLAGS.workdir, 'tables')}",
         ],
         cwd=REPO,

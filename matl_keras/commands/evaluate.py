@@ -32,7 +32,8 @@ def evaluate(
     data_plugin = registry.create("datasets", dataset)
     if split not in data_plugin.splits():
         raise ConfigError(
-            f"--split: dataset {dataset!r} has splits {list(data_plugin.splits())}. "
+            f"--split: dataset {dataset!r} has splits "
+            f"{list(data_plugin.splits())}. "
             f"Received: {split!r}"
         )
     plugins = resolve_evaluators(evaluators, "--evaluators")
@@ -43,7 +44,8 @@ def evaluate(
         and trained.class_names != list(data_plugin.class_names)
     ):
         raise ConfigError(
-            f"--dataset: the model was trained on classes {trained.class_names}, "
+            f"--dataset: the model was trained on classes "
+            f"{trained.class_names}, "
             f"dataset {dataset!r} has {list(data_plugin.class_names)}: the "
             "labels would not line up"
         )
@@ -89,7 +91,8 @@ def evaluate(
     }
     runs.write_json(output, report)
     print(
-        f"{dataset} {split} ({data.num_examples} images), model {trained.model_path}"
+        f"{dataset} {split} ({data.num_examples} images), "
+        f"model {trained.model_path}"
     )
     print(metrics_lib.format_table(results))
     print(f"wrote {output}")

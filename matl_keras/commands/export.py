@@ -1,6 +1,7 @@
 """Export a trained classifier for TensorFlow Serving.
 
-    matl-keras export --model=RUN_OR_STAGE_DIR --export_dir=DIR [--model_version=N]
+    matl-keras export --model=RUN_OR_STAGE_DIR --export_dir=DIR
+        [--model_version=N]
 
 writes TF Serving's versioned layout, `DIR/<model_name>/<N>/`:
 
@@ -447,11 +448,14 @@ def _decision_metadata(decision: dict[str, Any] | None) -> dict[str, Any]:
         }
     threshold = decision.get("threshold")
     return {
-        "probabilities": f"temperature-scaled softmax, T={decision['temperature']}",
+        "probabilities": (
+            f"temperature-scaled softmax, T={decision['temperature']}"
+        ),
         "classes": (
             "argmax"
             if threshold is None
-            else f"{decision['positive_class']} when its probability >= threshold"
+            else f"{decision['positive_class']} when its probability "
+            ">= threshold"
         ),
         "threshold": threshold,
         "positive_class": decision.get("positive_class"),

@@ -393,7 +393,8 @@ def build_split(
     """
     if image_size < 8:
         raise ConfigError(
-            f"`image_size` must be at least 8. Received: image_size={image_size}"
+            "`image_size` must be at least 8. "
+            f"Received: image_size={image_size}"
         )
     if batch_size < 1:
         raise ConfigError(

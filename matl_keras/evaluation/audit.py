@@ -354,14 +354,18 @@ def describe(report: dict[str, Any]) -> str:
     p = report["patients"]
     lines = [
         "images: " + ", ".join(f"{k} {v}" for k, v in report["splits"].items()),
-        f"exact duplicates: {s['exact_groups_across_splits']} group(s) across splits, "
+        f"exact duplicates: {s['exact_groups_across_splits']} group(s) "
+        "across splits, "
         f"{s['exact_groups_within_a_split']} within a split",
-        f"near duplicates ({report['hash']}, <= {report['near_threshold_bits']} bits): "
+        f"near duplicates ({report['hash']}, "
+        f"<= {report['near_threshold_bits']} bits): "
         f"{s['near_pairs_across_splits']} pair(s) across splits, "
         f"{s['near_pairs_within_a_split']} within a split",
         (
             f"patients: {p['images_with_id']} image(s) with an id "
-            f"({', '.join(os.path.basename(x) for x in p['sources']) or 'given'}); "
+            "("
+            f"{', '.join(os.path.basename(x) for x in p['sources']) or 'given'}"
+            "); "
             f"{s['patients_in_several_splits']} patient(s) in several splits"
             if p["images_with_id"]
             else "patients: no patient ids found"
@@ -371,7 +375,8 @@ def describe(report: dict[str, Any]) -> str:
         lines.append(
             f"  patient {pid}: "
             + "; ".join(
-                f"{split} {len(files)} ({', '.join(files[:2])}{', ...' if len(files) > 2 else ''})"
+                f"{split} {len(files)} ({', '.join(files[:2])}"
+                f"{', ...' if len(files) > 2 else ''})"
                 for split, files in found.items()
             )
         )

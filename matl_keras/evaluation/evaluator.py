@@ -163,7 +163,8 @@ def run_evaluators(context: EvalContext, evaluators: Any) -> dict[str, Any]:
         for name, value in evaluator.run(context):
             if name in results:
                 raise ConfigError(
-                    f"two evaluators both report {name!r} for split {context.split!r}"
+                    f"two evaluators both report {name!r} for split "
+                    f"{context.split!r}"
                 )
             results[name] = (
                 to_json_value(value) if isinstance(value, float) else value

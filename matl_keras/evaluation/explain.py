@@ -3,10 +3,10 @@
 Grad-CAM (Selvaraju et al. 2017) is computed here with a gradient tape
 (tf-keras-vis, used before, cannot take a multi-output layer such as the
 non-local block before the pooling, and upsampled corner-aligned); it needs
-a flat functional model, which `build_image_classifier` makes. The attention map is the last
-non-local block's attention averaged over all query positions
-(`models.resnet.attention_maps`). A row of Fig. 4 is: image, Grad-CAM
-heatmap, overlay, attention heatmap, overlay.
+a flat functional model, which `build_image_classifier` makes. The
+attention map is the last non-local block's attention averaged over all
+query positions (`models.resnet.attention_maps`). A row of Fig. 4 is:
+image, Grad-CAM heatmap, overlay, attention heatmap, overlay.
 """
 
 from __future__ import annotations

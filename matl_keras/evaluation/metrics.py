@@ -117,8 +117,9 @@ def bootstrap_ci(
     (`resample_indices`; stratified by default: each resample keeps every
     class's count, so sensitivity and specificity are not also measuring
     the spread of the class mix: unstratified, a 200-image split's
-    positive share ranges about 0.37-0.59 over 1000 resamples), evaluates `statistic(labels[idx], probs[idx])` on each, and returns
-    the `(1 - confidence) / 2` and `(1 + confidence) / 2` quantiles (numpy's
+    positive share ranges about 0.37-0.59 over 1000 resamples), evaluates
+    `statistic(labels[idx], probs[idx])` on each, and returns the
+    `(1 - confidence) / 2` and `(1 + confidence) / 2` quantiles (numpy's
     default linear interpolation). Resamples where a value is undefined
     (NaN, e.g. AUC of a resample with one class) are left out of that
     value's interval; with fewer than half of them defined it is NaN.

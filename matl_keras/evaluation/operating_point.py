@@ -51,7 +51,8 @@ def choose_threshold(
     lower distinct score, so it makes the same decisions on these scores
     but does not sit on a validation image's exact score (the lowest point
     keeps `s`; the no-positive point lies midway between the highest score
-    and 1, or just above 1). Ties in the rule's objective go to the highest threshold.
+    and 1, or just above 1). Ties in the rule's objective go to the highest
+    threshold.
 
     Returns:
         dict with `threshold` and the `sensitivity`, `specificity` and
@@ -100,7 +101,8 @@ def choose_threshold(
 def _check_rule(rule: str, target: float | None) -> None:
     if rule not in RULES:
         raise ConfigError(
-            f"`fit_decision.rule` must be one of {RULES}. Received: rule={rule!r}"
+            f"`fit_decision.rule` must be one of {RULES}. "
+            f"Received: rule={rule!r}"
         )
     if rule in ("sensitivity", "specificity"):
         if target is None or not 0.0 < target <= 1.0:

@@ -109,11 +109,13 @@ class NonLocalBlock(keras.layers.Layer):
                 )
         if not isinstance(reduction, int) or reduction < 1:
             raise ValueError(
-                f"`reduction` must be an int >= 1. Received: reduction={reduction!r}"
+                "`reduction` must be an int >= 1. "
+                f"Received: reduction={reduction!r}"
             )
         if not isinstance(subsample, int) or subsample < 1:
             raise ValueError(
-                f"`subsample` must be an int >= 1. Received: subsample={subsample!r}"
+                "`subsample` must be an int >= 1. "
+                f"Received: subsample={subsample!r}"
             )
         self.reduction = reduction
         self.key_channels = key_channels

@@ -20,8 +20,8 @@ silently gives wrong training if ignored (observed on TF 2.21 / Keras 3.15):
   device would.
 - BatchNorm, methods with a key encoder (MoCo's shuffle-BN): the backbones
   normalise `batchnorm_groups` chunks of the global batch separately
-  (`layers.FusedBatchNormalization` with `groups`), and the key batch is permuted so
-  that each key group mixes images of several query groups
+  (`layers.FusedBatchNormalization` with `groups`), and the key batch is
+  permuted so that each key group mixes images of several query groups
   (`shuffle_permutation`): a query and its positive key never share their
   BatchNorm statistics, so the network cannot find the positive through
   them. Under several replicas the key images are gathered, permuted
@@ -38,8 +38,9 @@ silently gives wrong training if ignored (observed on TF 2.21 / Keras 3.15):
 Small datasets (COVID19-CT has 425 training images) need two things MoCo
 on ImageNet does not: the queue holds about the images of one epoch
 minus a batch (`queue_size="auto"`; one larger than the dataset is
-refused: it would hold several keys of each image), and every key carries its image's
-identity, so a query's own earlier keys are never its negatives. The
+refused: it would hold several keys of each image), and every key carries
+its image's identity, so a query's own earlier keys are never its
+negatives. The
 key-encoder momentum may follow a cosine schedule (BYOL, MoCo v3) from
 `momentum` to 1 over the run, which suits runs of a few hundred steps.
 """
@@ -374,7 +375,7 @@ class ContrastiveModel(SSLMethod):
         global mean is logged); `keys` among them are enqueued."""
         raise NotImplementedError
 
-    # --- shared machinery ------------------------------------------------------
+    # --- shared machinery -------------------------------------------------
 
     @property
     def batchnorm_groups(self) -> int:

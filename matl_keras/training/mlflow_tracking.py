@@ -11,9 +11,10 @@ resumed stage continues its MLflow run (its id is kept in `mlflow.json`).
 
 MLflow is not a dependency of matl-keras: `pip install 'matl-keras[mlflow]'`.
 Turned on without it, the stage stops at its start with one line. These
-bindings are not part of a stage's config hash (`training.stage_config.NOT_STAGE_CONFIG`):
-turning tracking on for a finished or interrupted run does not make it
-another run. Only the chief of a multi-worker run logs.
+bindings are not part of a stage's config hash
+(`training.stage_config.NOT_STAGE_CONFIG`): turning tracking on for a
+finished or interrupted run does not make it another run. Only the chief
+of a multi-worker run logs.
 
 Uses `MlflowClient` (no global active run), so a failed stage never leaves
 a run open that the next one would trip over.

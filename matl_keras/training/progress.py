@@ -54,7 +54,8 @@ class Progress(keras.callbacks.Callback):
         super().__init__()
         if batch_size < 1:
             raise ValueError(
-                f"`batch_size` must be positive. Received: batch_size={batch_size}"
+                "`batch_size` must be positive. "
+                f"Received: batch_size={batch_size}"
             )
         self.batch_size = batch_size
         self.every = every

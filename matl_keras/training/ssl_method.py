@@ -59,7 +59,7 @@ In detail:
    `transfer_backbone` alone: the next stage starts from it. When starting
    from an earlier stage's backbone, `init_from_backbone()` is called after
    loading it into `backbone` (e.g. to copy it into a key encoder).
-"""
+"""  # noqa: E501 - a Markdown table
 
 from __future__ import annotations
 

@@ -52,7 +52,8 @@ CLASS_BALANCE = ("none", "weights", "sampling")
 def inverse_frequency_weights(
     class_counts: dict[str, int], class_names: Sequence[str]
 ) -> dict[int, float]:
-    """`n / (classes * n_c)` per present class: the mean weight per image is 1."""
+    """`n / (classes * n_c)` per present class: the mean weight per image is
+    1."""
     total = sum(class_counts.values())
     present = [c for c in class_names if class_counts.get(c, 0) > 0]
     return {

@@ -43,7 +43,8 @@ class CovidCT(Dataset):
     def __init__(self, root: str | None = None) -> None:
         if not root:
             raise DataError(
-                'covid_ct: `root` is required (gin: covid_ct.root = "/data/COVID-CT")'
+                "covid_ct: `root` is required "
+                '(gin: covid_ct.root = "/data/COVID-CT")'
             )
         for sub in ("Images-processed", "Data-split"):
             if not os.path.isdir(os.path.join(root, sub)):

@@ -43,12 +43,14 @@ class ImageNet(Dataset):
     def __init__(self, root: str | None = None) -> None:
         if not root:
             raise DataError(
-                'imagenet: `root` is required (gin: imagenet.root = "/data/imagenet")'
+                "imagenet: `root` is required "
+                '(gin: imagenet.root = "/data/imagenet")'
             )
         train = os.path.join(root, "train")
         if not os.path.isdir(train):
             raise DataError(
-                f"imagenet: {train!r} not found; `root` must hold train/<wnid>/. "
+                f"imagenet: {train!r} not found; "
+                "`root` must hold train/<wnid>/. "
                 f"Received: root={root!r}"
             )
         self.root = root
@@ -125,6 +127,7 @@ class ImageNet(Dataset):
         labels = os.path.join(self.root, "val_labels.txt")
         lines = read_lines(
             labels,
-            "imagenet val (flat val/ needs LOC_val_solution.csv or val_labels.txt)",
+            "imagenet val (flat val/ needs LOC_val_solution.csv or "
+            "val_labels.txt)",
         )
         return [tuple(line.split()[:2]) for line in lines]

@@ -37,7 +37,9 @@ class AttentionMaps(Evaluator):
                     "block": None,
                     "images": 0,
                     "files": [],
-                    "note": "the model has no non-local block (baseline variant)",
+                    "note": (
+                        "the model has no non-local block (baseline variant)"
+                    ),
                 },
             )
             return
@@ -57,7 +59,8 @@ class AttentionMaps(Evaluator):
                         image,
                         heat,
                         None,
-                        f"{context.split} #{i}: true {context.class_names[int(labels[i])]}, "
+                        f"{context.split} #{i}: "
+                        f"true {context.class_names[int(labels[i])]}, "
                         f"predicted {context.class_names[int(predicted[i])]}",
                         cam_label="attention",
                     )

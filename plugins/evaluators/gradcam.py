@@ -85,8 +85,10 @@ class GradCAM(Evaluator):
                         image,
                         heat,
                         None,
-                        f"{context.split} #{i}: true {truth}, predicted {guess} "
-                        f"(p={probs[i, predicted[i]]:.2f}); Grad-CAM of {guess} "
+                        f"{context.split} #{i}: true {truth}, "
+                        f"predicted {guess} "
+                        f"(p={probs[i, predicted[i]]:.2f}); "
+                        f"Grad-CAM of {guess} "
                         f"at {cam.layer}; lung mass {shares[i]:.2f}",
                     )
                 )
@@ -119,7 +121,8 @@ class GradCAM(Evaluator):
                 json.dump(
                     {
                         **summary,
-                        "lung_mass": "share of the Grad-CAM mass inside the lung box "
+                        "lung_mass": "share of the Grad-CAM mass inside "
+                        "the lung box "
                         "(lung_regions.lung_box; central fallback box "
                         "where lung_found is false); chance: the share "
                         "of a uniform map (the box's area)",

@@ -58,7 +58,8 @@ class ClassificationMetrics(Evaluator):
             )
         if not 0.0 < confidence < 1.0:
             raise ConfigError(
-                f"`confidence` must be in (0, 1). Received: confidence={confidence}"
+                "`confidence` must be in (0, 1). "
+                f"Received: confidence={confidence}"
             )
         self.positive_class = positive_class
         self.bootstrap_samples = bootstrap_samples

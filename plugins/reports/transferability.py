@@ -285,7 +285,8 @@ def _reference(cells_, cell, what: str, **where) -> tuple[dict | None, str]:
     ]
     if near:
         why = "; ".join(
-            f"{', '.join(o['runs'])} has seeds {_seeds(o) or '-'} on {o['split']}"
+            f"{', '.join(o['runs'])} has seeds {_seeds(o) or '-'} "
+            f"on {o['split']}"
             for o in near
         )
         return None, (

@@ -21,7 +21,7 @@ before it when a stage has only two blocks, as in ResNet-18), and the last
 block of res5, whose output feeds the global average pooling (the paper's
 Fig. 4 shows that block's attention). "1" is the end of res3, the stage the
 paper names for the single ATTN.
-"""
+"""  # noqa: E501 - a Markdown table
 
 from __future__ import annotations
 

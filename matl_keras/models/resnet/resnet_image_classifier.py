@@ -38,7 +38,8 @@ def build_image_classifier(
     """
     if num_classes < 2:
         raise ValueError(
-            f"`num_classes` must be at least 2. Received: num_classes={num_classes}"
+            "`num_classes` must be at least 2. "
+            f"Received: num_classes={num_classes}"
         )
     if not 0.0 <= dropout < 1.0:
         raise ValueError(

@@ -45,7 +45,8 @@ def test_a_broken_copy_is_isolated(tmp_path):
     module.write_text(
         module.read_text().replace(
             "from __future__ import annotations\n",
-            "from __future__ import annotations\nimport a_module_that_is_not_installed\n",
+            "from __future__ import annotations\n"
+            "import a_module_that_is_not_installed\n",
         )
     )
     target = pip_install(broken, tmp_path / "site")

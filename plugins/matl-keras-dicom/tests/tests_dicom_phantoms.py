@@ -12,7 +12,8 @@ SLOPE, INTERCEPT = 1.0, -1024.0
 
 def chest_hu(size, z, slices, covid):
     """Body (soft tissue), two lungs (air-filled parenchyma, -850 HU) that
-    shrink towards the ends of the volume, and for COVID a ground-glass patch."""
+    shrink towards the ends of the volume, and for COVID a ground-glass
+    patch."""
     yy, xx = np.mgrid[:size, :size] / size
     hu = np.full((size, size), -1000.0)
     hu[(yy - 0.5) ** 2 / 0.16 + (xx - 0.5) ** 2 / 0.2 < 1] = 40.0

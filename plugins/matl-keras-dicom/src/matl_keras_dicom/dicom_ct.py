@@ -2,10 +2,10 @@
 files, in Hounsfield units, lung-windowed.
 
     CT_DATA = @dicom_ct()
-    dicom_ct.root = '/data/ct_dicom'          # any tree; files need no extension
-    dicom_ct.labels_csv = '/data/labels.csv'  # omit for unlabelled (SSL) data
-    dicom_ct.label_key = 'PatientID'          # or 'StudyInstanceUID'
-    dicom_ct.slices = 'lung'                  # 'all', 'every', 'lung'
+    dicom_ct.root = '/data/ct_dicom'         # any tree; files need no extension
+    dicom_ct.labels_csv = '/data/labels.csv' # omit for unlabelled (SSL) data
+    dicom_ct.label_key = 'PatientID'         # or 'StudyInstanceUID'
+    dicom_ct.slices = 'lung'                 # 'all', 'every', 'lung'
 
 Per slice: HU = stored value x RescaleSlope + RescaleIntercept; the window
 (default W 1500 / L -600, the lung window) maps [L - W/2, L + W/2] to
@@ -195,7 +195,8 @@ class DicomCT(Dataset):
             raise ConfigError(f"dicom_ct.root: {root!r} is not a folder")
         if label_key not in LABEL_KEYS:
             raise ConfigError(
-                f"dicom_ct.label_key must be one of {LABEL_KEYS}. Received: {label_key!r}"
+                f"dicom_ct.label_key must be one of {LABEL_KEYS}. "
+                f"Received: {label_key!r}"
             )
         if slices not in SLICES:
             raise ConfigError(
@@ -205,11 +206,13 @@ class DicomCT(Dataset):
             raise ConfigError(f"dicom_ct.every must be >= 1. Received: {every}")
         if not window_width > 0:
             raise ConfigError(
-                f"dicom_ct.window_width must be positive. Received: {window_width}"
+                "dicom_ct.window_width must be positive. "
+                f"Received: {window_width}"
             )
         if on_bad_file not in ON_BAD_FILE:
             raise ConfigError(
-                f"dicom_ct.on_bad_file must be one of {ON_BAD_FILE}. Received: {on_bad_file!r}"
+                f"dicom_ct.on_bad_file must be one of {ON_BAD_FILE}. "
+                f"Received: {on_bad_file!r}"
             )
         fractions = dict(split_fractions or {"train": 0.8, "val": 0.2})
         if (
@@ -292,7 +295,8 @@ class DicomCT(Dataset):
                     self._image(hu),
                 )
             )
-        # A series whose slices disagree on size is inconsistent: all of it is bad.
+        # A series whose slices disagree on size is inconsistent: all of it is
+        # bad.
         by_series: dict[str, list[_Slice]] = {}
         for s in kept:
             by_series.setdefault(s.series, []).append(s)
@@ -339,7 +343,8 @@ class DicomCT(Dataset):
                 name = row[self.label_column].strip()
                 if name not in self.class_names:
                     raise DataError(
-                        f"{self.labels_csv}, line {line}: label {name!r} is not one "
+                        f"{self.labels_csv}, line {line}: "
+                        f"label {name!r} is not one "
                         f"of class_names={list(self.class_names)}"
                     )
                 labels[row[self.label_key].strip()] = self.class_names.index(
@@ -365,7 +370,8 @@ class DicomCT(Dataset):
             listing = "\n".join(f"  {p}: {r}" for p, r in bad)
             raise DataError(
                 f"dicom_ct: {len(bad)} DICOM files cannot be used:\n{listing}\n"
-                "Fix or remove them, or skip them with dicom_ct.on_bad_file = 'skip'."
+                "Fix or remove them, or skip them with "
+                "dicom_ct.on_bad_file = 'skip'."
             )
         if bad:
             logging.warning(
@@ -389,7 +395,8 @@ class DicomCT(Dataset):
             unknown = sorted({key(s) for s in chosen if key(s) not in labels})
             if unknown:
                 raise DataError(
-                    f"dicom_ct: {len(unknown)} {self.label_key}(s) have no row in "
+                    f"dicom_ct: {len(unknown)} {self.label_key}(s) "
+                    "have no row in "
                     f"{self.labels_csv}: {unknown[:5]}"
                 )
         if not chosen:
