@@ -221,8 +221,16 @@ def test_sigterm_stops_cleanly_and_holds_the_workdir_until_then(tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     backup = os.path.join(top, "finetune", "backup")
+
+    def complete_backup():  # an epoch's backup renamed into place
+        try:
+            names = os.listdir(backup)
+        except FileNotFoundError:
+            return False
+        return any(re.fullmatch(r"epoch-\d+", n) for n in names)
+
     deadline = time.time() + 300
-    while not os.path.isdir(backup) and proc.poll() is None:
+    while not complete_backup() and proc.poll() is None:
         assert time.time() < deadline, "no backup appeared"
         time.sleep(0.05)
     if proc.poll() is None:
