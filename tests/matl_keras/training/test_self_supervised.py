@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from matl_keras import runs
 from matl_keras.errors import ConfigError
 from matl_keras.training import checkpoints as checkpoints_lib
 from matl_keras.training import self_supervised
@@ -75,13 +76,6 @@ def _files(workdir):
     return sorted(found)
 
 
-def _sha256(path):
-    import hashlib
-
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
 @pytest.mark.parametrize("method", ["region_aware", "simclr", "simsiam"])
 def test_sstl_m_job_through_the_cli(tmp_path, method):
     """The README's main job (SSTL-M, then fine-tuning) with the paper's
@@ -103,7 +97,7 @@ def test_sstl_m_job_through_the_cli(tmp_path, method):
     sstl = summary["lineage"][0]
     assert (sstl["stage"], sstl["function"]) == ("sstl_m", "pretrain")
     backbone_file = os.path.join(workdir, "sstl_m", "backbone.weights.h5")
-    assert sstl["backbone"]["sha256"] == _sha256(backbone_file)
+    assert sstl["backbone"]["sha256"] == runs.file_sha256(backbone_file)
     if main_job:
         assert _files(workdir) == MAIN_JOB_FILES
         finetune = summary["lineage"][1]
