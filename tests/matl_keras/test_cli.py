@@ -213,23 +213,40 @@ def test_sigterm_stops_cleanly_and_holds_the_workdir_until_then(tmp_path):
 
     top = str(tmp_path / "run")
     args = [a for a in TINY if "FINETUNE_EPOCHS" not in a]
-    args += ["--gin_param=FINETUNE_EPOCHS = 40", f"--workdir={top}"]
+    # The job is paused (SIGSTOP: still alive, still holding its lock)
+    # while the second run starts, so a few epochs are enough to be caught
+    # mid-run however slow the second run's start is; the rerun then has
+    # only the rest of them to train.
+    args += ["--gin_param=FINETUNE_EPOCHS = 8", f"--workdir={top}"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.Popen(
         [CLI, *args], cwd=REPO, env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     backup = os.path.join(top, "finetune", "backup")
+
+    def complete_backup():  # an epoch's backup renamed into place
+        try:
+            names = os.listdir(backup)
+        except FileNotFoundError:
+            return False
+        return any(re.fullmatch(r"epoch-\d+", n) for n in names)
+
     deadline = time.time() + 300
-    while not os.path.isdir(backup) and proc.poll() is None:
+    while not complete_backup() and proc.poll() is None:
         assert time.time() < deadline, "no backup appeared"
-        time.sleep(0.2)
+        time.sleep(0.05)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGSTOP)
     assert proc.poll() is None, proc.communicate()
-    second = matl(*args)
+    try:
+        second = matl(*args)
+    finally:
+        proc.send_signal(signal.SIGTERM)  # delivered when it continues
+        proc.send_signal(signal.SIGCONT)
     assert second.returncode == 2
     line = error_line(second)
     assert f"is in use by pid {proc.pid} on " in line, line
-    proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 143, stderr
     assert "Traceback" not in stderr, stderr
@@ -237,5 +254,6 @@ def test_sigterm_stops_cleanly_and_holds_the_workdir_until_then(tmp_path):
     assert not os.path.exists(os.path.join(top, ".matl-keras.lock"))
     rerun = matl(*args)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "resuming after epoch" in rerun.stdout, rerun.stdout
     with open(os.path.join(top, "finetune", "run.json")) as f:
         assert json.load(f)["status"] == "complete"

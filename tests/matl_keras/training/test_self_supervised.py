@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from matl_keras import runs
 from matl_keras.errors import ConfigError
 from matl_keras.training import checkpoints as checkpoints_lib
 from matl_keras.training import self_supervised
@@ -77,15 +78,41 @@ def _files(workdir):
 
 @pytest.mark.parametrize("method", ["region_aware", "simclr", "simsiam"])
 def test_sstl_m_job_through_the_cli(tmp_path, method):
+    """The README's main job (SSTL-M, then fine-tuning) with the paper's
+    method; the other methods through SSTL-M alone, their backbone file
+    loaded (strictly, as fine-tuning loads it) into the fine-tuning
+    backbone. The fine-tuning stage does not depend on the method that
+    wrote its `init_backbone`: running it once is enough."""
+    from matl_keras.models.backbone_weights import load_backbone
+    from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
+
+    main_job = method == "region_aware"
     workdir = str(tmp_path / "run")
     extra = ["--gin_param=simsiam.prediction_dim = 4"] if method == "simsiam" else []
+    if not main_job:
+        extra.append("--gin_param=STAGES = ['sstl_m']")
     result = matl(*TINY_SSL, *extra, f"--gin_param=SSL_METHOD = @{method}", f"--workdir={workdir}")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert _files(workdir) == MAIN_JOB_FILES
     summary = json.load(open(os.path.join(workdir, "summary.json")))
-    sstl, finetune = summary["lineage"]
+    sstl = summary["lineage"][0]
     assert (sstl["stage"], sstl["function"]) == ("sstl_m", "pretrain")
-    assert finetune["init_backbone"]["sha256"] == sstl["backbone"]["sha256"]
+    backbone_file = os.path.join(workdir, "sstl_m", "backbone.weights.h5")
+    assert sstl["backbone"]["sha256"] == runs.file_sha256(backbone_file)
+    if main_job:
+        assert _files(workdir) == MAIN_JOB_FILES
+        finetune = summary["lineage"][1]
+        assert finetune["init_backbone"]["sha256"] == sstl["backbone"]["sha256"]
+    else:
+        assert _files(workdir) == [
+            f for f in MAIN_JOB_FILES if not f.startswith("finetune/")
+        ]
+        assert len(summary["lineage"]) == 1
+        # What fine-tuning does with it (supervised.train -> load_backbone):
+        # the tiny job's backbone (tiny.gin, IMAGE_SIZE 32), every tensor.
+        load_backbone(
+            ResNetBackbone(depth=18, width_multiplier=0.25, image_size=32),
+            backbone_file,
+        )
     metrics = sstl["metrics"]
     assert 0.0 <= metrics["knn_accuracy"]["before"] <= 1.0
     assert 0.0 <= metrics["knn_accuracy"]["after"] <= 1.0
