@@ -25,13 +25,21 @@ TINY = [
 def matl(*args, timeout=600):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     return subprocess.run(
-        [CLI, *args], cwd=REPO, capture_output=True, text=True,
-        timeout=timeout, env=env,
+        [CLI, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
     )
 
 
 def error_line(result):
-    lines = [l for l in result.stderr.splitlines() if l.startswith("matl-keras: error")]
+    lines = [
+        l
+        for l in result.stderr.splitlines()
+        if l.startswith("matl-keras: error")
+    ]
     assert lines, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     return lines[0]

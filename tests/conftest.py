@@ -5,9 +5,10 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import gin  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+import gin  # noqa: E402
 
 # MirroredStrategy tests need two devices; split the CPU before TF starts.
 _cpus = tf.config.list_physical_devices("CPU")

@@ -13,7 +13,9 @@ class FakeDist:
 
 
 class FakeEntryPoint:
-    def __init__(self, name, value, obj=None, error=None, dist=("fake-pkg", "1.2")):
+    def __init__(
+        self, name, value, obj=None, error=None, dist=("fake-pkg", "1.2")
+    ):
         self.name = name
         self.value = value
         self.dist = FakeDist(*dist)

@@ -8,12 +8,11 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
-
 from tests.cli_testing import CLI
 from tests.cli_testing import TINY
 from tests.cli_testing import error_line
 from tests.cli_testing import matl
+from tests.conftest import REPO
 
 
 def test_finetune_job_end_to_end_then_skip_then_refuse(tmp_path):
@@ -22,9 +21,16 @@ def test_finetune_job_end_to_end_then_skip_then_refuse(tmp_path):
     result = matl(*TINY, f"--workdir={top}")
     assert result.returncode == 0, result.stdout + result.stderr
     for name in (
-        "config.gin", "operative_config.gin", "run.json", "history.csv",
-        "model.keras", "backbone.weights.h5", "metrics.json",
-        "val_roc.png", "val_confusion_matrix.png", "test_roc.png",
+        "config.gin",
+        "operative_config.gin",
+        "run.json",
+        "history.csv",
+        "model.keras",
+        "backbone.weights.h5",
+        "metrics.json",
+        "val_roc.png",
+        "val_confusion_matrix.png",
+        "test_roc.png",
         "test_confusion_matrix.png",
     ):
         assert os.path.exists(os.path.join(workdir, name)), name
@@ -49,8 +55,9 @@ def test_finetune_job_end_to_end_then_skip_then_refuse(tmp_path):
     assert again.returncode == 0
     assert "already complete" in again.stdout
 
-    other = matl(*TINY, "--gin_param=finetune/train.dropout = 0.3",
-                 f"--workdir={top}")
+    other = matl(
+        *TINY, "--gin_param=finetune/train.dropout = 0.3", f"--workdir={top}"
+    )
     assert other.returncode == 2
     assert "different config" in error_line(other)
     assert "changed: finetune/train.dropout: 0.5 -> 0.3)" in error_line(other)
@@ -128,7 +135,9 @@ def test_plugins_json():
 def test_plugins_table():
     result = matl("plugins")
     assert result.returncode == 0
-    assert "synthetic_natural" in result.stdout and "not loaded" in result.stdout
+    assert (
+        "synthetic_natural" in result.stdout and "not loaded" in result.stdout
+    )
     assert "plugins --check" in result.stdout
 
 
@@ -137,33 +146,52 @@ def test_help_and_version_exit_0():
 
     result = matl("--help")
     assert result.returncode == 0, result.stderr
-    for text in ("usage:", "commands:", "evaluate", "export", "predict", "--gin_file",
-                 "--gin_param", "--workdir", "--model_version", "sstl_m.gin"):
+    for text in (
+        "usage:",
+        "commands:",
+        "evaluate",
+        "export",
+        "predict",
+        "--gin_file",
+        "--gin_param",
+        "--workdir",
+        "--model_version",
+        "sstl_m.gin",
+    ):
         assert text in result.stdout, text
     result = matl("--version")
-    assert (result.returncode, result.stdout) == (0, f"matl-keras {__version__}\n")
+    assert (result.returncode, result.stdout) == (
+        0,
+        f"matl-keras {__version__}\n",
+    )
 
 
 IMPORTS_TENSORFLOW = re.compile(r"\|\s*(tensorflow|keras)\s*$", re.MULTILINE)
 
 
-@pytest.mark.parametrize("args,status", [
-    (["--help"], 0),
-    (["--version"], 0),
-    (["plugins"], 0),
-    (["plugins", "--json"], 0),
-    (["--gin_fil=x.gin"], 2),
-    (["trian"], 2),
-    (["evaluate"], 2),
-    (["predict", "--model=x"], 2),
-    (["export", "--model=x"], 2),
-    (["--gin_file=nope.gin"], 2),
-])
+@pytest.mark.parametrize(
+    "args,status",
+    [
+        (["--help"], 0),
+        (["--version"], 0),
+        (["plugins"], 0),
+        (["plugins", "--json"], 0),
+        (["--gin_fil=x.gin"], 2),
+        (["trian"], 2),
+        (["evaluate"], 2),
+        (["predict", "--model=x"], 2),
+        (["export", "--model=x"], 2),
+        (["--gin_file=nope.gin"], 2),
+    ],
+)
 def test_answers_without_importing_tensorflow(args, status):
     # -X importtime lists every module the process imports, on stderr.
     result = subprocess.run(
-        [sys.executable, "-X", "importtime", CLI, *args], cwd=REPO,
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, "-X", "importtime", CLI, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == status, result.stderr[-2000:]
     assert "matl_keras.cli" in result.stderr  # the listing is there
@@ -179,7 +207,11 @@ def test_no_cuda_probe_noise_on_stderr():
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     result = subprocess.run(
         [CLI, "evaluate", "--model=/nonexistent", "--dataset=synthetic_ct"],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
@@ -190,16 +222,36 @@ def test_no_cuda_probe_noise_on_stderr():
 def test_job_files_name_the_documented_macros():
     text = "".join(
         open(os.path.join(REPO, "gin", p)).read()
-        for p in ("pipeline.gin", "stages/common.gin", "stages/stl_n.gin",
-                  "stages/stl_m.gin", "stages/sstl_m.gin", "stages/finetune.gin",
-                  "models/resnet.gin",
-                  "datasets/synthetic_natural.gin", "datasets/synthetic_cxr.gin",
-                  "datasets/synthetic_ct.gin")
+        for p in (
+            "pipeline.gin",
+            "stages/common.gin",
+            "stages/stl_n.gin",
+            "stages/stl_m.gin",
+            "stages/sstl_m.gin",
+            "stages/finetune.gin",
+            "models/resnet.gin",
+            "datasets/synthetic_natural.gin",
+            "datasets/synthetic_cxr.gin",
+            "datasets/synthetic_ct.gin",
+        )
     )
-    for macro in ("IMAGE_SIZE", "BATCH_SIZE", "DEPTH", "WIDTH", "ATTENTION",
-                  "SEED", "STAGES", "NATURAL_DATA", "CXR_DATA", "CT_DATA",
-                  "STL_N_EPOCHS", "STL_M_EPOCHS", "SSTL_M_EPOCHS",
-                  "FINETUNE_EPOCHS", "SSL_METHOD"):
+    for macro in (
+        "IMAGE_SIZE",
+        "BATCH_SIZE",
+        "DEPTH",
+        "WIDTH",
+        "ATTENTION",
+        "SEED",
+        "STAGES",
+        "NATURAL_DATA",
+        "CXR_DATA",
+        "CT_DATA",
+        "STL_N_EPOCHS",
+        "STL_M_EPOCHS",
+        "SSTL_M_EPOCHS",
+        "FINETUNE_EPOCHS",
+        "SSL_METHOD",
+    ):
         assert f"%{macro}" in text, macro
         assert f"{macro} =" in text, macro
 
@@ -220,8 +272,12 @@ def test_sigterm_stops_cleanly_and_holds_the_workdir_until_then(tmp_path):
     args += ["--gin_param=FINETUNE_EPOCHS = 8", f"--workdir={top}"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.Popen(
-        [CLI, *args], cwd=REPO, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [CLI, *args],
+        cwd=REPO,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     backup = os.path.join(top, "finetune", "backup")
 

@@ -7,22 +7,35 @@ import pytest
 
 import gin
 from matl_keras import config
-from matl_keras.training import stage_config
 from matl_keras import registry as registry_lib
 from matl_keras.layers.non_local_block import NonLocalBlock
+from matl_keras.training import stage_config
 from tests.conftest import REPO
 
-JOBS = ["gin/finetune.gin", "gin/stl_n.gin", "gin/stl_m.gin", "gin/sstl_m.gin", "gin/pipeline.gin"]
+JOBS = [
+    "gin/finetune.gin",
+    "gin/stl_n.gin",
+    "gin/stl_m.gin",
+    "gin/sstl_m.gin",
+    "gin/pipeline.gin",
+]
 
 
 def _parse(files, bindings=()):
     registry = registry_lib.Registry(on_load=config.register_plugin)
-    config.parse([os.path.join(REPO, f) for f in files], list(bindings), registry)
+    config.parse(
+        [os.path.join(REPO, f) for f in files], list(bindings), registry
+    )
 
 
 @pytest.mark.parametrize(
     "path",
-    sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "gin", "**", "*.gin"), recursive=True)),
+    sorted(
+        os.path.relpath(p, REPO)
+        for p in glob.glob(
+            os.path.join(REPO, "gin", "**", "*.gin"), recursive=True
+        )
+    ),
 )
 def test_every_gin_file_parses(path):
     files = [path] if path in JOBS else ["gin/pipeline.gin", path]
@@ -39,14 +52,19 @@ def test_attention_macro_switches_the_variant(job, attention, count):
 
 
 def test_explicit_placement_from_gin():
-    _parse(["gin/finetune.gin", "gin/models/tiny.gin"], ["ATTENTION = {'conv4': [1, 2]}"])
+    _parse(
+        ["gin/finetune.gin", "gin/models/tiny.gin"],
+        ["ATTENTION = {'conv4': [1, 2]}"],
+    )
     backbone = config.configured("resnet_backbone")(image_size=32)
     assert backbone.attention_placement == {"conv4": (1, 2)}
 
 
 @pytest.mark.parametrize("job", JOBS)
 def test_job_macros_reach_their_targets(job):
-    _parse([job], ["IMAGE_SIZE = 40", "BATCH_SIZE = 4", "SEED = 3", "DEPTH = 34"])
+    _parse(
+        [job], ["IMAGE_SIZE = 40", "BATCH_SIZE = 4", "SEED = 3", "DEPTH = 34"]
+    )
     assert gin.query_parameter("%IMAGE_SIZE") == 40
     assert gin.query_parameter("%DEPTH") == 34
     backbone = config.configured("resnet_backbone")(image_size=32)
@@ -55,7 +73,10 @@ def test_job_macros_reach_their_targets(job):
 
 def _stage_texts(bindings=()):
     _parse(["gin/pipeline.gin"], bindings)
-    return {s: stage_config.stage_config_str(s) for s in ("stl_n", "stl_m", "finetune")}
+    return {
+        s: stage_config.stage_config_str(s)
+        for s in ("stl_n", "stl_m", "finetune")
+    }
 
 
 def test_stage_config_holds_what_reaches_the_stage():
@@ -74,7 +95,9 @@ def test_stage_config_holds_what_reaches_the_stage():
 def test_stage_config_changes_only_where_a_binding_reaches():
     base = _stage_texts()
     gin.clear_config()
-    later = _stage_texts(["FINETUNE_EPOCHS = 3", "STAGES = ['stl_m', 'finetune']"])
+    later = _stage_texts(
+        ["FINETUNE_EPOCHS = 3", "STAGES = ['stl_m', 'finetune']"]
+    )
     assert later["stl_n"] == base["stl_n"] and later["stl_m"] == base["stl_m"]
     assert later["finetune"] != base["finetune"]
     gin.clear_config()
@@ -104,7 +127,8 @@ def test_bad_macro_values_are_one_line_errors(binding, expected):
     gin.clear_config()
     with pytest.raises(ConfigError) as info:
         config_lib.parse(
-            [os.path.join(REPO, "gin/finetune.gin")], [binding],
+            [os.path.join(REPO, "gin/finetune.gin")],
+            [binding],
             Registry(on_load=config_lib.register_plugin),
         )
     assert expected in str(info.value)

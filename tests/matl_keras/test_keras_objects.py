@@ -33,13 +33,20 @@ def test_load_model_after_import_matl_keras_only(tmp_path):
     backbone = ResNetBackbone(18, 0.25, 32, attention="1")
     classifier = build_image_classifier(backbone, num_classes=2)
     assert any(isinstance(l, InputNormalization) for l in classifier.layers)
-    paths = [str(tmp_path / "classifier.keras"), str(tmp_path / "backbone.keras")]
+    paths = [
+        str(tmp_path / "classifier.keras"),
+        str(tmp_path / "backbone.keras"),
+    ]
     classifier.save(paths[0])
     backbone.save(paths[1])
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
-        [sys.executable, "-c", LOAD, *paths], capture_output=True, text=True,
-        timeout=300, env=env, cwd=tmp_path,
+        [sys.executable, "-c", LOAD, *paths],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split("\n")[-2] == (

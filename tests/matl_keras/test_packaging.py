@@ -1,4 +1,5 @@
-"""The built wheel, installed as a user installs it, run from an empty folder."""
+"""The built wheel, installed as a user installs it, run from an empty
+folder."""
 
 import os
 import shutil
@@ -29,7 +30,12 @@ def _build_and_install(tmp_path):
     # never touch the checkout.
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("setup.py", "pyproject.toml", "README.md", "matl_keras_cli.py"):
+    for name in (
+        "setup.py",
+        "pyproject.toml",
+        "README.md",
+        "matl_keras_cli.py",
+    ):
         shutil.copy(os.path.join(REPO, name), src / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
     for name in ("matl_keras", "plugins", "gin"):
@@ -38,13 +44,17 @@ def _build_and_install(tmp_path):
     pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
     subprocess.run(
         [*pip, "wheel", "--no-deps", "-w", str(wheels), str(src)],
-        check=True, capture_output=True, timeout=300,
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     (wheel,) = list(wheels.glob("matl_keras-*.whl"))
     site = tmp_path / "site"
     subprocess.run(
         [*pip, "install", "--no-deps", "--target", str(site), str(wheel)],
-        check=True, capture_output=True, timeout=300,
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     return site
 
@@ -54,12 +64,14 @@ def test_wheel_ships_the_jobs_and_runs_them_from_any_folder(tmp_path):
     shipped = sorted(
         os.path.relpath(os.path.join(d, f), os.path.join(REPO, "gin"))
         for d, _, files in os.walk(os.path.join(REPO, "gin"))
-        for f in files if f.endswith(".gin")
+        for f in files
+        if f.endswith(".gin")
     )
     installed = sorted(
         os.path.relpath(os.path.join(d, f), site / "matl_keras" / "gin")
         for d, _, files in os.walk(site / "matl_keras" / "gin")
-        for f in files if f.endswith(".gin")
+        for f in files
+        if f.endswith(".gin")
     )
     assert installed == shipped and len(shipped) > 20
 
@@ -68,7 +80,9 @@ def test_wheel_ships_the_jobs_and_runs_them_from_any_folder(tmp_path):
     # come from its site-packages through PYTHONPATH, after the wheel.
     env = dict(
         os.environ,
-        PYTHONPATH=os.pathsep.join([str(site), sysconfig.get_paths()["purelib"]]),
+        PYTHONPATH=os.pathsep.join(
+            [str(site), sysconfig.get_paths()["purelib"]]
+        ),
         TF_CPP_MIN_LOG_LEVEL="3",
     )
     empty = tmp_path / "empty"
@@ -76,18 +90,26 @@ def test_wheel_ships_the_jobs_and_runs_them_from_any_folder(tmp_path):
 
     def run(*args):
         return subprocess.run(
-            [sys.executable, "-S", *args], cwd=empty, env=env,
-            capture_output=True, text=True, timeout=600,
+            [sys.executable, "-S", *args],
+            cwd=empty,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
 
-    where = run("-c", "import matl_keras.config as c; print(c.shipped_gin_dir())")
+    where = run(
+        "-c", "import matl_keras.config as c; print(c.shipped_gin_dir())"
+    )
     assert where.stdout.strip() == str(site / "matl_keras" / "gin"), where
 
     cli = str(site / "bin" / "matl-keras")
     # Both spellings resolve from an empty folder: the files are found and
     # parsed (the only error is the deliberate macro typo).
     found = run(
-        cli, "--gin_file=gin/sstl_m.gin", "--gin_file=stl_m.gin",
+        cli,
+        "--gin_file=gin/sstl_m.gin",
+        "--gin_file=stl_m.gin",
         "--gin_param=IMAGE_SIZ = 3",
     )
     assert found.returncode == 2, found.stderr

@@ -45,8 +45,12 @@ def fake():
             ),
             FakeEntryPoint("wrong_base", "m:NotAPlugin", obj=NotAPlugin),
             FakeEntryPoint("old", "m:OldDataset", obj=OldDataset),
-            FakeEntryPoint("twice", "a:X", obj=GoodDataset, dist=("pkg-a", "1")),
-            FakeEntryPoint("twice", "b:X", obj=GoodDataset, dist=("pkg-b", "2")),
+            FakeEntryPoint(
+                "twice", "a:X", obj=GoodDataset, dist=("pkg-a", "1")
+            ),
+            FakeEntryPoint(
+                "twice", "b:X", obj=GoodDataset, dist=("pkg-b", "2")
+            ),
         ],
     }
     return make_registry(eps), eps
@@ -166,4 +170,3 @@ def test_module_has_no_plugin_imports():
 def test_group_key_is_checked():
     with pytest.raises(ValueError, match="group"):
         registry_lib.Registry().names("models")
-

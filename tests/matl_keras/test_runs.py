@@ -32,13 +32,19 @@ print(heavy)
 
 def test_import_loads_neither_gin_nor_tensorflow():
     result = subprocess.run(
-        [sys.executable, "-c", LIGHT], cwd=REPO, capture_output=True,
-        text=True, timeout=120, check=True,
+        [sys.executable, "-c", LIGHT],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     assert result.stdout.strip() == "[]", result.stdout
 
 
-def test_write_json_replaces_atomically_and_leaves_no_temp(tmp_path, monkeypatch):
+def test_write_json_replaces_atomically_and_leaves_no_temp(
+    tmp_path, monkeypatch
+):
     path = str(tmp_path / "run.json")
     runs.write_json(path, {"status": "running"})
     seen = []
@@ -62,9 +68,9 @@ def test_write_json_replaces_atomically_and_leaves_no_temp(tmp_path, monkeypatch
 
 def _stage(path, status="complete", model=True):
     path.mkdir(parents=True)
-    (path / runs.RUN_FILE).write_text(json.dumps(
-        {"status": status, "class_names": ["a", "b"]}
-    ))
+    (path / runs.RUN_FILE).write_text(
+        json.dumps({"status": status, "class_names": ["a", "b"]})
+    )
     if model:
         (path / runs.MODEL_FILE).write_bytes(b"model")
     return path
@@ -73,10 +79,16 @@ def _stage(path, status="complete", model=True):
 def test_find_a_trained_model_from_file_stage_or_pipeline(tmp_path):
     stage = _stage(tmp_path / "run" / "finetune")
     _stage(tmp_path / "run" / "sstl_m", model=False)
-    (tmp_path / "run" / runs.SUMMARY_FILE).write_text(json.dumps({"lineage": [
-        {"stage": "sstl_m", "workdir": "sstl_m"},
-        {"stage": "finetune", "workdir": "finetune"},
-    ]}))
+    (tmp_path / "run" / runs.SUMMARY_FILE).write_text(
+        json.dumps(
+            {
+                "lineage": [
+                    {"stage": "sstl_m", "workdir": "sstl_m"},
+                    {"stage": "finetune", "workdir": "finetune"},
+                ]
+            }
+        )
+    )
     by_pipeline = runs.find(str(tmp_path / "run"))
     assert by_pipeline.stage_dir == str(stage)
     assert len(by_pipeline.lineage) == 2
@@ -105,8 +117,10 @@ time.sleep(120)
 
 def _holder(path):
     proc = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, path], cwd=REPO,
-        stdout=subprocess.PIPE, text=True,
+        [sys.executable, "-c", HOLDER, path],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout.readline().strip() == "locked"
     return proc
@@ -167,14 +181,17 @@ def test_released_at_exit(tmp_path):
     path = str(tmp_path / "run")
     subprocess.run(
         [
-            sys.executable, "-c",
+            sys.executable,
+            "-c",
             (
                 "import sys; from matl_keras import runs as w; "
                 "w.lock(sys.argv[1])"
             ),
             path,
         ],
-        cwd=REPO, check=True, timeout=120,
+        cwd=REPO,
+        check=True,
+        timeout=120,
     )
     assert not os.path.exists(os.path.join(path, runs.LOCK_FILE))
     start = time.time()
@@ -200,8 +217,9 @@ finetune/train.dropout = 0.5
 def _trained_run(path, config_text):
     path.mkdir()
     (path / "run.json").write_text(
-        json.dumps({"status": "running", "config_hash": "old",
-                    "init_backbone": None})
+        json.dumps(
+            {"status": "running", "config_hash": "old", "init_backbone": None}
+        )
     )
     (path / "config.gin").write_text(config_text)
     (path / runs.BACKUP_DIR).mkdir()
@@ -212,7 +230,9 @@ def test_refusal_names_the_bindings_that_changed(tmp_path):
     _trained_run(path, OLD_CONFIG)
     new = (
         OLD_CONFIG.replace("FINETUNE_EPOCHS = 2", "FINETUNE_EPOCHS = 3")
-        .replace("                    'leep']", "                    'gradcam']")
+        .replace(
+            "                    'leep']", "                    'gradcam']"
+        )
         .replace("finetune/train.dropout = 0.5\n", "train.seed = 1\n")
     )
     init = {"path": "/x.h5", "sha256": "abc"}

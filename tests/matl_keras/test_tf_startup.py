@@ -7,20 +7,32 @@ import sys
 from matl_keras import tf_startup
 
 # As written by TensorFlow 2.21 on a CPU machine without a driver.
-BANNER = ("WARNING: All log messages before absl::InitializeLog() is called "
-          "are written to STDERR")
-ONEDNN = ("I0000 00:00:1796198640.401721    6573 port.cc:153] oneDNN custom "
-          "operations are on.")
-STUB = ("I0000 00:00:1796198640.402000    6573 cudart_stub.cc:31] Could not "
-        "find cuda drivers on your machine, GPU will not be used.")
-FEATURES = ("I0000 00:00:1796198627.772973    6428 cpu_feature_guard.cc:227] "
-            "This TensorFlow binary is optimized to use available CPU "
-            "instructions in performance-critical operations.")
-FEATURES_2 = ("To enable the following instructions: AVX2 AVX512F FMA, in other "
-              "operations, rebuild TensorFlow with the appropriate compiler flags.")
-CUINIT = ("E0000 00:00:1796198633.066547    6428 cuda_platform.cc:52] failed "
-          "call to cuInit: INTERNAL: CUDA error: Failed call to cuInit: "
-          "UNKNOWN ERROR (303)")
+BANNER = (
+    "WARNING: All log messages before absl::InitializeLog() is called "
+    "are written to STDERR"
+)
+ONEDNN = (
+    "I0000 00:00:1796198640.401721    6573 port.cc:153] oneDNN custom "
+    "operations are on."
+)
+STUB = (
+    "I0000 00:00:1796198640.402000    6573 cudart_stub.cc:31] Could not "
+    "find cuda drivers on your machine, GPU will not be used."
+)
+FEATURES = (
+    "I0000 00:00:1796198627.772973    6428 cpu_feature_guard.cc:227] "
+    "This TensorFlow binary is optimized to use available CPU "
+    "instructions in performance-critical operations."
+)
+FEATURES_2 = (
+    "To enable the following instructions: AVX2 AVX512F FMA, in other "
+    "operations, rebuild TensorFlow with the appropriate compiler flags."
+)
+CUINIT = (
+    "E0000 00:00:1796198633.066547    6428 cuda_platform.cc:52] failed "
+    "call to cuInit: INTERNAL: CUDA error: Failed call to cuInit: "
+    "UNKNOWN ERROR (303)"
+)
 OTHER_ERROR = "E0000 00:00:1796198633.066547    6428 foo.cc:1] a real error"
 WARNING = "W0000 00:00:1796198633.066547    6428 foo.cc:1] a warning"
 PYTHON = "UserWarning: something from Python"
@@ -28,8 +40,11 @@ NOISE = [BANNER, ONEDNN, STUB, FEATURES, FEATURES_2, CUINIT]
 
 
 def test_default_level_without_a_driver_keeps_only_real_messages():
-    kept = [l for l in NOISE + [OTHER_ERROR, WARNING, PYTHON]
-            if tf_startup.keep_line(l, min_level=2, gpu=False)]
+    kept = [
+        l
+        for l in NOISE + [OTHER_ERROR, WARNING, PYTHON]
+        if tf_startup.keep_line(l, min_level=2, gpu=False)
+    ]
     assert kept == [OTHER_ERROR, PYTHON]
 
 
@@ -54,8 +69,13 @@ def test_import_in_a_fresh_process_drops_the_noise_only():
         "print('after', file=sys.stderr); print(tf.__version__)"
     )
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                            text=True, timeout=300, env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("2.")
     shown = result.stderr.splitlines()

@@ -4,12 +4,12 @@ import io
 
 import numpy as np
 import pytest
+from matl_keras_plugins.datasets.image_folder import ImageFolder
 from PIL import Image
 
 from matl_keras.data import decode
 from matl_keras.data import pipeline
 from matl_keras.errors import DataError
-from matl_keras_plugins.datasets.image_folder import ImageFolder
 from tests.conftest import shared_data
 
 
@@ -49,7 +49,9 @@ def test_split_folders_and_given_class_order(tmp_path):
     assert ds.positive_index() == 1
     test = ds.examples("test")
     assert test.labels == (0, 1) and test.paths[0].endswith("b.png")
-    split = pipeline.build_split(ds, "test", image_size=16, batch_size=2, training=False)
+    split = pipeline.build_split(
+        ds, "test", image_size=16, batch_size=2, training=False
+    )
     images, labels = next(iter(split.data))
     assert images.shape == (2, 16, 16, 3)
 
@@ -76,7 +78,9 @@ def test_real_covid_ct_images_all_decode():
     assert len(paths) > 500
     # RGB, RGBA, L and JPEG-inside-.png files are all usable.
     assert decode.find_bad_images(paths) == []
-    split = pipeline.build_split(ds, "val", image_size=64, batch_size=16, training=False)
+    split = pipeline.build_split(
+        ds, "val", image_size=64, batch_size=16, training=False
+    )
     images, _ = next(iter(split.data))
     assert images.shape == (16, 64, 64, 3)
 
@@ -100,26 +104,33 @@ def test_nested_folders_belong_to_their_top_level_class(tmp_path, capsys):
     ds = ImageFolder(str(tmp_path), val_fraction=0.3)
     train, val = ds.examples("train"), ds.examples("val")
     assert len(train) + len(val) == 60
-    patients = lambda ex: {p.split("/")[-2] if "CT_NonCOVID" in p
-                           else p.split("/")[-3] for p in ex.paths}
+    patients = lambda ex: {
+        p.split("/")[-2] if "CT_NonCOVID" in p else p.split("/")[-3]
+        for p in ex.paths
+    }
     assert not patients(train) & patients(val)
     # The positive class: CT_NonCOVID reads as negative, so CT_COVID is
     # positive, although both contain "COVID" and it sorts first.
     assert ds.positive_class == "CT_COVID" and ds.positive_index() == 0
     printed = capsys.readouterr().out
     assert "CT_COVID 30, CT_NonCOVID 30 images" in printed
-    assert "positive class 'CT_COVID' (detected from the folder names)" in printed
+    assert (
+        "positive class 'CT_COVID' (detected from the folder names)" in printed
+    )
 
 
-@pytest.mark.parametrize("names, positive", [
-    (("COVID", "NonCOVID"), "COVID"),
-    (("covid", "noncovid"), "covid"),
-    (("normal", "pneumonia"), "pneumonia"),
-    (("No_Finding", "Nodule"), "Nodule"),
-    (("cat", "dog"), None),                    # nothing reads as negative
-    (("non_covid", "not_covid"), None),        # both do
-    (("a", "b", "normal"), None),              # not binary
-])
+@pytest.mark.parametrize(
+    "names, positive",
+    [
+        (("COVID", "NonCOVID"), "COVID"),
+        (("covid", "noncovid"), "covid"),
+        (("normal", "pneumonia"), "pneumonia"),
+        (("No_Finding", "Nodule"), "Nodule"),
+        (("cat", "dog"), None),  # nothing reads as negative
+        (("non_covid", "not_covid"), None),  # both do
+        (("a", "b", "normal"), None),  # not binary
+    ],
+)
 def test_positive_class_is_detected_only_when_unambiguous(names, positive):
     from matl_keras_plugins.datasets.image_folder import detect_positive_class
 
@@ -130,9 +141,13 @@ def test_binary_names_that_do_not_tell_are_refused(tmp_path):
     for name in ("CT_A", "CT_B"):
         for i in range(5):
             _png(tmp_path / name / f"{i}.png")
-    with pytest.raises(DataError, match=r"image_folder.positive_class = 'CT_A'"):
+    with pytest.raises(
+        DataError, match=r"image_folder.positive_class = 'CT_A'"
+    ):
         ImageFolder(str(tmp_path))
-    assert ImageFolder(str(tmp_path), positive_class="CT_B").positive_index() == 1
+    assert (
+        ImageFolder(str(tmp_path), positive_class="CT_B").positive_index() == 1
+    )
 
 
 def test_a_split_too_small_to_evaluate_is_refused_with_the_counts(tmp_path):
@@ -144,10 +159,13 @@ def test_a_split_too_small_to_evaluate_is_refused_with_the_counts(tmp_path):
     (tmp_path / "val" / "NonCOVID").mkdir(parents=True, exist_ok=True)
     ds = ImageFolder(str(tmp_path))
     assert len(ds.examples("train")) == 8
-    with pytest.raises(DataError, match=(
-        r"split 'val' of .* is too small to evaluate: COVID 1, NonCOVID 0 "
-        r"images \(of 9 in all\); every class needs at least 1"
-    )):
+    with pytest.raises(
+        DataError,
+        match=(
+            r"split 'val' of .* is too small to evaluate: COVID 1, NonCOVID 0 "
+            r"images \(of 9 in all\); every class needs at least 1"
+        ),
+    ):
         ds.examples("val")
     with pytest.raises(DataError, match="at least 3"):
         ImageFolder(str(tmp_path), min_eval_per_class=3).examples("val")
@@ -166,8 +184,9 @@ def test_unlabelled_flat_or_nested(tmp_path):
     nested = ImageFolder(str(tmp_path / "nested"), labelled=False)
     assert len(nested.examples("train")) == 6
     # The core's training input takes it as it is (SSL pretraining).
-    split = pipeline.build_split(nested, "train", image_size=16, batch_size=2,
-                                 training=True, epochs=1)
+    split = pipeline.build_split(
+        nested, "train", image_size=16, batch_size=2, training=True, epochs=1
+    )
     assert (split.num_examples, split.steps, split.class_counts) == (6, 3, {})
     images, _ = next(iter(split.data))
     assert images.shape == (2, 16, 16, 3)

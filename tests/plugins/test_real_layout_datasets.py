@@ -6,13 +6,13 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from matl_keras_plugins.datasets.covid_ct import CovidCT
+from matl_keras_plugins.datasets.covidx import COVIDx
+from matl_keras_plugins.datasets.imagenet import ImageNet
 
 from matl_keras.data import decode
 from matl_keras.data import pipeline
 from matl_keras.errors import DataError
-from matl_keras_plugins.datasets.covid_ct import CovidCT
-from matl_keras_plugins.datasets.covidx import COVIDx
-from matl_keras_plugins.datasets.imagenet import ImageNet
 from tests.conftest import shared_data
 
 PNG = tf.io.encode_png(np.full((9, 11, 3), 100, np.uint8)).numpy()
@@ -20,17 +20,28 @@ JPEG = tf.io.encode_jpeg(np.full((9, 11, 3), 200, np.uint8)).numpy()
 
 
 def _covid_ct_tree(root, with_test=False):
-    for folder, names in (("CT_COVID", ["a.png", "b.png"]), ("CT_NonCOVID", ["c.jpg", "1%0.jpg"])):
+    for folder, names in (
+        ("CT_COVID", ["a.png", "b.png"]),
+        ("CT_NonCOVID", ["c.jpg", "1%0.jpg"]),
+    ):
         os.makedirs(root / "Images-processed" / folder, exist_ok=True)
         for name in names:
             # A JPEG named .png, as in the real data.
-            (root / "Images-processed" / folder / name).write_bytes(JPEG if name == "b.png" else PNG)
+            (root / "Images-processed" / folder / name).write_bytes(
+                JPEG if name == "b.png" else PNG
+            )
     split = root / "Data-split"
     (split / "COVID").mkdir(parents=True)
     (split / "NonCOVID").mkdir(parents=True)
-    (split / "COVID" / "trainCT_COVID.txt").write_bytes(b"a.png\nb.png")  # no final newline
-    (split / "NonCOVID" / "trainCT_NonCOVID.txt").write_bytes(b"c.jpg\r\n1%0.jpg\r\n\r\n")  # CRLF
-    (split / "COVID" / "valCT_COVID.txt").write_bytes(b"\xef\xbb\xbfa.png\n")  # BOM
+    (split / "COVID" / "trainCT_COVID.txt").write_bytes(
+        b"a.png\nb.png"
+    )  # no final newline
+    (split / "NonCOVID" / "trainCT_NonCOVID.txt").write_bytes(
+        b"c.jpg\r\n1%0.jpg\r\n\r\n"
+    )  # CRLF
+    (split / "COVID" / "valCT_COVID.txt").write_bytes(
+        b"\xef\xbb\xbfa.png\n"
+    )  # BOM
     (split / "NonCOVID" / "valCT_NonCOVID.txt").write_bytes(b"c.jpg\n")
     if with_test:
         (split / "COVID" / "testCT_COVID.txt").write_bytes(b"b.png\n")
@@ -42,10 +53,17 @@ def test_covid_ct_layout_with_quirks(tmp_path):
     assert ds.splits() == ("train", "val")
     assert ds.class_names == ("NonCOVID", "COVID") and ds.positive_index() == 1
     train = ds.examples("train")
-    assert [os.path.basename(p) for p in train.paths] == ["c.jpg", "1%0.jpg", "a.png", "b.png"]
+    assert [os.path.basename(p) for p in train.paths] == [
+        "c.jpg",
+        "1%0.jpg",
+        "a.png",
+        "b.png",
+    ]
     assert train.labels == (0, 0, 1, 1)
     assert ds.class_counts("val") == {"NonCOVID": 1, "COVID": 1}
-    split = pipeline.build_split(ds, "train", image_size=8, batch_size=2, training=True)
+    split = pipeline.build_split(
+        ds, "train", image_size=8, batch_size=2, training=True
+    )
     assert split.num_examples == 4
 
 
@@ -53,7 +71,9 @@ def test_covid_ct_missing_list_names_the_file(tmp_path):
     _covid_ct_tree(tmp_path, with_test=True)  # NonCOVID test list missing
     ds = CovidCT(str(tmp_path))
     assert "test" not in ds.splits()
-    expected = os.path.join(str(tmp_path), "Data-split", "NonCOVID", "testCT_NonCOVID.txt")
+    expected = os.path.join(
+        str(tmp_path), "Data-split", "NonCOVID", "testCT_NonCOVID.txt"
+    )
     with pytest.raises(DataError, match="expected the list file") as e:
         ds.examples("test")
     assert expected in str(e.value)
@@ -77,16 +97,23 @@ def test_covidx_layout_patient_disjoint_val(tmp_path):
     assert ds.splits() == ("train", "val", "test")
     train, val = ds.examples("train"), ds.examples("val")
     assert len(train) + len(val) == 40 and len(val) > 0
-    patients = lambda ex: {os.path.basename(p).split()[1].split(".")[0] for p in ex.paths}
+    patients = lambda ex: {
+        os.path.basename(p).split()[1].split(".")[0] for p in ex.paths
+    }
     # Two images per patient: both land on the same side.
-    assert all(int(n) // 2 not in {int(m) // 2 for m in patients(val)} for n in patients(train))
+    assert all(
+        int(n) // 2 not in {int(m) // 2 for m in patients(val)}
+        for n in patients(train)
+    )
     assert ds.examples("test").labels == (1,)
     assert decode.find_bad_images(train.paths) == []
 
 
 def test_covidx_bad_lines_are_reported_with_line_numbers(tmp_path):
     (tmp_path / "train.txt").write_text("p1 a.jpg COVID-19 x\np2 b.jpg flu x\n")
-    with pytest.raises(DataError, match=r"train.txt, line 2: label must be one of"):
+    with pytest.raises(
+        DataError, match=r"train.txt, line 2: label must be one of"
+    ):
         COVIDx(str(tmp_path), val_fraction=0).examples("train")
     (tmp_path / "train.txt").write_text("p1 a.jpg\n")
     with pytest.raises(DataError, match="line 1: expected 'patient_id"):
@@ -104,7 +131,9 @@ def test_imagenet_layouts(tmp_path):
     assert ds.splits() == ("train",)
     (tmp_path / "val").mkdir()
     (tmp_path / "val" / "v1.JPEG").write_bytes(JPEG)
-    (tmp_path / "LOC_val_solution.csv").write_text("ImageId,PredictionString\nv1,n02 1 2 3 4\n")
+    (tmp_path / "LOC_val_solution.csv").write_text(
+        "ImageId,PredictionString\nv1,n02 1 2 3 4\n"
+    )
     val = ImageNet(str(tmp_path)).examples("val")
     assert val.labels == (1,) and val.paths[0].endswith("v1.JPEG")
 

@@ -36,9 +36,17 @@ def texture_features(crops: np.ndarray) -> np.ndarray:
         return (a * b).mean(axis=(1, 2)) / variance
 
     return np.stack(
-        [dx, dy, dx / (dy + 1e-12), variance, crops.mean(axis=(1, 2)),
-         autocorrelation(1, 2), autocorrelation(2, 2),
-         autocorrelation(1, 1), autocorrelation(2, 1)],
+        [
+            dx,
+            dy,
+            dx / (dy + 1e-12),
+            variance,
+            crops.mean(axis=(1, 2)),
+            autocorrelation(1, 2),
+            autocorrelation(2, 2),
+            autocorrelation(1, 1),
+            autocorrelation(2, 1),
+        ],
         axis=1,
     )
 
@@ -77,7 +85,9 @@ def shortcut_accuracy(generate, train_images=40, test_images=40):
     train_x, train_y = region_crops_of_noise(generate, train_images, seed=0)
     test_x, test_y = region_crops_of_noise(generate, test_images, seed=1)
     classifier = make_pipeline(
-        StandardScaler(), PolynomialFeatures(2), StandardScaler(),
+        StandardScaler(),
+        PolynomialFeatures(2),
+        StandardScaler(),
         LogisticRegression(max_iter=3000),
     )
     classifier.fit(texture_features(train_x), train_y)
@@ -118,8 +128,11 @@ def test_the_classifier_finds_a_geometric_shortcut_when_there_is_one():
 
 def test_square_crops_have_one_geometry_and_cover_their_lobes():
     for height, width in SHAPES + ((97, 331),):
-        for box in ((0.1, 0.1, 0.9, 0.9), (0.05, 0.2, 0.7, 0.95),
-                    (0.0, 0.0, 1.0, 1.0)):
+        for box in (
+            (0.1, 0.1, 0.9, 0.9),
+            (0.05, 0.2, 0.7, 0.95),
+            (0.0, 0.0, 1.0, 1.0),
+        ):
             squares = lung_regions.square_boxes(
                 tf.constant(box), height, width
             ).numpy()
@@ -127,14 +140,24 @@ def test_square_crops_have_one_geometry_and_cover_their_lobes():
             sides_x = squares[:, 3] - squares[:, 1]
             assert (sides_y == sides_x).all() and (sides_y == sides_y[0]).all()
             assert (squares[:, :2] >= 0).all()
-            assert (squares[:, 2] <= height).all() and (squares[:, 3] <= width).all()
+            assert (squares[:, 2] <= height).all() and (
+                squares[:, 3] <= width
+            ).all()
             lobes = lung_regions.region_boxes(tf.constant(box)).numpy()
             lobes = lobes * [height, width, height, width]
             if sides_y[0] < min(height, width):  # not capped by the image
-                assert (squares[:, :2] <= lobes[:, :2] + 1).all(), (squares, lobes)
-                assert (squares[:, 2:] >= lobes[:, 2:] - 1).all(), (squares, lobes)
+                assert (squares[:, :2] <= lobes[:, :2] + 1).all(), (
+                    squares,
+                    lobes,
+                )
+                assert (squares[:, 2:] >= lobes[:, 2:] - 1).all(), (
+                    squares,
+                    lobes,
+                )
     # Neurological mirrors the squares.
-    radiological = lung_regions.square_boxes(tf.constant((0.1, 0.1, 0.9, 0.9)), 100, 200)
+    radiological = lung_regions.square_boxes(
+        tf.constant((0.1, 0.1, 0.9, 0.9)), 100, 200
+    )
     neurological = lung_regions.square_boxes(
         tf.constant((0.1, 0.1, 0.9, 0.9)), 100, 200, "neurological"
     )
@@ -157,7 +180,9 @@ def test_crops_are_antialiased_cuts_of_the_full_resolution_image():
     ).numpy()
     # Exactly: each crop is its pixel square, resized with antialiasing.
     for crop, (y0, x0, y1, x1) in zip(crops, boxes):
-        expected = tf.image.resize(image[y0:y1, x0:x1], [128, 128], antialias=True)
+        expected = tf.image.resize(
+            image[y0:y1, x0:x1], [128, 128], antialias=True
+        )
         np.testing.assert_allclose(crop, np.clip(expected, 0, 1), atol=1e-5)
     small = tf.image.resize(image, [64, 64], antialias=True)
     from_cache = lung_regions.generate_regions(small, 128).numpy()

@@ -2,14 +2,14 @@
 
 import numpy as np
 import pytest
+from matl_keras_plugins.datasets.synthetic_ct import SyntheticCT
+from matl_keras_plugins.datasets.synthetic_cxr import SyntheticCXR
+from matl_keras_plugins.datasets.synthetic_natural import SyntheticNatural
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import cross_val_predict
 
 from matl_keras.errors import ConfigError
-from matl_keras_plugins.datasets.synthetic_ct import SyntheticCT
-from matl_keras_plugins.datasets.synthetic_cxr import SyntheticCXR
-from matl_keras_plugins.datasets.synthetic_natural import SyntheticNatural
 
 ALL = [
     (SyntheticCT, 2, 1),
@@ -20,20 +20,40 @@ ALL = [
 
 @pytest.mark.parametrize("cls, classes, channels", ALL)
 def test_shapes_balance_and_determinism(cls, classes, channels):
-    ds = cls(image_size=48, num_train=2 * classes, num_val=classes, num_test=0, seed=3)
+    ds = cls(
+        image_size=48,
+        num_train=2 * classes,
+        num_val=classes,
+        num_test=0,
+        seed=3,
+    )
     assert ds.splits() == ("train", "val")
     assert ds.num_classes == classes == len(set(ds.class_names))
     train = ds.examples("train")
     assert train.images.shape == (2 * classes, 48, 48, channels)
     assert train.images.dtype == np.uint8
     assert sorted(np.bincount(train.labels)) == [2] * classes
-    again = cls(image_size=48, num_train=2 * classes, num_val=classes, num_test=0, seed=3)
+    again = cls(
+        image_size=48,
+        num_train=2 * classes,
+        num_val=classes,
+        num_test=0,
+        seed=3,
+    )
     np.testing.assert_array_equal(again.examples("train").images, train.images)
-    other = cls(image_size=48, num_train=2 * classes, num_val=classes, num_test=0, seed=4)
+    other = cls(
+        image_size=48,
+        num_train=2 * classes,
+        num_val=classes,
+        num_test=0,
+        seed=4,
+    )
     assert not np.array_equal(other.examples("train").images, train.images)
     # Splits differ, and an image does not depend on the split's size.
     assert not np.array_equal(ds.examples("val").images, train.images[:classes])
-    bigger = cls(image_size=48, num_train=4 * classes, num_val=1, num_test=0, seed=3)
+    bigger = cls(
+        image_size=48, num_train=4 * classes, num_val=1, num_test=0, seed=3
+    )
     np.testing.assert_array_equal(
         bigger.examples("train").images[: 2 * classes], train.images
     )
@@ -71,10 +91,18 @@ def test_ct_classes_are_separable_from_pixels():
     # Learnable: even a linear model on downsampled pixels beats chance.
     ds = SyntheticCT(image_size=64, num_train=300, num_val=1, num_test=0)
     ex = ds.examples("train")
-    x = ex.images[..., 0].reshape(300, 16, 4, 16, 4).mean((2, 4)).reshape(300, -1)
+    x = (
+        ex.images[..., 0]
+        .reshape(300, 16, 4, 16, 4)
+        .mean((2, 4))
+        .reshape(300, -1)
+    )
     x = (x - x.mean(1, keepdims=True)) / (x.std(1, keepdims=True) + 1e-6)
     scores = cross_val_predict(
-        LogisticRegression(C=0.05, max_iter=2000), x, ex.labels, cv=3,
+        LogisticRegression(C=0.05, max_iter=2000),
+        x,
+        ex.labels,
+        cv=3,
         method="predict_proba",
     )[:, 1]
     assert roc_auc_score(ex.labels, scores) > 0.6
@@ -88,5 +116,8 @@ def test_arguments_are_checked():
 
 
 def test_no_test_split_when_num_test_is_zero():
-    assert SyntheticCT(num_train=2, num_val=2, num_test=0).splits() == ("train", "val")
+    assert SyntheticCT(num_train=2, num_val=2, num_test=0).splits() == (
+        "train",
+        "val",
+    )
     assert "test" in SyntheticCT(num_train=2, num_val=2, num_test=2).splits()

@@ -7,12 +7,12 @@ the paper's SGD recipe at CPU scale learns synthetic_natural slowly (about
 
 import keras
 import pytest
-
-from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
-from matl_keras.training import supervised
 from matl_keras_plugins.datasets.synthetic_ct import SyntheticCT
 from matl_keras_plugins.datasets.synthetic_cxr import SyntheticCXR
 from matl_keras_plugins.datasets.synthetic_natural import SyntheticNatural
+
+from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
+from matl_keras.training import supervised
 
 
 @pytest.mark.slow

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from absl import app
 
-PATH = os.path.join(os.path.dirname(__file__), "..", "..", "tools",
-                    "compare_pretraining.py")
+PATH = os.path.join(
+    os.path.dirname(__file__), "..", "..", "tools", "compare_pretraining.py"
+)
 spec = importlib.util.spec_from_file_location("compare_pretraining", PATH)
 tool = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(tool)
@@ -19,7 +20,9 @@ def test_pretraining_names_parse_into_stages_and_method():
     assert tool.parse_pretraining("scratch") == ([], None)
     assert tool.parse_pretraining("sstl_m") == (["sstl_m"], None)
     assert tool.parse_pretraining("stl_m+sstl_m:moco") == (
-        ["stl_m", "sstl_m"], "moco")
+        ["stl_m", "sstl_m"],
+        "moco",
+    )
     with pytest.raises(app.UsageError, match="unknown stage 'stl_x'"):
         tool.parse_pretraining("stl_x")
     with pytest.raises(app.UsageError, match="without sstl_m"):
@@ -38,13 +41,24 @@ def test_knn_score_is_leave_one_out():
 
 def test_summary_pairs_each_seed_with_its_scratch_run():
     def cell(pretraining, seed, auc, knn):
-        return {"pretraining": pretraining, "variant": "default",
-                "fraction": "0.1", "seed": seed, "val_auc": auc, "knn": knn,
-                "labelled": {"a": 2, "b": 2}, "leep": None,
-                "val_auc_ci": [auc - 0.1, auc + 0.1]}
+        return {
+            "pretraining": pretraining,
+            "variant": "default",
+            "fraction": "0.1",
+            "seed": seed,
+            "val_auc": auc,
+            "knn": knn,
+            "labelled": {"a": 2, "b": 2},
+            "leep": None,
+            "val_auc_ci": [auc - 0.1, auc + 0.1],
+        }
 
-    cells = [cell("scratch", 0, 0.6, 0.5), cell("scratch", 1, 0.8, 0.6),
-             cell("ssl", 0, 0.7, 0.7), cell("ssl", 1, 0.85, 0.8)]
+    cells = [
+        cell("scratch", 0, 0.6, 0.5),
+        cell("scratch", 1, 0.8, 0.6),
+        cell("ssl", 0, 0.7, 0.7),
+        cell("ssl", 1, 0.85, 0.8),
+    ]
     rows, correlation = tool.summarize(cells)
     ssl = next(r for r in rows if r["pretraining"] == "ssl")
     assert ssl["gain_over_scratch_mean"] == pytest.approx(0.075)
@@ -57,17 +71,23 @@ def test_summary_pairs_each_seed_with_its_scratch_run():
     assert correlation["knn"] == pytest.approx(0.8)
     assert correlation["leep"] is None
     # Scores equal up to float noise tie: no correlation to report.
-    noisy = [dict(c, leep=-0.6931471805599453 + i * 1e-12)
-             for i, c in enumerate(cells)]
+    noisy = [
+        dict(c, leep=-0.6931471805599453 + i * 1e-12)
+        for i, c in enumerate(cells)
+    ]
     assert tool.summarize(noisy)[1]["leep"] is None
     # Scores of one pretraining only (LEEP of the untrained network): they
     # rank seeds, not pretrainings, so no correlation is reported.
-    only_scratch = [dict(c, leep=c["val_auc"] if c["pretraining"] == "scratch"
-                         else None)
-                    for c in cells + [cell("scratch", 2, 0.7, 0.6)]]
+    only_scratch = [
+        dict(c, leep=c["val_auc"] if c["pretraining"] == "scratch" else None)
+        for c in cells + [cell("scratch", 2, 0.7, 0.6)]
+    ]
     assert tool.summarize(only_scratch)[1]["leep"] is None
     text = tool.markdown(rows, correlation, cells, minutes=1.0)
-    assert "| ssl | default | 4 (0.1) | 2 | 0.775 +- 0.075 | +0.075 +- 0.025" in text
+    assert (
+        "| ssl | default | 4 (0.1) | 2 | 0.775 +- 0.075 | +0.075 +- 0.025"
+        in text
+    )
 
 
 def test_embedded_dataset_arguments_are_read_from_its_gin_file():

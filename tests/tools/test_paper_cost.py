@@ -7,15 +7,16 @@ import sys
 
 import pytest
 
-PATH = os.path.join(os.path.dirname(__file__), "..", "..", "tools",
-                    "paper_cost.py")
+PATH = os.path.join(
+    os.path.dirname(__file__), "..", "..", "tools", "paper_cost.py"
+)
 spec = importlib.util.spec_from_file_location("paper_cost", PATH)
 tool = importlib.util.module_from_spec(spec)
 sys.modules["paper_cost"] = tool  # its dataclass looks itself up there
 spec.loader.exec_module(tool)
 
 
-def test_training_flops_are_three_forwards_of_the_trained_part_plus_one_of_the_key():
+def test_training_flops_are_three_trained_forwards_plus_one_key_forward():
     assert tool.training_flops_per_image(2.0) == 6.0
     # MoCo: query forward+backward, key encoder forward only.
     assert tool.training_flops_per_image(2.0, 2.0) == 8.0
@@ -24,8 +25,11 @@ def test_training_flops_are_three_forwards_of_the_trained_part_plus_one_of_the_k
 def test_schedule_drops_the_partial_last_batch():
     # COVID19-CT's 425 train images at batch 256: one step per epoch.
     assert tool.schedule(425, 256, 200) == {
-        "images_per_epoch": 256, "epochs": 200, "steps": 200,
-        "images_seen": 51_200}
+        "images_per_epoch": 256,
+        "epochs": 200,
+        "steps": 200,
+        "images_seen": 51_200,
+    }
     assert tool.schedule(1_281_167, 512, 90)["steps"] == 2502 * 90
     with pytest.raises(ValueError, match="fewer than one batch"):
         tool.schedule(100, 256, 1)
@@ -37,16 +41,19 @@ def test_the_reference_network_costs_its_published_throughput():
     # images at 2375 img/s = 13.48 h.
     forward = 4.1  # GFLOPs, any value
     rate = tool.effective_flops_per_second(
-        2375.0, tool.training_flops_per_image(forward) * 1e9)
+        2375.0, tool.training_flops_per_image(forward) * 1e9
+    )
     stage = tool.Stage("stl_n", "r50", 1_281_167, 512, 90, forward)
     row = stage.row({"A100": rate})
     assert row["images_seen"] == 1_281_024 * 90
     assert row["gpu_hours"]["A100"] == pytest.approx(
-        1_281_024 * 90 / 2375.0 / 3600.0)
+        1_281_024 * 90 / 2375.0 / 3600.0
+    )
     assert row["gpu_hours"]["A100"] == pytest.approx(13.48, abs=0.01)
     # Units: 3 x 4.1 GFLOPs x 115 292 160 images = 1418.1 PFLOPs.
     assert row["total_pflops"] == pytest.approx(
-        3 * 4.1e9 * 1_281_024 * 90 / 1e15)
+        3 * 4.1e9 * 1_281_024 * 90 / 1e15
+    )
 
 
 def test_a_model_twice_as_costly_takes_twice_the_gpu_hours():
@@ -62,9 +69,12 @@ def test_a_model_twice_as_costly_takes_twice_the_gpu_hours():
 
 
 def test_totals_leave_out_the_comparison_rows():
-    rows = [tool.Stage("sstl_m", "m", 1000, 100, 1, 1.0).row({"g": 1e12}),
-            tool.Stage("sstl_m:moco", "m", 1000, 100, 1, 5.0,
-                       in_total=False).row({"g": 1e12})]
+    rows = [
+        tool.Stage("sstl_m", "m", 1000, 100, 1, 1.0).row({"g": 1e12}),
+        tool.Stage("sstl_m:moco", "m", 1000, 100, 1, 5.0, in_total=False).row(
+            {"g": 1e12}
+        ),
+    ]
     total = tool.totals(rows)
     assert total["total_pflops"] == pytest.approx(rows[0]["total_pflops"])
     assert total["gpu_hours"]["g"] == pytest.approx(rows[0]["gpu_hours"]["g"])
@@ -75,4 +85,7 @@ def test_totals_leave_out_the_comparison_rows():
 
 def test_grid_names_parse():
     assert tool.grid_networks(["50:none", "101:5", "50"]) == [
-        (50, "none"), (101, "5"), (50, "none")]
+        (50, "none"),
+        (101, "5"),
+        (50, "none"),
+    ]

@@ -9,30 +9,52 @@ import pytest
 from PIL import Image
 
 from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
-from matl_keras.models.resnet.resnet_image_classifier import build_image_classifier
+from matl_keras.models.resnet.resnet_image_classifier import (
+    build_image_classifier,
+)
 from tests.cli_testing import error_line
 from tests.cli_testing import matl
 
-CT = ["--gin_param=synthetic_ct.num_test = 12", "--gin_param=synthetic_ct.image_size = 80"]
+CT = [
+    "--gin_param=synthetic_ct.num_test = 12",
+    "--gin_param=synthetic_ct.image_size = 80",
+]
 
 
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory):
     folder = tmp_path_factory.mktemp("run") / "finetune"
     folder.mkdir()
-    model = build_image_classifier(ResNetBackbone(18, 0.25, 64, attention="5"), 2)
+    model = build_image_classifier(
+        ResNetBackbone(18, 0.25, 64, attention="5"), 2
+    )
     model.save(str(folder / "model.keras"))
-    (folder / "run.json").write_text(json.dumps({
-        "status": "complete", "class_names": ["NonCOVID", "COVID"],
-        "preprocessing": {"image_size": 64, "crop_fraction": 0.875, "load_size": 73},
-    }))
+    (folder / "run.json").write_text(
+        json.dumps(
+            {
+                "status": "complete",
+                "class_names": ["NonCOVID", "COVID"],
+                "preprocessing": {
+                    "image_size": 64,
+                    "crop_fraction": 0.875,
+                    "load_size": 73,
+                },
+            }
+        )
+    )
     return str(folder)
 
 
 def test_evaluate_writes_json_and_prints_a_table(stage, tmp_path):
     out = str(tmp_path / "scores.json")
-    result = matl("evaluate", f"--model={stage}", "--dataset=synthetic_ct",
-                  "--evaluators=metrics,leep", f"--output={out}", *CT)
+    result = matl(
+        "evaluate",
+        f"--model={stage}",
+        "--dataset=synthetic_ct",
+        "--evaluators=metrics,leep",
+        f"--output={out}",
+        *CT,
+    )
     assert result.returncode == 0, result.stderr
     assert "accuracy" in result.stdout and "95% interval" in result.stdout
     report = json.load(open(out))
@@ -46,59 +68,115 @@ def test_evaluate_writes_json_and_prints_a_table(stage, tmp_path):
 
 
 def test_evaluate_errors_are_one_line(stage):
-    assert "--dataset is required" in error_line(matl("evaluate", f"--model={stage}"))
-    line = error_line(matl("evaluate", f"--model={stage}", "--dataset=synthetic_cxr",
-                           "--gin_param=synthetic_cxr.num_test = 6"))
+    assert "--dataset is required" in error_line(
+        matl("evaluate", f"--model={stage}")
+    )
+    line = error_line(
+        matl(
+            "evaluate",
+            f"--model={stage}",
+            "--dataset=synthetic_cxr",
+            "--gin_param=synthetic_cxr.num_test = 6",
+        )
+    )
     assert "predicts 2 classes" in line and "--evaluators=leep" in line
     # A source model scored on another task: LEEP needs no matching head.
-    other = matl("evaluate", f"--model={stage}", "--dataset=synthetic_cxr", "--evaluators=leep",
-                 "--gin_param=synthetic_cxr.num_test = 6", f"--output={stage}/leep_cxr.json")
+    other = matl(
+        "evaluate",
+        f"--model={stage}",
+        "--dataset=synthetic_cxr",
+        "--evaluators=leep",
+        "--gin_param=synthetic_cxr.num_test = 6",
+        f"--output={stage}/leep_cxr.json",
+    )
     assert other.returncode == 0, other.stderr
     assert json.load(open(f"{stage}/leep_cxr.json"))["results"]["leep"] <= 0
     assert "has splits" in error_line(
-        matl("evaluate", f"--model={stage}", "--dataset=synthetic_ct", "--split=nope"))
-    assert "does not exist" in error_line(matl("evaluate", "--model=/no/such", "--dataset=synthetic_ct"))
+        matl(
+            "evaluate",
+            f"--model={stage}",
+            "--dataset=synthetic_ct",
+            "--split=nope",
+        )
+    )
+    assert "does not exist" in error_line(
+        matl("evaluate", "--model=/no/such", "--dataset=synthetic_ct")
+    )
 
 
 def test_explain_writes_one_fig4_row_per_image(stage, tmp_path):
     images = tmp_path / "images"
     images.mkdir()
     rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (90, 70), np.uint8)).save(images / "gray.png")
-    Image.fromarray(rng.integers(0, 255, (50, 60, 4), np.uint8)).save(images / "rgba.png")
-    Image.fromarray(rng.integers(0, 255, (64, 64, 3), np.uint8)).save(images / "c.jpg")
+    Image.fromarray(rng.integers(0, 255, (90, 70), np.uint8)).save(
+        images / "gray.png"
+    )
+    Image.fromarray(rng.integers(0, 255, (50, 60, 4), np.uint8)).save(
+        images / "rgba.png"
+    )
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), np.uint8)).save(
+        images / "c.jpg"
+    )
     out = tmp_path / "out"
-    result = matl("explain", f"--model={stage}", f"--images={images}", f"--output_dir={out}")
+    result = matl(
+        "explain",
+        f"--model={stage}",
+        f"--images={images}",
+        f"--output_dir={out}",
+    )
     assert result.returncode == 0, result.stderr
     record = json.load(open(out / "explain.json"))
     # res5 is 2x2 at 64 px: the deepest map with >= 3x3 positions, and why.
     assert record["gradcam_layer"] == "conv4_block2_nonlocal"
     assert "2x2 positions" in record["gradcam_layer_note"]
     shares = [r["lung_mass"] for r in record["images"]]
-    assert all(0.0 <= v <= 1.0 for v in shares) and len(record["images"][0]["lung_box"]) == 4
+    assert (
+        all(0.0 <= v <= 1.0 for v in shares)
+        and len(record["images"][0]["lung_box"]) == 4
+    )
     assert record["lung_mass_mean"] == pytest.approx(np.mean(shares))
     assert 0.0 < record["images"][0]["lung_mass_chance"] < 1.0
     assert record["attention_block"] == "conv5_block2_nonlocal"
-    assert [os.path.basename(r["image"]) for r in record["images"]] == ["c.jpg", "gray.png", "rgba.png"]
+    assert [os.path.basename(r["image"]) for r in record["images"]] == [
+        "c.jpg",
+        "gray.png",
+        "rgba.png",
+    ]
     for r in record["images"]:
         png = Image.open(r["png"])
         assert png.size[0] > 4 * png.size[1]  # five panels side by side
-    line = error_line(matl("explain", f"--model={stage}", f"--images={images}",
-                           f"--output_dir={out}", "--layer=conv5_block2_out"))
+    line = error_line(
+        matl(
+            "explain",
+            f"--model={stage}",
+            f"--images={images}",
+            f"--output_dir={out}",
+            "--layer=conv5_block2_out",
+        )
+    )
     assert "--layer" in line and "2x2 positions" in line
     assert record["predicted_by"] == "argmax (no decision.json)"
     # With the stage's decision, "predicted" is the served decision.
     from matl_keras.evaluation import operating_point
 
     decision = operating_point.fit_decision(
-        np.array([0, 1, 0, 1]), np.array([[0.9, 0.1], [0.7, 0.3], [0.8, 0.2], [0.6, 0.4]]),
-        1, ["NonCOVID", "COVID"], calibrate=False)
+        np.array([0, 1, 0, 1]),
+        np.array([[0.9, 0.1], [0.7, 0.3], [0.8, 0.2], [0.6, 0.4]]),
+        1,
+        ["NonCOVID", "COVID"],
+        calibrate=False,
+    )
     assert decision["threshold"] < 0.4  # low: COVID whenever p >= ~0.25
     with open(os.path.join(stage, "decision.json"), "w") as f:
         json.dump(decision, f)
     try:
         out2 = tmp_path / "out2"
-        result = matl("explain", f"--model={stage}", f"--images={images}", f"--output_dir={out2}")
+        result = matl(
+            "explain",
+            f"--model={stage}",
+            f"--images={images}",
+            f"--output_dir={out2}",
+        )
         assert result.returncode == 0, result.stderr
         with_decision = json.load(open(out2 / "explain.json"))
     finally:
@@ -106,9 +184,18 @@ def test_explain_writes_one_fig4_row_per_image(stage, tmp_path):
     assert "Youden's J on val (4 images)" in with_decision["predicted_by"]
     for r in with_decision["images"]:
         p = r["probabilities"]["COVID"]
-        assert r["predicted"] == ("COVID" if p >= decision["threshold"] else "NonCOVID")
+        assert r["predicted"] == (
+            "COVID" if p >= decision["threshold"] else "NonCOVID"
+        )
     (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    line = error_line(matl("explain", f"--model={stage}", f"--images={images}", f"--output_dir={out}"))
+    line = error_line(
+        matl(
+            "explain",
+            f"--model={stage}",
+            f"--images={images}",
+            f"--output_dir={out}",
+        )
+    )
     assert "broken.png" in line
 
 
@@ -125,30 +212,53 @@ def test_predict_writes_csv_and_embeddings_row_for_row(stage, tmp_path):
     images = tmp_path / "images"
     images.mkdir()
     rng = np.random.default_rng(1)
-    Image.fromarray(rng.integers(0, 255, (90, 70), np.uint8)).save(images / "b.png")
-    Image.fromarray(rng.integers(0, 255, (64, 64, 3), np.uint8)).save(images / "a.jpg")
-    Image.fromarray(rng.integers(0, 255, (40, 80, 3), np.uint8)).save(images / "c.png")
-    result = matl("predict", f"--model={stage}", f"--images={images}", "--batch_size=2")
+    Image.fromarray(rng.integers(0, 255, (90, 70), np.uint8)).save(
+        images / "b.png"
+    )
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), np.uint8)).save(
+        images / "a.jpg"
+    )
+    Image.fromarray(rng.integers(0, 255, (40, 80, 3), np.uint8)).save(
+        images / "c.png"
+    )
+    result = matl(
+        "predict", f"--model={stage}", f"--images={images}", "--batch_size=2"
+    )
     assert result.returncode == 0, result.stderr
     out = os.path.join(stage, "predict")
     rows = list(csv.DictReader(open(os.path.join(out, "predictions.csv"))))
-    assert [os.path.basename(r["image"]) for r in rows] == ["a.jpg", "b.png", "c.png"]
+    assert [os.path.basename(r["image"]) for r in rows] == [
+        "a.jpg",
+        "b.png",
+        "c.png",
+    ]
     assert list(rows[0]) == ["image", "predicted", "p_NonCOVID", "p_COVID"]
     embeddings = np.load(os.path.join(out, "embeddings.npy"))
     # What the saved model computes in this process, on the same files.
     model = keras.saving.load_model(os.path.join(stage, "model.keras"))
-    batch = np.stack([
-        pipeline.eval_transform(decode.decode_image(tf.io.read_file(r["image"])), 64, 0.875)
-        for r in rows
-    ])
+    batch = np.stack(
+        [
+            pipeline.eval_transform(
+                decode.decode_image(tf.io.read_file(r["image"])), 64, 0.875
+            )
+            for r in rows
+        ]
+    )
     probs = np.asarray(model(batch, training=False))
     np.testing.assert_allclose(
-        [[float(r["p_NonCOVID"]), float(r["p_COVID"])] for r in rows], probs, atol=1e-5)
-    assert [r["predicted"] for r in rows] == [["NonCOVID", "COVID"][i] for i in probs.argmax(1)]
+        [[float(r["p_NonCOVID"]), float(r["p_COVID"])] for r in rows],
+        probs,
+        atol=1e-5,
+    )
+    assert [r["predicted"] for r in rows] == [
+        ["NonCOVID", "COVID"][i] for i in probs.argmax(1)
+    ]
     features = np.asarray(feature_model(model)(batch, training=False))
     assert embeddings.dtype == np.float32 and embeddings.shape == features.shape
     np.testing.assert_allclose(embeddings, features, atol=1e-4)
-    assert "--images is required" in error_line(matl("predict", f"--model={stage}"))
+    assert "--images is required" in error_line(
+        matl("predict", f"--model={stage}")
+    )
 
 
 def test_report_command(tmp_path):
@@ -167,18 +277,29 @@ def test_evaluate_scores_at_the_stage_decision(stage, tmp_path):
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 40)
     p1 = np.clip(0.3 + 0.2 * y + rng.normal(0, 0.1, 40), 0.01, 0.99)
-    decision = operating_point.fit_decision(y, np.stack([1 - p1, p1], 1), 1,
-                                            ["NonCOVID", "COVID"])
+    decision = operating_point.fit_decision(
+        y, np.stack([1 - p1, p1], 1), 1, ["NonCOVID", "COVID"]
+    )
     path = os.path.join(stage, "decision.json")
     with open(path, "w") as f:
         json.dump(decision, f)
     try:
         out = str(tmp_path / "scores.json")
-        result = matl("evaluate", f"--model={stage}", "--dataset=synthetic_ct",
-                      f"--output={out}", *CT)
+        result = matl(
+            "evaluate",
+            f"--model={stage}",
+            "--dataset=synthetic_ct",
+            f"--output={out}",
+            *CT,
+        )
         assert result.returncode == 0, result.stderr
         at = json.load(open(out))["results"]["operating_point"]
-        assert at["threshold"] == decision["threshold"] and at["rule"] == "youden"
-        assert "at the operating point: Youden's J on val (40 images)" in result.stdout
+        assert (
+            at["threshold"] == decision["threshold"] and at["rule"] == "youden"
+        )
+        assert (
+            "at the operating point: Youden's J on val (40 images)"
+            in result.stdout
+        )
     finally:
         os.remove(path)

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from matl_keras.errors import ConfigError
 from matl_keras.commands import probe
+from matl_keras.errors import ConfigError
 from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
 from matl_keras.training import checkpoints
 from tests.cli_testing import error_line
@@ -33,18 +33,31 @@ def _stage(folder):
         "resnet_backbone.width_multiplier = %WIDTH\n"
         "sstl_m/pretrain.image_size = %IMAGE_SIZE\n"
     )
-    (folder / "run.json").write_text(json.dumps({
-        "status": "complete",
-        "architecture": {"depth": 18, "width_multiplier": 0.25,
-                         "attention": "none", "name": "resnet"},
-    }))
+    (folder / "run.json").write_text(
+        json.dumps(
+            {
+                "status": "complete",
+                "architecture": {
+                    "depth": 18,
+                    "width_multiplier": 0.25,
+                    "attention": "none",
+                    "name": "resnet",
+                },
+            }
+        )
+    )
     return folder
 
 
 def test_probe_command_writes_probe_json_next_to_the_run(tmp_path):
     stage = _stage(tmp_path / "sstl_m")
-    result = matl("probe", f"--model={stage}", "--dataset=synthetic_ct",
-                  "--batch_size=8", *DATA)
+    result = matl(
+        "probe",
+        f"--model={stage}",
+        "--dataset=synthetic_ct",
+        "--batch_size=8",
+        *DATA,
+    )
     assert result.returncode == 0, result.stderr
     record = json.load(open(stage / "probe.json"))
     assert (record["fitted_on"], record["scored_on"]) == ("train", "val")
@@ -57,8 +70,13 @@ def test_probe_command_writes_probe_json_next_to_the_run(tmp_path):
     assert record["linear_probe"]["penalty"] > 0
     assert "kNN accuracy" in result.stdout
 
-    bad = matl("probe", f"--model={stage}", "--dataset=synthetic_ct",
-               "--score_split=holdout", *DATA)
+    bad = matl(
+        "probe",
+        f"--model={stage}",
+        "--dataset=synthetic_ct",
+        "--score_split=holdout",
+        *DATA,
+    )
     assert bad.returncode == 2
     assert "--score_split" in error_line(bad) and "'holdout'" in error_line(bad)
 
@@ -66,9 +84,15 @@ def test_probe_command_writes_probe_json_next_to_the_run(tmp_path):
 def test_backbone_spec_and_missing_weights(tmp_path):
     stage = _stage(tmp_path / "sstl_m")
     spec = probe.backbone_spec(str(stage))
-    assert spec == {"backbone": {"depth": 18, "width_multiplier": 0.25,
-                                 "attention": "none"},
-                    "image_size": 32, "crop_fraction": 0.875}
+    assert spec == {
+        "backbone": {
+            "depth": 18,
+            "width_multiplier": 0.25,
+            "attention": "none",
+        },
+        "image_size": 32,
+        "crop_fraction": 0.875,
+    }
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="has no backbone.weights.h5"):
         probe.find_backbone(str(tmp_path / "empty"))

@@ -5,10 +5,10 @@ evaluator is refused as a report with a message that says why."""
 import os
 import signal
 
-import gin
 import pytest
 from absl.testing import flagsaver
 
+import gin
 from matl_keras import cli
 from matl_keras import config
 from matl_keras import registry as registry_lib
@@ -48,14 +48,26 @@ def registry(monkeypatch):
     registry = make_registry(
         {
             "matl_keras.reports": [
-                FakeEntryPoint("run_count", "their_pkg.tables:RunCount",
-                               obj=RunCount, dist=("their-pkg", "0.1")),
-                FakeEntryPoint("score_as_report", "their_pkg.score:TopScore",
-                               obj=TopScore, dist=("their-pkg", "0.1")),
+                FakeEntryPoint(
+                    "run_count",
+                    "their_pkg.tables:RunCount",
+                    obj=RunCount,
+                    dist=("their-pkg", "0.1"),
+                ),
+                FakeEntryPoint(
+                    "score_as_report",
+                    "their_pkg.score:TopScore",
+                    obj=TopScore,
+                    dist=("their-pkg", "0.1"),
+                ),
             ],
             "matl_keras.evaluators": [
-                FakeEntryPoint("top_score", "their_pkg.score:TopScore",
-                               obj=TopScore, dist=("their-pkg", "0.1")),
+                FakeEntryPoint(
+                    "top_score",
+                    "their_pkg.score:TopScore",
+                    obj=TopScore,
+                    dist=("their-pkg", "0.1"),
+                ),
             ],
         },
         on_load=config.register_plugin,
@@ -85,11 +97,16 @@ def test_the_cli_runs_it_with_its_gin_bindings(registry, tmp_path):
     handler = signal.getsignal(signal.SIGTERM)
     try:
         with flagsaver.flagsaver():
-            argv = cli.FLAGS([
-                "matl-keras", "report", "--report=run_count", "--runs=a,b,c",
-                f"--output_dir={tmp_path}",
-                "--gin_param=run_count.title = 'seeds'",
-            ])
+            argv = cli.FLAGS(
+                [
+                    "matl-keras",
+                    "report",
+                    "--report=run_count",
+                    "--runs=a,b,c",
+                    f"--output_dir={tmp_path}",
+                    "--gin_param=run_count.title = 'seeds'",
+                ]
+            )
             cli.main(argv)
     finally:
         signal.signal(signal.SIGTERM, handler)
@@ -136,5 +153,8 @@ def test_the_builtin_report_and_an_evaluator_through_the_cli(tmp_path):
     result = matl("report", f"--runs={tmp_path}", "--report=metrics")
     assert result.returncode == 2
     line = error_line(result)
-    assert 'The report "metrics" is not installed. Available: transferability.' in line
+    assert (
+        'The report "metrics" is not installed. Available: transferability.'
+        in line
+    )
     assert '"metrics" is an evaluator' in line

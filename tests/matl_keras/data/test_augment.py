@@ -71,9 +71,7 @@ def _coordinates(height, width):
     y, x = np.meshgrid(
         np.linspace(0, 1, height), np.linspace(0, 1, width), indexing="ij"
     )
-    return tf.constant(
-        np.stack([x, y, np.zeros_like(x)], -1).astype("float32")
-    )
+    return tf.constant(np.stack([x, y, np.zeros_like(x)], -1).astype("float32"))
 
 
 def _torchvision_areas(side, count, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)):
@@ -150,19 +148,22 @@ def test_contrast_and_saturation_follow_torchvision():
     x = IMAGE.numpy()
     luma = x @ np.array([0.2989, 0.587, 0.114], np.float32)
     out = augment.adjust_contrast(IMAGE, 0.5).numpy()
-    np.testing.assert_allclose(out, luma.mean() + 0.5 * (x - luma.mean()),
-                               atol=1e-5)
     np.testing.assert_allclose(
-        augment.adjust_saturation(IMAGE, 0.0), np.repeat(luma[..., None], 3, -1),
+        out, luma.mean() + 0.5 * (x - luma.mean()), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        augment.adjust_saturation(IMAGE, 0.0),
+        np.repeat(luma[..., None], 3, -1),
         atol=1e-6,
     )
-    np.testing.assert_allclose(augment.adjust_saturation(IMAGE, 1.0), x,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        augment.adjust_saturation(IMAGE, 1.0), x, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize(
-    ("name", "p_jitter", "p_gray"), [("moco_v2", 0.8, 0.2),
-                                     ("sstl_m_paper", 0.5, 0.5)]
+    ("name", "p_jitter", "p_gray"),
+    [("moco_v2", 0.8, 0.2), ("sstl_m_paper", 0.5, 0.5)],
 )
 def test_jitter_and_grayscale_rates(name, p_jitter, p_gray):
     """On a plain coloured image crops, blur and flips change nothing, so
@@ -220,19 +221,22 @@ def test_window_level_and_gamma_magnitudes():
 
 def test_affine_identity_and_integer_shift():
     image = IMAGE[:32, :32]
-    same = augment.affine(image, tf.constant(0.0), tf.constant(0.0),
-                          tf.constant(0.0))
+    same = augment.affine(
+        image, tf.constant(0.0), tf.constant(0.0), tf.constant(0.0)
+    )
     np.testing.assert_allclose(same, image, atol=1e-6)
-    shifted = augment.affine(image, tf.constant(0.0), tf.constant(2.0),
-                             tf.constant(3.0)).numpy()
+    shifted = augment.affine(
+        image, tf.constant(0.0), tf.constant(2.0), tf.constant(3.0)
+    ).numpy()
     np.testing.assert_allclose(shifted[2:, 3:], image[:-2, :-3], atol=1e-6)
     assert (shifted[:2] == 0).all() and (shifted[:, :3] == 0).all()
 
 
 def test_gaussian_blur_keeps_constants_and_smooths_noise():
     plain = tf.fill([32, 32, 3], 0.25)
-    np.testing.assert_allclose(augment.gaussian_blur(plain, 1.0, 5), plain,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        augment.gaussian_blur(plain, 1.0, 5), plain, atol=1e-6
+    )
     blurred = augment.gaussian_blur(IMAGE, 2.0, 5).numpy()
     assert blurred.shape == IMAGE.shape
     assert blurred.std() < 0.6 * IMAGE.numpy().std()

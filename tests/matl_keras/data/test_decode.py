@@ -48,7 +48,9 @@ def test_jpeg_named_png_decodes_by_content(tmp_path):
     out = _decode_both_ways(open(path, "rb").read())
     assert out.shape == (20, 30, 3)
     reference = np.asarray(Image.open(path).convert("RGB"), np.float32)
-    assert np.abs(out * 255 - reference).mean() < 2  # JPEG decoders differ a bit
+    assert (
+        np.abs(out * 255 - reference).mean() < 2
+    )  # JPEG decoders differ a bit
 
 
 def test_grayscale_is_repeated_over_three_channels():
@@ -108,7 +110,10 @@ def test_missing_file_gets_a_reason(tmp_path):
 
 
 def _mixed_folder(tmp_path):
-    good = [_write(tmp_path / f"ok{i}.png", _pil_bytes(RGB, "PNG")) for i in range(3)]
+    good = [
+        _write(tmp_path / f"ok{i}.png", _pil_bytes(RGB, "PNG"))
+        for i in range(3)
+    ]
     bad = [
         _write(tmp_path / "empty.png", b""),
         _write(tmp_path / "text.png", b"hello"),
@@ -161,7 +166,7 @@ def _png_claiming(width, height):
 def _corrupt_chunk_png():
     data = bytearray(_pil_bytes(RGB, "PNG"))
     start = data.index(b"IDAT") + 8
-    data[start:start + 20] = b"\xff" * 20  # IDAT bytes that fail their CRC
+    data[start : start + 20] = b"\xff" * 20  # IDAT bytes that fail their CRC
     return bytes(data)
 
 
@@ -185,8 +190,14 @@ VALID = {
     "webp_named.png": lambda: _pil_bytes(RGB, "WEBP"),
 }
 BROKEN = {
-    "truncated.png": (lambda: _pil_bytes(RGB, "PNG")[:300], "corrupt or truncated"),
-    "truncated.jpg": (lambda: _pil_bytes(RGB, "JPEG")[:300], "corrupt or truncated"),
+    "truncated.png": (
+        lambda: _pil_bytes(RGB, "PNG")[:300],
+        "corrupt or truncated",
+    ),
+    "truncated.jpg": (
+        lambda: _pil_bytes(RGB, "JPEG")[:300],
+        "corrupt or truncated",
+    ),
     "page.jpg": (
         lambda: b"<!DOCTYPE html>\n<html><body>404 Not Found</body></html>\n",
         "not an image: an HTML page",
@@ -212,7 +223,8 @@ BROKEN = {
         "not an image: the content is not PNG, JPEG, BMP, GIF, TIFF or WebP",
     ),
     "truncated.tif": (
-        lambda: _pil_bytes(RGB, "TIFF")[:200], "corrupt or truncated"
+        lambda: _pil_bytes(RGB, "TIFF")[:200],
+        "corrupt or truncated",
     ),
     "icon.png": (
         lambda: _pil_bytes(RGB[:16, :16], "ICO"),
@@ -269,8 +281,9 @@ def test_check_splits_names_every_bad_file_of_every_split(tmp_path):
 def test_skipped_bad_files_are_not_decoded_again_and_valid_ones_load(
     tmp_path, monkeypatch
 ):
-    from matl_keras.data import pipeline
     from matl_keras_plugins.datasets.image_folder import ImageFolder
+
+    from matl_keras.data import pipeline
 
     _awkward_folder(tmp_path)
     dataset = ImageFolder(str(tmp_path), positive_class="b")
@@ -282,7 +295,11 @@ def test_skipped_bad_files_are_not_decoded_again_and_valid_ones_load(
 
     monkeypatch.setattr(decode, "check_image_file", not_again)
     split = pipeline.build_split(
-        dataset, "train", image_size=16, batch_size=4, training=False,
+        dataset,
+        "train",
+        image_size=16,
+        batch_size=4,
+        training=False,
         on_bad_image="skip",
     )
     assert split.num_examples == 5 and split.skipped == 5

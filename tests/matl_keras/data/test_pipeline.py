@@ -85,8 +85,10 @@ def test_training_data_is_a_pure_function_of_seed_and_epoch():
     for (x1, y1), (x2, y2) in zip(first, again, strict=True):
         np.testing.assert_array_equal(x1, x2)
         np.testing.assert_array_equal(y1, y2)
-    orders = [np.concatenate([y for _, y in first[e * 4 : e * 4 + 4]])
-              for e in range(3)]
+    orders = [
+        np.concatenate([y for _, y in first[e * 4 : e * 4 + 4]])
+        for e in range(3)
+    ]
     # Reshuffled every epoch, every example once per epoch.
     assert not np.array_equal(orders[0], orders[1])
     for order in orders:
@@ -118,8 +120,15 @@ def test_each_example_gets_the_seed_of_its_epoch_and_position():
         return pipeline.augment_lib.center_crop(image, 32), seed
 
     split = pipeline.build_split(
-        ds, "train", image_size=32, batch_size=4, training=True, seed=7,
-        augment=augment, epochs=2, targets="indices",
+        ds,
+        "train",
+        image_size=32,
+        batch_size=4,
+        training=True,
+        seed=7,
+        augment=augment,
+        epochs=2,
+        targets="indices",
     )
     batches = list(split.data)
     assert len(batches) == 4  # 2 epochs of 2 batches; 2 images dropped
@@ -136,8 +145,15 @@ def test_indices_are_positions_in_the_examples():
     ds = Tiny(n=12)
     ds.images[:, 0, 0, 0] = np.arange(12) * 20  # the index in a pixel
     split = pipeline.build_split(
-        ds, "train", image_size=40, crop_fraction=1.0, batch_size=4,
-        training=True, augment="none", targets="indices", epochs=2,
+        ds,
+        "train",
+        image_size=40,
+        crop_fraction=1.0,
+        batch_size=4,
+        training=True,
+        augment="none",
+        targets="indices",
+        epochs=2,
     )
     for images, index in split.data:
         assert index.dtype == tf.int32
@@ -145,13 +161,23 @@ def test_indices_are_positions_in_the_examples():
             images.numpy()[:, 0, 0, 0] * 255, index.numpy() * 20, atol=0.5
         )
     val = pipeline.build_split(
-        ds, "val", image_size=32, batch_size=5, training=False,
+        ds,
+        "val",
+        image_size=32,
+        batch_size=5,
+        training=False,
         targets="indices",
     )
     assert np.concatenate([i for _, i in val.data]).tolist() == list(range(12))
     with pytest.raises(ConfigError, match="targets"):
-        pipeline.build_split(ds, "val", image_size=32, batch_size=5,
-                             training=False, targets="ids")
+        pipeline.build_split(
+            ds,
+            "val",
+            image_size=32,
+            batch_size=5,
+            training=False,
+            targets="ids",
+        )
 
 
 def test_prepare_runs_on_the_full_resolution_image_before_the_cache():
@@ -167,8 +193,15 @@ def test_prepare_runs_on_the_full_resolution_image_before_the_cache():
         return element["corner"], element["image"][:16, :16]
 
     split = pipeline.build_split(
-        ds, "train", image_size=16, crop_fraction=0.5, batch_size=8,
-        training=True, augment=augment, prepare=prepare, targets="indices",
+        ds,
+        "train",
+        image_size=16,
+        crop_fraction=0.5,
+        batch_size=8,
+        training=True,
+        augment=augment,
+        prepare=prepare,
+        targets="indices",
     )
     (corners, small), index = next(iter(split.data))
     assert seen["keys"] == ["corner", "image"]
@@ -176,16 +209,31 @@ def test_prepare_runs_on_the_full_resolution_image_before_the_cache():
     expected = ds.images[index.numpy()][:, :8, :8, :] / 255.0
     np.testing.assert_allclose(corners.numpy(), expected, atol=1e-6)
     with pytest.raises(ConfigError, match="callable `augment`"):
-        pipeline.build_split(ds, "train", image_size=16, batch_size=8,
-                             training=True, prepare=prepare)
+        pipeline.build_split(
+            ds,
+            "train",
+            image_size=16,
+            batch_size=8,
+            training=True,
+            prepare=prepare,
+        )
     with pytest.raises(ConfigError, match="without the key 'image'"):
         pipeline.build_split(
-            ds, "train", image_size=16, batch_size=8, training=True,
-            augment=augment, prepare=lambda x: {"image": x},
+            ds,
+            "train",
+            image_size=16,
+            batch_size=8,
+            training=True,
+            augment=augment,
+            prepare=lambda x: {"image": x},
         )
     with pytest.raises(ConfigError, match="static shape"):
         pipeline.build_split(
-            ds, "train", image_size=16, batch_size=8, training=True,
+            ds,
+            "train",
+            image_size=16,
+            batch_size=8,
+            training=True,
             augment=augment,
             prepare=lambda x: {"c": x[: tf.shape(x)[0] // 2]},
         )
@@ -193,8 +241,15 @@ def test_prepare_runs_on_the_full_resolution_image_before_the_cache():
 
 def test_start_epoch_is_checked():
     with pytest.raises(ConfigError, match="start_epoch"):
-        pipeline.build_split(Tiny(), "train", image_size=32, batch_size=2,
-                             training=True, start_epoch=3, epochs=2)
+        pipeline.build_split(
+            Tiny(),
+            "train",
+            image_size=32,
+            batch_size=2,
+            training=True,
+            start_epoch=3,
+            epochs=2,
+        )
 
 
 class _Recorder(keras.Model):
@@ -225,8 +280,14 @@ def test_fit_sees_epoch_e_batches_at_epoch_e(initial_epoch):
     )
     model = _Recorder()
     model.compile(optimizer="sgd", run_eagerly=True)
-    model.fit(split.data, epochs=3, initial_epoch=initial_epoch,
-              steps_per_epoch=split.steps, shuffle=False, verbose=0)
+    model.fit(
+        split.data,
+        epochs=3,
+        initial_epoch=initial_epoch,
+        steps_per_epoch=split.steps,
+        shuffle=False,
+        verbose=0,
+    )
     assert model.seen == reference[initial_epoch * split.steps :]
 
 
@@ -277,9 +338,15 @@ def test_file_split_skips_bad_files_when_asked(tmp_path):
     bad.write_bytes(b"")
     ds = Files([str(good), str(bad)], [0, 1])
     with pytest.raises(DataError, match="bad.png"):
-        pipeline.build_split(ds, "val", image_size=32, batch_size=2, training=False)
+        pipeline.build_split(
+            ds, "val", image_size=32, batch_size=2, training=False
+        )
     split = pipeline.build_split(
-        ds, "val", image_size=32, batch_size=2, training=False,
+        ds,
+        "val",
+        image_size=32,
+        batch_size=2,
+        training=False,
         on_bad_image="skip",
     )
     assert split.skipped == 1 and split.num_examples == 1
@@ -298,7 +365,9 @@ def test_labels_out_of_range_are_refused():
     ds = Tiny(n=4)
     ds.labels = np.array([0, 1, 2, 0])
     with pytest.raises(DataError, match="labels must be in 0..1"):
-        pipeline.build_split(ds, "val", image_size=32, batch_size=2, training=False)
+        pipeline.build_split(
+            ds, "val", image_size=32, batch_size=2, training=False
+        )
 
 
 def test_balanced_sampling_draws_classes_equally():
@@ -315,53 +384,105 @@ def test_balanced_sampling_draws_classes_equally():
 def test_balanced_sampling_is_seeded_per_epoch():
     ds = Tiny(n=40)
     ds.labels = np.array([0] * 36 + [1] * 4)
-    kw = {"image_size": 32, "batch_size": 8, "training": True,
-          "balance": True, "seed": 5}
+    kw = {
+        "image_size": 32,
+        "batch_size": 8,
+        "training": True,
+        "balance": True,
+        "seed": 5,
+    }
     full = pipeline.build_split(ds, "train", epochs=2, **kw)
     images = [x.numpy() for x, _ in full.data]
     again = [x.numpy() for x, _ in full.data]
     for a, b in zip(images, again, strict=True):
         np.testing.assert_array_equal(a, b)
-    resumed = [x.numpy() for x, _ in pipeline.build_split(
-        ds, "train", start_epoch=1, epochs=2, **kw).data]
+    resumed = [
+        x.numpy()
+        for x, _ in pipeline.build_split(
+            ds, "train", start_epoch=1, epochs=2, **kw
+        ).data
+    ]
     for a, b in zip(images[5:], resumed, strict=True):
         np.testing.assert_array_equal(a, b)
     # The two epochs draw differently.
-    assert not np.array_equal(np.concatenate(images[:5]),
-                              np.concatenate(images[5:]))
+    assert not np.array_equal(
+        np.concatenate(images[:5]), np.concatenate(images[5:])
+    )
 
 
 def test_max_examples_takes_a_seeded_subset_in_order():
     ds = Tiny(n=30)
-    full = np.concatenate([x for x, _ in pipeline.build_split(
-        ds, "val", image_size=32, batch_size=8, training=False).data])
-    picked = pipeline.build_split(ds, "val", image_size=32, batch_size=8,
-                                  training=False, max_examples=7, seed=3)
-    again = pipeline.build_split(ds, "val", image_size=32, batch_size=8,
-                                 training=False, max_examples=7, seed=3)
+    full = np.concatenate(
+        [
+            x
+            for x, _ in pipeline.build_split(
+                ds, "val", image_size=32, batch_size=8, training=False
+            ).data
+        ]
+    )
+    picked = pipeline.build_split(
+        ds,
+        "val",
+        image_size=32,
+        batch_size=8,
+        training=False,
+        max_examples=7,
+        seed=3,
+    )
+    again = pipeline.build_split(
+        ds,
+        "val",
+        image_size=32,
+        batch_size=8,
+        training=False,
+        max_examples=7,
+        seed=3,
+    )
     images = np.concatenate([x for x, _ in picked.data])
     assert picked.num_examples == 7 and images.shape[0] == 7
-    np.testing.assert_array_equal(images, np.concatenate([x for x, _ in again.data]))
+    np.testing.assert_array_equal(
+        images, np.concatenate([x for x, _ in again.data])
+    )
     # Each picked image is one of the split's, in the split's order.
-    rows = [int(np.argmin(np.abs(full - im).sum(axis=(1, 2, 3)))) for im in images]
+    rows = [
+        int(np.argmin(np.abs(full - im).sum(axis=(1, 2, 3)))) for im in images
+    ]
     assert rows == sorted(rows) and len(set(rows)) == 7
-    assert pipeline.build_split(ds, "val", image_size=32, batch_size=8, training=False,
-                                max_examples=100).num_examples == 30
+    assert (
+        pipeline.build_split(
+            ds,
+            "val",
+            image_size=32,
+            batch_size=8,
+            training=False,
+            max_examples=100,
+        ).num_examples
+        == 30
+    )
 
 
 def test_labelled_fraction_is_a_stratified_seeded_subset():
     ds = Tiny(n=40)  # 20 of each class
     common = dict(image_size=32, batch_size=4, training=False)
-    picked = pipeline.build_split(ds, "val", labelled_fraction=0.25, seed=1,
-                                  **common)
+    picked = pipeline.build_split(
+        ds, "val", labelled_fraction=0.25, seed=1, **common
+    )
     # A quarter of each class, whatever the class sizes.
     assert picked.class_counts == {"zero": 5, "one": 5}
     labels = np.concatenate([y for _, y in picked.data])
     assert list(labels) == sorted(labels)  # kept in the split's order
-    same = [x for x, _ in pipeline.build_split(
-        ds, "val", labelled_fraction=0.25, seed=1, **common).data]
-    other = [x for x, _ in pipeline.build_split(
-        ds, "val", labelled_fraction=0.25, seed=2, **common).data]
+    same = [
+        x
+        for x, _ in pipeline.build_split(
+            ds, "val", labelled_fraction=0.25, seed=1, **common
+        ).data
+    ]
+    other = [
+        x
+        for x, _ in pipeline.build_split(
+            ds, "val", labelled_fraction=0.25, seed=2, **common
+        ).data
+    ]
     mine = [x for x, _ in picked.data]
     np.testing.assert_array_equal(np.concatenate(mine), np.concatenate(same))
     assert not np.array_equal(np.concatenate(mine), np.concatenate(other))
@@ -374,5 +495,11 @@ def test_labelled_fraction_is_a_stratified_seeded_subset():
 @pytest.mark.parametrize("fraction", [0.0, -0.5, 1.5])
 def test_labelled_fraction_out_of_range_is_refused(fraction):
     with pytest.raises(ConfigError, match="labelled_fraction"):
-        pipeline.build_split(Tiny(), "val", image_size=32, batch_size=4,
-                             training=False, labelled_fraction=fraction)
+        pipeline.build_split(
+            Tiny(),
+            "val",
+            image_size=32,
+            batch_size=4,
+            training=False,
+            labelled_fraction=fraction,
+        )

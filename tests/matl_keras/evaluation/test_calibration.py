@@ -40,19 +40,27 @@ def test_scaling_lowers_ece_and_brier_of_an_overconfident_model():
     assert s["brier_after"] < s["brier_before"]
     assert s["nll_after"] < s["nll_before"]
     # Scaling keeps every argmax, hence accuracy.
-    np.testing.assert_array_equal(calibration.scale(probs, t).argmax(1), probs.argmax(1))
+    np.testing.assert_array_equal(
+        calibration.scale(probs, t).argmax(1), probs.argmax(1)
+    )
 
 
 def test_ece_and_brier_by_hand():
     labels = np.array([1, 0, 1, 1])
     probs = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.65, 0.35]])
-    # bins of 0.5 width: (0.5, 1] holds all four confidences 0.9, 0.8, 0.7, 0.65,
+    # bins of 0.5 width: (0.5, 1] holds all four confidences 0.9, 0.8, 0.7,
+    # 0.65,
     # 3 of 4 right.
-    assert math.isclose(calibration.expected_calibration_error(labels, probs, bins=2),
-                        abs(0.75 - np.mean([0.9, 0.8, 0.7, 0.65])))
-    # 10 bins: (0.6,0.7] {0.7 right, 0.65 wrong}, (0.7,0.8] {0.8}, (0.8,0.9] {0.9}.
+    assert math.isclose(
+        calibration.expected_calibration_error(labels, probs, bins=2),
+        abs(0.75 - np.mean([0.9, 0.8, 0.7, 0.65])),
+    )
+    # 10 bins: (0.6,0.7] {0.7 right, 0.65 wrong}, (0.7,0.8] {0.8},
+    # (0.8,0.9] {0.9}.
     expected = (2 * abs(0.5 - 0.675) + abs(1 - 0.8) + abs(1 - 0.9)) / 4
-    assert math.isclose(calibration.expected_calibration_error(labels, probs, bins=10), expected)
+    assert math.isclose(
+        calibration.expected_calibration_error(labels, probs, bins=10), expected
+    )
     brier = np.mean([2 * 0.1**2, 2 * 0.2**2, 2 * 0.3**2, 2 * 0.65**2])
     assert math.isclose(calibration.brier_score(labels, probs), brier)
 
@@ -68,7 +76,8 @@ def test_separable_split_clips_to_the_bound_and_bad_bounds_fail():
 def test_reliability_diagram_png(tmp_path):
     labels, probs = _overconfident(5)
     path = calibration.write_reliability_diagram(
-        str(tmp_path / "r.png"), labels, probs, 2.0, "val")
+        str(tmp_path / "r.png"), labels, probs, 2.0, "val"
+    )
     assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     rows = calibration.reliability_bins(labels, probs)
     assert sum(r["count"] for r in rows) == len(labels)

@@ -21,4 +21,9 @@ def test_knn_weights_votes_by_similarity():
     # Nearest is class 0 (cos 1.0); two class-1 points are far: with a low
     # temperature the single close neighbour wins.
     query = np.array([[1.0, 0.05]])
-    assert knn_accuracy(bank, labels, query, np.array([0]), 2, k=3, temperature=0.01) == 1.0
+    assert (
+        knn_accuracy(
+            bank, labels, query, np.array([0]), 2, k=3, temperature=0.01
+        )
+        == 1.0
+    )

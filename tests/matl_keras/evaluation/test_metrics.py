@@ -24,10 +24,14 @@ def test_binary_matches_sklearn(seed, ties):
     probs = _probs(rng, 97, 2, ties)
     got = metrics.classification_metrics(labels, probs, positive_index=1)
     predicted = probs.argmax(1)
-    assert got["accuracy"] == pytest.approx(sk.accuracy_score(labels, predicted))
+    assert got["accuracy"] == pytest.approx(
+        sk.accuracy_score(labels, predicted)
+    )
     assert got["f1"] == pytest.approx(sk.f1_score(labels, predicted))
     assert got["auc"] == pytest.approx(sk.roc_auc_score(labels, probs[:, 1]))
-    assert got["sensitivity"] == pytest.approx(sk.recall_score(labels, predicted))
+    assert got["sensitivity"] == pytest.approx(
+        sk.recall_score(labels, predicted)
+    )
     assert got["specificity"] == pytest.approx(
         sk.recall_score(labels, predicted, pos_label=0)
     )
@@ -42,7 +46,9 @@ def test_positive_class_zero():
     assert got["f1"] == pytest.approx(
         sk.f1_score(labels, probs.argmax(1), pos_label=0)
     )
-    assert got["auc"] == pytest.approx(sk.roc_auc_score(labels == 0, probs[:, 0]))
+    assert got["auc"] == pytest.approx(
+        sk.roc_auc_score(labels == 0, probs[:, 0])
+    )
 
 
 def test_multiclass_macro_matches_sklearn():
@@ -81,7 +87,9 @@ def test_roc_curve_and_confusion_matrix_match_sklearn(seed, ties):
     labels = rng.integers(0, 3, 120)
     probs = _probs(rng, 120, 3, ties)
     fpr, tpr, thresholds = metrics.roc_curve(labels == 2, probs[:, 2])
-    sk_fpr, sk_tpr, sk_thr = sk.roc_curve(labels == 2, probs[:, 2], drop_intermediate=False)
+    sk_fpr, sk_tpr, sk_thr = sk.roc_curve(
+        labels == 2, probs[:, 2], drop_intermediate=False
+    )
     np.testing.assert_allclose(fpr, sk_fpr)
     np.testing.assert_allclose(tpr, sk_tpr)
     assert thresholds[0] == np.inf
@@ -104,9 +112,13 @@ def test_bootstrap_ci_equals_a_direct_numpy_bootstrap_with_sklearn():
     probs[:, 1] = np.clip(probs[:, 1] + 0.3 * (labels - 0.5), 0.01, 0.99)
     probs[:, 0] = 1 - probs[:, 1]
     got = metrics.bootstrap_ci(
-        labels, probs,
+        labels,
+        probs,
         lambda y, p: metrics.classification_metrics(y, p, 1),
-        num_samples=300, confidence=0.9, seed=7, stratified=False,
+        num_samples=300,
+        confidence=0.9,
+        seed=7,
+        stratified=False,
     )
     # The same resamples, drawn and scored independently.
     draws = np.random.default_rng(7).integers(0, 80, (300, 80))
@@ -117,7 +129,9 @@ def test_bootstrap_ci_equals_a_direct_numpy_bootstrap_with_sklearn():
         f1.append(sk.f1_score(y, p.argmax(1)))
         auc.append(sk.roc_auc_score(y, p[:, 1]))
     for name, values in (("accuracy", acc), ("f1", f1), ("auc", auc)):
-        np.testing.assert_allclose(got[name], np.quantile(values, [0.05, 0.95]), err_msg=name)
+        np.testing.assert_allclose(
+            got[name], np.quantile(values, [0.05, 0.95]), err_msg=name
+        )
     point = metrics.classification_metrics(labels, probs, 1)
     for name in ("accuracy", "f1", "auc"):
         low, high = got[name]
@@ -131,8 +145,11 @@ def test_bootstrap_undefined_values_are_left_out_or_nan():
     probs = np.tile([0.6, 0.4], (20, 1))
     probs[0] = [0.3, 0.7]  # one wrong: accuracy 0.95
     got = metrics.bootstrap_ci(
-        labels, probs, lambda y, p: metrics.classification_metrics(y, p, 1),
-        num_samples=200, seed=0,
+        labels,
+        probs,
+        lambda y, p: metrics.classification_metrics(y, p, 1),
+        num_samples=200,
+        seed=0,
     )
     assert all(math.isnan(v) for v in got["sensitivity"] + got["auc"])
     assert got["accuracy"][0] < 0.95 <= got["accuracy"][1] == 1.0
@@ -154,12 +171,15 @@ def test_stratified_bootstrap_keeps_the_class_counts_of_every_resample():
     assert set(idx[:, 120:].ravel()) == set(positives)
     # Same seed, same resamples; a stratified interval of sensitivity is
     # then only the within-class spread.
-    np.testing.assert_array_equal(idx, metrics.resample_indices(labels, 1000, seed=0))
+    np.testing.assert_array_equal(
+        idx, metrics.resample_indices(labels, 1000, seed=0)
+    )
     probs = np.tile([0.3, 0.7], (200, 1))
     probs[labels == 0] = [0.8, 0.2]
     probs[positives[:20]] = [0.6, 0.4]  # sensitivity 0.75 exactly
-    got = metrics.bootstrap_ci(labels, probs,
-                               lambda y, p: metrics.classification_metrics(y, p, 1))
+    got = metrics.bootstrap_ci(
+        labels, probs, lambda y, p: metrics.classification_metrics(y, p, 1)
+    )
     assert got["specificity"] == (1.0, 1.0)
     assert got["sensitivity"][0] < 0.75 < got["sensitivity"][1]
 
@@ -168,18 +188,26 @@ def test_f1_without_a_positive_is_nan_not_zero():
     assert math.isnan(metrics.f1_binary([0, 0, 0], [0, 1, 0], positive=1))
     assert math.isnan(metrics.f1_binary([0, 0], [0, 0], positive=1))
     assert metrics.f1_binary([1, 0], [0, 0], positive=1) == 0.0
-    scores = metrics.classification_metrics([0, 0], np.array([[0.9, 0.1], [0.2, 0.8]]), 1)
+    scores = metrics.classification_metrics(
+        [0, 0], np.array([[0.9, 0.1], [0.2, 0.8]]), 1
+    )
     assert math.isnan(scores["f1"]) and scores["accuracy"] == 0.5
     # Macro F1 averages the classes that occur.
     three = metrics.classification_metrics(
-        [0, 1, 0], np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.2, 0.1, 0.7]]))
+        [0, 1, 0],
+        np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.2, 0.1, 0.7]]),
+    )
     np.testing.assert_allclose(three["f1"], np.mean([2 / 3, 1.0]))
     # In a bootstrap, resamples without a positive leave F1's interval
     # instead of pulling it to 0.
     labels = np.array([1] + [0] * 9)
     probs = np.tile([0.8, 0.2], (10, 1))
     probs[0] = [0.1, 0.9]
-    got = metrics.bootstrap_ci(labels, probs,
-                               lambda y, p: metrics.classification_metrics(y, p, 1),
-                               num_samples=200, stratified=False)
+    got = metrics.bootstrap_ci(
+        labels,
+        probs,
+        lambda y, p: metrics.classification_metrics(y, p, 1),
+        num_samples=200,
+        stratified=False,
+    )
     assert got["f1"] == (1.0, 1.0)

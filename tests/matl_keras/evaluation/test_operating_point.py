@@ -37,24 +37,31 @@ def test_rules_reach_the_brute_force_optimum(seed, ties):
     for target in (0.8, 0.9, 0.95):
         sens = op.choose_threshold(truth, scores, "sensitivity", target)
         assert sens["sensitivity"] >= target
-        assert math.isclose(sens["specificity"],
-                            max(b for a, b in points if a >= target))
+        assert math.isclose(
+            sens["specificity"], max(b for a, b in points if a >= target)
+        )
         spec = op.choose_threshold(truth, scores, "specificity", target)
         assert spec["specificity"] >= target
-        assert math.isclose(spec["sensitivity"],
-                            max(a for a, b in points if b >= target))
+        assert math.isclose(
+            spec["sensitivity"], max(a for a, b in points if b >= target)
+        )
     for point in (youden, sens, spec):
         # The threshold makes the decisions it reports, and no val image
         # sits exactly on it.
         guess = scores >= point["threshold"]
         assert math.isclose(guess[truth].mean(), point["sensitivity"])
-        assert not np.any(scores == point["threshold"]) or point["threshold"] == scores.min()
+        assert (
+            not np.any(scores == point["threshold"])
+            or point["threshold"] == scores.min()
+        )
 
 
 def test_argmax_rule_is_half_and_rule_errors():
     truth, scores = _scores(3)
     assert op.choose_threshold(truth, scores, "argmax")["threshold"] == 0.5
-    with pytest.raises(ConfigError, match="rule must be one of|`fit_decision.rule`"):
+    with pytest.raises(
+        ConfigError, match="rule must be one of|`fit_decision.rule`"
+    ):
         op.choose_threshold(truth, scores, "f1")
     with pytest.raises(ConfigError, match="target"):
         op.choose_threshold(truth, scores, "sensitivity")
@@ -76,23 +83,36 @@ def _model_probs(seed, n):
 def test_fit_on_val_then_score_test_at_it():
     val_y, val_p = _model_probs(0, 300)
     test_y, test_p = _model_probs(1, 300)
-    decision = op.fit_decision(val_y, val_p, 1, ["NonCOVID", "COVID"],
-                               rule="sensitivity", target=0.9)
-    assert decision["fitted_on"] == "val" and decision["positive_class"] == "COVID"
+    decision = op.fit_decision(
+        val_y, val_p, 1, ["NonCOVID", "COVID"], rule="sensitivity", target=0.9
+    )
+    assert (
+        decision["fitted_on"] == "val" and decision["positive_class"] == "COVID"
+    )
     assert decision["val"]["sensitivity"] >= 0.9
-    assert math.isclose(decision["temperature"], calibration.fit_temperature(val_y, val_p))
+    assert math.isclose(
+        decision["temperature"], calibration.fit_temperature(val_y, val_p)
+    )
     # The threshold is on calibrated probabilities of val, not test.
     scaled = calibration.scale(val_p, decision["temperature"])[:, 1]
-    assert math.isclose((scaled[val_y == 1] >= decision["threshold"]).mean(),
-                        decision["val"]["sensitivity"])
-    scored = op.score_at(decision, test_y, test_p, "test", bootstrap_samples=200)
+    assert math.isclose(
+        (scaled[val_y == 1] >= decision["threshold"]).mean(),
+        decision["val"]["sensitivity"],
+    )
+    scored = op.score_at(
+        decision, test_y, test_p, "test", bootstrap_samples=200
+    )
     at_half = (test_p[:, 1] >= 0.5)[test_y == 1].mean()
     assert scored["sensitivity"] > at_half + 0.1  # the point of it
     _, decided = op.apply(decision, test_p)
-    assert math.isclose(scored["sensitivity"], (decided[test_y == 1] == 1).mean())
+    assert math.isclose(
+        scored["sensitivity"], (decided[test_y == 1] == 1).mean()
+    )
     low, high = scored["sensitivity_ci"]
     assert low <= scored["sensitivity"] <= high
-    assert scored["calibration"]["ece_after"] < scored["calibration"]["ece_before"]
+    assert (
+        scored["calibration"]["ece_after"] < scored["calibration"]["ece_before"]
+    )
     assert "sensitivity >= 0.9 on val (300 images)" in scored["description"]
 
 

@@ -11,9 +11,15 @@ from matl_keras.layers.fused_batch_norm import FusedBatchNormalization
 
 
 def _pair(**kwargs):
-    x = tf.constant(np.random.default_rng(0).normal(2, 3, (4, 5, 6, 8)).astype("float32"))
-    layers = [keras.layers.BatchNormalization(momentum=0.9, epsilon=1.001e-5, **kwargs),
-              FusedBatchNormalization(momentum=0.9, epsilon=1.001e-5, **kwargs)]
+    x = tf.constant(
+        np.random.default_rng(0).normal(2, 3, (4, 5, 6, 8)).astype("float32")
+    )
+    layers = [
+        keras.layers.BatchNormalization(
+            momentum=0.9, epsilon=1.001e-5, **kwargs
+        ),
+        FusedBatchNormalization(momentum=0.9, epsilon=1.001e-5, **kwargs),
+    ]
     for layer in layers:
         layer.build(x.shape)
         if layer.scale:
@@ -42,16 +48,25 @@ def test_equals_keras_batch_normalization(kwargs):
     for a, b in zip(g, g_ref):
         np.testing.assert_allclose(a, b, atol=1e-4 * np.abs(b).max())
     # Keras' rule with the biased batch variance (the kernel's is unbiased).
-    np.testing.assert_allclose(fused.moving_mean, reference.moving_mean, rtol=1e-6)
-    np.testing.assert_allclose(fused.moving_variance, reference.moving_variance, rtol=1e-5)
-    np.testing.assert_allclose(fused(x, training=False), reference(x, training=False), atol=1e-5)
+    np.testing.assert_allclose(
+        fused.moving_mean, reference.moving_mean, rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        fused.moving_variance, reference.moving_variance, rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        fused(x, training=False), reference(x, training=False), atol=1e-5
+    )
 
 
 def test_fuses_where_it_can_and_defers_otherwise(monkeypatch):
     calls = []
     real = tf.raw_ops.FusedBatchNormV3
-    monkeypatch.setattr(tf.raw_ops, "FusedBatchNormV3",
-                        lambda **kw: calls.append(kw["is_training"]) or real(**kw))
+    monkeypatch.setattr(
+        tf.raw_ops,
+        "FusedBatchNormV3",
+        lambda **kw: calls.append(kw["is_training"]) or real(**kw),
+    )
     x, (_, fused) = _pair()
     fused(x, training=True)
     fused(x, training=False)

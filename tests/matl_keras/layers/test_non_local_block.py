@@ -31,7 +31,9 @@ def numpy_eq1(block, x):
     k = _conv1x1(kv, block.key_conv).reshape(b, -1, q.shape[-1])
     v = _conv1x1(kv, block.value_conv).reshape(b, k.shape[1], -1)
     if block.score == "cosine":
-        tau = np.exp(np.clip(float(block.log_tau), 0, np.log(block.max_logit_scale)))
+        tau = np.exp(
+            np.clip(float(block.log_tau), 0, np.log(block.max_logit_scale))
+        )
         q = np.sqrt(tau) * q / np.linalg.norm(q, axis=-1, keepdims=True)
         k = np.sqrt(tau) * k / np.linalg.norm(k, axis=-1, keepdims=True)
     out = np.empty((b, h * w, v.shape[-1]))
@@ -67,7 +69,9 @@ def test_matches_numpy_eq1(subsample):
     _randomize(block)
     y, attention = block(x, training=False)
     expected_y, expected_attention = numpy_eq1(block, x.astype(np.float64))
-    np.testing.assert_allclose(attention, expected_attention, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        attention, expected_attention, rtol=1e-4, atol=1e-5
+    )
     np.testing.assert_allclose(y, expected_y, rtol=1e-4, atol=1e-4)
     assert attention.shape == (2, 30, 30 if subsample == 1 else 9)
     np.testing.assert_allclose(np.sum(attention, -1), 1.0, rtol=1e-5)
@@ -127,7 +131,9 @@ def test_static_shapes_in_a_functional_graph():
 
 
 def test_config_round_trip_and_checks():
-    block = NonLocalBlock(key_channels=4, value_channels=6, subsample=2, name="nl")
+    block = NonLocalBlock(
+        key_channels=4, value_channels=6, subsample=2, name="nl"
+    )
     clone = NonLocalBlock.from_config(block.get_config())
     assert clone.get_config() == block.get_config()
     with pytest.raises(ValueError, match="Received: subsample=0"):
@@ -162,7 +168,9 @@ def _ct_like_images(n=4, size=64):
         cx, cy = 0.5 + rng.normal(0, 0.03, 2)
         body = ((xx - cx) ** 2 + (yy - cy) ** 2 < 0.42**2) * 0.7
         for side in (-1, 1):
-            lung = ((xx - cx - side * 0.17) / 0.12) ** 2 + ((yy - cy) / 0.25) ** 2
+            lung = ((xx - cx - side * 0.17) / 0.12) ** 2 + (
+                (yy - cy) / 0.25
+            ) ** 2
             body = np.where(lung < 1, 0.1, body)
         image = np.clip(body + rng.normal(0, 0.05, body.shape), 0, 1)
         images.append(np.repeat(image[..., None], 3, axis=-1))

@@ -16,10 +16,46 @@ from matl_keras.models.resnet.resnet_image_classifier import (
 
 EXPECTED = {
     # depth: (1 ATTN, 5 ATTNs)
-    18: (["conv3_block2"], ["conv3_block1", "conv3_block2", "conv4_block1", "conv4_block2", "conv5_block2"]),
-    34: (["conv3_block4"], ["conv3_block2", "conv3_block4", "conv4_block4", "conv4_block6", "conv5_block3"]),
-    50: (["conv3_block4"], ["conv3_block2", "conv3_block4", "conv4_block4", "conv4_block6", "conv5_block3"]),
-    101: (["conv3_block4"], ["conv3_block2", "conv3_block4", "conv4_block21", "conv4_block23", "conv5_block3"]),
+    18: (
+        ["conv3_block2"],
+        [
+            "conv3_block1",
+            "conv3_block2",
+            "conv4_block1",
+            "conv4_block2",
+            "conv5_block2",
+        ],
+    ),
+    34: (
+        ["conv3_block4"],
+        [
+            "conv3_block2",
+            "conv3_block4",
+            "conv4_block4",
+            "conv4_block6",
+            "conv5_block3",
+        ],
+    ),
+    50: (
+        ["conv3_block4"],
+        [
+            "conv3_block2",
+            "conv3_block4",
+            "conv4_block4",
+            "conv4_block6",
+            "conv5_block3",
+        ],
+    ),
+    101: (
+        ["conv3_block4"],
+        [
+            "conv3_block2",
+            "conv3_block4",
+            "conv4_block21",
+            "conv4_block23",
+            "conv5_block3",
+        ],
+    ),
 }
 
 
@@ -39,7 +75,10 @@ def test_variants_put_blocks_in_the_documented_places(depth):
     # Each block sits right after its residual block's output.
     for name in five:
         block = backbone.get_layer(f"{name}_nonlocal")
-        assert block._inbound_nodes[0].parent_nodes[0].operation.name == f"{name}_out"
+        assert (
+            block._inbound_nodes[0].parent_nodes[0].operation.name
+            == f"{name}_out"
+        )
 
 
 def test_explicit_placement_any_depth():
@@ -47,8 +86,10 @@ def test_explicit_placement_any_depth():
         18, 0.25, 32, attention={"res2": [1], "conv4": [-1], "conv5": [1, 2]}
     )
     assert _blocks(backbone) == [
-        "conv2_block1_nonlocal", "conv4_block2_nonlocal",
-        "conv5_block1_nonlocal", "conv5_block2_nonlocal",
+        "conv2_block1_nonlocal",
+        "conv4_block2_nonlocal",
+        "conv5_block1_nonlocal",
+        "conv5_block2_nonlocal",
     ]
 
 
@@ -69,9 +110,13 @@ def test_bad_placements_say_why(attention, message):
 def test_placement_presets_resolve():
     blocks = {"conv2": 3, "conv3": 4, "conv4": 6, "conv5": 3}
     assert attention_placement.resolve("5", blocks) == {
-        "conv3": (2, 4), "conv4": (4, 6), "conv5": (3,),
+        "conv3": (2, 4),
+        "conv4": (4, 6),
+        "conv5": (3,),
     }
-    assert attention_placement.count(attention_placement.resolve("1", blocks)) == 1
+    assert (
+        attention_placement.count(attention_placement.resolve("1", blocks)) == 1
+    )
 
 
 @pytest.fixture(scope="module")
@@ -85,12 +130,18 @@ def imagenet_like_r50(tmp_path_factory):
     weights = []
     for w in model.get_weights():
         noise = rng.normal(0, 0.02, w.shape).astype(w.dtype)
-        weights.append(np.abs(w + noise) + 0.5 if w.ndim == 1 and np.all(w >= 0) else w + noise)
+        weights.append(
+            np.abs(w + noise) + 0.5
+            if w.ndim == 1 and np.all(w >= 0)
+            else w + noise
+        )
     model.set_weights(weights)
     folder = tmp_path_factory.mktemp("weights")
     new_format = str(folder / "resnet50_notop.weights.h5")
     model.save_weights(new_format)
-    legacy = str(folder / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")
+    legacy = str(
+        folder / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    )
     import h5py
     from keras.src.legacy.saving import legacy_h5_format
 
@@ -100,24 +151,40 @@ def imagenet_like_r50(tmp_path_factory):
 
 
 @pytest.mark.parametrize("which", ["new", "legacy"])
-def test_imagenet_weights_give_keras_applications_features(imagenet_like_r50, which):
+def test_imagenet_weights_give_keras_applications_features(
+    imagenet_like_r50, which
+):
     reference, new_format, legacy = imagenet_like_r50
     path = new_format if which == "new" else legacy
-    images = np.random.default_rng(2).uniform(0, 1, (2, 64, 64, 3)).astype("float32")
-    expected = reference(keras.applications.resnet.preprocess_input(images * 255.0))
+    images = (
+        np.random.default_rng(2).uniform(0, 1, (2, 64, 64, 3)).astype("float32")
+    )
+    expected = reference(
+        keras.applications.resnet.preprocess_input(images * 255.0)
+    )
     for attention in ("none", "1", "5"):
         backbone = ResNetBackbone(50, image_size=64, attention=attention)
         report = load_imagenet_weights(backbone, path)
-        assert len(report.loaded) == len([l for l in reference.layers if l.weights])
-        assert report.kept_initial == [f"{b}_nonlocal" for b in (
-            [] if attention == "none" else EXPECTED[50][0 if attention == "1" else 1]
-        )]
+        assert len(report.loaded) == len(
+            [l for l in reference.layers if l.weights]
+        )
+        assert report.kept_initial == [
+            f"{b}_nonlocal"
+            for b in (
+                []
+                if attention == "none"
+                else EXPECTED[50][0 if attention == "1" else 1]
+            )
+        ]
         # Features reach thousands here; the fused BatchNorm kernel rounds
         # differently from keras.applications' unfused one (2e-6 of the
         # largest feature). A wrong weight mapping is off by O(1).
         np.testing.assert_allclose(
-            backbone(images), expected, rtol=1e-4,
-            atol=1e-5 * float(np.abs(expected).max()))
+            backbone(images),
+            expected,
+            rtol=1e-4,
+            atol=1e-5 * float(np.abs(expected).max()),
+        )
 
 
 def test_imagenet_weights_from_a_model_and_into_a_classifier(imagenet_like_r50):
@@ -127,7 +194,8 @@ def test_imagenet_weights_from_a_model_and_into_a_classifier(imagenet_like_r50):
     report = load_imagenet_weights(classifier, reference)
     assert "predictions" in report.kept_initial
     np.testing.assert_array_equal(
-        backbone.get_layer("conv1_conv").kernel, reference.get_layer("conv1_conv").kernel
+        backbone.get_layer("conv1_conv").kernel,
+        reference.get_layer("conv1_conv").kernel,
     )
 
 
@@ -142,9 +210,14 @@ def test_weights_that_do_not_fit_are_refused(imagenet_like_r50, tmp_path):
     with pytest.raises(ConfigError, match="depths"):
         load_imagenet_weights(ResNetBackbone(18, image_size=64), path)
     with pytest.raises(ConfigError, match="not found"):
-        load_imagenet_weights(ResNetBackbone(50, image_size=64), str(tmp_path / "x.h5"))
+        load_imagenet_weights(
+            ResNetBackbone(50, image_size=64), str(tmp_path / "x.h5")
+        )
     with pytest.raises(ConfigError, match="no layers"):
-        load_imagenet_weights(ResNetBackbone(50, image_size=64), ResNetBackbone(101, image_size=64))
+        load_imagenet_weights(
+            ResNetBackbone(50, image_size=64),
+            ResNetBackbone(101, image_size=64),
+        )
 
 
 def test_keras_hub_presets_are_refused_with_the_reason(tmp_path):
@@ -154,7 +227,9 @@ def test_keras_hub_presets_are_refused_with_the_reason(tmp_path):
     with pytest.raises(ConfigError, match="v1.5"):
         load_imagenet_weights(ResNetBackbone(50, image_size=64), str(preset))
     hub_like = type(
-        "ResNetBackbone", (), {"__module__": "keras_hub.src.models.resnet", "name": "hub"}
+        "ResNetBackbone",
+        (),
+        {"__module__": "keras_hub.src.models.resnet", "name": "hub"},
     )
     with pytest.raises(ConfigError, match="keras-hub"):
         load_imagenet_weights(ResNetBackbone(50, image_size=64), hub_like())
@@ -164,12 +239,17 @@ def test_saved_model_shows_blocks_and_reloads_identically(tmp_path):
     backbone = ResNetBackbone(18, 0.25, 64, attention="5")
     model = build_image_classifier(backbone, 2)
     for layer in attention_maps.nonlocal_blocks(model):
-        layer.output_bn.gamma.assign(np.full(layer.output_bn.gamma.shape, 0.5, "float32"))
+        layer.output_bn.gamma.assign(
+            np.full(layer.output_bn.gamma.shape, 0.5, "float32")
+        )
     x = np.random.default_rng(3).uniform(0, 1, (2, 64, 64, 3)).astype("float32")
     path = str(tmp_path / "model.keras")
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
-    assert len([l for l in loaded.layers if type(l).__name__ == "NonLocalBlock"]) == 5
+    assert (
+        len([l for l in loaded.layers if type(l).__name__ == "NonLocalBlock"])
+        == 5
+    )
     np.testing.assert_allclose(loaded(x), model(x), rtol=1e-5, atol=1e-6)
 
 
@@ -194,8 +274,12 @@ def test_one_training_step_under_mirrored_strategy():
     strategy = strategies.get_strategy("mirrored")
     assert strategy.num_replicas_in_sync == 2
     with strategy.scope():
-        model = build_image_classifier(ResNetBackbone(18, 0.25, 64, attention="5"), 2)
-        model.compile(keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy")
+        model = build_image_classifier(
+            ResNetBackbone(18, 0.25, 64, attention="5"), 2
+        )
+        model.compile(
+            keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy"
+        )
     block = model.get_layer("conv5_block2_nonlocal")
     before = np.asarray(block.output_bn.gamma).copy()
     x = np.random.default_rng(5).uniform(0, 1, (4, 64, 64, 3)).astype("float32")

@@ -17,10 +17,18 @@ from matl_keras.models.resnet.resnet_image_classifier import (
 )
 def test_matches_keras_applications_layer_by_layer(depth, application):
     ours = ResNetBackbone(depth=depth, image_size=64)
-    theirs = application(weights=None, include_top=False, input_shape=(64, 64, 3))
+    theirs = application(
+        weights=None, include_top=False, input_shape=(64, 64, 3)
+    )
     assert ours.count_params() == theirs.count_params()
-    ours_layers = [(l.name, [w.shape for w in l.weights]) for l in ours.layers if l.weights]
-    theirs_layers = [(l.name, [w.shape for w in l.weights]) for l in theirs.layers if l.weights]
+    ours_layers = [
+        (l.name, [w.shape for w in l.weights]) for l in ours.layers if l.weights
+    ]
+    theirs_layers = [
+        (l.name, [w.shape for w in l.weights])
+        for l in theirs.layers
+        if l.weights
+    ]
     assert ours_layers == theirs_layers
 
 
@@ -32,7 +40,8 @@ def test_same_weights_give_keras_applications_features():
     # Make BN statistics non-trivial so that the check means something.
     rng = np.random.default_rng(0)
     weights = [
-        w + rng.normal(0, 0.01, w.shape).astype(w.dtype) for w in theirs.get_weights()
+        w + rng.normal(0, 0.01, w.shape).astype(w.dtype)
+        for w in theirs.get_weights()
     ]
     theirs.set_weights(weights)
     ours.set_weights(weights)
@@ -51,7 +60,12 @@ def test_output_and_pyramid_shapes(depth, channels):
     out = backbone(np.zeros((2, 64, 64, 3), "float32"))
     assert tuple(out.shape) == (2, 2, 2, channels)
     assert sorted(backbone.pyramid_outputs) == ["P2", "P3", "P4", "P5"]
-    assert tuple(backbone.pyramid_outputs["P2"].shape) == (None, 16, 16, channels // 8)
+    assert tuple(backbone.pyramid_outputs["P2"].shape) == (
+        None,
+        16,
+        16,
+        channels // 8,
+    )
 
 
 def test_width_multiplier_shrinks_channels():
@@ -128,9 +142,11 @@ def test_head_norm_lets_a_new_head_learn_on_small_features(head_norm):
         _tiny_scale_backbone(), 2, dropout=0.0, head_norm=head_norm
     )
     assert ("head_norm" in [l.name for l in model.layers]) == head_norm
-    model.compile(optimizer=keras.optimizers.SGD(0.05),
-                  loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.05),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     history = model.fit(x, labels, batch_size=32, epochs=6, verbose=0)
     accuracy = history.history["accuracy"][-1]
     # Without the normalisation the logits move by ~0.02 per unit weight:

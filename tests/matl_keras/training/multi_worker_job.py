@@ -21,16 +21,18 @@ strategies.start_multi_worker_from_env()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-
-from tests.matl_keras.training.ssl_testing import build as _build  # noqa: E402
-from tests.matl_keras.training.ssl_testing import data as _data  # noqa: E402
 from matl_keras_plugins.ssl_methods.moco import MoCo  # noqa: E402
 from matl_keras_plugins.ssl_methods.region_aware import RegionAware  # noqa: E402
 from matl_keras_plugins.ssl_methods.simclr import SimCLR  # noqa: E402
 from matl_keras_plugins.ssl_methods.simsiam import SimSiam  # noqa: E402
 
+from tests.matl_keras.training.ssl_testing import build as _build  # noqa: E402
+from tests.matl_keras.training.ssl_testing import data as _data  # noqa: E402
+
 METHODS = {
-    "moco": MoCo, "simclr": SimCLR, "region_aware": RegionAware,
+    "moco": MoCo,
+    "simclr": SimCLR,
+    "region_aware": RegionAware,
     "simsiam": SimSiam,
 }
 # SimSiam's gradients are ~10x smaller (see test_contrastive._fit).

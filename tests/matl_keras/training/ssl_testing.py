@@ -4,14 +4,14 @@ self-supervised stage tests and the multi-worker job)."""
 
 import numpy as np
 import tensorflow as tf
+from matl_keras_plugins.ssl_methods.region_aware import RegionAware
+from matl_keras_plugins.ssl_methods.simclr import SimCLR
+from matl_keras_plugins.ssl_methods.simsiam import SimSiam
 
 from matl_keras import registry as registry_lib
 from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
 from matl_keras.training import optimizers
 from matl_keras.training import self_supervised
-from matl_keras_plugins.ssl_methods.region_aware import RegionAware
-from matl_keras_plugins.ssl_methods.simclr import SimCLR
-from matl_keras_plugins.ssl_methods.simsiam import SimSiam
 
 SIZE = 32
 # Shuffle-BN groups of the tiny methods with a key encoder (global batch 8:
@@ -21,10 +21,20 @@ GROUPS = 2
 
 def backbone(name="resnet", groups=1):
     if groups > 1:
-        return ResNetBackbone(depth=18, width_multiplier=0.25, image_size=SIZE,
-                              batchnorm_groups=groups, name=name)
-    return ResNetBackbone(depth=18, width_multiplier=0.25, image_size=SIZE,
-                          sync_batchnorm=True, name=name)
+        return ResNetBackbone(
+            depth=18,
+            width_multiplier=0.25,
+            image_size=SIZE,
+            batchnorm_groups=groups,
+            name=name,
+        )
+    return ResNetBackbone(
+        depth=18,
+        width_multiplier=0.25,
+        image_size=SIZE,
+        sync_batchnorm=True,
+        name=name,
+    )
 
 
 def build(cls, groups=None, **kwargs):
@@ -38,8 +48,11 @@ def build(cls, groups=None, **kwargs):
     else:
         args.update(hidden_dim=16, projection_dim=8)
     if cls.needs_key_encoder:
-        args.update(key_backbone=backbone("key_resnet", groups), queue_size=16,
-                    momentum=0.9)
+        args.update(
+            key_backbone=backbone("key_resnet", groups),
+            queue_size=16,
+            momentum=0.9,
+        )
     args.update(kwargs)
     model = cls(**args)
     model.build()
@@ -49,7 +62,9 @@ def build(cls, groups=None, **kwargs):
 def views(cls, n, seed=0, region_size=SIZE):
     """Fixed random views of `n` images in `cls`'s structure."""
     rng = np.random.default_rng(seed)
-    image = lambda *s: rng.uniform(0, 1, (n, *s, SIZE, SIZE, 3)).astype(np.float32)  # noqa
+    image = lambda *s: rng.uniform(0, 1, (n, *s, SIZE, SIZE, 3)).astype(
+        np.float32
+    )  # noqa
     if cls in (SimCLR, SimSiam):
         return {"view1": image(), "view2": image()}
     out = {"query": image(), "key": image()}
@@ -70,13 +85,23 @@ def data(cls, n=16, batch=8, region_size=SIZE):
 def pretrain(workdir, **kwargs):
     """`self_supervised.pretrain` of a tiny MoCo on 16 synthetic CT images."""
     dataset = registry_lib.default_registry().create(
-        "datasets", "synthetic_ct", image_size=40, num_train=16, num_val=8, num_test=0
+        "datasets",
+        "synthetic_ct",
+        image_size=40,
+        num_train=16,
+        num_val=8,
+        num_test=0,
     )
     args = dict(
         dataset=dataset,
         method=tiny_moco,
-        backbone=lambda **kw: ResNetBackbone(depth=18, width_multiplier=0.25, **kw),
-        image_size=32, batch_size=8, epochs=3, strategy="default",
+        backbone=lambda **kw: ResNetBackbone(
+            depth=18, width_multiplier=0.25, **kw
+        ),
+        image_size=32,
+        batch_size=8,
+        epochs=3,
+        strategy="default",
         optimizer=lambda **kw: optimizers.sgd(learning_rate=0.3, **kw),
     )
     args.update(kwargs)
@@ -86,7 +111,9 @@ def pretrain(workdir, **kwargs):
 def tiny_moco(**kwargs):
     from matl_keras_plugins.ssl_methods.moco import MoCo
 
-    return MoCo(queue_size=8, hidden_dim=16, projection_dim=8, momentum=0.9, **kwargs)
+    return MoCo(
+        queue_size=8, hidden_dim=16, projection_dim=8, momentum=0.9, **kwargs
+    )
 
 
 tiny_moco.needs_key_encoder = True

@@ -3,6 +3,7 @@ a counting evaluator, a tiny backbone and `run_train` (not a test module)."""
 
 import h5py
 import numpy as np
+from matl_keras_plugins.datasets.synthetic_ct import SyntheticCT
 
 from matl_keras.data.dataset import ArrayExamples
 from matl_keras.data.dataset import Dataset
@@ -10,7 +11,6 @@ from matl_keras.evaluation.evaluator import Evaluator
 from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
 from matl_keras.training import optimizers
 from matl_keras.training import supervised
-from matl_keras_plugins.datasets.synthetic_ct import SyntheticCT
 
 
 class Bright(Dataset):
@@ -40,7 +40,9 @@ class Count(Evaluator):
 
 
 def tiny_backbone(image_size):
-    return ResNetBackbone(depth=18, width_multiplier=0.25, image_size=image_size)
+    return ResNetBackbone(
+        depth=18, width_multiplier=0.25, image_size=image_size
+    )
 
 
 def run_train(workdir, **kwargs):
@@ -61,8 +63,9 @@ def reproducible_train(workdir, **kwargs):
     """`supervised.train` of a tiny model with every kind of random draw
     (the reproducibility and extension tests)."""
     args = {
-        "dataset": SyntheticCT(image_size=40, num_train=24, num_val=8,
-                               num_test=8, seed=0),
+        "dataset": SyntheticCT(
+            image_size=40, num_train=24, num_val=8, num_test=8, seed=0
+        ),
         "backbone": lambda image_size: ResNetBackbone(
             depth=18, width_multiplier=0.25, image_size=image_size
         ),
@@ -85,7 +88,10 @@ def weights_of(path):
     arrays = {}
     with h5py.File(path) as f:
         f.visititems(
-            lambda name, item: arrays.__setitem__(name, item[()])
-            if isinstance(item, h5py.Dataset) else None
+            lambda name, item: (
+                arrays.__setitem__(name, item[()])
+                if isinstance(item, h5py.Dataset)
+                else None
+            )
         )
     return arrays

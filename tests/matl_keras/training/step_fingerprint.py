@@ -29,30 +29,64 @@ def main():
     determinism.configure("auto")
     keras.utils.set_random_seed(0)
     dataset = registry.default_registry().create(
-        "datasets", "synthetic_ct", image_size=128, num_train=BATCH,
-        num_val=8, num_test=8, seed=0,
+        "datasets",
+        "synthetic_ct",
+        image_size=128,
+        num_train=BATCH,
+        num_val=8,
+        num_test=8,
+        seed=0,
     )
 
     def backbone(name):
-        return ResNetBackbone(depth=18, width_multiplier=0.5, image_size=SIZE,
-                              batchnorm_groups=GROUPS, name=name)
+        return ResNetBackbone(
+            depth=18,
+            width_multiplier=0.5,
+            image_size=SIZE,
+            batchnorm_groups=GROUPS,
+            name=name,
+        )
 
     method = registry.default_registry().load("ssl_methods", "region_aware")
-    model = method(backbone=backbone("resnet"),
-                   key_backbone=backbone("key_resnet"), image_size=SIZE,
-                   queue_size=BATCH, augment="moco_v2")
+    model = method(
+        backbone=backbone("resnet"),
+        key_backbone=backbone("key_resnet"),
+        image_size=SIZE,
+        queue_size=BATCH,
+        augment="moco_v2",
+    )
     split = pipeline.build_split(
-        dataset, "train", training=True, augment=model.views,
-        prepare=model.prepare, targets="indices", start_epoch=0, epochs=1,
-        image_size=SIZE, batch_size=BATCH, crop_fraction=0.875,
-        on_bad_image="refuse", cache="memory", seed=0,
+        dataset,
+        "train",
+        training=True,
+        augment=model.views,
+        prepare=model.prepare,
+        targets="indices",
+        start_epoch=0,
+        epochs=1,
+        image_size=SIZE,
+        batch_size=BATCH,
+        crop_fraction=0.875,
+        on_bad_image="refuse",
+        cache="memory",
+        seed=0,
     )
     batch = next(iter(split.data))
-    model.configure(RunSchedule(num_examples=BATCH, steps_per_epoch=2,
-                                epochs=1, global_batch_size=BATCH, seed=0))
+    model.configure(
+        RunSchedule(
+            num_examples=BATCH,
+            steps_per_epoch=2,
+            epochs=1,
+            global_batch_size=BATCH,
+            seed=0,
+        )
+    )
     model.build()
-    model.compile(optimizer=optimizers.sgd(
-        batch_size=BATCH, epochs=1, steps_per_epoch=2, learning_rate=0.03))
+    model.compile(
+        optimizer=optimizers.sgd(
+            batch_size=BATCH, epochs=1, steps_per_epoch=2, learning_rate=0.03
+        )
+    )
     step = tf.function(model.train_step)
     for _ in range(2):
         step(batch)

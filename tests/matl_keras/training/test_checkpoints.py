@@ -63,7 +63,9 @@ def test_best_checkpoint_survives_a_resume(tmp_path):
 
 def test_loss_minimised_when_best_metric_is_a_loss(tmp_path):
     model = _tiny_model()
-    best = checkpoints.BestCheckpoint(str(tmp_path / "b"), "val_loss", mode="min")
+    best = checkpoints.BestCheckpoint(
+        str(tmp_path / "b"), "val_loss", mode="min"
+    )
     best.set_model(model)
     best.on_train_begin()
     for epoch, loss in enumerate([0.5, 0.7, 0.3]):

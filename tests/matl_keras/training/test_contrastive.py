@@ -5,6 +5,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from matl_keras_plugins.ssl_methods.moco import MoCo
+from matl_keras_plugins.ssl_methods.region_aware import RegionAware
+from matl_keras_plugins.ssl_methods.simclr import SimCLR
+from matl_keras_plugins.ssl_methods.simsiam import SimSiam
 
 from matl_keras.errors import ConfigError
 from matl_keras.layers.fused_batch_norm import FusedBatchNormalization
@@ -12,10 +16,6 @@ from matl_keras.training import contrastive
 from matl_keras.training import ssl_losses
 from matl_keras.training import strategies
 from matl_keras.training.ssl_method import RunSchedule
-from matl_keras_plugins.ssl_methods.moco import MoCo
-from matl_keras_plugins.ssl_methods.region_aware import RegionAware
-from matl_keras_plugins.ssl_methods.simclr import SimCLR
-from matl_keras_plugins.ssl_methods.simsiam import SimSiam
 from tests.matl_keras.training.ssl_testing import SIZE
 from tests.matl_keras.training.ssl_testing import build as _build
 from tests.matl_keras.training.ssl_testing import data as _data
@@ -31,7 +31,9 @@ def test_key_encoder_starts_equal_and_momentum_update_is_eq_3():
     before = [k.numpy() for k in model.key_weights]
     model.momentum_update()
     for k, old, q in zip(model.key_weights, before, model.query_weights):
-        np.testing.assert_allclose(k.numpy(), 0.9 * old + 0.1 * q.numpy(), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(
+            k.numpy(), 0.9 * old + 0.1 * q.numpy(), rtol=1e-6, atol=1e-7
+        )
     # Key encoder: not optimized, but BatchNorm still in training mode.
     ids = {id(v) for v in model.optimized_variables}
     assert not any(id(v) in ids for v in model.key_weights)
@@ -55,7 +57,8 @@ def test_queue_is_fifo_wraps_and_keeps_the_images_identities():
     queue = model.queue.numpy()[:, 0]
     np.testing.assert_array_equal(queue, [3, 3] + [1] * 4 + [2] * 6 + [3] * 4)
     np.testing.assert_array_equal(
-        model.queue_ids.numpy(), [16, 17, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
+        model.queue_ids.numpy(),
+        [16, 17, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
     )
     assert int(model.queue_pointer.numpy()) == 2
     assert int(model.queue_filled.numpy()) == 16
@@ -79,12 +82,17 @@ def test_a_query_never_has_a_key_of_its_own_image_as_a_negative():
     key = query + 0.1 * rng.normal(size=(2, 8)).astype(np.float32)
     own = ssl_losses.l2_normalize(np.repeat(key[:1], 6, 0)).numpy()
     others = ssl_losses.l2_normalize(rng.normal(size=(2, 8))).numpy()
-    model.enqueue(tf.constant(np.concatenate([own, others])), tf.constant([5] * 6 + [7, 8]))
+    model.enqueue(
+        tf.constant(np.concatenate([own, others])),
+        tf.constant([5] * 6 + [7, 8]),
+    )
     ids = tf.constant([5, 6])
     mask = model.queue_mask(ids).numpy()
     assert mask[0].tolist() == [False] * 6 + [True, True]  # 0 self-negatives
     assert mask[1].all()
-    got = ssl_losses.info_nce(query, key, model.queue, 0.2, model.queue_mask(ids)).numpy()
+    got = ssl_losses.info_nce(
+        query, key, model.queue, 0.2, model.queue_mask(ids)
+    ).numpy()
     # Reference: query 0 against the other images' keys only.
     q = query[0] / np.linalg.norm(query[0])
     k = key[0] / np.linalg.norm(key[0])
@@ -96,14 +104,23 @@ def test_a_query_never_has_a_key_of_its_own_image_as_a_negative():
 
 
 def _schedule(num_examples, batch=8, epochs=3, seed=0):
-    return RunSchedule(num_examples=num_examples, steps_per_epoch=num_examples // batch,
-                       epochs=epochs, global_batch_size=batch, seed=seed)
+    return RunSchedule(
+        num_examples=num_examples,
+        steps_per_epoch=num_examples // batch,
+        epochs=epochs,
+        global_batch_size=batch,
+        seed=seed,
+    )
 
 
 def test_queue_is_sized_to_the_data_and_a_larger_one_refused():
     def moco(**kwargs):
-        return MoCo(backbone=_build(MoCo).backbone, image_size=SIZE,
-                    key_backbone=_build(MoCo).key_backbone, **kwargs)
+        return MoCo(
+            backbone=_build(MoCo).backbone,
+            image_size=SIZE,
+            key_backbone=_build(MoCo).key_backbone,
+            **kwargs,
+        )
 
     model = moco(queue_size="auto")
     model.configure(_schedule(425, batch=32))
@@ -112,7 +129,9 @@ def test_queue_is_sized_to_the_data_and_a_larger_one_refused():
     paper = moco(queue_size="auto")
     paper.configure(_schedule(425, batch=256))  # one step an epoch
     assert paper.queue_size == 256
-    with pytest.raises(ConfigError, match=r"queue_size` \(4096\).*425 training images"):
+    with pytest.raises(
+        ConfigError, match=r"queue_size` \(4096\).*425 training images"
+    ):
         moco(queue_size=4096).configure(_schedule(425, batch=32))
     with pytest.raises(ConfigError, match="at least the global batch"):
         moco(queue_size=16).configure(_schedule(425, batch=32))
@@ -130,7 +149,9 @@ def test_cosine_momentum_schedule_is_used_by_the_update():
     before = [k.numpy() for k in model.key_weights]
     model.momentum_update()
     for k, old, q in zip(model.key_weights, before, model.query_weights):
-        np.testing.assert_allclose(k.numpy(), 0.9 * old + 0.1 * q.numpy(), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(
+            k.numpy(), 0.9 * old + 0.1 * q.numpy(), rtol=1e-5, atol=1e-7
+        )
     model.optimizer.iterations.assign(9)  # t = T: m = 1
     before = [k.numpy() for k in model.key_weights]
     model.momentum_update()
@@ -144,31 +165,49 @@ def test_shuffle_permutation_mixes_every_key_group():
         perm = contrastive.shuffle_permutation(batch, groups, seed).numpy()
         assert sorted(perm) == list(range(batch))
         size = batch // groups
-        query_groups = [set(range(g * size, (g + 1) * size)) for g in range(groups)]
+        query_groups = [
+            set(range(g * size, (g + 1) * size)) for g in range(groups)
+        ]
         for k in range(groups):
-            key_group = set(perm[k * size:(k + 1) * size])
+            key_group = set(perm[k * size : (k + 1) * size])
             assert key_group not in query_groups
             # Images of at least two query groups meet in every key group.
             assert sum(bool(key_group & q) for q in query_groups) >= 2
-    other = contrastive.shuffle_permutation(32, 4, tf.constant([3, 5], tf.int64))
-    assert not np.array_equal(other.numpy(), contrastive.shuffle_permutation(32, 4, seed).numpy())
+    other = contrastive.shuffle_permutation(
+        32, 4, tf.constant([3, 5], tf.int64)
+    )
+    assert not np.array_equal(
+        other.numpy(), contrastive.shuffle_permutation(32, 4, seed).numpy()
+    )
     with pytest.raises(ValueError, match="groups"):
         contrastive.shuffle_permutation(8, 1, seed)
 
 
 def test_grouped_batchnorm_normalises_each_group_alone():
     layer = FusedBatchNormalization(groups=2, momentum=0.5, epsilon=1e-3)
-    x = np.random.default_rng(0).normal(2.0, 3.0, (4, 3, 3, 5)).astype(np.float32)
+    x = (
+        np.random.default_rng(0)
+        .normal(2.0, 3.0, (4, 3, 3, 5))
+        .astype(np.float32)
+    )
     x[2:] *= 10.0  # the second group has other statistics
     y = layer(x, training=True).numpy()
     for g in (slice(0, 2), slice(2, 4)):
         part = x[g]
         mean = part.mean((0, 1, 2))
         var = part.var((0, 1, 2))
-        np.testing.assert_allclose(y[g], (part - mean) / np.sqrt(var + 1e-3), atol=1e-4)
+        np.testing.assert_allclose(
+            y[g], (part - mean) / np.sqrt(var + 1e-3), atol=1e-4
+        )
     groups = x.reshape(2, -1, 5)
-    np.testing.assert_allclose(layer.moving_mean.numpy(), 0.5 * groups.mean(1).mean(0), rtol=1e-5)
-    np.testing.assert_allclose(layer.moving_variance.numpy(), 0.5 + 0.5 * groups.var(1).mean(0), rtol=1e-5)
+    np.testing.assert_allclose(
+        layer.moving_mean.numpy(), 0.5 * groups.mean(1).mean(0), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        layer.moving_variance.numpy(),
+        0.5 + 0.5 * groups.var(1).mean(0),
+        rtol=1e-5,
+    )
     # Inference: the moving statistics, whatever the groups.
     plain = keras.layers.BatchNormalization(momentum=0.5, epsilon=1e-3)
     plain.build(x.shape)
@@ -184,7 +223,9 @@ def test_keys_come_from_shuffled_groups_and_return_in_order():
     query's order."""
     model = _build(MoCo)
     model.compile(optimizer=keras.optimizers.SGD(0.0))
-    images = tf.constant(np.random.default_rng(1).uniform(0, 1, (8, SIZE, SIZE, 3)), tf.float32)
+    images = tf.constant(
+        np.random.default_rng(1).uniform(0, 1, (8, SIZE, SIZE, 3)), tf.float32
+    )
     keys = model.encode_keys(images).numpy()
     perm = contrastive.shuffle_permutation(8, 2, model._key_seed()).numpy()
     expected = np.zeros_like(keys)
@@ -196,7 +237,7 @@ def test_keys_come_from_shuffled_groups_and_return_in_order():
     plain.build((None, SIZE, SIZE, 3))
     plain.set_weights(model.key_backbone.get_weights())
     for k in range(2):
-        members = perm[k * 4:(k + 1) * 4]
+        members = perm[k * 4 : (k + 1) * 4]
         alone = tf.gather(images, members)
         single = model.key_projector(plain(alone, training=True))
         expected[members] = ssl_losses.l2_normalize(single).numpy()
@@ -224,7 +265,10 @@ def _fit(cls, strategy_name, weights, **kwargs):
         # at 1e-4 a BatchNorm gamma (~1.0) moves by ~1e-5, about 100 float32
         # ulps, so one ulp of rounding would read as a 1% mismatch.
         rate = 1e-3 if cls is SimSiam else 1e-4
-        model.compile(optimizer=keras.optimizers.SGD(rate, momentum=0.9), jit_compile=False)
+        model.compile(
+            optimizer=keras.optimizers.SGD(rate, momentum=0.9),
+            jit_compile=False,
+        )
     # Two steps: the second uses the queue filled by the first and the
     # momentum-updated key encoder.
     data = _data(cls, region_size=kwargs.get("region_size") or SIZE)
@@ -239,7 +283,9 @@ def _update_mismatch(one, two, initial):
     convolution followed by BatchNorm, whose gradient is ~0) are skipped.
     """
     mismatch = {}
-    for w, a, b, w0 in zip(one.weights, one.get_weights(), two.get_weights(), initial):
+    for w, a, b, w0 in zip(
+        one.weights, one.get_weights(), two.get_weights(), initial
+    ):
         if not np.issubdtype(a.dtype, np.floating):
             continue
         update = np.abs(a - w0).max()
@@ -265,19 +311,30 @@ def _check_mirrored_equals_one_device(cls, **kwargs):
     for key in history_one:
         # atol: SimSiam's loss, a mean of cosines in [-1, 1], starts near 0.
         np.testing.assert_allclose(
-            history_two[key], history_one[key], rtol=1e-5, atol=1e-6, err_msg=key
+            history_two[key],
+            history_one[key],
+            rtol=1e-5,
+            atol=1e-6,
+            err_msg=key,
         )
     names = [w.path.split("/", 1)[1] for w in one.weights]
     assert names == [w.path.split("/", 1)[1] for w in two.weights]
     mismatch = _update_mismatch(one, two, initial)
-    assert any("moving" in name for name in mismatch)  # BatchNorm statistics compared
-    assert any("conv1_conv/kernel" in name for name in mismatch)  # the whole backbone
+    assert any(
+        "moving" in name for name in mismatch
+    )  # BatchNorm statistics compared
+    assert any(
+        "conv1_conv/kernel" in name for name in mismatch
+    )  # the whole backbone
     worst = max(mismatch, key=mismatch.get)
     assert mismatch[worst] < 1e-2, (worst, mismatch[worst])
     if cls.needs_key_encoder:
         assert int(two.queue_filled.numpy()) == 16
-        # Keys are unit vectors: 1e-5 is float32 rounding through a forward pass.
-        np.testing.assert_allclose(two.queue.numpy(), one.queue.numpy(), atol=1e-5)
+        # Keys are unit vectors: 1e-5 is float32 rounding through a forward
+        # pass.
+        np.testing.assert_allclose(
+            two.queue.numpy(), one.queue.numpy(), atol=1e-5
+        )
 
 
 def test_the_equivalence_check_catches_a_wrong_reduction(monkeypatch):
@@ -286,7 +343,8 @@ def test_the_equivalence_check_catches_a_wrong_reduction(monkeypatch):
     and a custom train_step must avoid) doubles every update."""
     one, initial, _ = _fit(MoCo, "default", None)
     monkeypatch.setattr(
-        contrastive, "_global_batch",
+        contrastive,
+        "_global_batch",
         lambda per_example: tf.cast(tf.shape(per_example)[0], tf.float32),
     )
     two, _, _ = _fit(MoCo, "mirrored", initial)
@@ -297,7 +355,9 @@ def test_the_equivalence_check_catches_a_wrong_reduction(monkeypatch):
 def _seeded(fn, element):
     """`fn(element, seed)` for 4 examples with seeds (i, 0), as tf.data."""
     return list(
-        tf.data.Dataset.from_tensors(element).repeat(4).enumerate()
+        tf.data.Dataset.from_tensors(element)
+        .repeat(4)
+        .enumerate()
         .map(lambda i, x: fn(x, tf.stack([i, tf.constant(0, tf.int64)])))
     )
 
@@ -317,15 +377,26 @@ def test_views_are_two_independent_augmentations_and_five_regions():
     # views again for the same seed (nothing random outside the seed).
     assert not np.allclose(views[0]["query"].numpy(), views[1]["query"].numpy())
     again = _seeded(moco.views, tf.constant(image))
-    np.testing.assert_array_equal(views[2]["key"].numpy(), again[2]["key"].numpy())
+    np.testing.assert_array_equal(
+        views[2]["key"].numpy(), again[2]["key"].numpy()
+    )
     region = _build(RegionAware, augment_regions=False)
     full = tf.constant(_phantom(120)[0])  # the Generator sees full resolution
     element = {"image": tf.image.resize(full, [37, 37]), **region.prepare(full)}
-    assert element["regions"].shape == (5, region.region_load_size, region.region_load_size, 3)
+    assert element["regions"].shape == (
+        5,
+        region.region_load_size,
+        region.region_load_size,
+        3,
+    )
     crops = _seeded(region.views, element)[0]["regions"]
     assert crops.shape == (5, SIZE, SIZE, 3)
     flat = crops.numpy().reshape(5, -1)
-    assert all(not np.allclose(flat[i], flat[j]) for i in range(5) for j in range(i + 1, 5))
+    assert all(
+        not np.allclose(flat[i], flat[j])
+        for i in range(5)
+        for j in range(i + 1, 5)
+    )
 
 
 def test_region_crops_are_augmented_but_never_flipped():
@@ -333,10 +404,15 @@ def test_region_crops_are_augmented_but_never_flipped():
     region = _build(RegionAware)
     half = np.zeros((40, 40, 3), np.float32)
     half[:, 20:] = 1.0  # dark left, bright right: a flip shows as bright left
-    element = {"image": tf.constant(half), "regions": tf.constant(np.stack([half] * 5))}
+    element = {
+        "image": tf.constant(half),
+        "regions": tf.constant(np.stack([half] * 5)),
+    }
     for v in _seeded(region.views, element):
         crops = v["regions"].numpy()
-        assert (crops[:, :, : SIZE // 4].mean() < crops[:, :, -SIZE // 4:].mean())
+        assert (
+            crops[:, :, : SIZE // 4].mean() < crops[:, :, -SIZE // 4 :].mean()
+        )
     # The views themselves are flipped about half the time.
     flips = [
         v["query"].numpy()[:, :4].mean() > v["query"].numpy()[:, -4:].mean()
@@ -349,11 +425,13 @@ def test_region_crops_are_augmented_but_never_flipped():
 def test_key_permutation_is_the_same_under_xla():
     """XLA's Philox differs from TensorFlow's kernel; the permutation uses
     an integer hash so that jit_compile cannot change the training."""
+
     def perm(seed):
         return contrastive.shuffle_permutation(32, 4, seed)
 
     for seed in ([0, 1], [7, 123456], [2**31 - 1, 5]):
         seed = tf.constant(seed, tf.int64)
         np.testing.assert_array_equal(
-            tf.function(perm, jit_compile=True)(seed).numpy(), perm(seed).numpy()
+            tf.function(perm, jit_compile=True)(seed).numpy(),
+            perm(seed).numpy(),
         )

@@ -4,21 +4,21 @@ them in that stage), a plugin breaking the examples() contract, one class."""
 
 import os
 
-import gin
 import numpy as np
 import pytest
+from matl_keras_plugins.datasets.image_folder import ImageFolder
 from PIL import Image
 
+import gin
 from matl_keras import config
-from matl_keras.training import stage_config
 from matl_keras.data.dataset import Dataset
 from matl_keras.errors import ConfigError
 from matl_keras.errors import DataError
 from matl_keras.errors import PluginError
 from matl_keras.registry import Registry
 from matl_keras.training import self_supervised
+from matl_keras.training import stage_config
 from matl_keras.training import supervised
-from matl_keras_plugins.datasets.image_folder import ImageFolder
 from tests.conftest import REPO
 from tests.matl_keras.training.stage_testing import run_train
 
@@ -104,7 +104,9 @@ def test_the_binding_in_force_follows_the_job_files():
     }
     for scope, (name, binding) in expected.items():
         with gin.config_scope(scope):
-            assert stage_config.binding_in_force(name, "on_bad_image") == binding
+            assert (
+                stage_config.binding_in_force(name, "on_bad_image") == binding
+            )
 
 
 class Listy(Dataset):

@@ -15,10 +15,15 @@ from tests.matl_keras.training.stage_testing import run_train
 def test_decide_by_hand():
     # max mode, patience 2, min_delta 0.05: epoch 2 (+0.1) improves, epoch
     # 3 (+0.03) does not, epoch 4 does not (NaN): stop after epoch 4.
-    state = early_stopping.decide([0.5, 0.6, 0.63, float("nan"), 0.9],
-                                  "max", 2, 0.05)
-    assert state == {"best_epoch": 2, "best_value": 0.6, "wait": 2,
-                     "stopped_epoch": 4}
+    state = early_stopping.decide(
+        [0.5, 0.6, 0.63, float("nan"), 0.9], "max", 2, 0.05
+    )
+    assert state == {
+        "best_epoch": 2,
+        "best_value": 0.6,
+        "wait": 2,
+        "stopped_epoch": 4,
+    }
     # min mode (val_loss): a lower value improves.
     state = early_stopping.decide([1.0, 0.8, 0.9], "min", 2, 0.0)
     assert state["stopped_epoch"] is None and state["best_epoch"] == 2
@@ -26,9 +31,11 @@ def test_decide_by_hand():
 
 @pytest.mark.parametrize(
     "patience, min_delta, match",
-    [(0, 0.0, "early_stopping_patience=0"),
-     (1.5, 0.0, "early_stopping_patience=1.5"),
-     (2, -0.1, "early_stopping_min_delta=-0.1")],
+    [
+        (0, 0.0, "early_stopping_patience=0"),
+        (1.5, 0.0, "early_stopping_patience=1.5"),
+        (2, -0.1, "early_stopping_min_delta=-0.1"),
+    ],
 )
 def test_arguments_are_checked(patience, min_delta, match):
     with pytest.raises(ConfigError, match=match):
@@ -36,7 +43,9 @@ def test_arguments_are_checked(patience, min_delta, match):
 
 
 def _epochs(workdir):
-    return [int(r["epoch"]) for r in csv.DictReader(open(workdir / "history.csv"))]
+    return [
+        int(r["epoch"]) for r in csv.DictReader(open(workdir / "history.csv"))
+    ]
 
 
 def test_stops_and_a_killed_run_resumes_to_the_same_decision(
@@ -49,8 +58,12 @@ def test_stops_and_a_killed_run_resumes_to_the_same_decision(
     the stage finished, the rerun trains no further epoch."""
     from matl_keras.training import monitors as callbacks_lib
 
-    kwargs = dict(epochs=6, keep="last", early_stopping_patience=2,
-                  early_stopping_min_delta=10.0)
+    kwargs = dict(
+        epochs=6,
+        keep="last",
+        early_stopping_patience=2,
+        early_stopping_min_delta=10.0,
+    )
 
     class Killed(callbacks_lib.Throughput):
         def on_epoch_begin(self, epoch, logs=None):

@@ -4,9 +4,9 @@ starting over; any other change is still refused."""
 import csv
 import json
 
-import gin
 import pytest
 
+import gin
 from matl_keras import config
 from matl_keras.errors import ConfigError
 from matl_keras.training import optimizers
@@ -46,15 +46,20 @@ def test_raising_epochs_extends_and_equals_a_fresh_run(tmp_path):
     assert extension["changed"] == "E: 2 -> 3"
     assert "recomputed over 3 epochs" in extension["schedule"]
     assert (tmp_path / "extended" / "last_epoch" / "epoch-3").is_dir()
-    rows = [list(csv.DictReader(open(tmp_path / d / "history.csv")))
-            for d in ("fresh", "extended")]
+    rows = [
+        list(csv.DictReader(open(tmp_path / d / "history.csv")))
+        for d in ("fresh", "extended")
+    ]
     assert [int(r["epoch"]) for r in rows[1]] == [0, 1, 2]
     assert rows[0] == rows[1]
     _assert_weights_equal(tmp_path / "fresh", tmp_path / "extended")
 
     # The same command again: complete, nothing to do.
     _train(tmp_path / "extended", epochs=3, **CONSTANT)
-    assert len(json.load(open(tmp_path / "extended" / "run.json"))["extensions"]) == 1
+    assert (
+        len(json.load(open(tmp_path / "extended" / "run.json"))["extensions"])
+        == 1
+    )
 
 
 def _assert_weights_equal(a, b):
@@ -62,7 +67,10 @@ def _assert_weights_equal(a, b):
 
     from tests.matl_keras.training.stage_testing import weights_of as _weights
 
-    first, second = _weights(a / "backbone.weights.h5"), _weights(b / "backbone.weights.h5")
+    first, second = (
+        _weights(a / "backbone.weights.h5"),
+        _weights(b / "backbone.weights.h5"),
+    )
     assert first.keys() == second.keys()
     for name in first:
         np.testing.assert_array_equal(first[name], second[name], err_msg=name)
@@ -72,7 +80,9 @@ def test_other_changes_and_fewer_epochs_are_still_refused(tmp_path):
     _bind()
     _train(tmp_path, epochs=2)
     _bind("E = 3", "train.dropout = 0.3")
-    with pytest.raises(ConfigError, match=r"changed: .*E: 2 -> 3.*train.dropout"):
+    with pytest.raises(
+        ConfigError, match=r"changed: .*E: 2 -> 3.*train.dropout"
+    ):
         _train(tmp_path, epochs=3)
     _bind("E = 1")
     with pytest.raises(ConfigError, match=r"changed: E: 2 -> 1"):
@@ -82,7 +92,9 @@ def test_other_changes_and_fewer_epochs_are_still_refused(tmp_path):
 
     shutil.rmtree(tmp_path / "last_epoch")
     _bind("E = 3")
-    with pytest.raises(ConfigError, match="kept no last-epoch backup.*from 2 to 3"):
+    with pytest.raises(
+        ConfigError, match="kept no last-epoch backup.*from 2 to 3"
+    ):
         _train(tmp_path, epochs=3)
 
 
@@ -93,6 +105,8 @@ def test_pretraining_is_extended_too(tmp_path):
     _pretrain(tmp_path, epochs=2, monitor_split=None)
     record = json.load(open(tmp_path / "run.json"))
     assert record["status"] == "complete" and record["resumed"] is True
-    assert [(e["from_epochs"], e["to_epochs"]) for e in record["extensions"]] == [(1, 2)]
+    assert [
+        (e["from_epochs"], e["to_epochs"]) for e in record["extensions"]
+    ] == [(1, 2)]
     rows = list(csv.DictReader(open(tmp_path / "history.csv")))
     assert [int(r["epoch"]) for r in rows] == [0, 1]

@@ -4,16 +4,16 @@ of a stage in a local store; a clear error without MLflow."""
 import os
 import sys
 
-import gin
 import pytest
 
+import gin
 from matl_keras import config
 from matl_keras.errors import ConfigError
+from matl_keras.training import optimizers
+from matl_keras.training import stage_config
 from tests.matl_keras.training.stage_testing import Bright
 from tests.matl_keras.training.stage_testing import Count
 from tests.matl_keras.training.stage_testing import tiny_backbone
-from matl_keras.training import optimizers
-from matl_keras.training import stage_config
 
 
 def _bind(*bindings):
@@ -26,8 +26,13 @@ def _train(workdir):
     """The stage called through gin, as a job calls it (so its operative
     config is recorded)."""
     return config.configured("train")(
-        str(workdir), dataset=Bright(), backbone=tiny_backbone, image_size=32,
-        batch_size=8, epochs=2, evaluators=[Count()],
+        str(workdir),
+        dataset=Bright(),
+        backbone=tiny_backbone,
+        image_size=32,
+        batch_size=8,
+        epochs=2,
+        evaluators=[Count()],
         transfer_evaluators=(),
         optimizer=lambda **kw: optimizers.sgd(learning_rate=0.5, **kw),
     )
@@ -41,10 +46,12 @@ def test_stage_is_logged_to_a_local_mlflow_store(tmp_path, monkeypatch):
     # what a test without a server can use).
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     uri = (tmp_path / "mlruns").as_uri()
-    _bind("mlflow_tracking.enabled = True",
-          f"mlflow_tracking.tracking_uri = '{uri}'",
-          "mlflow_tracking.experiment = 'tests'",
-          "train.keep = 'last'")
+    _bind(
+        "mlflow_tracking.enabled = True",
+        f"mlflow_tracking.tracking_uri = '{uri}'",
+        "mlflow_tracking.experiment = 'tests'",
+        "train.keep = 'last'",
+    )
     _train(tmp_path / "run")
 
     client = MlflowClient(tracking_uri=uri)
@@ -59,8 +66,13 @@ def test_stage_is_logged_to_a_local_mlflow_store(tmp_path, monkeypatch):
     assert [m.step for m in history] == [1, 2]
     assert {"loss", "accuracy", "val_auc"} <= set(run.data.metrics)
     artefacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"metrics.json", "run.json", "config.gin", "operative_config.gin",
-            "history.csv"} <= artefacts
+    assert {
+        "metrics.json",
+        "run.json",
+        "config.gin",
+        "operative_config.gin",
+        "history.csv",
+    } <= artefacts
     assert os.path.isfile(tmp_path / "run" / "mlflow.json")
 
 

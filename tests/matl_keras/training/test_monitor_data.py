@@ -26,11 +26,17 @@ def _unlabelled(root, n=16):
 
 def test_unlabelled_pretraining_is_monitored_on_a_labelled_dataset(tmp_path):
     labelled = registry_lib.default_registry().create(
-        "datasets", "synthetic_ct", image_size=40, num_train=16, num_val=8,
+        "datasets",
+        "synthetic_ct",
+        image_size=40,
+        num_train=16,
+        num_val=8,
         num_test=0,
     )
     results = _pretrain(
-        tmp_path / "run", dataset=_unlabelled(tmp_path / "ct"), epochs=1,
+        tmp_path / "run",
+        dataset=_unlabelled(tmp_path / "ct"),
+        epochs=1,
         monitor_dataset=labelled,
     )
     knn = results["knn_accuracy"]

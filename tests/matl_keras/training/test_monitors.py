@@ -18,9 +18,16 @@ def _split(rng, n, informative):
 
 def _monitor(informative):
     rng = np.random.default_rng(0)
-    identity = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Identity()])
-    return KnnMonitor(identity, _split(rng, 200, informative),
-                      _split(rng, 100, informative), num_classes=2, k=5)
+    identity = keras.Sequential(
+        [keras.Input((4, 4, 3)), keras.layers.Identity()]
+    )
+    return KnnMonitor(
+        identity,
+        _split(rng, 200, informative),
+        _split(rng, 100, informative),
+        num_classes=2,
+        k=5,
+    )
 
 
 def test_linear_probe_scores_what_the_features_carry():

@@ -15,8 +15,8 @@ import pytest
 
 from matl_keras.errors import ConfigError
 from matl_keras.training import strategies
-from tests.conftest import REPO
 from tests.cli_testing import CLI
+from tests.conftest import REPO
 
 JOB = "tests.matl_keras.training.multi_worker_job"
 
@@ -32,10 +32,12 @@ def _free_ports(n):
 
 
 def _tf_config(ports, index):
-    return json.dumps({
-        "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-        "task": {"type": "worker", "index": index},
-    })
+    return json.dumps(
+        {
+            "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+            "task": {"type": "worker", "index": index},
+        }
+    )
 
 
 def _env(**extra):
@@ -51,8 +53,12 @@ def _run_workers(args_of, env_of, timeout=600):
     ports = _free_ports(2)
     procs = [
         subprocess.Popen(
-            args_of(i), cwd=REPO, env=env_of(i, _tf_config(ports, i)),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            args_of(i),
+            cwd=REPO,
+            env=env_of(i, _tf_config(ports, i)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for i in range(2)
     ]
@@ -87,8 +93,12 @@ def _mismatch(reference, other, name, paths):
 def test_two_workers_equal_each_other_and_one_process(tmp_path):
     single = tmp_path / "single.npz"
     result = subprocess.run(
-        [sys.executable, "-m", JOB, str(single)], cwd=REPO, env=_env(),
-        capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", JOB, str(single)],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-5000:]
     outs = [tmp_path / f"worker{i}.npz" for i in range(2)]
@@ -106,7 +116,9 @@ def test_two_workers_equal_each_other_and_one_process(tmp_path):
         # same momentum update, the same gathered queue.
         finals = [k for k in workers[0] if k.startswith(f"{name}/final/")]
         for key in finals:
-            np.testing.assert_array_equal(workers[0][key], workers[1][key], err_msg=key)
+            np.testing.assert_array_equal(
+                workers[0][key], workers[1][key], err_msg=key
+            )
         for key in (k for k in one if k.startswith(f"{name}/history/")):
             # atol: SimSiam's loss, a mean of cosines, starts near 0.
             np.testing.assert_allclose(
@@ -117,13 +129,16 @@ def test_two_workers_equal_each_other_and_one_process(tmp_path):
         # in-process MirroredStrategy test; 1e-2 of every update).
         mismatch = _mismatch(one, workers[0], name, paths)
         assert any("conv1_conv/kernel" in p for p in mismatch)
-        assert any("moving" in p for p in mismatch)  # synchronized BN statistics
+        assert any(
+            "moving" in p for p in mismatch
+        )  # synchronized BN statistics
         worst = max(mismatch, key=mismatch.get)
         assert mismatch[worst] < 1e-2, (name, worst, mismatch[worst])
         if name in ("moco", "region_aware"):
             queue = paths.index(next(p for p in paths if p.endswith("queue")))
             np.testing.assert_allclose(
-                workers[0][f"{name}/final/{queue}"], one[f"{name}/final/{queue}"],
+                workers[0][f"{name}/final/{queue}"],
+                one[f"{name}/final/{queue}"],
                 atol=1e-5,
             )
 
@@ -158,7 +173,11 @@ def test_cli_pipeline_on_two_workers_chief_writes(tmp_path):
     assert summary["status"] == "complete"
     assert [e["stage"] for e in summary["lineage"]] == ["sstl_m", "finetune"]
     for stage, files in {
-        "sstl_m": ["backbone.weights.h5", "ssl_model.weights.h5", "history.csv"],
+        "sstl_m": [
+            "backbone.weights.h5",
+            "ssl_model.weights.h5",
+            "history.csv",
+        ],
         "finetune": ["model.keras", "metrics.json", "history.csv", "best"],
     }.items():
         run = json.loads((workdir / stage / "run.json").read_text())
@@ -166,7 +185,9 @@ def test_cli_pipeline_on_two_workers_chief_writes(tmp_path):
         for name in files:
             assert (workdir / stage / name).exists(), (stage, name)
         assert not (workdir / stage / "backup").exists()
-        assert not [p for p in os.listdir(workdir / stage) if p.endswith(".tmp")]
+        assert not [
+            p for p in os.listdir(workdir / stage) if p.endswith(".tmp")
+        ]
     # The worker wrote only to its temporary folders, and removed them.
     assert os.listdir(scratch[1]) == []
     assert "the chief wrote" in outputs[1]
@@ -174,7 +195,9 @@ def test_cli_pipeline_on_two_workers_chief_writes(tmp_path):
     assert "Collective all_reduce" not in outputs[0]  # INFO noise filtered
     # Both workers trained on the chief's initial weights and synchronized
     # every step: the scores the worker computed equal the chief's.
-    lines = lambda out: [l for l in out.splitlines() if l.startswith("  accuracy")]  # noqa: E731
+    lines = lambda out: [
+        l for l in out.splitlines() if l.startswith("  accuracy")
+    ]  # noqa: E731
     assert lines(outputs[0]) and lines(outputs[0]) == lines(outputs[1])
 
 
@@ -182,11 +205,20 @@ def test_tf_config_errors_name_the_variable(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(ConfigError, match="TF_CONFIG is not valid JSON"):
         strategies.get_strategy("auto")
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1"]}}))
+    monkeypatch.setenv(
+        "TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1"]}})
+    )
     with pytest.raises(ConfigError, match="TF_CONFIG must hold"):
         strategies.get_strategy("auto")
-    monkeypatch.setenv("TF_CONFIG", json.dumps(
-        {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}))
+    monkeypatch.setenv(
+        "TF_CONFIG",
+        json.dumps(
+            {
+                "cluster": {"worker": ["a:1", "b:2"]},
+                "task": {"type": "worker", "index": 2},
+            }
+        ),
+    )
     with pytest.raises(ConfigError, match="not in its cluster"):
         strategies.get_strategy("auto")
     monkeypatch.setenv("TF_CONFIG", _tf_config([1, 2], 1))
@@ -205,7 +237,14 @@ def test_tf_config_errors_name_the_variable(monkeypatch):
     with pytest.raises(ConfigError, match="needs TF_CONFIG"):
         strategies.get_strategy("multi_worker")
     # One task is not a cluster: the machine's own strategy.
-    monkeypatch.setenv("TF_CONFIG", json.dumps(
-        {"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}))
+    monkeypatch.setenv(
+        "TF_CONFIG",
+        json.dumps(
+            {
+                "cluster": {"worker": ["a:1"]},
+                "task": {"type": "worker", "index": 0},
+            }
+        ),
+    )
     assert strategies.cluster_from_env() is None
     assert strategies.chief_from_env()

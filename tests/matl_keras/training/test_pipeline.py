@@ -15,25 +15,35 @@ from matl_keras import config
 from matl_keras import registry as registry_lib
 from matl_keras.errors import ConfigError
 from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
-from tests.conftest import REPO
 from tests.cli_testing import CLI
 from tests.cli_testing import matl
+from tests.conftest import REPO
 
-TINY_CHAIN = [
-    "--gin_file=gin/pipeline.gin",
-    "--gin_file=gin/ablations/supervised.gin",
-    "--gin_file=gin/models/tiny.gin",
-    "--gin_param=IMAGE_SIZE = 32",
-    "--gin_param=BATCH_SIZE = 8",
-    "--gin_param=STL_N_EPOCHS = 1",
-    "--gin_param=STL_M_EPOCHS = 1",
-    "--gin_param=FINETUNE_EPOCHS = 2",
-] + [
-    f"--gin_param={name}.{key} = {value}"
-    for name in ("synthetic_natural", "synthetic_cxr", "synthetic_ct")
-    for key, value in (("image_size", 40), ("num_train", 20), ("num_val", 10))
-] + ["--gin_param=synthetic_ct.num_test = 10",
-      "--gin_param=synthetic_ct.labelled_fraction = 1.0"]
+TINY_CHAIN = (
+    [
+        "--gin_file=gin/pipeline.gin",
+        "--gin_file=gin/ablations/supervised.gin",
+        "--gin_file=gin/models/tiny.gin",
+        "--gin_param=IMAGE_SIZE = 32",
+        "--gin_param=BATCH_SIZE = 8",
+        "--gin_param=STL_N_EPOCHS = 1",
+        "--gin_param=STL_M_EPOCHS = 1",
+        "--gin_param=FINETUNE_EPOCHS = 2",
+    ]
+    + [
+        f"--gin_param={name}.{key} = {value}"
+        for name in ("synthetic_natural", "synthetic_cxr", "synthetic_ct")
+        for key, value in (
+            ("image_size", 40),
+            ("num_train", 20),
+            ("num_val", 10),
+        )
+    ]
+    + [
+        "--gin_param=synthetic_ct.num_test = 10",
+        "--gin_param=synthetic_ct.labelled_fraction = 1.0",
+    ]
+)
 
 
 def _backbone_weights_of(model_path):
@@ -42,7 +52,8 @@ def _backbone_weights_of(model_path):
     return {
         layer.name: layer.get_weights()
         for layer in model.layers
-        if layer.get_weights() and not layer.name.startswith(("head", "predictions"))
+        if layer.get_weights()
+        and not layer.name.startswith(("head", "predictions"))
     }
 
 
@@ -60,7 +71,11 @@ def test_three_stage_chain_through_the_cli(tmp_path):
     assert summary["status"] == "complete"
     lineage = summary["lineage"]
     assert [s["stage"] for s in lineage] == ["stl_n", "stl_m", "finetune"]
-    assert [s["dataset"] for s in lineage] == ["SyntheticNatural", "SyntheticCXR", "SyntheticCT"]
+    assert [s["dataset"] for s in lineage] == [
+        "SyntheticNatural",
+        "SyntheticCXR",
+        "SyntheticCT",
+    ]
     assert lineage[0]["init_backbone"] is None
     for before, after in zip(lineage, lineage[1:]):
         # Each stage started from the file the previous one wrote ...
@@ -71,23 +86,39 @@ def test_three_stage_chain_through_the_cli(tmp_path):
     assert set(lineage[2]["metrics"]) == {"val", "test"}
     for stage in lineage:
         stage_dir = os.path.join(workdir, stage["stage"])
-        for name in ("config.gin", "operative_config.gin", "metrics.json",
-                     "model.keras", "backbone.weights.h5", "history.csv", "logs"):
+        for name in (
+            "config.gin",
+            "operative_config.gin",
+            "metrics.json",
+            "model.keras",
+            "backbone.weights.h5",
+            "history.csv",
+            "logs",
+        ):
             assert os.path.exists(os.path.join(stage_dir, name)), (stage, name)
         # ... and that file is the kept model's backbone.
         kept = _backbone_weights_of(os.path.join(stage_dir, "model.keras"))
-        fresh = _fresh_backbone_from(os.path.join(stage_dir, "backbone.weights.h5"))
+        fresh = _fresh_backbone_from(
+            os.path.join(stage_dir, "backbone.weights.h5")
+        )
         for name, weights in kept.items():
             for a, b in zip(weights, fresh.get_layer(name).get_weights()):
                 np.testing.assert_array_equal(a, b)
         # Heads are per stage: 10, 3 and 2 classes.
-    heads = [json.load(open(os.path.join(workdir, s["stage"], "run.json")))["class_names"] for s in lineage]
+    heads = [
+        json.load(open(os.path.join(workdir, s["stage"], "run.json")))[
+            "class_names"
+        ]
+        for s in lineage
+    ]
     assert [len(h) for h in heads] == [10, 3, 2]
     # LEEP at every boundary: each stage scored its untrained network and
     # every earlier stage's model on its own training data.
     transfer = [s["transferability"]["sources"] for s in lineage]
     assert [list(t) for t in transfer] == [
-        ["untrained"], ["untrained", "stl_n"], ["untrained", "stl_n", "stl_m"]
+        ["untrained"],
+        ["untrained", "stl_n"],
+        ["untrained", "stl_n", "stl_m"],
     ]
     assert [t["source_classes"] for t in transfer[2].values()] == [2, 10, 3]
     for t in transfer:
@@ -95,24 +126,40 @@ def test_three_stage_chain_through_the_cli(tmp_path):
             assert values["kind"] in ("untrained", "classifier")
             assert -np.log(10) < values["leep"] <= 0.0
     assert lineage[2]["architecture"]["depth"] == 18
-    assert os.path.exists(os.path.join(workdir, "finetune", "transferability.json"))
+    assert os.path.exists(
+        os.path.join(workdir, "finetune", "transferability.json")
+    )
     stl_m_text = open(os.path.join(workdir, "stl_m", "config.gin")).read()
-    assert "stl_m/train.augment = 'stl_m'" in stl_m_text and "finetune/" not in stl_m_text
+    assert (
+        "stl_m/train.augment = 'stl_m'" in stl_m_text
+        and "finetune/" not in stl_m_text
+    )
 
     # Re-running skips every finished stage; adding a stage to the end does
     # not make the earlier ones look changed.
-    mtime = os.path.getmtime(os.path.join(workdir, "stl_m", "backbone.weights.h5"))
-    again = matl(*TINY_CHAIN, "--gin_param=STAGES = ['stl_n', 'stl_m']", f"--workdir={workdir}")
+    mtime = os.path.getmtime(
+        os.path.join(workdir, "stl_m", "backbone.weights.h5")
+    )
+    again = matl(
+        *TINY_CHAIN,
+        "--gin_param=STAGES = ['stl_n', 'stl_m']",
+        f"--workdir={workdir}",
+    )
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("already complete") == 2
-    assert os.path.getmtime(os.path.join(workdir, "stl_m", "backbone.weights.h5")) == mtime
+    assert (
+        os.path.getmtime(os.path.join(workdir, "stl_m", "backbone.weights.h5"))
+        == mtime
+    )
 
 
 def test_kill_9_mid_run_then_rerun_resumes(tmp_path):
     workdir = str(tmp_path / "run")
     args = [
-        "--gin_file=gin/finetune.gin", "--gin_file=gin/models/tiny.gin",
-        "--gin_param=IMAGE_SIZE = 32", "--gin_param=BATCH_SIZE = 8",
+        "--gin_file=gin/finetune.gin",
+        "--gin_file=gin/models/tiny.gin",
+        "--gin_param=IMAGE_SIZE = 32",
+        "--gin_param=BATCH_SIZE = 8",
         "--gin_param=FINETUNE_EPOCHS = 5",
         "--gin_param=synthetic_ct.image_size = 40",
         "--gin_param=synthetic_ct.num_train = 160",
@@ -124,8 +171,13 @@ def test_kill_9_mid_run_then_rerun_resumes(tmp_path):
     history = os.path.join(workdir, "finetune", "history.csv")
     first_backup = os.path.join(workdir, "finetune", "backup", "epoch-1")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    process = subprocess.Popen([CLI, *args], cwd=REPO, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [CLI, *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     # Kill once the first epoch's backup is complete (renamed into place):
     # on a loaded machine the history row comes well before it.

@@ -9,18 +9,20 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from matl_keras.errors import ConfigError
-from matl_keras.layers.non_local_block import NonLocalBlock
-from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
-from matl_keras.models.resnet.resnet_image_classifier import build_image_classifier
-from matl_keras.training import determinism
-from matl_keras.training import precision
-from matl_keras.training import strategies
 from matl_keras_plugins.ssl_methods.moco import MoCo
 from matl_keras_plugins.ssl_methods.region_aware import RegionAware
 from matl_keras_plugins.ssl_methods.simclr import SimCLR
 from matl_keras_plugins.ssl_methods.simsiam import SimSiam
+
+from matl_keras.errors import ConfigError
+from matl_keras.layers.non_local_block import NonLocalBlock
+from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
+from matl_keras.models.resnet.resnet_image_classifier import (
+    build_image_classifier,
+)
+from matl_keras.training import determinism
+from matl_keras.training import precision
+from matl_keras.training import strategies
 from tests.matl_keras.training.ssl_testing import SIZE
 from tests.matl_keras.training.ssl_testing import build as _build
 from tests.matl_keras.training.ssl_testing import data as _data
@@ -51,22 +53,35 @@ def test_mixed_float16_dtypes_and_policy_restored():
     before = keras.config.dtype_policy().name
     with precision.dtype_policy("mixed_float16") as name:
         assert name == "mixed_float16"
-        backbone = ResNetBackbone(depth=18, width_multiplier=0.25, image_size=SIZE,
-                                  attention="5")
+        backbone = ResNetBackbone(
+            depth=18, width_multiplier=0.25, image_size=SIZE, attention="5"
+        )
         model = build_image_classifier(backbone, 2)
     assert keras.config.dtype_policy().name == before
-    images = np.random.default_rng(0).uniform(0, 1, (2, SIZE, SIZE, 3)).astype("float32")
+    images = (
+        np.random.default_rng(0)
+        .uniform(0, 1, (2, SIZE, SIZE, 3))
+        .astype("float32")
+    )
     assert backbone(images).dtype == tf.float16  # convolutions in float16
     assert model(images).dtype == tf.float32  # softmax in float32
-    assert all(w.dtype == "float32" for w in model.weights)  # float32 master weights
+    assert all(
+        w.dtype == "float32" for w in model.weights
+    )  # float32 master weights
     block = NonLocalBlock(return_attention=True, dtype="mixed_float16")
     out, attention = block(tf.random.uniform((2, 4, 4, 8)))
     assert out.dtype == tf.float16 and attention.dtype == tf.float32
     np.testing.assert_allclose(attention.numpy().sum(-1), 1.0, rtol=1e-5)
 
 
-def _two_steps(cls, policy="float32", jit_compile=False, strategy="default",
-               loss_scale=None, learning_rate=0.01):
+def _two_steps(
+    cls,
+    policy="float32",
+    jit_compile=False,
+    strategy="default",
+    loss_scale=None,
+    learning_rate=0.01,
+):
     keras.utils.set_random_seed(0)
     # Keras turns XLA off while TensorFlow's op determinism is on (which
     # another test of this process may have left on): these tests are about
@@ -78,15 +93,19 @@ def _two_steps(cls, policy="float32", jit_compile=False, strategy="default",
         optimizer = keras.optimizers.SGD(learning_rate)
         if loss_scale:
             optimizer = keras.optimizers.LossScaleOptimizer(
-                optimizer, initial_scale=loss_scale)
+                optimizer, initial_scale=loss_scale
+            )
         model.compile(optimizer=optimizer, jit_compile=jit_compile)
     initial = [w.numpy().copy() for w in model.backbone.trainable_weights]
     # Two steps: MoCo's first step has an empty queue (no negatives, loss 0).
     data = _data(cls)
     history = model.fit(data, epochs=1, verbose=0)
-    update = np.concatenate([
-        (w.numpy() - w0).ravel() for w, w0 in zip(model.backbone.trainable_weights, initial)
-    ])
+    update = np.concatenate(
+        [
+            (w.numpy() - w0).ravel()
+            for w, w0 in zip(model.backbone.trainable_weights, initial)
+        ]
+    )
     return model, update, history.history
 
 
@@ -108,7 +127,11 @@ def test_mixed_float16_ssl_step_scales_its_loss(cls):
     # would give ~0). The norm ratio is the check of the loss scale:
     # without it in train_step the LossScaleOptimizer would divide the
     # gradients by 2**6 (ratio 0.016).
-    cosine = update @ reference / (np.linalg.norm(update) * np.linalg.norm(reference))
+    cosine = (
+        update
+        @ reference
+        / (np.linalg.norm(update) * np.linalg.norm(reference))
+    )
     ratio = np.linalg.norm(update) / np.linalg.norm(reference)
     assert cosine > 0.5 and 0.8 < ratio < 1.25, (cosine, ratio)
 
@@ -135,20 +158,32 @@ LR = 1e-4
 @pytest.mark.parametrize("cls", [MoCo, SimCLR, RegionAware, SimSiam])
 def test_xla_ssl_step_equals_the_plain_step(cls):
     plain, update, history = _two_steps(cls, learning_rate=LR)
-    xla, xla_update, xla_history = _two_steps(cls, jit_compile=True, learning_rate=LR)
+    xla, xla_update, xla_history = _two_steps(
+        cls, jit_compile=True, learning_rate=LR
+    )
     assert xla.jit_compile
     # atol: SimSiam's loss (a mean of cosines) starts near 0.
-    np.testing.assert_allclose(xla_history["loss"], history["loss"], rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(xla_update, update, atol=1e-3 * np.abs(update).max())
+    np.testing.assert_allclose(
+        xla_history["loss"], history["loss"], rtol=1e-4, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        xla_update, update, atol=1e-3 * np.abs(update).max()
+    )
     if cls.needs_key_encoder:
-        np.testing.assert_allclose(xla.queue.numpy(), plain.queue.numpy(), atol=1e-4)
+        np.testing.assert_allclose(
+            xla.queue.numpy(), plain.queue.numpy(), atol=1e-4
+        )
 
 
 def test_xla_under_mirrored_strategy_is_the_known_keras_failure():
     """Why `resolve_jit_compile` refuses XLA with several replicas: this
     test fails (and the rule can go) once Keras compiles per replica."""
-    with pytest.raises(tf.errors.InvalidArgumentError, match="located in device"):
-        _two_steps(MoCo, jit_compile=True, strategy="mirrored", learning_rate=LR)
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match="located in device"
+    ):
+        _two_steps(
+            MoCo, jit_compile=True, strategy="mirrored", learning_rate=LR
+        )
 
 
 def test_pretrain_records_precision_and_runs_mixed(tmp_path):

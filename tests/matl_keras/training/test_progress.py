@@ -66,7 +66,9 @@ def test_silent_on_a_terminal_unless_enabled():
     out = Terminal()
     _drive(Progress(8, stream=out, clock=clock), clock, 1, 10, 8.0)
     assert out.getvalue() == ""
-    _drive(Progress(8, stream=out, clock=clock, enabled=True), clock, 1, 10, 8.0)
+    _drive(
+        Progress(8, stream=out, clock=clock, enabled=True), clock, 1, 10, 8.0
+    )
     assert out.getvalue().count("\n") == 2
 
 
@@ -80,8 +82,14 @@ def test_inside_fit():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     model.compile("sgd", "mse")
     x = np.zeros((12, 3), np.float32)
-    model.fit(x, np.zeros((12, 2), np.float32), batch_size=4, epochs=1,
-              verbose=0, callbacks=[Tick(), Progress(4, stream=out, clock=clock)])
+    model.fit(
+        x,
+        np.zeros((12, 2), np.float32),
+        batch_size=4,
+        epochs=1,
+        verbose=0,
+        callbacks=[Tick(), Progress(4, stream=out, clock=clock)],
+    )
     assert out.getvalue() == (
         "epoch 1/1 step 2/3, 0.2 img/s, ETA 0:00:20 epoch, 0:00:20 stage\n"
     )

@@ -22,8 +22,11 @@ def test_region_aware_steps_are_equal_in_separate_processes():
     digests = []
     for _ in range(3):
         result = subprocess.run(
-            [sys.executable, str(SCRIPT)], cwd=REPO, capture_output=True,
-            text=True, timeout=600,
+            [sys.executable, str(SCRIPT)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         assert result.returncode == 0, result.stderr[-2000:]
         digests.append(result.stdout.split()[-1])

@@ -11,8 +11,8 @@ import pytest
 import tensorflow as tf
 
 from matl_keras.training import checkpoints
-from matl_keras.training import monitors
 from matl_keras.training import determinism
+from matl_keras.training import monitors
 from tests.matl_keras.training import ssl_testing
 from tests.matl_keras.training.stage_testing import reproducible_train as _train
 from tests.matl_keras.training.stage_testing import weights_of as _weights
@@ -24,13 +24,14 @@ def _assert_same_run(first, second):
     assert a.keys() == b.keys() and len(a) > 50
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-    rows = [list(csv.DictReader(open(d / "history.csv"))) for d in (first, second)]
+    rows = [
+        list(csv.DictReader(open(d / "history.csv"))) for d in (first, second)
+    ]
     assert [int(r["epoch"]) for r in rows[0]] == [0, 1]
     assert rows[0] == rows[1]
     assert json.load(open(first / "metrics.json")) == json.load(
         open(second / "metrics.json")
     )
-
 
 
 def _kill(monkeypatch, epoch=None, batch=None):
@@ -71,9 +72,12 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, monkeypatch):
     _kill(monkeypatch, epoch=1)  # as if killed after epoch 0's backup
     with pytest.raises(KeyboardInterrupt):
         _train(tmp_path / "resumed")
-    assert checkpoints.ResumableBackup.completed_epochs(
-        str(tmp_path / "resumed" / "backup")
-    ) == 1
+    assert (
+        checkpoints.ResumableBackup.completed_epochs(
+            str(tmp_path / "resumed" / "backup")
+        )
+        == 1
+    )
     monkeypatch.undo()
     _train(tmp_path / "resumed")
     record = json.load(open(tmp_path / "resumed" / "run.json"))
@@ -136,7 +140,9 @@ def _assert_same_pretrain(first, second):
         assert a.keys() == b.keys() and len(a) > 50
         for key in a:  # both encoders, heads, queue and its identities
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-    rows = [list(csv.DictReader(open(d / "history.csv"))) for d in (first, second)]
+    rows = [
+        list(csv.DictReader(open(d / "history.csv"))) for d in (first, second)
+    ]
     assert [int(r["epoch"]) for r in rows[0]] == [0, 1]
     assert rows[0] == rows[1]
 
@@ -152,7 +158,9 @@ def straight_pretrain(tmp_path_factory):
     return path
 
 
-def test_same_ssl_pretrain_twice_is_bitwise_identical(tmp_path, straight_pretrain):
+def test_same_ssl_pretrain_twice_is_bitwise_identical(
+    tmp_path, straight_pretrain
+):
     """MoCo with shuffle-BN (the key permutation is seeded by the run seed
     and the step), a queue and two augmented views per image."""
     _pretrain(tmp_path / "b")
@@ -206,7 +214,9 @@ def test_backup_every_steps_is_checked():
 def test_backup_every_steps_is_refused_on_several_replicas(tmp_path):
     from matl_keras.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="works on one replica; this run has 2"):
+    with pytest.raises(
+        ConfigError, match="works on one replica; this run has 2"
+    ):
         _train(tmp_path, backup_every_steps=2, strategy="mirrored")
     assert not (tmp_path / "run.json").exists()  # refused before anything
 

@@ -71,8 +71,11 @@ def _files(workdir):
     for folder, _, names in os.walk(workdir):
         for name in names:
             path = os.path.relpath(os.path.join(folder, name), workdir)
-            found.add(path.split(".out.tfevents.")[0] + ".out.tfevents"
-                      if ".out.tfevents." in path else path)
+            found.add(
+                path.split(".out.tfevents.")[0] + ".out.tfevents"
+                if ".out.tfevents." in path
+                else path
+            )
     return sorted(found)
 
 
@@ -88,10 +91,19 @@ def test_sstl_m_job_through_the_cli(tmp_path, method):
 
     main_job = method == "region_aware"
     workdir = str(tmp_path / "run")
-    extra = ["--gin_param=simsiam.prediction_dim = 4"] if method == "simsiam" else []
+    extra = (
+        ["--gin_param=simsiam.prediction_dim = 4"]
+        if method == "simsiam"
+        else []
+    )
     if not main_job:
         extra.append("--gin_param=STAGES = ['sstl_m']")
-    result = matl(*TINY_SSL, *extra, f"--gin_param=SSL_METHOD = @{method}", f"--workdir={workdir}")
+    result = matl(
+        *TINY_SSL,
+        *extra,
+        f"--gin_param=SSL_METHOD = @{method}",
+        f"--workdir={workdir}",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.load(open(os.path.join(workdir, "summary.json")))
     sstl = summary["lineage"][0]
@@ -122,10 +134,18 @@ def test_sstl_m_job_through_the_cli(tmp_path, method):
     history = open(os.path.join(workdir, "sstl_m", "history.csv")).read()
     assert "knn_accuracy" in history
     assert ("region_accuracy" in history) == (method == "region_aware")
-    for name in ("ssl_model.weights.h5", "backbone.weights.h5", "config.gin",
-                 "operative_config.gin", "run.json", "logs"):
+    for name in (
+        "ssl_model.weights.h5",
+        "backbone.weights.h5",
+        "config.gin",
+        "operative_config.gin",
+        "run.json",
+        "logs",
+    ):
         assert os.path.exists(os.path.join(workdir, "sstl_m", name)), name
-    operative = open(os.path.join(workdir, "sstl_m", "operative_config.gin")).read()
+    operative = open(
+        os.path.join(workdir, "sstl_m", "operative_config.gin")
+    ).read()
     if method == "region_aware":
         assert "sstl_m/region_aware.temperature = %SSL_TEMPERATURE" in operative
         assert "SSL_TEMPERATURE = 0.07" in operative
@@ -154,7 +174,10 @@ def _state(model):
 
 def test_resume_restores_queue_and_key_encoder(tmp_path, monkeypatch):
     checkpoints, restored = {}, {}
-    save, load = checkpoints_lib.ResumableBackup.on_epoch_end, checkpoints_lib.ResumableBackup.on_train_begin
+    save, load = (
+        checkpoints_lib.ResumableBackup.on_epoch_end,
+        checkpoints_lib.ResumableBackup.on_train_begin,
+    )
 
     def saving(self, epoch, logs=None):
         save(self, epoch, logs)
@@ -171,19 +194,26 @@ def test_resume_restores_queue_and_key_encoder(tmp_path, monkeypatch):
         pretrain(tmp_path)
     assert json.load(open(tmp_path / "run.json"))["status"] == "running"
     monkeypatch.setattr(checkpoints_lib.ResumableBackup, "on_epoch_end", save)
-    monkeypatch.setattr(checkpoints_lib.ResumableBackup, "on_train_begin", loading)
+    monkeypatch.setattr(
+        checkpoints_lib.ResumableBackup, "on_train_begin", loading
+    )
     pretrain(tmp_path)
     assert restored["epoch"] == 2
     expected = checkpoints[2]
     # 16 images, batch 8: the queue holds an epoch minus a batch (8 keys).
     assert int(expected["queue_filled"]) == 8
     for name in ("queue", "queue_ids", "queue_pointer", "queue_filled"):
-        np.testing.assert_array_equal(restored[name], expected[name], err_msg=name)
+        np.testing.assert_array_equal(
+            restored[name], expected[name], err_msg=name
+        )
     for a, b in zip(restored["key"], expected["key"]):
         np.testing.assert_array_equal(a, b)
     record = json.load(open(tmp_path / "run.json"))
     assert record["status"] == "complete" and record["resumed"] is True
-    epochs = [int(r.split(",")[0]) for r in open(tmp_path / "history.csv").read().splitlines()[1:]]
+    epochs = [
+        int(r.split(",")[0])
+        for r in open(tmp_path / "history.csv").read().splitlines()[1:]
+    ]
     assert epochs == [0, 1, 2]
 
 

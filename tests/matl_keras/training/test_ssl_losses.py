@@ -23,7 +23,9 @@ def test_info_nce_matches_numpy():
     tau = 0.07
     got = ssl_losses.info_nce(q, k, queue, tau).numpy()
     qn, kn = _normalize(q), _normalize(k)
-    logits = np.concatenate([(qn * kn).sum(1, keepdims=True), qn @ queue.T], 1) / tau
+    logits = (
+        np.concatenate([(qn * kn).sum(1, keepdims=True), qn @ queue.T], 1) / tau
+    )
     np.testing.assert_allclose(got, -_log_softmax(logits)[:, 0], rtol=1e-4)
 
 
@@ -34,7 +36,9 @@ def test_info_nce_ignores_unwritten_queue_slots():
     valid = np.arange(10) < 3
     zeros_after = queue.copy()
     zeros_after[3:] = 0.0  # stale zeros must not count
-    masked = ssl_losses.info_nce(q, k, zeros_after, 0.2, tf.constant(valid)).numpy()
+    masked = ssl_losses.info_nce(
+        q, k, zeros_after, 0.2, tf.constant(valid)
+    ).numpy()
     only_three = ssl_losses.info_nce(q, k, queue[:3], 0.2).numpy()
     np.testing.assert_allclose(masked, only_three, rtol=1e-5)
     empty = ssl_losses.info_nce(q, k, queue, 0.2, tf.zeros([10], bool)).numpy()
@@ -74,12 +78,16 @@ def test_region_aware_is_the_sum_of_five_cross_entropies():
     expected = -_log_softmax(logits)[:, np.arange(5), np.arange(5)].sum(1)
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     perfect = np.tile(np.eye(5) * 50.0, (2, 1, 1))
-    np.testing.assert_allclose(ssl_losses.region_aware(perfect).numpy(), 0.0, atol=1e-5)
+    np.testing.assert_allclose(
+        ssl_losses.region_aware(perfect).numpy(), 0.0, atol=1e-5
+    )
     np.testing.assert_allclose(ssl_losses.region_accuracy(perfect).numpy(), 1.0)
 
 
 def test_combined_is_eq_6_per_image():
-    got = ssl_losses.combined(tf.constant([1.0, 2.0]), tf.constant([3.0, 5.0]), 0.8, 0.8)
+    got = ssl_losses.combined(
+        tf.constant([1.0, 2.0]), tf.constant([3.0, 5.0]), 0.8, 0.8
+    )
     np.testing.assert_allclose(got.numpy(), [0.8 * 4, 0.8 * 7], rtol=1e-6)
 
 
@@ -87,7 +95,11 @@ def test_combined_is_eq_6_per_image():
 def test_info_nce_gradient_is_finite_with_masked_slots(tau):
     q = tf.Variable(np.random.default_rng(5).normal(size=(2, 4)))
     with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(ssl_losses.info_nce(q, q, tf.zeros([6, 4]), tau, tf.zeros([6], bool)))
+        loss = tf.reduce_sum(
+            ssl_losses.info_nce(
+                q, q, tf.zeros([6, 4]), tau, tf.zeros([6], bool)
+            )
+        )
     assert np.isfinite(tape.gradient(loss, q).numpy()).all()
 
 
@@ -119,6 +131,7 @@ def test_momentum_schedule_refuses_unknown_names():
 
 def _simsiam_algorithm_1(p1, p2, z1, z2):
     """SimSiam's Algorithm 1, in numpy: D(p, z) = -(p/|p| . z/|z|)."""
+
     def D(p, z):  # noqa: N802 - the paper's name
         return -(_normalize(p) * _normalize(z)).sum(axis=1)
 
@@ -129,16 +142,22 @@ def test_simsiam_loss_is_algorithm_1():
     rng = np.random.default_rng(3)
     p1, p2, z1, z2 = (rng.normal(size=(5, 7)) for _ in range(4))
     got = ssl_losses.simsiam(p1, p2, z1, z2).numpy()
-    np.testing.assert_allclose(got, _simsiam_algorithm_1(p1, p2, z1, z2), rtol=1e-5)
+    np.testing.assert_allclose(
+        got, _simsiam_algorithm_1(p1, p2, z1, z2), rtol=1e-5
+    )
     # Minimum -1 when each prediction points along the other view's z.
     np.testing.assert_allclose(
-        ssl_losses.simsiam(3 * z2, 0.5 * z1, z1, z2).numpy(), -np.ones(5), rtol=1e-6
+        ssl_losses.simsiam(3 * z2, 0.5 * z1, z1, z2).numpy(),
+        -np.ones(5),
+        rtol=1e-6,
     )
 
 
 def test_simsiam_loss_passes_no_gradient_through_z():
     rng = np.random.default_rng(4)
-    p1, p2, z1, z2 = (tf.constant(rng.normal(size=(3, 4)), tf.float32) for _ in range(4))
+    p1, p2, z1, z2 = (
+        tf.constant(rng.normal(size=(3, 4)), tf.float32) for _ in range(4)
+    )
     with tf.GradientTape(persistent=True) as tape:
         for t in (p1, p2, z1, z2):
             tape.watch(t)
@@ -150,11 +169,15 @@ def test_simsiam_loss_passes_no_gradient_through_z():
     expected = -(_normalize(z) - cos * _normalize(p)) / (
         2 * np.linalg.norm(p, axis=1, keepdims=True)
     )
-    np.testing.assert_allclose(tape.gradient(loss, p1).numpy(), expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        tape.gradient(loss, p1).numpy(), expected, rtol=1e-4, atol=1e-6
+    )
 
 
 def test_output_std_is_zero_for_collapse_and_about_one_over_sqrt_d_otherwise():
     same = np.tile(np.random.default_rng(5).normal(size=(1, 64)), (32, 1))
     assert float(ssl_losses.output_std(same)) < 1e-6
     spread = np.random.default_rng(6).normal(size=(4096, 64))
-    np.testing.assert_allclose(float(ssl_losses.output_std(spread)), 1 / 8, rtol=0.05)
+    np.testing.assert_allclose(
+        float(ssl_losses.output_std(spread)), 1 / 8, rtol=0.05
+    )

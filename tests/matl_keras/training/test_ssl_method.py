@@ -6,15 +6,15 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from matl_keras_plugins.ssl_methods.moco import MoCo
+from matl_keras_plugins.ssl_methods.region_aware import RegionAware
+from matl_keras_plugins.ssl_methods.simclr import SimCLR
+from matl_keras_plugins.ssl_methods.simsiam import SimSiam
 
 from matl_keras.errors import PluginError
 from matl_keras.training import self_supervised
 from matl_keras.training import ssl_method
 from matl_keras.training.ssl_method import SSLMethod
-from matl_keras_plugins.ssl_methods.moco import MoCo
-from matl_keras_plugins.ssl_methods.region_aware import RegionAware
-from matl_keras_plugins.ssl_methods.simclr import SimCLR
-from matl_keras_plugins.ssl_methods.simsiam import SimSiam
 from tests.matl_keras.registry_testing import FakeEntryPoint
 from tests.matl_keras.registry_testing import make_registry
 
@@ -22,7 +22,10 @@ from tests.matl_keras.registry_testing import make_registry
 def _tiny_backbone(name="tiny", **kwargs):
     del kwargs  # image_size, sync_batchnorm: not needed by this one
     return keras.Sequential(
-        [keras.Input((8, 8, 3)), keras.layers.Conv2D(2, 3, name=f"{name}_conv")],
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(2, 3, name=f"{name}_conv"),
+        ],
         name=name,
     )
 
@@ -41,9 +44,13 @@ class Minimal(SSLMethod):
     def train_step(self, data):
         views, _ = data
         with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(tf.square(self.backbone(views, training=True)))
+            loss = tf.reduce_mean(
+                tf.square(self.backbone(views, training=True))
+            )
         variables = self.optimized_variables
-        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        self.optimizer.apply_gradients(
+            zip(tape.gradient(loss, variables), variables)
+        )
         self.tracker.update_state(loss)
         return {"loss": self.tracker.result()}
 
@@ -92,12 +99,14 @@ def test_a_class_lacking_parts_is_named_with_every_missing_member():
 
 
 def test_the_registry_refuses_a_plugin_that_lacks_a_member():
-    registry = make_registry({
-        "matl_keras.ssl_methods": [
-            FakeEntryPoint("noviews", "m:NoViews", obj=NoViews),
-            FakeEntryPoint("minimal", "m:Minimal", obj=Minimal),
-        ],
-    })
+    registry = make_registry(
+        {
+            "matl_keras.ssl_methods": [
+                FakeEntryPoint("noviews", "m:NoViews", obj=NoViews),
+                FakeEntryPoint("minimal", "m:Minimal", obj=Minimal),
+            ],
+        }
+    )
     infos = registry.load_all("ssl_methods")
     assert infos["minimal"].status == "ok"
     assert infos["noviews"].status == "error"
@@ -126,11 +135,15 @@ def test_defaults_of_the_optional_members():
     optimized = model.optimized_variables
     assert optimized and not key_ids & {id(v) for v in optimized}
     model.init_from_backbone()
-    for k, q in zip(model.key_backbone.get_weights(), model.backbone.get_weights()):
+    for k, q in zip(
+        model.key_backbone.get_weights(), model.backbone.get_weights()
+    ):
         np.testing.assert_array_equal(k, q)
     # fit on (views, indices) through the declared members alone.
     model.compile(optimizer=keras.optimizers.SGD(0.1))
-    images = np.random.default_rng(0).uniform(size=(4, 8, 8, 3)).astype("float32")
+    images = (
+        np.random.default_rng(0).uniform(size=(4, 8, 8, 3)).astype("float32")
+    )
     data = tf.data.Dataset.from_tensor_slices(
         (images, np.arange(4, dtype=np.int32))
     ).batch(2)

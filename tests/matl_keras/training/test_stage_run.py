@@ -15,8 +15,14 @@ from tests.matl_keras.training.stage_testing import Bright
 
 def _begin(workdir):
     return StageRun.begin(
-        str(workdir), None, strategy="default", batch_size=4, epochs=1,
-        seed=3, deterministic="auto", backup_every_steps=None,
+        str(workdir),
+        None,
+        strategy="default",
+        batch_size=4,
+        epochs=1,
+        seed=3,
+        deterministic="auto",
+        backup_every_steps=None,
     )
 
 
@@ -24,8 +30,12 @@ def test_the_shared_steps_of_a_stage(tmp_path):
     run = _begin(tmp_path)
     assert not run.complete
     assert run.split_options(32, 0.875, "refuse", "auto") == dict(
-        image_size=32, batch_size=4, crop_fraction=0.875,
-        on_bad_image="refuse", cache=run.cache("auto"), seed=3,
+        image_size=32,
+        batch_size=4,
+        crop_fraction=0.875,
+        on_bad_image="refuse",
+        cache=run.cache("auto"),
+        seed=3,
     )
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     asked = {}
@@ -53,6 +63,8 @@ def test_the_shared_steps_of_a_stage(tmp_path):
     run.save_backbone(model)
     assert os.path.getsize(tmp_path / runs.BACKBONE_FILE) > 0
     run.finish({"val": {"loss": 0.5}}, "done")
-    assert json.load(open(tmp_path / runs.METRICS_FILE)) == {"val": {"loss": 0.5}}
+    assert json.load(open(tmp_path / runs.METRICS_FILE)) == {
+        "val": {"loss": 0.5}
+    }
     assert runs.read_json(str(tmp_path / runs.RUN_FILE))["status"] == "complete"
     assert _begin(tmp_path).complete

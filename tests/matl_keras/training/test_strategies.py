@@ -15,7 +15,9 @@ def test_auto_choice_by_gpu_count():
 
 
 def test_mirrored_strategy_is_one_per_process():
-    assert strategies.get_strategy("mirrored") is strategies.get_strategy("mirrored")
+    assert strategies.get_strategy("mirrored") is strategies.get_strategy(
+        "mirrored"
+    )
 
 
 def test_strategy_name_is_checked():

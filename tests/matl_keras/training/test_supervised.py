@@ -48,8 +48,13 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
 
 def test_sgd_scales_learning_rate_and_decays_in_steps():
     optimizer = optimizers.sgd(
-        batch_size=32, epochs=10, steps_per_epoch=10, learning_rate=0.4,
-        reference_batch_size=256, decay_at=(0.5,), decay_rate=0.1,
+        batch_size=32,
+        epochs=10,
+        steps_per_epoch=10,
+        learning_rate=0.4,
+        reference_batch_size=256,
+        decay_at=(0.5,),
+        decay_rate=0.1,
     )
     schedule = optimizer.learning_rate
     if not callable(schedule):
@@ -61,13 +66,14 @@ def test_sgd_scales_learning_rate_and_decays_in_steps():
 
 def test_sgd_checks_decay_points():
     with pytest.raises(ConfigError, match="decay_at"):
-        optimizers.sgd(batch_size=8, epochs=2, steps_per_epoch=2, decay_at=(0.8, 0.6))
+        optimizers.sgd(
+            batch_size=8, epochs=2, steps_per_epoch=2, decay_at=(0.8, 0.6)
+        )
 
 
 def test_epochs_checked(tmp_path):
     with pytest.raises(ConfigError, match="epochs"):
         run_train(tmp_path, epochs=0)
-
 
 
 def test_interrupted_run_resumes_from_its_last_epoch(tmp_path, monkeypatch):
@@ -114,7 +120,8 @@ def test_class_balance_modes_train(tmp_path, balance, monkeypatch):
     calls = []
     real = supervised.inverse_frequency_weights
     monkeypatch.setattr(
-        supervised, "inverse_frequency_weights",
+        supervised,
+        "inverse_frequency_weights",
         lambda *a: calls.append(a) or real(*a),
     )
     results = run_train(tmp_path, class_balance=balance, epochs=1)
@@ -169,7 +176,9 @@ def test_training_starts_from_init_backbone(tmp_path, monkeypatch):
 
 def test_init_backbone_of_another_architecture_is_refused(tmp_path):
     path = str(tmp_path / "r34.weights.h5")
-    ResNetBackbone(depth=34, width_multiplier=0.25, image_size=32).save_weights(path)
+    ResNetBackbone(depth=34, width_multiplier=0.25, image_size=32).save_weights(
+        path
+    )
     with pytest.raises(ConfigError, match="same backbone"):
         run_train(tmp_path / "run", init_backbone=path, epochs=1)
     with pytest.raises(ConfigError, match="no such file"):
@@ -183,12 +192,16 @@ def test_keep_and_best_metric_are_checked(tmp_path):
         run_train(tmp_path, best_metric="val_acc")
 
 
-
 def test_labelled_fraction_of_the_run_and_of_the_dataset_multiply(tmp_path):
     dataset = Bright(n=64)  # 32 per class
     dataset.labelled_fraction = 0.5  # the dataset's share of labels
-    results = run_train(tmp_path, dataset=dataset, labelled_fraction=0.5,
-                        head_norm=True, epochs=1)
+    results = run_train(
+        tmp_path,
+        dataset=dataset,
+        labelled_fraction=0.5,
+        head_norm=True,
+        epochs=1,
+    )
     run = json.load(open(tmp_path / "run.json"))
     # A quarter of each class trains; validation stays whole.
     assert run["class_counts"]["train"] == {"dark": 8, "bright": 8}

@@ -12,12 +12,12 @@ import keras
 import numpy as np
 import pytest
 
+from matl_keras import runs
 from matl_keras.errors import WriteError
 from matl_keras.training import checkpoints
-from matl_keras import runs
-from tests.conftest import REPO
 from tests.cli_testing import TINY
 from tests.cli_testing import matl
+from tests.conftest import REPO
 from tests.matl_keras.training.stage_testing import run_train
 
 # Runs the CLI with a file size limit (RLIMIT_FSIZE, no privileges needed)
@@ -53,13 +53,18 @@ def test_write_error_in_a_backup_is_one_line_and_keeps_the_last(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     failed = subprocess.run(
         [sys.executable, "-c", LIMITED_CLI, *TINY, f"--workdir={top}"],
-        cwd=REPO, capture_output=True, text=True, timeout=600, env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
     # Not 139 (HDF5 cleaning up a half-written file segfaulted).
     assert failed.returncode == 2, failed.stderr[-3000:]
     assert "Traceback" not in failed.stderr, failed.stderr[-3000:]
     lines = [
-        line for line in failed.stderr.splitlines()
+        line
+        for line in failed.stderr.splitlines()
         if line.startswith("matl-keras: error:")
     ]
     assert len(lines) == 1, failed.stderr[-3000:]
@@ -89,7 +94,8 @@ def test_history_has_each_epoch_once_after_a_crash_before_its_backup(
         real(self, epoch, logs)
 
     monkeypatch.setattr(
-        checkpoints.ResumableBackup, "on_epoch_end",
+        checkpoints.ResumableBackup,
+        "on_epoch_end",
         killed_before_second_backup,
     )
     with pytest.raises(KeyboardInterrupt):
@@ -144,7 +150,10 @@ def _cli_with_failing_write(tmp_path, failure: str):
     )
     return subprocess.run(
         [sys.executable, "-c", script, *TINY, f"--workdir={tmp_path}"],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
     )
 
