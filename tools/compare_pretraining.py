@@ -52,38 +52,45 @@ from absl import flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-flags.DEFINE_string("workdir", "runs/compare_pretraining", "Output folder.")
-flags.DEFINE_string(
-    "ct_root",
-    None,
-    "COVID19-CT root; default: the embedded "
-    "synthetic_ct data of gin/sstl_m.gin.",
-)
-flags.DEFINE_string(
-    "cxr_root",
-    None,
-    "COVIDx-like CXR root (for `stl_m`); "
-    "default: the embedded synthetic_cxr data.",
-)
-flags.DEFINE_list(
-    "pretrainings",
-    ["scratch", "sstl_m:region_aware"],
-    "Chains before fine-tuning (see the module doc).",
-)
-flags.DEFINE_list(
-    "variants",
-    ["default"],
-    "Attention placements: default (the job's), baseline, attn1, attn5.",
-)
-flags.DEFINE_list(
-    "fractions",
-    ["default"],
-    "Labelled fractions of the train split for fine-tuning "
-    "('default': the job's LABELLED_FRACTION).",
-)
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
-flags.DEFINE_multi_string("gin_param", [], "Extra bindings for every run.")
-flags.DEFINE_integer("knn_k", 20, "k of the kNN transferability score.")
+
+def define_flags() -> None:
+    """The command's flags (defined when run, not on import: the tests
+    import this file beside `matl_keras.cli`, which has a `--workdir`
+    too)."""
+    flags.DEFINE_string("workdir", "runs/compare_pretraining", "Output folder.")
+    flags.DEFINE_string(
+        "ct_root",
+        None,
+        "COVID19-CT root; default: the embedded "
+        "synthetic_ct data of gin/sstl_m.gin.",
+    )
+    flags.DEFINE_string(
+        "cxr_root",
+        None,
+        "COVIDx-like CXR root (for `stl_m`); "
+        "default: the embedded synthetic_cxr data.",
+    )
+    flags.DEFINE_list(
+        "pretrainings",
+        ["scratch", "sstl_m:region_aware"],
+        "Chains before fine-tuning (see the module doc).",
+    )
+    flags.DEFINE_list(
+        "variants",
+        ["default"],
+        "Attention placements: default (the job's), baseline, attn1, attn5.",
+    )
+    flags.DEFINE_list(
+        "fractions",
+        ["default"],
+        "Labelled fractions of the train split for fine-tuning "
+        "('default': the job's LABELLED_FRACTION).",
+    )
+    flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
+    flags.DEFINE_multi_string("gin_param", [], "Extra bindings for every run.")
+    flags.DEFINE_integer("knn_k", 20, "k of the kNN transferability score.")
+
+
 FLAGS = flags.FLAGS
 
 SUPERVISED = ("stl_n", "stl_m")
@@ -506,4 +513,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -152,8 +152,10 @@ def explain_images(
             ),
             "lung_mass": "share of the Grad-CAM mass inside the lung box "
             "(lung_box of the region-aware Generator; its central "
-            "fallback box where lung_found is false); chance: the "
-            "share of a uniform map (the box's area)",
+            "fallback box where lung_found is false), null where the "
+            "Grad-CAM map is zero everywhere (no positive evidence for "
+            "the class: no mass to share); chance: the share of a "
+            "uniform map (the box's area)",
             "images": records,
         },
     )

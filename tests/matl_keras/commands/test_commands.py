@@ -129,12 +129,17 @@ def test_explain_writes_one_fig4_row_per_image(stage, tmp_path):
     # res5 is 2x2 at 64 px: the deepest map with >= 3x3 positions, and why.
     assert record["gradcam_layer"] == "conv4_block2_nonlocal"
     assert "2x2 positions" in record["gradcam_layer_note"]
+    # A share in [0, 1], or null where the tiny model's Grad-CAM map is zero
+    # everywhere (its documented meaning; the fixture's bits decide which).
     shares = [r["lung_mass"] for r in record["images"]]
-    assert (
-        all(0.0 <= v <= 1.0 for v in shares)
-        and len(record["images"][0]["lung_box"]) == 4
-    )
-    assert record["lung_mass_mean"] == pytest.approx(np.mean(shares))
+    defined = [v for v in shares if v is not None]
+    assert all(0.0 <= v <= 1.0 for v in defined)
+    assert len(record["images"][0]["lung_box"]) == 4
+    if defined:
+        assert record["lung_mass_mean"] == pytest.approx(np.mean(defined))
+    else:
+        assert record["lung_mass_mean"] is None
+    assert "null where the Grad-CAM map is zero" in record["lung_mass"]
     assert 0.0 < record["images"][0]["lung_mass_chance"] < 1.0
     assert record["attention_block"] == "conv5_block2_nonlocal"
     assert [os.path.basename(r["image"]) for r in record["images"]] == [
