@@ -8,13 +8,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
 from matl_keras import registry as registry_lib
 from matl_keras import runs
 from matl_keras.commands import images as images_lib
-from matl_keras.data import decode
-from matl_keras.data import pipeline
 from matl_keras.errors import ConfigError
 from matl_keras.evaluation import explain
 from matl_keras.evaluation import metrics as metrics_lib
@@ -74,15 +71,8 @@ def explain_images(
     records = []
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
-        batch = np.stack(
-            [
-                pipeline.eval_transform(
-                    decode.decode_file_image(tf.io.read_file(f)),
-                    prep["image_size"],
-                    prep["crop_fraction"],
-                ).numpy()
-                for f in chunk
-            ]
+        batch = images_lib.load_batch(
+            chunk, prep["image_size"], prep["crop_fraction"]
         )
         probs = keras_model.predict(batch, verbose=0)
         # The stage's decision (calibration, operating point), as served.

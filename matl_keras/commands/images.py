@@ -1,11 +1,16 @@
-"""The image files named by `--images` (files and folders), checked."""
+"""The image files named by `--images` (files and folders), checked, and
+the evaluation batches the commands read from them."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
 
+import numpy as np
+import tensorflow as tf
+
 from matl_keras.data import decode
+from matl_keras.data import pipeline
 from matl_keras.errors import ConfigError
 from matl_keras.errors import DataError
 
@@ -34,3 +39,20 @@ def image_files(paths: Sequence[str]) -> list[str]:
             "--images: cannot read " + "; ".join(str(b) for b in bad)
         )
     return files
+
+
+def load_batch(
+    files: Sequence[str], image_size: int, crop_fraction: float
+) -> np.ndarray:
+    """`files` as one float32 batch, decoded as the input pipeline reads
+    files (TIFF and WebP included) and transformed as for evaluation."""
+    return np.stack(
+        [
+            pipeline.eval_transform(
+                decode.decode_file_image(tf.io.read_file(f)),
+                image_size,
+                crop_fraction,
+            ).numpy()
+            for f in files
+        ]
+    )

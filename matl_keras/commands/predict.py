@@ -8,12 +8,9 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from matl_keras import runs
 from matl_keras.commands import images as images_lib
-from matl_keras.data import decode
-from matl_keras.data import pipeline
 from matl_keras.evaluation import trained as trained_lib
 from matl_keras.evaluation.evaluator import feature_model
 
@@ -52,15 +49,10 @@ def predict_images(
     )
     probabilities, embeddings = [], []
     for start in range(0, len(files), batch_size):
-        batch = np.stack(
-            [
-                pipeline.eval_transform(
-                    decode.decode_image(tf.io.read_file(f)),
-                    prep["image_size"],
-                    prep["crop_fraction"],
-                ).numpy()
-                for f in files[start : start + batch_size]
-            ]
+        batch = images_lib.load_batch(
+            files[start : start + batch_size],
+            prep["image_size"],
+            prep["crop_fraction"],
         )
         probs, features = both.predict(batch, verbose=0)
         probabilities.append(np.asarray(probs))

@@ -226,6 +226,11 @@ def test_predict_writes_csv_and_embeddings_row_for_row(stage, tmp_path):
     Image.fromarray(rng.integers(0, 255, (40, 80, 3), np.uint8)).save(
         images / "c.png"
     )
+    # A format the input pipeline reads by content with Pillow: predict
+    # reads it as training did.
+    Image.fromarray(rng.integers(0, 255, (50, 50, 3), np.uint8)).save(
+        images / "d.tif"
+    )
     result = matl(
         "predict", f"--model={stage}", f"--images={images}", "--batch_size=2"
     )
@@ -236,6 +241,7 @@ def test_predict_writes_csv_and_embeddings_row_for_row(stage, tmp_path):
         "a.jpg",
         "b.png",
         "c.png",
+        "d.tif",
     ]
     assert list(rows[0]) == ["image", "predicted", "p_NonCOVID", "p_COVID"]
     embeddings = np.load(os.path.join(out, "embeddings.npy"))
@@ -244,7 +250,9 @@ def test_predict_writes_csv_and_embeddings_row_for_row(stage, tmp_path):
     batch = np.stack(
         [
             pipeline.eval_transform(
-                decode.decode_image(tf.io.read_file(r["image"])), 64, 0.875
+                decode.decode_file_image(tf.io.read_file(r["image"])),
+                64,
+                0.875,
             )
             for r in rows
         ]
