@@ -266,10 +266,13 @@ def test_sigterm_stops_cleanly_and_holds_the_workdir_until_then(tmp_path):
     top = str(tmp_path / "run")
     args = [a for a in TINY if "FINETUNE_EPOCHS" not in a]
     # The job is paused (SIGSTOP: still alive, still holding its lock)
-    # while the second run starts, so a few epochs are enough to be caught
-    # mid-run however slow the second run's start is; the rerun then has
-    # only the rest of them to train.
-    args += ["--gin_param=FINETUNE_EPOCHS = 8", f"--workdir={top}"]
+    # while the second run starts, so it is caught mid-run however slow the
+    # second run's start is. The epochs after the first backup (~0.4 s each
+    # here) are the window in which this test must see that backup and stop
+    # the job: with 8 epochs a loaded machine delayed the test past the
+    # job's end (it exited 0 before SIGTERM); 30 give a window of ~12 s.
+    # The rerun then trains only the rest of them.
+    args += ["--gin_param=FINETUNE_EPOCHS = 30", f"--workdir={top}"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.Popen(
         [CLI, *args],
