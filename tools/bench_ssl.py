@@ -119,12 +119,14 @@ def prepare_method(
     optimizer=None,
     batchnorm_groups="auto",
     warmup: int = 2,
+    before_trace=None,
 ):
     """Builds the method of `factory` on a ResNet backbone as the training
     command does (BatchNorm groups, a queue of 4096 keys) and returns
     `(step, batch, views_rate)`: its `tf.function` training step after
     `warmup` calls, one batch of views of `images`, and the views'
-    img/s in tf.data."""
+    img/s in tf.data. `before_trace(model)`, if given, runs before the
+    step is first traced (`tools/profile_step.py` names its parts)."""
     groups = self_supervised.resolve_batchnorm_groups(
         batchnorm_groups, batch_size, 1
     )
@@ -163,6 +165,8 @@ def prepare_method(
     start = time.perf_counter()
     next(batches)
     views_rate = batch_size / (time.perf_counter() - start)
+    if before_trace is not None:
+        before_trace(model)
     step = tf.function(model.train_step)
     for _ in range(warmup):
         step(batch)
