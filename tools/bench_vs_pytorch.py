@@ -5,7 +5,7 @@ matl-keras, timed in one run on the same cores.
         [--batch_size=32] [--steps=8] [--warmup=2] [--rounds=2]
         [--frameworks=pytorch,keras,matl] [--out=bench_vs_pytorch.json]
         [--intra_op=0] [--inter_op=0] [--torch_threads=0]
-        [--batchnorm_groups=auto]
+        [--batchnorm_groups=auto] [--fuse_groups=] [--keys_outside_tape]
 
 The step is query forward + backward, key forward (momentum encoder,
 m = 0.999, updated without gradients), InfoNCE against a queue of 4096
@@ -29,6 +29,13 @@ timed alone. Reported: img/s of the median step per round and over all
 rounds, and the ratio to PyTorch. `--out` gets the same as JSON, with each
 framework's thread settings. 0 for a thread flag keeps the framework's
 default (TF: intra/inter op 0, i.e. chosen by TF; PyTorch: its default).
+
+Variants of a framework are timed beside it: `--frameworks=matl,
+matl@intra_op=2+inter_op=1,matl@onednn=0` (settings joined by `+`: the
+thread flags, `batchnorm_groups`, `fuse_groups` (matl-keras's grouped
+BatchNorm on the fused kernel: 1, or from moments: 0), `keys_outside_tape`
+(1: the key encoder's forward before the gradient tape), `onednn`
+(TF_ENABLE_ONEDNN_OPTS of that worker)).
 
 PyTorch is an optional benchmark dependency (`pip install -e '.[bench]'`),
 never a runtime one; matl-keras does not import this file. On a shared
@@ -70,6 +77,17 @@ MISSING_TORCH = (
     "dependency: pip install -e '.[bench]' (torch, torchvision), or leave "
     "it out with --frameworks=keras,matl"
 )
+# Settings a variant may change (`--frameworks=matl@intra_op=2+onednn=0`):
+# the flags of the same name, and `onednn` (TF_ENABLE_ONEDNN_OPTS).
+VARIANT_OPTIONS = {
+    "intra_op",
+    "inter_op",
+    "torch_threads",
+    "batchnorm_groups",
+    "fuse_groups",
+    "keys_outside_tape",
+    "onednn",
+}
 # Lines of a worker's stdout that carry its answers (TF may print too).
 MARK = "@@bench "
 
@@ -92,6 +110,17 @@ def define_flags() -> None:
     flags.DEFINE_integer("torch_threads", 0, "PyTorch threads (0: its own).")
     flags.DEFINE_string(
         "batchnorm_groups", "auto", "matl-keras shuffle-BN groups."
+    )
+    flags.DEFINE_string(
+        "fuse_groups",
+        "",
+        "matl-keras: grouped BatchNorm on the fused kernel (1) or from "
+        "moments (0); empty: the code's default.",
+    )
+    flags.DEFINE_bool(
+        "keys_outside_tape",
+        False,
+        "matl-keras: the key encoder's forward before the gradient tape.",
     )
     flags.DEFINE_enum("worker", "", ["", *FRAMEWORKS], "(internal)")
 
@@ -142,12 +171,39 @@ def markdown_table(rows: list[dict], threads: dict[str, str]) -> str:
         per_round = " / ".join(f"{r:.2f}" for r in row["per_round"])
         ratio = row["vs_pytorch"]
         lines.append(
-            f"| {LABELS.get(row['framework'], row['framework'])} | "
+            f"| {label(row['framework'])} | "
             f"{threads.get(row['framework'], '-')} | {per_round} | "
             f"{row['median']:.2f} | "
             f"{'-' if ratio is None else f'{ratio:.2f}x'} |"
         )
     return "\n".join(lines)
+
+
+def parse_framework(spec: str) -> tuple[str, dict[str, str]]:
+    """`matl@intra_op=2+inter_op=1` -> ("matl", {"intra_op": "2", ...}):
+    a framework and the settings of this variant (`VARIANT_OPTIONS`)."""
+    base, _, rest = spec.partition("@")
+    if base not in FRAMEWORKS:
+        raise ValueError(f"unknown framework {base!r} in {spec!r}")
+    options = {}
+    for item in filter(None, rest.split("+")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in VARIANT_OPTIONS:
+            raise ValueError(
+                f"unknown variant setting {item!r} in {spec!r}: use "
+                f"key=value with a key of {sorted(VARIANT_OPTIONS)}"
+            )
+        options[key] = value
+    return base, options
+
+
+def label(spec: str) -> str:
+    """The table's name of a framework or variant."""
+    base, options = parse_framework(spec)
+    if not options:
+        return LABELS[base]
+    settings = ", ".join(f"{k}={v}" for k, v in options.items())
+    return f"{LABELS[base]} [{settings}]"
 
 
 def round_order(frameworks: list[str], round_: int) -> list[str]:
@@ -323,9 +379,29 @@ def keras_worker(depth, image_size, batch_size, warmup, intra, inter):
     return step, {"threads": threads, "version": keras.__version__}
 
 
-def matl_worker(depth, image_size, batch_size, warmup, intra, inter, groups):
+def keys_outside_tape(model) -> None:
+    """Patches `model` so that its step computes the keys before opening
+    the gradient tape (the key encoder's forward off the tape)."""
+    step, encode_keys = model.train_step, model.encode_keys
+
+    def train_step(data):
+        views, _ = data
+        keys = encode_keys(views["key"])
+        model.encode_keys = lambda images: keys
+        try:
+            return step(data)
+        finally:
+            model.encode_keys = encode_keys
+
+    model.train_step = train_step
+
+
+def matl_worker(
+    depth, image_size, batch_size, warmup, intra, inter, groups, variant
+):
     """matl-keras's MoCo step as tools/bench_ssl.py builds it; returns
-    (step, info)."""
+    (step, info). `variant`: `fuse_groups` ("", "0", "1") and
+    `keys_outside_tape` (bool)."""
     threads = _tf_threads(intra, inter)
     import keras
 
@@ -333,7 +409,10 @@ def matl_worker(depth, image_size, batch_size, warmup, intra, inter, groups):
     import bench_ssl
 
     import matl_keras
+    from matl_keras.layers.fused_batch_norm import FusedBatchNormalization
 
+    if variant["fuse_groups"]:
+        FusedBatchNormalization.fuse_groups = variant["fuse_groups"] == "1"
     step_fn, batch, _ = bench_ssl.prepare_method(
         bench_ssl._factory("moco"),
         bench_ssl.bench_images(batch_size, image_size),
@@ -346,11 +425,15 @@ def matl_worker(depth, image_size, batch_size, warmup, intra, inter, groups):
         ),
         batchnorm_groups=int(groups) if groups.isdigit() else groups,
         warmup=warmup,
+        before_trace=(
+            keys_outside_tape if variant["keys_outside_tape"] else None
+        ),
     )
 
     def step():
         return float(step_fn(batch)["loss"])
 
+    threads += f", grouped BN fused: {FusedBatchNormalization.fuse_groups}"
     return step, {"threads": threads, "version": matl_keras.__version__}
 
 
@@ -363,7 +446,14 @@ def run_worker(name: str) -> None:
         step, info = keras_worker(*common, FLAGS.intra_op, FLAGS.inter_op)
     else:
         step, info = matl_worker(
-            *common, FLAGS.intra_op, FLAGS.inter_op, FLAGS.batchnorm_groups
+            *common,
+            FLAGS.intra_op,
+            FLAGS.inter_op,
+            FLAGS.batchnorm_groups,
+            {
+                "fuse_groups": FLAGS.fuse_groups,
+                "keys_outside_tape": FLAGS.keys_outside_tape,
+            },
         )
     _serve(step, info, FLAGS.steps)
 
@@ -374,14 +464,20 @@ def run_worker(name: str) -> None:
 class Worker:
     """One framework's subprocess."""
 
-    def __init__(self, name: str, argv: list[str]):
-        self.name = name
+    def __init__(self, spec: str, argv: list[str]):
+        self.name = spec
+        base, options = parse_framework(spec)
+        env = dict(os.environ)
+        if "onednn" in options:
+            env["TF_ENABLE_ONEDNN_OPTS"] = options.pop("onednn")
         self.process = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), f"--worker={name}"]
-            + argv,
+            [sys.executable, os.path.abspath(__file__), f"--worker={base}"]
+            + argv
+            + [f"--{k}={v}" for k, v in options.items()],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            env=env,
         )
 
     def read(self, kind: str):
@@ -419,14 +515,14 @@ def main(argv):
     if FLAGS.worker:
         run_worker(FLAGS.worker)
         return 0
-    frameworks = [f for f in FRAMEWORKS if f in FLAGS.frameworks]
-    unknown = set(FLAGS.frameworks) - set(FRAMEWORKS)
-    if unknown or not frameworks:
-        raise app.UsageError(
-            f"--frameworks: choose from {FRAMEWORKS}. Received: "
-            f"{FLAGS.frameworks}"
-        )
-    if "pytorch" in frameworks and missing_extra():
+    frameworks = list(dict.fromkeys(FLAGS.frameworks))
+    try:
+        bases = {parse_framework(spec)[0] for spec in frameworks}
+    except ValueError as error:
+        raise app.UsageError(f"--frameworks: {error}") from None
+    if not frameworks:
+        raise app.UsageError(f"--frameworks: choose from {FRAMEWORKS}")
+    if "pytorch" in bases and missing_extra():
         print(MISSING_TORCH, file=sys.stderr)
         return 1
     forwarded = [
@@ -441,6 +537,8 @@ def main(argv):
             "inter_op",
             "torch_threads",
             "batchnorm_groups",
+            "fuse_groups",
+            "keys_outside_tape",
         )
     ]
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -497,6 +595,8 @@ def main(argv):
                     "inter_op",
                     "torch_threads",
                     "batchnorm_groups",
+                    "fuse_groups",
+                    "keys_outside_tape",
                 )
             },
             "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),

@@ -56,6 +56,10 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         **kwargs: as `keras.layers.BatchNormalization`.
     """
 
+    # Grouped statistics on the fused kernel (one call per group); False:
+    # from `tf.nn.moments` (`_grouped_call_moments`, the reference).
+    fuse_groups = False
+
     def __init__(self, groups: int = 1, **kwargs):
         super().__init__(**kwargs)
         if (
@@ -86,24 +90,72 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             )
         return self.groups // replicas
 
-    def _grouped_call(self, inputs, mask):
+    def _check_grouped(self, inputs, mask, groups):
         if mask is not None or self.renorm or self.axis not in (-1, 3):
             raise ValueError(
                 f"{self.name}: grouped statistics support channels-last "
                 "input without mask or renorm"
             )
-        groups = self._local_groups()
-        x = tf.cast(inputs, tf.float32)
-        shape = tf.shape(x)
-        batch = shape[0]
         tf.debugging.assert_equal(
-            batch % groups,
+            tf.shape(inputs)[0] % groups,
             0,
             message=(
                 f"{self.name}: the per-replica batch must be divisible by "
                 f"its {groups} BatchNorm group(s)"
             ),
         )
+
+    def _grouped_call(self, inputs, mask):
+        """Training output with per-group statistics: one fused kernel per
+        group (a contiguous chunk of the batch), outputs concatenated."""
+        if not self.fuse_groups or len(inputs.shape) != 4:
+            return self._grouped_call_moments(inputs, mask)
+        groups = self._local_groups()
+        self._check_grouped(inputs, mask, groups)
+        x = tf.convert_to_tensor(inputs)
+        if x.dtype not in (tf.float16, tf.bfloat16, tf.float32):
+            x = tf.cast(x, tf.float32)
+        channels = x.shape[-1]
+        gamma = (
+            tf.cast(self.gamma, tf.float32)
+            if self.scale
+            else tf.ones([channels], tf.float32)
+        )
+        beta = (
+            tf.cast(self.beta, tf.float32)
+            if self.center
+            else tf.zeros([channels], tf.float32)
+        )
+        outputs, means, variances = [], [], []
+        for part in tf.split(x, groups, axis=0):
+            y, mean, unbiased, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+                x=part,
+                scale=gamma,
+                offset=beta,
+                mean=tf.zeros([0], tf.float32),
+                variance=tf.zeros([0], tf.float32),
+                epsilon=self.epsilon,
+                exponential_avg_factor=1.0,
+                data_format="NHWC",
+                is_training=True,
+            )
+            n = tf.cast(tf.reduce_prod(tf.shape(part)[:-1]), tf.float32)
+            outputs.append(y)
+            means.append(mean)
+            # Keras' biased batch variance (the kernel's is Bessel's).
+            variances.append(unbiased * (n - 1.0) / tf.maximum(n, 1.0))
+        self._update_grouped_moving(
+            tf.add_n(means) / groups, tf.add_n(variances) / groups
+        )
+        return tf.cast(tf.concat(outputs, axis=0), self.compute_dtype)
+
+    def _grouped_call_moments(self, inputs, mask):
+        """The same as `_grouped_call` from `tf.nn.moments` and elementwise
+        ops (any rank; the reference the fused form is tested against)."""
+        groups = self._local_groups()
+        self._check_grouped(inputs, mask, groups)
+        x = tf.cast(inputs, tf.float32)
+        shape = tf.shape(x)
         channels = x.shape[-1]
         grouped = tf.reshape(x, [groups, -1, channels])
         mean, variance = tf.nn.moments(grouped, axes=[1], keepdims=True)
@@ -111,11 +163,16 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         beta = tf.cast(self.beta, tf.float32) if self.center else 0.0
         y = (grouped - mean) * tf.math.rsqrt(variance + self.epsilon)
         y = tf.reshape(y * gamma + beta, shape)
-        # Keras' rule with the mean over groups (biased batch variance,
-        # as keras.layers.BatchNormalization).
+        self._update_grouped_moving(
+            tf.reduce_mean(mean, axis=[0, 1]),
+            tf.reduce_mean(variance, axis=[0, 1]),
+        )
+        return tf.cast(y, self.compute_dtype)
+
+    def _update_grouped_moving(self, group_mean, group_variance):
+        """Keras' rule with the mean over groups of the groups' statistics
+        (biased batch variance, as keras.layers.BatchNormalization)."""
         momentum = self.momentum
-        group_mean = tf.reduce_mean(mean, axis=[0, 1])
-        group_variance = tf.reduce_mean(variance, axis=[0, 1])
         context = tf.distribute.get_replica_context()
         if context is not None and context.num_replicas_in_sync > 1:
             # Keras' moving statistics have no aggregation: each replica
@@ -143,7 +200,6 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
                 self.moving_variance.dtype,
             )
         )
-        return tf.cast(y, self.compute_dtype)
 
     def _can_fuse(self, inputs, training, mask) -> bool:
         if keras.backend.backend() != "tensorflow" or mask is not None:

@@ -133,3 +133,20 @@ def test_tiny_run_of_the_three_frameworks(tmp_path):
     assert all(r["median"] > 0 for r in record["rows"])
     assert "| PyTorch (torchvision ResNet, eager) |" in result.stdout
     assert set(record["workers"]) == set(tool.FRAMEWORKS)
+
+
+def test_variants_parse_and_label():
+    assert tool.parse_framework("matl") == ("matl", {})
+    assert tool.parse_framework("matl@intra_op=2+onednn=0") == (
+        "matl",
+        {"intra_op": "2", "onednn": "0"},
+    )
+    assert tool.label("matl@fuse_groups=1") == (
+        "matl-keras (bench_ssl MoCo) [fuse_groups=1]"
+    )
+    with pytest.raises(ValueError, match="unknown framework 'jax'"):
+        tool.parse_framework("jax")
+    with pytest.raises(ValueError, match="unknown variant setting 'x=1'"):
+        tool.parse_framework("keras@x=1")
+    with pytest.raises(ValueError, match="'intra_op'"):
+        tool.parse_framework("keras@intra_op")
