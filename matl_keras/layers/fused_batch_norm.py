@@ -33,7 +33,12 @@ its own `groups / R` chunks, exactly the global chunks it holds, so the
 outputs equal one device's; the moving statistics take the mean over
 groups (as MoCo's demo) and Keras averages the replicas' assignments (the
 variables' `mean` aggregation), so they equal one device's too. Inference
-uses the moving statistics. It is an option of this class, not a subclass,
+uses the moving statistics. Each group runs the fused kernel on its chunk
+of the batch (the outputs concatenated): the `tf.nn.moments` form's
+elementwise passes made BatchNorm a third of the op time of the MoCo step
+(ResNet-50, 128 px, batch 32, 2 groups; `tools/profile_step.py`), and
+fusing them made the step 19-25% faster (`tools/bench_vs_pytorch.py`,
+issue #21). Grouping is an option of this class, not a subclass,
 because Keras names a functional model's layers in weights files by their
 class: a backbone pretrained with groups must load into a plain one.
 """
@@ -57,8 +62,9 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     """
 
     # Grouped statistics on the fused kernel (one call per group); False:
-    # from `tf.nn.moments` (`_grouped_call_moments`, the reference).
-    fuse_groups = False
+    # from `tf.nn.moments` (`_grouped_call_moments`, the reference; kept
+    # for the tests and `tools/bench_vs_pytorch.py --fuse_groups=0`).
+    fuse_groups = True
 
     def __init__(self, groups: int = 1, **kwargs):
         super().__init__(**kwargs)
