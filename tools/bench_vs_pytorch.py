@@ -26,9 +26,13 @@ Each framework runs in its own subprocess (their thread pools never meet),
 built and warmed up one after the other; then in every round each one
 times `--steps` steps in turn (the order rotates per round), each step
 timed alone. Reported: img/s of the median step per round and over all
-rounds, and the ratio to PyTorch. `--out` gets the same as JSON, with each
-framework's thread settings. 0 for a thread flag keeps the framework's
-default (TF: intra/inter op 0, i.e. chosen by TF; PyTorch: its default).
+rounds, and of the fastest step (other jobs on a shared machine only slow
+steps down), and the ratios to PyTorch. `--out` gets the same as JSON,
+with each framework's thread settings and the load after each turn. 0 for
+a thread flag keeps the framework's default (TF: intra/inter op 0, i.e.
+chosen by TF; PyTorch: its default). Short rounds (`--steps=2
+--rounds=8`) interleave the frameworks more finely than long ones, so a
+change of load on the machine hits them more evenly.
 
 Variants of a framework are timed beside it: `--frameworks=matl,
 matl@intra_op=2+inter_op=1,matl@onednn=0` (settings joined by `+`: the
@@ -141,8 +145,9 @@ def summarize(
     times: dict[str, list[list[float]]], batch_size: int
 ) -> list[dict]:
     """Rows of the table from `times[framework][round]` (seconds per
-    step): img/s of the median step per round and over all steps, and the
-    overall rate relative to PyTorch's (None without PyTorch)."""
+    step): img/s of the median step per round and over all steps, of the
+    fastest step (on a shared machine other jobs only slow a step down),
+    and both rates relative to PyTorch's (None without PyTorch)."""
     rows = []
     for name, rounds in times.items():
         every = [t for steps in rounds for t in steps]
@@ -153,28 +158,34 @@ def summarize(
                     batch_size / statistics.median(steps) for steps in rounds
                 ],
                 "median": batch_size / statistics.median(every),
+                "best": batch_size / min(every),
             }
         )
-    base = next((r["median"] for r in rows if r["framework"] == "pytorch"), 0)
+    base = next((r for r in rows if r["framework"] == "pytorch"), None)
     for row in rows:
-        row["vs_pytorch"] = row["median"] / base if base else None
+        for key in ("median", "best"):
+            row[f"{key}_vs_pytorch"] = row[key] / base[key] if base else None
     return rows
+
+
+def _ratio(value) -> str:
+    return "-" if value is None else f"{value:.2f}x"
 
 
 def markdown_table(rows: list[dict], threads: dict[str, str]) -> str:
     """The Markdown table of `summarize`'s rows."""
     lines = [
-        "| framework | threads | img/s per round | img/s median | vs PyTorch |",
-        "|---|---|---|---|---|",
+        "| framework | threads | img/s per round | img/s median | "
+        "vs PyTorch | img/s best step | vs PyTorch |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         per_round = " / ".join(f"{r:.2f}" for r in row["per_round"])
-        ratio = row["vs_pytorch"]
         lines.append(
             f"| {label(row['framework'])} | "
             f"{threads.get(row['framework'], '-')} | {per_round} | "
-            f"{row['median']:.2f} | "
-            f"{'-' if ratio is None else f'{ratio:.2f}x'} |"
+            f"{row['median']:.2f} | {_ratio(row['median_vs_pytorch'])} | "
+            f"{row['best']:.2f} | {_ratio(row['best_vs_pytorch'])} |"
         )
     return "\n".join(lines)
 
@@ -556,14 +567,16 @@ def main(argv):
                 flush=True,
             )
         times = {name: [] for name in frameworks}
+        loads = []  # 1-minute load average after each turn
         for round_ in range(FLAGS.rounds):
             for name in round_order(frameworks, round_):
                 steps = workers[name].run()
                 times[name].append(steps)
+                loads.append(os.getloadavg()[0])
                 rate = FLAGS.batch_size / statistics.median(steps)
                 print(
                     f"round {round_ + 1} {name}: {rate:.2f} img/s "
-                    f"(median of {len(steps)} steps)",
+                    f"(median of {len(steps)} steps; load {loads[-1]:.2f})",
                     flush=True,
                 )
     finally:
@@ -604,6 +617,7 @@ def main(argv):
             "started_utc": started.isoformat(timespec="seconds"),
             "load_before": load_before,
             "load_after": _uptime(),
+            "load_per_turn": loads,
             "workers": info,
             "step_seconds": times,
             "rows": rows,
