@@ -34,19 +34,85 @@ outputs equal one device's; the moving statistics take the mean over
 groups (as MoCo's demo) and Keras averages the replicas' assignments (the
 variables' `mean` aggregation), so they equal one device's too. Inference
 uses the moving statistics. Each group runs the fused kernel on its chunk
-of the batch (the outputs concatenated): the `tf.nn.moments` form's
-elementwise passes made BatchNorm a third of the op time of the MoCo step
-(ResNet-50, 128 px, batch 32, 2 groups; `tools/profile_step.py`), and
-fusing them made the step 19-25% faster (`tools/bench_vs_pytorch.py`,
-issue #21). Grouping is an option of this class, not a subclass,
-because Keras names a functional model's layers in weights files by their
-class: a backbone pretrained with groups must load into a plain one.
+of the batch (the outputs concatenated; the groups' kernels one after the
+other, forward and backward, which keeps runs bitwise repeatable across
+processes, see `_fused_groups`): the `tf.nn.moments` form's elementwise
+passes made BatchNorm a third of the op time of the MoCo step (ResNet-50,
+128 px, batch 32, 2 groups; `tools/profile_step.py`), and fusing them made
+the step 20-40% faster (`tools/bench_vs_pytorch.py`, issue #21).
+Grouping is an option of this class, not a subclass, because Keras names
+a functional model's layers in weights files by their class: a backbone
+pretrained with groups must load into a plain one.
 """
 
 from __future__ import annotations
 
 import keras
 import tensorflow as tf
+
+
+def _fused_groups(x, gamma, beta, groups: int, epsilon: float):
+    """Training-mode `FusedBatchNormV3` on each of `groups` contiguous
+    chunks of the batch of `x` (NHWC): `(y, means, unbiased variances)`,
+    the statistics stacked per group.
+
+    The groups' kernels, forward and backward, run one after the other
+    (control dependencies, and a gradient written here for that): oneDNN's
+    batch-norm kernels running concurrently on TensorFlow's inter-op
+    threads gave other bits from one process to the next (the region-aware
+    step's fingerprint, `tests/matl_keras/training/
+    test_repeatable_across_processes.py`), which op determinism does not
+    prevent.
+    """
+
+    @tf.custom_gradient
+    def run(x, gamma, beta):
+        outputs, means, variances, saved = [], [], [], []
+        for part in tf.split(x, groups, axis=0):
+            with tf.control_dependencies(outputs[-1:]):
+                y, mean, var, r1, r2, r3 = tf.raw_ops.FusedBatchNormV3(
+                    x=part,
+                    scale=gamma,
+                    offset=beta,
+                    mean=tf.zeros([0], tf.float32),
+                    variance=tf.zeros([0], tf.float32),
+                    epsilon=epsilon,
+                    exponential_avg_factor=1.0,
+                    data_format="NHWC",
+                    is_training=True,
+                )
+            outputs.append(y)
+            means.append(mean)
+            variances.append(var)
+            saved.append((part, r1, r2, r3))
+
+        def grad(dy, *unused):
+            del unused  # the statistics feed only the moving averages
+            dxs, dgammas, dbetas = [], [], []
+            for dy_part, (part, r1, r2, r3) in zip(
+                tf.split(dy, groups, axis=0), saved
+            ):
+                with tf.control_dependencies(dxs[-1:]):
+                    dx, dgamma, dbeta, _, _ = tf.raw_ops.FusedBatchNormGradV3(
+                        y_backprop=dy_part,
+                        x=part,
+                        scale=gamma,
+                        reserve_space_1=r1,
+                        reserve_space_2=r2,
+                        reserve_space_3=r3,
+                        epsilon=epsilon,
+                        data_format="NHWC",
+                        is_training=True,
+                    )
+                dxs.append(dx)
+                dgammas.append(dgamma)
+                dbetas.append(dbeta)
+            return tf.concat(dxs, 0), tf.add_n(dgammas), tf.add_n(dbetas)
+
+        y = tf.concat(outputs, axis=0)
+        return (y, tf.stack(means), tf.stack(variances)), grad
+
+    return run(x, gamma, beta)
 
 
 @keras.saving.register_keras_serializable(package="matl_keras")
@@ -132,28 +198,14 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             if self.center
             else tf.zeros([channels], tf.float32)
         )
-        outputs, means, variances = [], [], []
-        for part in tf.split(x, groups, axis=0):
-            y, mean, unbiased, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-                x=part,
-                scale=gamma,
-                offset=beta,
-                mean=tf.zeros([0], tf.float32),
-                variance=tf.zeros([0], tf.float32),
-                epsilon=self.epsilon,
-                exponential_avg_factor=1.0,
-                data_format="NHWC",
-                is_training=True,
-            )
-            n = tf.cast(tf.reduce_prod(tf.shape(part)[:-1]), tf.float32)
-            outputs.append(y)
-            means.append(mean)
-            # Keras' biased batch variance (the kernel's is Bessel's).
-            variances.append(unbiased * (n - 1.0) / tf.maximum(n, 1.0))
+        y, means, unbiased = _fused_groups(x, gamma, beta, groups, self.epsilon)
+        n = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]) // groups, tf.float32)
+        # Keras' biased batch variance (the kernel's is Bessel's).
+        variances = unbiased * (n - 1.0) / tf.maximum(n, 1.0)
         self._update_grouped_moving(
-            tf.add_n(means) / groups, tf.add_n(variances) / groups
+            tf.reduce_mean(means, axis=0), tf.reduce_mean(variances, axis=0)
         )
-        return tf.cast(tf.concat(outputs, axis=0), self.compute_dtype)
+        return tf.cast(y, self.compute_dtype)
 
     def _grouped_call_moments(self, inputs, mask):
         """The same as `_grouped_call` from `tf.nn.moments` and elementwise
