@@ -78,6 +78,9 @@ setuptools.setup(
             "import-linter>=2.16,<3",
         ],
         "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
+        # The PyTorch side of `tools/bench_vs_pytorch.py` (a benchmark
+        # dependency only: matl-keras never imports torch).
+        "bench": ["torch==2.14.1", "torchvision==0.29.1"],
         # Optional MLflow tracking (`mlflow_tracking.enabled = True`): the
         # full package, whose default store (SQLite) needs its SQLAlchemy.
         "mlflow": ["mlflow>=2.10,<4"],

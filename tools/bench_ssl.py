@@ -35,18 +35,28 @@ from matl_keras.models.resnet.resnet_backbone import ResNetBackbone  # noqa: E40
 from matl_keras.training import self_supervised  # noqa: E402
 from matl_keras.training.ssl_method import RunSchedule  # noqa: E402
 
-flags.DEFINE_list("methods", ["moco", "simclr", "region_aware"], "SSL methods.")
-flags.DEFINE_integer("depth", 50, "ResNet depth.")
-flags.DEFINE_float("width", 1.0, "ResNet width multiplier.")
-flags.DEFINE_integer("image_size", 128, "View side.")
-flags.DEFINE_integer("batch_size", 32, "Batch size.")
-flags.DEFINE_integer("steps", 3, "Timed steps.")
-flags.DEFINE_integer("rounds", 1, "Timing rounds, the methods taking turns.")
-flags.DEFINE_list(
-    "region_sizes", ["0"], "region_aware crop sides (0: image size)."
-)
 FLAGS = flags.FLAGS
 PREDICTED_COST = {"moco": 4, "simclr": 6, "region_aware": 19, "simsiam": 6}
+
+
+def define_flags() -> None:
+    """The command's flags (defined when run, not on import:
+    `tools/bench_vs_pytorch.py` and `tools/profile_step.py` import
+    `prepare_method`)."""
+    flags.DEFINE_list(
+        "methods", ["moco", "simclr", "region_aware"], "SSL methods."
+    )
+    flags.DEFINE_integer("depth", 50, "ResNet depth.")
+    flags.DEFINE_float("width", 1.0, "ResNet width multiplier.")
+    flags.DEFINE_integer("image_size", 128, "View side.")
+    flags.DEFINE_integer("batch_size", 32, "Batch size.")
+    flags.DEFINE_integer("steps", 3, "Timed steps.")
+    flags.DEFINE_integer(
+        "rounds", 1, "Timing rounds, the methods taking turns."
+    )
+    flags.DEFINE_list(
+        "region_sizes", ["0"], "region_aware crop sides (0: image size)."
+    )
 
 
 def predicted_cost(name: str) -> float:
@@ -87,63 +97,96 @@ def _runs() -> list:
     return runs
 
 
+def bench_images(batch_size: int, image_size: int) -> np.ndarray:
+    """The fixed random batch of loaded images (`load_size` side) the
+    views are made from: a phantom-like slice so the Generator finds a
+    lung."""
+    load = pipeline.load_size(image_size, 0.875)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 1, (batch_size, load, load, 3)).astype(np.float32)
+    images[:, load // 4 : 3 * load // 4, load // 8 : 7 * load // 8] *= 0.2
+    return images
+
+
+def prepare_method(
+    factory,
+    images: np.ndarray,
+    *,
+    depth: int,
+    width: float,
+    image_size: int,
+    batch_size: int,
+    optimizer=None,
+    batchnorm_groups="auto",
+    warmup: int = 2,
+    before_trace=None,
+):
+    """Builds the method of `factory` on a ResNet backbone as the training
+    command does (BatchNorm groups, a queue of 4096 keys) and returns
+    `(step, batch, views_rate)`: its `tf.function` training step after
+    `warmup` calls, one batch of views of `images`, and the views'
+    img/s in tf.data. `before_trace(model)`, if given, runs before the
+    step is first traced (`tools/profile_step.py` names its parts)."""
+    groups = self_supervised.resolve_batchnorm_groups(
+        batchnorm_groups, batch_size, 1
+    )
+    model = self_supervised.build_method(
+        factory,
+        lambda **kw: ResNetBackbone(depth=depth, width_multiplier=width, **kw),
+        image_size,
+        sync_batchnorm=False,
+        batchnorm_groups=groups,
+    )
+    # A queue of 4096 keys (the data size only sizes the queue here).
+    model.configure(
+        RunSchedule(
+            num_examples=4096 + batch_size,
+            steps_per_epoch=100,
+            epochs=1,
+            global_batch_size=batch_size,
+            seed=0,
+        )
+    )
+    model.build()
+    model.compile(
+        optimizer=optimizer or keras.optimizers.SGD(0.01, momentum=0.9),
+        jit_compile=False,
+    )
+
+    def example(index, image):
+        if model.prepare is not None:
+            image = {"image": image, **model.prepare(image)}
+        seed = tf.stack([index, tf.constant(0, tf.int64)])
+        return model.views(image, seed), tf.cast(index, tf.int32)
+
+    data = tf.data.Dataset.from_tensor_slices(images).enumerate().map(example)
+    batches = iter(data.repeat().batch(batch_size))
+    batch = next(batches)  # the first one includes tracing
+    start = time.perf_counter()
+    next(batches)
+    views_rate = batch_size / (time.perf_counter() - start)
+    if before_trace is not None:
+        before_trace(model)
+    step = tf.function(model.train_step)
+    for _ in range(warmup):
+        step(batch)
+    return step, batch, views_rate
+
+
 def main(argv):
     del argv
     size = FLAGS.image_size
-    load = pipeline.load_size(size, 0.875)
-    rng = np.random.default_rng(0)
-    images = rng.uniform(0, 1, (FLAGS.batch_size, load, load, 3)).astype(
-        np.float32
-    )
-    # A phantom-like slice so the Generator finds a lung.
-    images[:, load // 4 : 3 * load // 4, load // 8 : 7 * load // 8] *= 0.2
+    images = bench_images(FLAGS.batch_size, size)
     prepared = []
     for name, factory in _runs():
-        groups = self_supervised.resolve_batchnorm_groups(
-            "auto", FLAGS.batch_size, 1
-        )
-        model = self_supervised.build_method(
+        step, batch, views_rate = prepare_method(
             factory,
-            lambda **kw: ResNetBackbone(
-                depth=FLAGS.depth, width_multiplier=FLAGS.width, **kw
-            ),
-            size,
-            sync_batchnorm=False,
-            batchnorm_groups=groups,
+            images,
+            depth=FLAGS.depth,
+            width=FLAGS.width,
+            image_size=size,
+            batch_size=FLAGS.batch_size,
         )
-        # A queue of 4096 keys (the data size only sizes the queue here).
-        model.configure(
-            RunSchedule(
-                num_examples=4096 + FLAGS.batch_size,
-                steps_per_epoch=100,
-                epochs=1,
-                global_batch_size=FLAGS.batch_size,
-                seed=0,
-            )
-        )
-        model.build()
-        model.compile(
-            optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-            jit_compile=False,
-        )
-
-        def example(index, image, model=model):
-            if model.prepare is not None:
-                image = {"image": image, **model.prepare(image)}
-            seed = tf.stack([index, tf.constant(0, tf.int64)])
-            return model.views(image, seed), tf.cast(index, tf.int32)
-
-        data = (
-            tf.data.Dataset.from_tensor_slices(images).enumerate().map(example)
-        )
-        batches = iter(data.repeat().batch(FLAGS.batch_size))
-        batch = next(batches)  # the first one includes tracing
-        start = time.perf_counter()
-        next(batches)
-        views_rate = FLAGS.batch_size / (time.perf_counter() - start)
-        step = tf.function(model.train_step)
-        for _ in range(2):
-            step(batch)
         prepared.append((name, step, batch, views_rate))
     rates = {name: [] for name, *_ in prepared}
     for round_ in range(FLAGS.rounds):
@@ -196,4 +239,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -33,15 +33,86 @@ its own `groups / R` chunks, exactly the global chunks it holds, so the
 outputs equal one device's; the moving statistics take the mean over
 groups (as MoCo's demo) and Keras averages the replicas' assignments (the
 variables' `mean` aggregation), so they equal one device's too. Inference
-uses the moving statistics. It is an option of this class, not a subclass,
-because Keras names a functional model's layers in weights files by their
-class: a backbone pretrained with groups must load into a plain one.
+uses the moving statistics. Each group runs the fused kernel on its chunk
+of the batch (the outputs concatenated; the groups' kernels one after the
+other, forward and backward, which keeps runs bitwise repeatable across
+processes, see `_fused_groups`): the `tf.nn.moments` form's elementwise
+passes made BatchNorm a third of the op time of the MoCo step (ResNet-50,
+128 px, batch 32, 2 groups; `tools/profile_step.py`), and fusing them made
+the step 20-40% faster (`tools/bench_vs_pytorch.py`, issue #21).
+Grouping is an option of this class, not a subclass, because Keras names
+a functional model's layers in weights files by their class: a backbone
+pretrained with groups must load into a plain one.
 """
 
 from __future__ import annotations
 
 import keras
 import tensorflow as tf
+
+
+def _fused_groups(x, gamma, beta, groups: int, epsilon: float):
+    """Training-mode `FusedBatchNormV3` on each of `groups` contiguous
+    chunks of the batch of `x` (NHWC): `(y, means, unbiased variances)`,
+    the statistics stacked per group.
+
+    The groups' kernels, forward and backward, run one after the other
+    (control dependencies, and a gradient written here for that): oneDNN's
+    batch-norm kernels running concurrently on TensorFlow's inter-op
+    threads gave other bits from one process to the next (the region-aware
+    step's fingerprint, `tests/matl_keras/training/
+    test_repeatable_across_processes.py`), which op determinism does not
+    prevent.
+    """
+
+    @tf.custom_gradient
+    def run(x, gamma, beta):
+        outputs, means, variances, saved = [], [], [], []
+        for part in tf.split(x, groups, axis=0):
+            with tf.control_dependencies(outputs[-1:]):
+                y, mean, var, r1, r2, r3 = tf.raw_ops.FusedBatchNormV3(
+                    x=part,
+                    scale=gamma,
+                    offset=beta,
+                    mean=tf.zeros([0], tf.float32),
+                    variance=tf.zeros([0], tf.float32),
+                    epsilon=epsilon,
+                    exponential_avg_factor=1.0,
+                    data_format="NHWC",
+                    is_training=True,
+                )
+            outputs.append(y)
+            means.append(mean)
+            variances.append(var)
+            saved.append((part, r1, r2, r3))
+
+        def grad(dy, *unused):
+            del unused  # the statistics feed only the moving averages
+            dxs, dgammas, dbetas = [], [], []
+            for dy_part, (part, r1, r2, r3) in zip(
+                tf.split(dy, groups, axis=0), saved
+            ):
+                with tf.control_dependencies(dxs[-1:]):
+                    dx, dgamma, dbeta, _, _ = tf.raw_ops.FusedBatchNormGradV3(
+                        y_backprop=dy_part,
+                        x=part,
+                        scale=gamma,
+                        reserve_space_1=r1,
+                        reserve_space_2=r2,
+                        reserve_space_3=r3,
+                        epsilon=epsilon,
+                        data_format="NHWC",
+                        is_training=True,
+                    )
+                dxs.append(dx)
+                dgammas.append(dgamma)
+                dbetas.append(dbeta)
+            return tf.concat(dxs, 0), tf.add_n(dgammas), tf.add_n(dbetas)
+
+        y = tf.concat(outputs, axis=0)
+        return (y, tf.stack(means), tf.stack(variances)), grad
+
+    return run(x, gamma, beta)
 
 
 @keras.saving.register_keras_serializable(package="matl_keras")
@@ -55,6 +126,11 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             the number of replicas. Excludes `synchronized=True`.
         **kwargs: as `keras.layers.BatchNormalization`.
     """
+
+    # Grouped statistics on the fused kernel (one call per group); False:
+    # from `tf.nn.moments` (`_grouped_call_moments`, the reference; kept
+    # for the tests and `tools/bench_vs_pytorch.py --fuse_groups=0`).
+    fuse_groups = True
 
     def __init__(self, groups: int = 1, **kwargs):
         super().__init__(**kwargs)
@@ -86,24 +162,58 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             )
         return self.groups // replicas
 
-    def _grouped_call(self, inputs, mask):
+    def _check_grouped(self, inputs, mask, groups):
         if mask is not None or self.renorm or self.axis not in (-1, 3):
             raise ValueError(
                 f"{self.name}: grouped statistics support channels-last "
                 "input without mask or renorm"
             )
-        groups = self._local_groups()
-        x = tf.cast(inputs, tf.float32)
-        shape = tf.shape(x)
-        batch = shape[0]
         tf.debugging.assert_equal(
-            batch % groups,
+            tf.shape(inputs)[0] % groups,
             0,
             message=(
                 f"{self.name}: the per-replica batch must be divisible by "
                 f"its {groups} BatchNorm group(s)"
             ),
         )
+
+    def _grouped_call(self, inputs, mask):
+        """Training output with per-group statistics: one fused kernel per
+        group (a contiguous chunk of the batch), outputs concatenated."""
+        if not self.fuse_groups or len(inputs.shape) != 4:
+            return self._grouped_call_moments(inputs, mask)
+        groups = self._local_groups()
+        self._check_grouped(inputs, mask, groups)
+        x = tf.convert_to_tensor(inputs)
+        if x.dtype not in (tf.float16, tf.bfloat16, tf.float32):
+            x = tf.cast(x, tf.float32)
+        channels = x.shape[-1]
+        gamma = (
+            tf.cast(self.gamma, tf.float32)
+            if self.scale
+            else tf.ones([channels], tf.float32)
+        )
+        beta = (
+            tf.cast(self.beta, tf.float32)
+            if self.center
+            else tf.zeros([channels], tf.float32)
+        )
+        y, means, unbiased = _fused_groups(x, gamma, beta, groups, self.epsilon)
+        n = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]) // groups, tf.float32)
+        # Keras' biased batch variance (the kernel's is Bessel's).
+        variances = unbiased * (n - 1.0) / tf.maximum(n, 1.0)
+        self._update_grouped_moving(
+            tf.reduce_mean(means, axis=0), tf.reduce_mean(variances, axis=0)
+        )
+        return tf.cast(y, self.compute_dtype)
+
+    def _grouped_call_moments(self, inputs, mask):
+        """The same as `_grouped_call` from `tf.nn.moments` and elementwise
+        ops (any rank; the reference the fused form is tested against)."""
+        groups = self._local_groups()
+        self._check_grouped(inputs, mask, groups)
+        x = tf.cast(inputs, tf.float32)
+        shape = tf.shape(x)
         channels = x.shape[-1]
         grouped = tf.reshape(x, [groups, -1, channels])
         mean, variance = tf.nn.moments(grouped, axes=[1], keepdims=True)
@@ -111,11 +221,16 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         beta = tf.cast(self.beta, tf.float32) if self.center else 0.0
         y = (grouped - mean) * tf.math.rsqrt(variance + self.epsilon)
         y = tf.reshape(y * gamma + beta, shape)
-        # Keras' rule with the mean over groups (biased batch variance,
-        # as keras.layers.BatchNormalization).
+        self._update_grouped_moving(
+            tf.reduce_mean(mean, axis=[0, 1]),
+            tf.reduce_mean(variance, axis=[0, 1]),
+        )
+        return tf.cast(y, self.compute_dtype)
+
+    def _update_grouped_moving(self, group_mean, group_variance):
+        """Keras' rule with the mean over groups of the groups' statistics
+        (biased batch variance, as keras.layers.BatchNormalization)."""
         momentum = self.momentum
-        group_mean = tf.reduce_mean(mean, axis=[0, 1])
-        group_variance = tf.reduce_mean(variance, axis=[0, 1])
         context = tf.distribute.get_replica_context()
         if context is not None and context.num_replicas_in_sync > 1:
             # Keras' moving statistics have no aggregation: each replica
@@ -143,7 +258,6 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
                 self.moving_variance.dtype,
             )
         )
-        return tf.cast(y, self.compute_dtype)
 
     def _can_fuse(self, inputs, training, mask) -> bool:
         if keras.backend.backend() != "tensorflow" or mask is not None:

@@ -112,3 +112,36 @@ def test_serializes_and_loads_as_itself(tmp_path):
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     assert isinstance(loaded.layers[-1], FusedBatchNormalization)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"scale": False}, {"center": False, "momentum": 0.5}]
+)
+def test_grouped_statistics_on_the_fused_kernel_equal_the_moments_form(
+    monkeypatch, kwargs
+):
+    """`fuse_groups`: one fused kernel per group computes what the
+    `tf.nn.moments` form computes (outputs, gradients, moving
+    statistics), in a `tf.function` as in training."""
+    x = np.random.default_rng(0).normal(2, 3, (8, 5, 6, 8)).astype("float32")
+    x[4:] *= 10.0  # the groups have other statistics
+    x = tf.constant(x)
+    results = []
+    for fuse in (False, True):
+        monkeypatch.setattr(FusedBatchNormalization, "fuse_groups", fuse)
+        layer = FusedBatchNormalization(groups=2, epsilon=1e-3, **kwargs)
+        layer.build(x.shape)
+        if layer.scale:
+            layer.gamma.assign(np.linspace(0.5, 2, 8))
+        run = tf.function(lambda x, layer=layer: _run(layer, x))
+        for _ in range(2):  # moving statistics over two updates
+            y, grads = run(x)
+        results.append(
+            (y, grads, layer.moving_mean.numpy(), layer.moving_variance)
+        )
+    (y_ref, g_ref, mean_ref, var_ref), (y, g, mean, var) = results
+    np.testing.assert_allclose(y, y_ref, atol=1e-5)
+    for a, b in zip(g, g_ref):
+        np.testing.assert_allclose(a, b, atol=1e-4 * np.abs(b).max())
+    np.testing.assert_allclose(mean, mean_ref, rtol=1e-5)
+    np.testing.assert_allclose(var, var_ref, rtol=1e-5)
