@@ -163,7 +163,7 @@ def pretrain(
             `SSL_METHOD = @region_aware`), called with `backbone=`,
             `key_backbone=` (when it has `needs_key_encoder`) and
             `image_size=`; its own parameters come from gin
-            (`moco.temperature = 0.07`).
+            (`moco.temperature = 0.2`).
         backbone: callable. Builds a backbone from `image_size=`,
             `sync_batchnorm=` and `name=`.
         image_size: int. Side of the views.
