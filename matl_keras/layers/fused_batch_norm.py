@@ -177,13 +177,10 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             ),
         )
 
-    def _grouped_call(self, inputs, mask):
-        """Training output with per-group statistics: one fused kernel per
-        group (a contiguous chunk of the batch), outputs concatenated."""
-        if not self.fuse_groups or len(inputs.shape) != 4:
-            return self._grouped_call_moments(inputs, mask)
-        groups = self._local_groups()
-        self._check_grouped(inputs, mask, groups)
+    def _kernel_inputs(self, inputs):
+        """`(x, scale, offset)` as the fused kernel takes them: x in a
+        float type it accepts, scale and offset float32 (ones and zeros
+        where the layer has none)."""
         x = tf.convert_to_tensor(inputs)
         if x.dtype not in (tf.float16, tf.bfloat16, tf.float32):
             x = tf.cast(x, tf.float32)
@@ -198,6 +195,16 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             if self.center
             else tf.zeros([channels], tf.float32)
         )
+        return x, gamma, beta
+
+    def _grouped_call(self, inputs, mask):
+        """Training output with per-group statistics: one fused kernel per
+        group (a contiguous chunk of the batch), outputs concatenated."""
+        if not self.fuse_groups or len(inputs.shape) != 4:
+            return self._grouped_call_moments(inputs, mask)
+        groups = self._local_groups()
+        self._check_grouped(inputs, mask, groups)
+        x, gamma, beta = self._kernel_inputs(inputs)
         y, means, unbiased = _fused_groups(x, gamma, beta, groups, self.epsilon)
         n = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]) // groups, tf.float32)
         # Keras' biased batch variance (the kernel's is Bessel's).
@@ -274,20 +281,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             return self._grouped_call(inputs, mask)
         if not self._can_fuse(inputs, training, mask):
             return super().call(inputs, training=training, mask=mask)
-        x = tf.convert_to_tensor(inputs)
-        if x.dtype not in (tf.float16, tf.bfloat16, tf.float32):
-            x = tf.cast(x, tf.float32)
-        channels = x.shape[-1]
-        gamma = (
-            tf.cast(self.gamma, tf.float32)
-            if self.scale
-            else tf.ones([channels], tf.float32)
-        )
-        beta = (
-            tf.cast(self.beta, tf.float32)
-            if self.center
-            else tf.zeros([channels], tf.float32)
-        )
+        x, gamma, beta = self._kernel_inputs(inputs)
         moving_mean = tf.cast(self.moving_mean, tf.float32)
         moving_variance = tf.cast(self.moving_variance, tf.float32)
         if training and self.trainable:
