@@ -544,12 +544,7 @@ def main(argv):
             "batch_size",
             "steps",
             "warmup",
-            "intra_op",
-            "inter_op",
-            "torch_threads",
-            "batchnorm_groups",
-            "fuse_groups",
-            "keys_outside_tape",
+            *sorted(VARIANT_OPTIONS - {"onednn"}),
         )
     ]
     started = datetime.datetime.now(datetime.timezone.utc)
