@@ -92,6 +92,16 @@ VARIANT_OPTIONS = {
     "keys_outside_tape",
     "onednn",
 }
+# The flags every worker process is started with (the variant options but
+# `onednn`, an environment variable).
+WORKER_FLAGS = (
+    "depth",
+    "image_size",
+    "batch_size",
+    "steps",
+    "warmup",
+    *sorted(VARIANT_OPTIONS - {"onednn"}),
+)
 # Lines of a worker's stdout that carry its answers (TF may print too).
 MARK = "@@bench "
 
@@ -536,17 +546,7 @@ def main(argv):
     if "pytorch" in bases and missing_extra():
         print(MISSING_TORCH, file=sys.stderr)
         return 1
-    forwarded = [
-        f"--{name}={getattr(FLAGS, name)}"
-        for name in (
-            "depth",
-            "image_size",
-            "batch_size",
-            "steps",
-            "warmup",
-            *sorted(VARIANT_OPTIONS - {"onednn"}),
-        )
-    ]
+    forwarded = [f"--{name}={getattr(FLAGS, name)}" for name in WORKER_FLAGS]
     started = datetime.datetime.now(datetime.timezone.utc)
     load_before = _uptime()
     workers, info = {}, {}
@@ -591,21 +591,7 @@ def main(argv):
     if FLAGS.out:
         record = {
             "settings": {
-                name: getattr(FLAGS, name)
-                for name in (
-                    "depth",
-                    "image_size",
-                    "batch_size",
-                    "steps",
-                    "warmup",
-                    "rounds",
-                    "intra_op",
-                    "inter_op",
-                    "torch_threads",
-                    "batchnorm_groups",
-                    "fuse_groups",
-                    "keys_outside_tape",
-                )
+                name: getattr(FLAGS, name) for name in (*WORKER_FLAGS, "rounds")
             },
             "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
             "cpu_count": os.cpu_count(),
