@@ -27,4 +27,5 @@ import sys as _sys  # noqa: E402 - after the constants, as documented above
 
 if "matl_keras_cli" not in _sys.modules:
     from matl_keras import keras_objects  # noqa: E402,F401
+    from matl_keras.training import sgd  # noqa: E402,F401
     from matl_keras.training import warmup  # noqa: E402,F401

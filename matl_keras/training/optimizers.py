@@ -8,6 +8,7 @@ import keras
 
 import gin
 from matl_keras.errors import ConfigError
+from matl_keras.training import sgd as sgd_lib
 from matl_keras.training import warmup
 
 
@@ -81,7 +82,7 @@ def sgd(
     if ramp:
         schedule = warmup.LinearWarmup(schedule, ramp)
     # --- end warm-up
-    return keras.optimizers.SGD(
+    return sgd_lib.SGD(
         learning_rate=schedule,
         momentum=momentum,
         weight_decay=weight_decay or None,

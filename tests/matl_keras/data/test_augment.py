@@ -249,3 +249,22 @@ def test_unknown_recipe_and_bad_size_are_refused():
         augment.get_augment("autoaugment", 32)
     with pytest.raises(ConfigError, match="size"):
         augment.get_augment("moco_v2", 0)
+
+
+@pytest.mark.parametrize("name", sorted(augment.RECIPES))
+def test_a_recipe_is_traced_once_for_all_views_and_equals_its_python(name):
+    """`get_augment` returns the recipe as one graph function: the views
+    of an SSL pipeline (here four) reuse one trace instead of building the
+    recipe's graph again each, with the plain function's values."""
+    fn = augment.get_augment(name, 32)
+    plain = augment.RECIPES[name](32, True)
+
+    @tf.function
+    def views(image):
+        return [fn(image, tf.constant([i, 5], tf.int64)) for i in range(4)]
+
+    got = [v.numpy() for v in views(IMAGE)]
+    assert fn.experimental_get_tracing_count() == 1
+    for i, view in enumerate(got):
+        expected = plain(IMAGE, tf.constant([i, 5], tf.int64)).numpy()
+        np.testing.assert_allclose(view, expected, atol=1e-6)
