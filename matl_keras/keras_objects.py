@@ -5,9 +5,10 @@ Each class carries `@keras.saving.register_keras_serializable(package=
 `__init__` imports this module: after `import matl_keras`,
 `keras.saving.load_model("model.keras", safe_mode=True)` finds
 `matl_keras>InputNormalization` and the others (keras-hub's convention).
-The training's learning-rate schedule (`training.warmup.LinearWarmup`, in a
-saved model's optimizer) is registered by the package's `__init__` beside
-this module: a model-level module does not import training.
+The training's learning-rate schedule (`training.warmup.LinearWarmup`) and
+optimizer (`training.sgd.SGD`), in a saved model's optimizer, are
+registered by the package's `__init__` beside this module: a model-level
+module does not import training.
 """
 
 from matl_keras.layers.fused_batch_norm import FusedBatchNormalization

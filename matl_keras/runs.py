@@ -266,7 +266,7 @@ def _read_lock(fd: int) -> dict[str, Any]:
     return info if isinstance(info, dict) else {}
 
 
-def lock(workdir: str) -> None:
+def lock(workdir: str) -> bool:
     """Makes this process the only run writing `workdir`, until it exits.
 
     Two runs into one workdir would interleave `history.csv`, duplicate
@@ -275,7 +275,12 @@ def lock(workdir: str) -> None:
     `fcntl.flock` on it, which the kernel drops when the owner dies however
     it dies, so a lock left by a killed run is taken over (with a message).
     Re-entrant: a workdir this process holds, or a folder inside one (a
-    pipeline's stages), is not locked again. Released at exit.
+    pipeline's stages), is not locked again. Released by `unlock`, or at
+    exit.
+
+    Returns:
+        True where this call took the lock; False where this process
+        already held it (then the caller that took it releases it).
 
     Raises:
         ConfigError: another live run holds the workdir.
@@ -283,7 +288,7 @@ def lock(workdir: str) -> None:
     prepare(workdir)
     real = os.path.realpath(workdir)
     if _holds(real):
-        return
+        return False
     path = os.path.join(real, LOCK_FILE)
     while True:
         try:
@@ -327,6 +332,7 @@ def lock(workdir: str) -> None:
     os.write(fd, (json.dumps(info) + "\n").encode())
     os.fsync(fd)
     _HELD[real] = fd
+    return True
 
 
 def unlock(workdir: str) -> None:

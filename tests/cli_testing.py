@@ -43,3 +43,42 @@ def error_line(result):
     assert lines, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     return lines[0]
+
+
+def matl_here(*args):
+    """`matl-keras ARGS` run in this process, as the console script runs
+    it (its flag parsing, `main`, its one-line errors and exit status),
+    for the tests of error paths: a subprocess spends ~6 s of CPU importing
+    TensorFlow before it reports a bad flag or file. Returns what `matl`
+    returns (returncode, stdout, stderr). Each command keeps at least one
+    test through the real console script (`matl`)."""
+    import contextlib
+    import io
+    import signal
+
+    import gin
+    from matl_keras import cli
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    sigterm = signal.getsignal(signal.SIGTERM)
+    cwd = os.getcwd()
+    code = 0
+    try:
+        os.chdir(REPO)
+        gin.clear_config()  # as a fresh process: unlocked, nothing bound
+        cli.FLAGS.unparse_flags()
+        with (
+            contextlib.redirect_stdout(stdout),
+            contextlib.redirect_stderr(stderr),
+        ):
+            cli.main(cli._parse_flags(["matl-keras", *args]))
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        os.chdir(cwd)
+        signal.signal(signal.SIGTERM, sigterm)
+        cli.FLAGS.unparse_flags()
+        gin.clear_config()
+    return subprocess.CompletedProcess(
+        ["matl-keras", *args], code, stdout.getvalue(), stderr.getvalue()
+    )

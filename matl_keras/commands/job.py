@@ -37,7 +37,13 @@ def run_job(
     config.parse(gin_files, gin_params, registry_lib.default_registry())
     workdir = workdir or default_workdir(gin_files)
     print(f"workdir: {workdir}", flush=True)
-    if strategies.chief_from_env():
-        runs.lock(workdir)
-    job = config.configured("job")()
-    return job(workdir=workdir)
+    # Released when the job ends, not at the interpreter's exit: a job run
+    # from Python (a notebook, a tool, a test) leaves the workdir free for
+    # the next command.
+    took = strategies.chief_from_env() and runs.lock(workdir)
+    try:
+        job = config.configured("job")()
+        return job(workdir=workdir)
+    finally:
+        if took:
+            runs.unlock(workdir)

@@ -12,6 +12,7 @@ from tests.cli_testing import CLI
 from tests.cli_testing import TINY
 from tests.cli_testing import error_line
 from tests.cli_testing import matl
+from tests.cli_testing import matl_here
 from tests.conftest import REPO
 
 
@@ -51,11 +52,12 @@ def test_finetune_job_end_to_end_then_skip_then_refuse(tmp_path):
     history = open(os.path.join(workdir, "history.csv")).read().splitlines()
     assert len(history) == 3 and "val_auc" in history[0]
 
-    again = matl(*TINY, f"--workdir={top}")
+    # In this process (a console-script run each costs ~6 s of imports).
+    again = matl_here(*TINY, f"--workdir={top}")
     assert again.returncode == 0
     assert "already complete" in again.stdout
 
-    other = matl(
+    other = matl_here(
         *TINY, "--gin_param=finetune/train.dropout = 0.3", f"--workdir={top}"
     )
     assert other.returncode == 2
@@ -66,7 +68,9 @@ def test_finetune_job_end_to_end_then_skip_then_refuse(tmp_path):
     assert json.load(open(os.path.join(workdir, "metrics.json"))) == metrics
 
     # More epochs alone extend the finished stage (issue 20).
-    more = matl(*TINY, "--gin_param=FINETUNE_EPOCHS = 3", f"--workdir={top}")
+    more = matl_here(
+        *TINY, "--gin_param=FINETUNE_EPOCHS = 3", f"--workdir={top}"
+    )
     assert more.returncode == 0, more.stdout + more.stderr
     assert "extending the finished run from 2 to 3 epochs" in more.stdout
     run = json.load(open(os.path.join(workdir, "run.json")))
@@ -95,11 +99,11 @@ def test_missing_gin_file():
 
 
 def test_unknown_configurable_and_parameter(tmp_path):
-    result = matl(*TINY, "--gin_param=synthetic_cta.seed = 1")
+    result = matl_here(*TINY, "--gin_param=synthetic_cta.seed = 1")
     assert result.returncode == 2
     line = error_line(result)
     assert "synthetic_cta" in line and "synthetic_ct" in line  # did you mean
-    result = matl(*TINY, "--gin_param=train.epocs = 1")
+    result = matl_here(*TINY, "--gin_param=train.epocs = 1")
     assert result.returncode == 2
     assert "epocs" in error_line(result)
 
@@ -107,13 +111,13 @@ def test_unknown_configurable_and_parameter(tmp_path):
 def test_unwritable_workdir(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    result = matl(*TINY, f"--workdir={blocker}/sub")
+    result = matl_here(*TINY, f"--workdir={blocker}/sub")
     assert result.returncode == 2
     assert "cannot be written" in error_line(result)
 
 
 def test_plugins_json():
-    result = matl("plugins", "--check", "--json")
+    result = matl_here("plugins", "--check", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     # Reports are a group of their own (issue 17), not evaluators.
@@ -299,7 +303,7 @@ def test_sigterm_stops_cleanly_and_holds_the_workdir_until_then(tmp_path):
         proc.send_signal(signal.SIGSTOP)
     assert proc.poll() is None, proc.communicate()
     try:
-        second = matl(*args)
+        second = matl_here(*args)  # refused before it imports anything
     finally:
         proc.send_signal(signal.SIGTERM)  # delivered when it continues
         proc.send_signal(signal.SIGCONT)
@@ -311,8 +315,24 @@ def test_sigterm_stops_cleanly_and_holds_the_workdir_until_then(tmp_path):
     assert "Traceback" not in stderr, stderr
     assert "matl-keras: stopped by SIGTERM" in stderr, stderr
     assert not os.path.exists(os.path.join(top, ".matl-keras.lock"))
-    rerun = matl(*args)
+    rerun = matl_here(*args)  # the rerun, in this process
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "resuming after epoch" in rerun.stdout, rerun.stdout
     with open(os.path.join(top, "finetune", "run.json")) as f:
         assert json.load(f)["status"] == "complete"
+
+
+def test_a_job_run_from_python_frees_its_workdir_when_it_ends(tmp_path):
+    """`job.run_job` releases the lock it took when the job ends (here a
+    refused config, raised after the lock), not at the interpreter's
+    exit: a second command on the workdir is not refused as "in use"."""
+    from matl_keras import runs
+
+    top = str(tmp_path / "run")
+    bad = matl_here(
+        *TINY, "--gin_param=FINETUNE_EPOCHS = 0", f"--workdir={top}"
+    )
+    assert bad.returncode == 2, bad.stdout + bad.stderr
+    assert "in use" not in bad.stderr
+    assert not os.path.exists(os.path.join(top, runs.LOCK_FILE))
+    assert os.path.realpath(top) not in runs._HELD

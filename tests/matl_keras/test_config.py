@@ -167,15 +167,20 @@ def test_gin_param_syntax_error_names_that_param(binding, expected):
 
 
 @pytest.mark.parametrize(
-    "files", [["gin/sstl_m.gin"], ["gin/pipeline.gin", "gin/scale/paper.gin"]]
+    "files, region_tau",
+    [
+        (["gin/sstl_m.gin"], 0.2),
+        (["gin/pipeline.gin", "gin/scale/paper.gin"], 0.07),
+    ],
 )
-def test_each_ssl_method_gets_its_papers_temperature(files):
-    """The paper's tau 0.07 for its region-aware method (Eq. 2, section
-    6.2), MoCo v2's 0.2 for MoCo and SimCLR's 0.1 for SimCLR ("the same
-    hyperparameters as used in their papers")."""
+def test_each_ssl_method_gets_its_papers_temperature(files, region_tau):
+    """At paper scale the paper's tau 0.07 for its region-aware method
+    (Eq. 2, section 6.2); at CPU scale 0.2, which measured better on
+    COVID19-CT val. MoCo v2's 0.2 for MoCo and SimCLR's 0.1 for SimCLR
+    ("the same hyperparameters as used in their papers")."""
     _parse(files)
     assert gin.query_parameter("moco.temperature") == 0.2
     assert gin.query_parameter("simclr.temperature") == 0.1
     region = gin.query_parameter("region_aware.temperature")
     assert str(region) == "%SSL_TEMPERATURE"
-    assert region.scoped_configurable_fn() == 0.07
+    assert region.scoped_configurable_fn() == region_tau

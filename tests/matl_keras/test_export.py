@@ -20,6 +20,7 @@ from matl_keras.evaluation import operating_point
 from matl_keras.evaluation import trained as trained_lib
 from tests.cli_testing import error_line
 from tests.cli_testing import matl
+from tests.cli_testing import matl_here
 from tests.conftest import SHARED_DATA
 
 TRAIN = [
@@ -315,7 +316,7 @@ def test_versions_and_errors(run, tmp_path):
         d for d in os.listdir(os.path.join(base, "m")) if d.startswith(".tmp")
     ]
     line = error_line(
-        matl(
+        matl_here(
             "export",
             f"--model={run}",
             f"--export_dir={base}",
@@ -325,7 +326,7 @@ def test_versions_and_errors(run, tmp_path):
     )
     assert "exists" in line and "never overwritten" in line
     assert "--export_dir is required" in error_line(
-        matl("export", f"--model={run}")
+        matl_here("export", f"--model={run}")
     )
 
 
@@ -353,6 +354,9 @@ def test_deduplicated_weights_are_half_the_upstream_export(run, tmp_path):
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
 
 
+# slow: a training run per variant (~30 s each); the default suite
+# exports and serves the 5-ATTN run of the `run` fixture.
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["baseline", "attn1"])
 def test_every_variant_exports_and_serves(variant, tmp_path):
     run_dir = _train(str(tmp_path / variant), variant)

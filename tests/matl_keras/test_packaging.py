@@ -7,6 +7,8 @@ import subprocess
 import sys
 import sysconfig
 
+import pytest
+
 from tests.conftest import REPO
 
 USER_JOB = """\
@@ -59,6 +61,8 @@ def _build_and_install(tmp_path):
     return site
 
 
+# slow: builds a wheel and pip-installs it into a folder (~40 s).
+@pytest.mark.slow
 def test_wheel_ships_the_jobs_and_runs_them_from_any_folder(tmp_path):
     site = _build_and_install(tmp_path)
     shipped = sorted(

@@ -166,10 +166,10 @@ def test_stale_lock_file_is_taken_over_with_a_message(tmp_path, capsys):
 
 def test_reentrant_for_the_same_process_and_its_stages(tmp_path):
     path = str(tmp_path / "run")
-    runs.lock(path)
+    assert runs.lock(path) is True  # taken: this caller releases it
     try:
-        runs.lock(path)  # Same workdir: no error.
-        runs.lock(os.path.join(path, "finetune"))  # A stage inside.
+        assert runs.lock(path) is False  # Same workdir: no error.
+        assert runs.lock(os.path.join(path, "finetune")) is False  # A stage
         # Other tests of this worker process may hold their own workdirs.
         held = [h for h in runs._HELD if h.startswith(str(tmp_path))]
         assert held == [os.path.realpath(path)]

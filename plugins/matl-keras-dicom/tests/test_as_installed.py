@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 
+import pytest
 from conftest import PACKAGE
 from conftest import matl
 from conftest import pip_install
@@ -17,6 +18,8 @@ def _plugins(target):
     return json.loads(result.stdout)
 
 
+# slow: pip-installs the package (~15-25 s).
+@pytest.mark.slow
 def test_listed_with_its_distribution_only_when_installed(installed):
     seen = _plugins(installed)
     for group, name in (("datasets", "dicom_ct"), ("evaluators", "logme")):
@@ -34,6 +37,8 @@ def test_listed_with_its_distribution_only_when_installed(installed):
     )
 
 
+# slow: pip-installs the package (~15-25 s).
+@pytest.mark.slow
 def test_a_broken_copy_is_isolated(tmp_path):
     broken = tmp_path / "src" / "matl-keras-dicom"
     shutil.copytree(
@@ -77,6 +82,8 @@ def test_a_broken_copy_is_isolated(tmp_path):
     assert "matl-keras-dicom" in result.stderr
 
 
+# slow: pip-installs the package (~15-25 s).
+@pytest.mark.slow
 def test_fine_tune_on_dicom_from_gin_with_logme(installed, tmp_path):
     root = tmp_path / "dicom"
     labels = ["PatientID,label"]

@@ -14,6 +14,7 @@ from matl_keras.models.resnet.resnet_image_classifier import (
 )
 from tests.cli_testing import error_line
 from tests.cli_testing import matl
+from tests.cli_testing import matl_here
 
 CT = [
     "--gin_param=synthetic_ct.num_test = 12",
@@ -69,10 +70,10 @@ def test_evaluate_writes_json_and_prints_a_table(stage, tmp_path):
 
 def test_evaluate_errors_are_one_line(stage):
     assert "--dataset is required" in error_line(
-        matl("evaluate", f"--model={stage}")
+        matl_here("evaluate", f"--model={stage}")
     )
     line = error_line(
-        matl(
+        matl_here(
             "evaluate",
             f"--model={stage}",
             "--dataset=synthetic_cxr",
@@ -81,7 +82,7 @@ def test_evaluate_errors_are_one_line(stage):
     )
     assert "predicts 2 classes" in line and "--evaluators=leep" in line
     # A source model scored on another task: LEEP needs no matching head.
-    other = matl(
+    other = matl_here(
         "evaluate",
         f"--model={stage}",
         "--dataset=synthetic_cxr",
@@ -92,7 +93,7 @@ def test_evaluate_errors_are_one_line(stage):
     assert other.returncode == 0, other.stderr
     assert json.load(open(f"{stage}/leep_cxr.json"))["results"]["leep"] <= 0
     assert "has splits" in error_line(
-        matl(
+        matl_here(
             "evaluate",
             f"--model={stage}",
             "--dataset=synthetic_ct",
@@ -100,7 +101,7 @@ def test_evaluate_errors_are_one_line(stage):
         )
     )
     assert "does not exist" in error_line(
-        matl("evaluate", "--model=/no/such", "--dataset=synthetic_ct")
+        matl_here("evaluate", "--model=/no/such", "--dataset=synthetic_ct")
     )
 
 
@@ -151,7 +152,7 @@ def test_explain_writes_one_fig4_row_per_image(stage, tmp_path):
         png = Image.open(r["png"])
         assert png.size[0] > 4 * png.size[1]  # five panels side by side
     line = error_line(
-        matl(
+        matl_here(
             "explain",
             f"--model={stage}",
             f"--images={images}",
@@ -176,7 +177,7 @@ def test_explain_writes_one_fig4_row_per_image(stage, tmp_path):
         json.dump(decision, f)
     try:
         out2 = tmp_path / "out2"
-        result = matl(
+        result = matl_here(
             "explain",
             f"--model={stage}",
             f"--images={images}",
@@ -194,7 +195,7 @@ def test_explain_writes_one_fig4_row_per_image(stage, tmp_path):
         )
     (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     line = error_line(
-        matl(
+        matl_here(
             "explain",
             f"--model={stage}",
             f"--images={images}",
@@ -270,7 +271,7 @@ def test_predict_writes_csv_and_embeddings_row_for_row(stage, tmp_path):
     assert embeddings.dtype == np.float32 and embeddings.shape == features.shape
     np.testing.assert_allclose(embeddings, features, atol=1e-4)
     assert "--images is required" in error_line(
-        matl("predict", f"--model={stage}")
+        matl_here("predict", f"--model={stage}")
     )
 
 
@@ -298,7 +299,7 @@ def test_evaluate_scores_at_the_stage_decision(stage, tmp_path):
         json.dump(decision, f)
     try:
         out = str(tmp_path / "scores.json")
-        result = matl(
+        result = matl_here(
             "evaluate",
             f"--model={stage}",
             "--dataset=synthetic_ct",

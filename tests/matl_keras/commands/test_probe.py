@@ -10,6 +10,7 @@ from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
 from matl_keras.training import checkpoints
 from tests.cli_testing import error_line
 from tests.cli_testing import matl
+from tests.cli_testing import matl_here
 
 DATA = [
     "--gin_param=synthetic_ct.image_size = 40",
@@ -70,7 +71,7 @@ def test_probe_command_writes_probe_json_next_to_the_run(tmp_path):
     assert record["linear_probe"]["penalty"] > 0
     assert "kNN accuracy" in result.stdout
 
-    bad = matl(
+    bad = matl_here(
         "probe",
         f"--model={stage}",
         "--dataset=synthetic_ct",

@@ -18,7 +18,7 @@ from matl_keras.errors import ConfigError
 from matl_keras.errors import PluginError
 from matl_keras.evaluation.evaluator import Evaluator
 from tests.cli_testing import error_line
-from tests.cli_testing import matl
+from tests.cli_testing import matl_here
 from tests.matl_keras.registry_testing import FakeEntryPoint
 from tests.matl_keras.registry_testing import make_registry
 
@@ -150,7 +150,7 @@ def test_the_builtin_report_and_an_evaluator_through_the_cli(tmp_path):
     installed = registry_lib.Registry()
     assert "transferability" in installed.names("reports")
     assert "transferability" not in installed.names("evaluators")
-    result = matl("report", f"--runs={tmp_path}", "--report=metrics")
+    result = matl_here("report", f"--runs={tmp_path}", "--report=metrics")
     assert result.returncode == 2
     line = error_line(result)
     assert (

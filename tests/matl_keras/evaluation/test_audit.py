@@ -12,6 +12,7 @@ from matl_keras.errors import DataError
 from matl_keras.evaluation import audit
 from tests.cli_testing import error_line
 from tests.cli_testing import matl
+from tests.cli_testing import matl_here
 
 
 def _scan(seed, size=96):
@@ -140,13 +141,13 @@ def test_refuse_and_cli(root, tmp_path):
         in warned.stdout
     )
     line = error_line(
-        matl(
+        matl_here(
             "audit", "--dataset=image_folder", gin, positive, "--on_leak=refuse"
         )
     )
     assert "leakage audit" in line and "on_leak='refuse'" in line
     # One split alone has no leak to refuse.
-    ok = matl(
+    ok = matl_here(
         "audit",
         "--dataset=image_folder",
         gin,

@@ -295,11 +295,17 @@ def _update_mismatch(one, two, initial):
     return mismatch
 
 
-@pytest.mark.parametrize("cls", [MoCo, SimCLR, RegionAware, SimSiam])
+# SimSiam (beyond the paper; ~30 s) in the `slow` tier.
+@pytest.mark.parametrize(
+    "cls",
+    [MoCo, SimCLR, RegionAware, pytest.param(SimSiam, marks=pytest.mark.slow)],
+)
 def test_mirrored_over_two_cpus_equals_one_device(cls):
     _check_mirrored_equals_one_device(cls)
 
 
+# slow: the equality above for region_aware with `region_size` set (~30 s).
+@pytest.mark.slow
 def test_mirrored_equals_one_device_with_half_size_region_crops():
     _check_mirrored_equals_one_device(RegionAware, region_size=SIZE // 2)
 
@@ -337,6 +343,8 @@ def _check_mirrored_equals_one_device(cls, **kwargs):
         )
 
 
+# slow: a check of the check (~30 s); the equalities above run by default.
+@pytest.mark.slow
 def test_the_equivalence_check_catches_a_wrong_reduction(monkeypatch):
     """The check above can fail: a loss divided by the replica's batch
     instead of the global batch (the mistake built-in losses make for you

@@ -90,6 +90,10 @@ def _mismatch(reference, other, name, paths):
     return worst
 
 
+# slow: three processes train all four methods (~2 min); the default suite
+# runs two workers through the CLI below and each method under an
+# in-process MirroredStrategy (test_contrastive).
+@pytest.mark.slow
 def test_two_workers_equal_each_other_and_one_process(tmp_path):
     single = tmp_path / "single.npz"
     result = subprocess.run(
@@ -160,6 +164,10 @@ TINY_PIPELINE = [
 ]
 
 
+# slow: two worker processes on the 2 cores (~60 s of both); the default
+# suite checks the strategy's configuration and errors (below) and
+# MirroredStrategy in process.
+@pytest.mark.slow
 def test_cli_pipeline_on_two_workers_chief_writes(tmp_path):
     workdir = tmp_path / "run"
     scratch = [tmp_path / f"tmp{i}" for i in range(2)]

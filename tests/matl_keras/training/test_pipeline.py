@@ -17,6 +17,7 @@ from matl_keras.errors import ConfigError
 from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
 from tests.cli_testing import CLI
 from tests.cli_testing import matl
+from tests.cli_testing import matl_here
 from tests.conftest import REPO
 
 TINY_CHAIN = (
@@ -194,7 +195,7 @@ def test_kill_9_mid_run_then_rerun_resumes(tmp_path):
     run = json.load(open(os.path.join(workdir, "finetune", "run.json")))
     assert run["status"] == "running"
 
-    result = matl(*args)
+    result = matl_here(*args)  # the rerun, in this process
     assert result.returncode == 0, result.stdout + result.stderr
     assert "resuming after epoch" in result.stdout
     resumed_at = int(result.stdout.split("resuming after epoch ")[1].split()[0])

@@ -53,22 +53,38 @@ def _kill(monkeypatch, epoch=None, batch=None):
     monkeypatch.setattr(monitors, "Throughput", Killed)
 
 
-def test_same_fine_tune_twice_is_bitwise_identical(tmp_path):
-    _train(tmp_path / "a")
+def _uninterrupted(tmp_path_factory, run, name):
+    """`run(path)` once for a module's tests (gin cleared first, as the
+    per-test fixture does)."""
+    import gin
+
+    gin.clear_config()
+    path = tmp_path_factory.mktemp(name) / "straight"
+    run(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """One uninterrupted tiny fine-tuning, shared by the tests below."""
+    return _uninterrupted(tmp_path_factory, _train, "finetune")
+
+
+def test_same_fine_tune_twice_is_bitwise_identical(tmp_path, straight):
     _train(tmp_path / "b")
-    _assert_same_run(tmp_path / "a", tmp_path / "b")
-    record = json.load(open(tmp_path / "a" / "run.json"))
+    _assert_same_run(straight, tmp_path / "b")
+    record = json.load(open(straight / "run.json"))
     assert record["deterministic"] is True  # CPU default ("auto")
     # Another seed is another run (the comparison above can fail).
     _train(tmp_path / "c", seed=4)
     other = _weights(tmp_path / "c" / "backbone.weights.h5")
-    ours = _weights(tmp_path / "a" / "backbone.weights.h5")
+    ours = _weights(straight / "backbone.weights.h5")
     assert any(not np.array_equal(ours[k], other[k]) for k in ours)
 
 
-def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, monkeypatch):
-    _train(tmp_path / "straight")
-
+def test_interrupted_then_resumed_equals_uninterrupted(
+    tmp_path, monkeypatch, straight
+):
     _kill(monkeypatch, epoch=1)  # as if killed after epoch 0's backup
     with pytest.raises(KeyboardInterrupt):
         _train(tmp_path / "resumed")
@@ -82,7 +98,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, monkeypatch):
     _train(tmp_path / "resumed")
     record = json.load(open(tmp_path / "resumed" / "run.json"))
     assert record["resumed"] is True
-    _assert_same_run(tmp_path / "straight", tmp_path / "resumed")
+    _assert_same_run(straight, tmp_path / "resumed")
 
 
 def test_epoch_seeds_set_dropout_state_from_seed_and_epoch():
@@ -150,12 +166,7 @@ def _assert_same_pretrain(first, second):
 @pytest.fixture(scope="module")
 def straight_pretrain(tmp_path_factory):
     """One uninterrupted tiny MoCo pretraining, shared by the tests below."""
-    import gin
-
-    gin.clear_config()
-    path = tmp_path_factory.mktemp("pretrain") / "straight"
-    _pretrain(path)
-    return path
+    return _uninterrupted(tmp_path_factory, _pretrain, "pretrain")
 
 
 def test_same_ssl_pretrain_twice_is_bitwise_identical(
@@ -184,13 +195,13 @@ def test_interrupted_then_resumed_pretrain_equals_uninterrupted(
 
 
 def test_killed_mid_epoch_resumes_at_its_step_backup_and_equals_uninterrupted(
-    tmp_path, monkeypatch, capsys
+    tmp_path, monkeypatch, capsys, straight
 ):
     """`backup_every_steps`: a kill inside epoch 0 (3 steps) after its
     step-2 backup resumes at step 2, finishes that epoch on its last batch
     only, then trains epoch 1: weights, history (epoch means of the
-    training metrics too) and metrics equal an uninterrupted run's."""
-    _train(tmp_path / "straight", backup_every_steps=2)
+    training metrics too) and metrics equal an uninterrupted run's (one
+    without step backups: they change nothing else)."""
 
     _kill(monkeypatch, batch=2)  # as if killed in the third step
     with pytest.raises(KeyboardInterrupt):
@@ -201,7 +212,7 @@ def test_killed_mid_epoch_resumes_at_its_step_backup_and_equals_uninterrupted(
     capsys.readouterr()
     _train(tmp_path / "resumed", backup_every_steps=2)
     assert "resuming after epoch 0, step 2 from" in capsys.readouterr().out
-    _assert_same_run(tmp_path / "straight", tmp_path / "resumed")
+    _assert_same_run(straight, tmp_path / "resumed")
 
 
 def test_backup_every_steps_is_checked():

@@ -16,7 +16,7 @@ from matl_keras import runs
 from matl_keras.errors import WriteError
 from matl_keras.training import checkpoints
 from tests.cli_testing import TINY
-from tests.cli_testing import matl
+from tests.cli_testing import matl_here
 from tests.conftest import REPO
 from tests.matl_keras.training.stage_testing import run_train
 
@@ -77,7 +77,7 @@ def test_write_error_in_a_backup_is_one_line_and_keeps_the_last(tmp_path):
     ), lines[0]
     assert sorted(os.listdir(os.path.join(stage, "backup"))) == ["epoch-1"]
     assert not os.path.exists(os.path.join(stage, "best.tmp"))
-    resumed = matl(*TINY, f"--workdir={top}")
+    resumed = matl_here(*TINY, f"--workdir={top}")  # in this process
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming after epoch 1" in resumed.stdout
     assert _epochs(os.path.join(stage, "history.csv")) == [0, 1]
