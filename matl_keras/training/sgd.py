@@ -9,7 +9,9 @@ ResNet-18 fine-tuning job that was 74 of the 234 profile samples spent
 tracing the training step (py-spy), about a third of it. This class
 computes the rate once and hands the same tensor to every variable's
 update: the same arithmetic (`w -= w * wd * lr`, in that order), the same
-weights bit for bit; only the graph is smaller.
+weights bit for bit; only the graph is smaller. On a whole tiny CLI job
+that is 1-5% of its CPU time (measured back to back), on each of the
+hundreds of stage runs the tests make.
 """
 
 from __future__ import annotations
