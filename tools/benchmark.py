@@ -43,33 +43,41 @@ from absl import flags  # noqa: E402
 from timing import median_seconds  # noqa: E402  (tools/timing.py)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-flags.DEFINE_string(
-    "output_dir", "runs/benchmark", "Where the JSON/Markdown go."
-)
-flags.DEFINE_list(
-    "sections", ["roofline", "steps", "input", "serving"], "Sections."
-)
-flags.DEFINE_list(
-    "steps", ["supervised", "moco", "simclr", "region_aware"], "Step types."
-)
-flags.DEFINE_list("backbones", ["baseline", "attn5"], "ResNet-50 variants.")
-flags.DEFINE_list("sizes", ["128", "224"], "Input sides.")
-flags.DEFINE_integer("batch_size", 8, "Global batch of the timed steps.")
-flags.DEFINE_integer("warmup_steps", 2, "Untimed steps (tracing, allocation).")
-flags.DEFINE_integer("timed_steps", 3, "Timed steps.")
-flags.DEFINE_integer("depth", 50, "ResNet depth.")
-flags.DEFINE_string("precision", "float32", "Dtype policy of the steps.")
-flags.DEFINE_boolean("jit_compile", False, "XLA for the steps.")
-flags.DEFINE_string(
-    "covid_ct",
-    os.path.join(REPO, "..", "shared", "data", "covid-ct"),
-    "COVID19-CT root (Images-processed, Data-split).",
-)
-flags.DEFINE_integer(
-    "input_images", 256, "COVID-CT train images the input section reads."
-)
-flags.DEFINE_string("child", None, "Internal: run one measurement (JSON).")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command's flags (defined when run, so that tests can import the
+    measurement functions)."""
+    flags.DEFINE_string(
+        "output_dir", "runs/benchmark", "Where the JSON/Markdown go."
+    )
+    flags.DEFINE_list(
+        "sections", ["roofline", "steps", "input", "serving"], "Sections."
+    )
+    flags.DEFINE_list(
+        "steps", ["supervised", "moco", "simclr", "region_aware"], "Step types."
+    )
+    flags.DEFINE_list("backbones", ["baseline", "attn5"], "ResNet-50 variants.")
+    flags.DEFINE_list("sizes", ["128", "224"], "Input sides.")
+    flags.DEFINE_integer("batch_size", 8, "Global batch of the timed steps.")
+    flags.DEFINE_integer(
+        "warmup_steps", 2, "Untimed steps (tracing, allocation)."
+    )
+    flags.DEFINE_integer("timed_steps", 3, "Timed steps.")
+    flags.DEFINE_integer("depth", 50, "ResNet depth.")
+    flags.DEFINE_string("precision", "float32", "Dtype policy of the steps.")
+    flags.DEFINE_boolean("jit_compile", False, "XLA for the steps.")
+    flags.DEFINE_string(
+        "covid_ct",
+        os.path.join(REPO, "..", "shared", "data", "covid-ct"),
+        "COVID19-CT root (Images-processed, Data-split).",
+    )
+    flags.DEFINE_integer(
+        "input_images", 256, "COVID-CT train images the input section reads."
+    )
+    flags.DEFINE_string("child", None, "Internal: run one measurement (JSON).")
+
 
 ATTENTION = {"baseline": "none", "attn5": "5"}
 # Backbone passes per image: (backpropagated, forward only).
@@ -115,19 +123,7 @@ def roofline() -> dict:
         x = tf.random.normal([batch, side, side, cin])
         w = tf.Variable(tf.random.normal([k, k, cin, cout]) * 0.01)
         flops = 2 * batch * side * side * cin * cout * k * k
-
-        @tf.function
-        def forward(x=x, w=w):
-            return tf.reduce_sum(tf.nn.conv2d(x, w, 1, "SAME"))
-
-        @tf.function
-        def train(x=x, w=w):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                y = tf.reduce_sum(tf.nn.conv2d(x, w, 1, "SAME"))
-            dx, dw = tape.gradient(y, [x, w])
-            return tf.reduce_sum(dx) + tf.reduce_sum(dw)
-
+        forward, train = conv_functions(x, w)
         forward()
         train()
         fwd = (
@@ -150,6 +146,33 @@ def roofline() -> dict:
     out["conv_forward_gflops"] = max(c["forward_gflops"] for c in convs)
     out["conv_train_gflops"] = max(c["train_gflops"] for c in convs)
     return out
+
+
+def conv_functions(x, w):
+    """`(forward, train)`: graph functions of one stride-1 SAME convolution
+    of `x` by the variable `w`. `forward()` computes the output; `train()`
+    computes the output and both backward kernels (input and filter
+    gradients), which is what a training step runs per convolution. Each
+    returns a scalar that depends on everything it computed, so that
+    Grappler cannot prune a kernel from the timing: before, `train`
+    returned only the gradients, the forward convolution was pruned, and
+    its rate counted three convolutions' FLOPs over the time of two (1.5x
+    too high; `tests/tools/test_benchmark.py`)."""
+    import tensorflow as tf
+
+    @tf.function
+    def forward():
+        return tf.reduce_sum(tf.nn.conv2d(x, w, 1, "SAME"))
+
+    @tf.function
+    def train():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf.reduce_sum(tf.nn.conv2d(x, w, 1, "SAME"))
+        dx, dw = tape.gradient(y, [x, w])
+        return y + tf.reduce_sum(dx) + tf.reduce_sum(dw)
+
+    return forward, train
 
 
 def forward_flops(model, size: int) -> int:
@@ -675,4 +698,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

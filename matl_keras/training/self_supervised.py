@@ -32,6 +32,7 @@ from matl_keras.training import optimizers
 from matl_keras.training import precision as precision_lib
 from matl_keras.training import ssl_method
 from matl_keras.training import stage_config
+from matl_keras.training import workdir as workdir_lib
 from matl_keras.training.ssl_method import RunSchedule
 from matl_keras.training.ssl_method import SSLMethod
 from matl_keras.training.stage_run import StageRun
@@ -123,6 +124,7 @@ def resolve_method(method) -> Callable[..., SSLMethod]:
     return registry_lib.resolve("ssl_methods", method, "pretrain.method")
 
 
+@workdir_lib.releases_lock
 def pretrain(
     workdir: str,
     init_backbone: str | None = None,

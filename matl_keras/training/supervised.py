@@ -42,6 +42,7 @@ from matl_keras.training import monitors
 from matl_keras.training import optimizers
 from matl_keras.training import precision as precision_lib
 from matl_keras.training import stage_config
+from matl_keras.training import workdir as workdir_lib
 from matl_keras.training.stage_run import StageRun
 from matl_keras.training.stage_run import describe_backbone
 from matl_keras.training.stage_run import resolve_dataset
@@ -95,6 +96,7 @@ KEEP = ("best", "last")
 BEST_METRICS = ("val_accuracy", "val_f1", "val_auc", "val_loss")
 
 
+@workdir_lib.releases_lock
 def train(
     workdir: str,
     dataset: Dataset | str | None = None,

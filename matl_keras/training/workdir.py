@@ -7,6 +7,8 @@ split of a multi-worker run, the versions recorded in `run.json`.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import os
 import platform
 import shutil
@@ -61,6 +63,39 @@ def finish(start: Start, strategy=None) -> None:
             f"wrote {start.workdir})",
             flush=True,
         )
+
+
+def releases_lock(stage_fn):
+    """Decorates a stage function (one with a `workdir` argument) so that
+    the workdir lock its stage takes (`begin`, `extension`) is released
+    when the call ends, returned or raised, not when the interpreter exits:
+    a stage called from Python (a notebook, a tool, a test) leaves its
+    workdir free for the next run. A lock taken above it (a job's, a
+    pipeline's, whose folder holds the stage's) stays with its taker. Only
+    the chief locks (as `begin`). The signature is the stage's own, so gin
+    still checks its bindings against the real arguments."""
+    signature = inspect.signature(stage_fn)
+
+    @functools.wraps(stage_fn)
+    def run(*args, **kwargs):
+        from matl_keras.training import strategies
+
+        workdir = signature.bind_partial(*args, **kwargs).arguments.get(
+            "workdir"
+        )
+        took = (
+            workdir is not None
+            and strategies.chief_from_env()
+            and runs.lock(workdir)
+        )
+        try:
+            return stage_fn(*args, **kwargs)
+        finally:
+            if took:
+                runs.unlock(workdir)
+
+    run.__signature__ = signature
+    return run
 
 
 def begin(workdir: str, init_backbone: str | None, strategy=None) -> Start:

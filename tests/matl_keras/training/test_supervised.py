@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from matl_keras import runs
 from matl_keras.errors import ConfigError
 from matl_keras.errors import MatlError
 from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
@@ -35,6 +36,8 @@ def test_one_device_strategy_trains(tmp_path):
     results = run_train(tmp_path, strategy="one_device")
     assert results == {"val": {"count": 16}}
     assert json.load(open(tmp_path / "run.json"))["precision"] == "float32"
+    # Called from Python, the stage frees its workdir when it returns.
+    assert not os.path.exists(tmp_path / runs.LOCK_FILE)
 
 
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
@@ -44,6 +47,8 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
             optimizer=lambda **kw: optimizers.sgd(learning_rate=1e30, **kw),
         )
     assert not os.path.exists(tmp_path / "model.keras")
+    # ... and when it raises.
+    assert not os.path.exists(tmp_path / runs.LOCK_FILE)
 
 
 def test_sgd_scales_learning_rate_and_decays_in_steps():
