@@ -1,17 +1,21 @@
-"""Where the time of matl-keras's MoCo training step goes, per op class.
+"""Where the time of matl-keras's MoCo (or supervised) training step goes,
+per op class.
 
-    python tools/profile_step.py [--depth=50] [--image_size=128]
-        [--batch_size=32] [--steps=2] [--warmup=2]
+    python tools/profile_step.py [--step=moco|supervised] [--depth=50]
+        [--image_size=128] [--batch_size=32] [--steps=2] [--warmup=2]
         [--logdir=/tmp/profile_step] [--out=profile_step.json]
         [--intra_op=0] [--inter_op=0] [--batchnorm_groups=auto]
 
 Builds the step as `tools/bench_ssl.py --methods=moco` does (the optimizer
-of `tools/bench_vs_pytorch.py`), runs `--warmup` steps, then `--steps`
-steps under the TensorFlow profiler (`tf.profiler.experimental.start`),
-and reads the trace it wrote (`<logdir>/plugins/profile/*/*.xplane.pb`,
-the `XSpace` proto TensorFlow ships) directly: every op kernel's
-execution is an event `node name:op type` on an executor thread of the
-`/host:CPU` plane. Ops are grouped by class (first match wins):
+of `tools/bench_vs_pytorch.py`), or with `--step=supervised` the
+supervised step of `tools/benchmark.py` (ResNet classifier, SGD with
+momentum 0.9, sparse cross-entropy, one fixed batch), runs `--warmup`
+steps, then `--steps` steps under the TensorFlow profiler
+(`tf.profiler.experimental.start`), and reads the trace it wrote
+(`<logdir>/plugins/profile/*/*.xplane.pb`, the `XSpace` proto
+TensorFlow ships) directly: every op kernel's execution is an event
+`node name:op type` on an executor thread of the `/host:CPU` plane.
+Ops are grouped by class (first match wins):
 
 - all-gather: collectives (none on one device);
 - queue: the enqueue and the queue's mask;
@@ -273,6 +277,44 @@ def define_flags() -> None:
     flags.DEFINE_integer("intra_op", 0, "TF intra-op threads (0: TF's).")
     flags.DEFINE_integer("inter_op", 0, "TF inter-op threads (0: TF's).")
     flags.DEFINE_string("batchnorm_groups", "auto", "Shuffle-BN groups.")
+    flags.DEFINE_enum("step", "moco", ["moco", "supervised"], "Step type.")
+
+
+def supervised_step(depth, image_size, batch_size, warmup):
+    """`(step, batch)`: the supervised training step of
+    `tools/benchmark.py` (its `tf.function`, after `warmup` calls) and its
+    one fixed batch of random images."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
+    from matl_keras.models.resnet.resnet_image_classifier import (
+        build_image_classifier,
+    )
+
+    keras.utils.set_random_seed(0)
+    model = build_image_classifier(ResNetBackbone(depth, 1.0, image_size), 2)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+        loss="sparse_categorical_crossentropy",
+    )
+    images = np.random.default_rng(0).uniform(
+        0, 1, (batch_size, image_size, image_size, 3)
+    )
+    batch = iter(
+        tf.data.Dataset.from_tensors(
+            (
+                tf.constant(images.astype("float32")),
+                tf.zeros([batch_size], tf.int32),
+            )
+        ).repeat()
+    )
+    model.make_train_function()
+    step = model.train_function
+    for _ in range(warmup):
+        float(step(batch)["loss"])
+    return step, batch
 
 
 def main(argv):
@@ -289,23 +331,28 @@ def main(argv):
     import bench_ssl
     import bench_vs_pytorch
 
-    groups = FLAGS.batchnorm_groups
-    step, batch, _ = bench_ssl.prepare_method(
-        bench_ssl._factory("moco"),
-        bench_ssl.bench_images(FLAGS.batch_size, FLAGS.image_size),
-        depth=FLAGS.depth,
-        width=1.0,
-        image_size=FLAGS.image_size,
-        batch_size=FLAGS.batch_size,
-        optimizer=keras.optimizers.SGD(
-            bench_vs_pytorch.LR,
-            momentum=0.9,
-            weight_decay=bench_vs_pytorch.WEIGHT_DECAY,
-        ),
-        batchnorm_groups=int(groups) if groups.isdigit() else groups,
-        warmup=FLAGS.warmup,
-        before_trace=name_parts,
-    )
+    if FLAGS.step == "supervised":
+        step, batch = supervised_step(
+            FLAGS.depth, FLAGS.image_size, FLAGS.batch_size, FLAGS.warmup
+        )
+    else:
+        groups = FLAGS.batchnorm_groups
+        step, batch, _ = bench_ssl.prepare_method(
+            bench_ssl._factory("moco"),
+            bench_ssl.bench_images(FLAGS.batch_size, FLAGS.image_size),
+            depth=FLAGS.depth,
+            width=1.0,
+            image_size=FLAGS.image_size,
+            batch_size=FLAGS.batch_size,
+            optimizer=keras.optimizers.SGD(
+                bench_vs_pytorch.LR,
+                momentum=0.9,
+                weight_decay=bench_vs_pytorch.WEIGHT_DECAY,
+            ),
+            batchnorm_groups=int(groups) if groups.isdigit() else groups,
+            warmup=FLAGS.warmup,
+            before_trace=name_parts,
+        )
     tf.profiler.experimental.start(FLAGS.logdir)
     start = time.perf_counter()
     for _ in range(FLAGS.steps):
@@ -316,16 +363,18 @@ def main(argv):
     classes = breakdown(events, FLAGS.steps)
     parts = breakdown(events, FLAGS.steps, key=step_part)
     print(
-        f"\nmatl-keras MoCo step, ResNet-{FLAGS.depth}, {FLAGS.image_size} "
-        f"px, batch {FLAGS.batch_size}, {os.cpu_count()} CPU cores, "
+        f"\nmatl-keras {FLAGS.step} step, ResNet-{FLAGS.depth}, "
+        f"{FLAGS.image_size} px, batch {FLAGS.batch_size}, "
+        f"{os.cpu_count()} CPU cores, "
         f"{FLAGS.steps} profiled steps; wall {1e3 * wall:.0f} ms per step "
         f"(under the profiler), {len(events) // FLAGS.steps} op executions "
         "per step"
     )
     print(markdown(classes, "op class"))
     print()
-    print(markdown(parts, "part of the step"))
-    print()
+    if FLAGS.step == "moco":  # the parts are MoCo's
+        print(markdown(parts, "part of the step"))
+        print()
     print("| op type | class | ms / step |\n|---|---|---|")
     for op_type, group, ms in top_types(events, FLAGS.steps):
         print(f"| {op_type} | {group} | {ms:.1f} |")
@@ -333,6 +382,7 @@ def main(argv):
         with open(FLAGS.out, "w") as f:
             json.dump(
                 {
+                    "step": FLAGS.step,
                     "depth": FLAGS.depth,
                     "image_size": FLAGS.image_size,
                     "batch_size": FLAGS.batch_size,

@@ -138,3 +138,13 @@ def test_breakdown_per_step_and_percent():
     assert "| conv forward | 2.5 | 62.5 |" in text
     assert text.splitlines()[-1] == "| total | 4.0 | 100.0 |"
     assert tool.top_types(events, 2)[0] == ("Conv2D", "conv forward", 2.5)
+
+
+def test_the_supervised_step_it_profiles_trains():
+    # `--step=supervised`, tiny: the same builder at ResNet-18, 32 px.
+    step, batch = tool.supervised_step(
+        depth=18, image_size=32, batch_size=2, warmup=1
+    )
+    # One fixed batch, one label: the (running mean) loss falls.
+    losses = [float(step(batch)["loss"]) for _ in range(6)]
+    assert losses[-1] < losses[0], losses
