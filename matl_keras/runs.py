@@ -347,6 +347,20 @@ def unlock(workdir: str) -> None:
     os.close(fd)  # Closing drops the flock, after the file is gone.
 
 
+@contextlib.contextmanager
+def locked(workdir: str, take: bool = True) -> Iterator[None]:
+    """`lock(workdir)` for the `with` block: released at its end, returned
+    or raised, where this call took it (a lock this process already held
+    stays with its taker). `take=False` locks nothing (a multi-worker
+    run's non-chief workers, which write elsewhere)."""
+    took = take and lock(workdir)
+    try:
+        yield
+    finally:
+        if took:
+            unlock(workdir)
+
+
 @atexit.register
 def _unlock_all() -> None:
     for real in list(_HELD):

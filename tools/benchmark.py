@@ -175,6 +175,29 @@ def conv_functions(x, w):
     return forward, train
 
 
+def supervised_model(
+    depth: int, size: int, attention="none", jit_compile=False
+):
+    """The timed supervised model: a ResNet classifier (2 classes), SGD
+    with momentum 0.9, sparse cross-entropy (also what
+    `tools/profile_step.py --step=supervised` profiles)."""
+    import keras
+
+    from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
+    from matl_keras.models.resnet.resnet_image_classifier import (
+        build_image_classifier,
+    )
+
+    features = ResNetBackbone(depth, 1.0, size, attention=attention)
+    model = build_image_classifier(features, 2)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+        loss="sparse_categorical_crossentropy",
+        jit_compile=jit_compile,
+    )
+    return model
+
+
 def forward_flops(model, size: int) -> int:
     """Forward FLOPs of `model` on one `size` x `size` image, from the TF
     profiler on the frozen inference graph (multiply-add = 2 FLOPs)."""
@@ -220,9 +243,6 @@ def step(
     import tensorflow as tf
 
     from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
-    from matl_keras.models.resnet.resnet_image_classifier import (
-        build_image_classifier,
-    )
     from matl_keras.training import precision as precision_lib
     from matl_keras.training import self_supervised
 
@@ -237,15 +257,7 @@ def step(
 
     with precision_lib.dtype_policy(precision):
         if kind == "supervised":
-            features = ResNetBackbone(
-                FLAGS.depth, 1.0, size, attention=attention
-            )
-            model = build_image_classifier(features, 2)
-            model.compile(
-                optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                loss="sparse_categorical_crossentropy",
-                jit_compile=jit_compile,
-            )
+            model = supervised_model(FLAGS.depth, size, attention, jit_compile)
             data = (images(), tf.zeros([batch], tf.int32))
             flops_model = model
         else:

@@ -288,17 +288,11 @@ def supervised_step(depth, image_size, batch_size, warmup):
     import numpy as np
     import tensorflow as tf
 
-    from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
-    from matl_keras.models.resnet.resnet_image_classifier import (
-        build_image_classifier,
-    )
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import benchmark
 
     keras.utils.set_random_seed(0)
-    model = build_image_classifier(ResNetBackbone(depth, 1.0, image_size), 2)
-    model.compile(
-        optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-        loss="sparse_categorical_crossentropy",
-    )
+    model = benchmark.supervised_model(depth, image_size)
     images = np.random.default_rng(0).uniform(
         0, 1, (batch_size, image_size, image_size, 3)
     )

@@ -40,10 +40,6 @@ def run_job(
     # Released when the job ends, not at the interpreter's exit: a job run
     # from Python (a notebook, a tool, a test) leaves the workdir free for
     # the next command.
-    took = strategies.chief_from_env() and runs.lock(workdir)
-    try:
+    with runs.locked(workdir, take=strategies.chief_from_env()):
         job = config.configured("job")()
         return job(workdir=workdir)
-    finally:
-        if took:
-            runs.unlock(workdir)

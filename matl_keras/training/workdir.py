@@ -83,16 +83,9 @@ def releases_lock(stage_fn):
         workdir = signature.bind_partial(*args, **kwargs).arguments.get(
             "workdir"
         )
-        took = (
-            workdir is not None
-            and strategies.chief_from_env()
-            and runs.lock(workdir)
-        )
-        try:
+        take = workdir is not None and strategies.chief_from_env()
+        with runs.locked(workdir, take=take):
             return stage_fn(*args, **kwargs)
-        finally:
-            if took:
-                runs.unlock(workdir)
 
     run.__signature__ = signature
     return run

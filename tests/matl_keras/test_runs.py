@@ -177,6 +177,22 @@ def test_reentrant_for_the_same_process_and_its_stages(tmp_path):
         runs.unlock(path)
 
 
+def test_locked_releases_what_it_took_and_only_that(tmp_path):
+    inner = str(tmp_path / "stage")
+    with pytest.raises(RuntimeError):
+        with runs.locked(inner):
+            assert os.path.exists(os.path.join(inner, runs.LOCK_FILE))
+            raise RuntimeError
+    assert not os.path.exists(os.path.join(inner, runs.LOCK_FILE))
+    with runs.locked(str(tmp_path)):
+        with runs.locked(inner):  # held above: not taken, not released
+            pass
+        assert os.path.exists(tmp_path / runs.LOCK_FILE)
+    assert not os.path.exists(tmp_path / runs.LOCK_FILE)
+    with runs.locked(inner, take=False):
+        assert not os.path.exists(os.path.join(inner, runs.LOCK_FILE))
+
+
 def test_released_at_exit(tmp_path):
     path = str(tmp_path / "run")
     subprocess.run(

@@ -41,14 +41,17 @@ def test_a_lock_taken_above_the_stage_stays_with_its_taker(tmp_path):
         runs.unlock(str(tmp_path))
 
 
-def test_gin_still_checks_the_stage_s_own_arguments():
+def test_gin_still_checks_the_stage_s_own_arguments(tmp_path):
     configurable = gin.external_configurable(
         _stage, name="releases_lock_test_stage"
     )
     try:
         with pytest.raises(ValueError, match="no_such_argument"):
             gin.parse_config("releases_lock_test_stage.no_such_argument = 1")
-        gin.parse_config("releases_lock_test_stage.fail = False")
-        assert configurable.__signature__ is not None
+        # A binding of a real argument reaches the stage.
+        gin.parse_config("releases_lock_test_stage.fail = True")
+        with pytest.raises(RuntimeError, match="stage failed"):
+            configurable(workdir=str(tmp_path))
+        assert not os.path.exists(tmp_path / runs.LOCK_FILE)
     finally:
         gin.clear_config()
