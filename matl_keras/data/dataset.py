@@ -28,10 +28,15 @@ class FileExamples:
         paths: tuple of str. Image files (PNG, JPEG, BMP or GIF by content).
         labels: tuple of int or None. Class index per file; None when the
             split is unlabelled (self-supervised data).
+        sources: tuple of str or None. The patient (or other source:
+            a study, a paper's figure) each image comes from; None when
+            every image is its own. Contrastive SSL never takes an image of
+            the query's source as its negative (`pretrain.negatives`).
     """
 
     paths: tuple[str, ...]
     labels: tuple[int, ...] | None = None
+    sources: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.labels is not None and len(self.labels) != len(self.paths):
@@ -39,6 +44,7 @@ class FileExamples:
                 f"FileExamples: {len(self.paths)} paths but "
                 f"{len(self.labels)} labels"
             )
+        _check_sources("FileExamples", "paths", self.sources, len(self.paths))
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -51,10 +57,12 @@ class ArrayExamples:
     Args:
         images: uint8 array `(n, height, width, channels)`, channels 1 or 3.
         labels: int array `(n,)` or None when unlabelled.
+        sources: tuple of str or None. As in `FileExamples`.
     """
 
     images: np.ndarray
     labels: np.ndarray | None = None
+    sources: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.shape[-1] not in (1, 3):
@@ -72,12 +80,40 @@ class ArrayExamples:
                 f"ArrayExamples: {len(self.images)} images but "
                 f"{len(self.labels)} labels"
             )
+        _check_sources(
+            "ArrayExamples", "images", self.sources, len(self.images)
+        )
 
     def __len__(self) -> int:
         return len(self.images)
 
 
+def _check_sources(kind: str, items: str, sources, n: int) -> None:
+    if sources is None:
+        return
+    if len(sources) != n:
+        raise DataError(
+            f"{kind}: {n} {items} but {len(sources)} sources (one per image)"
+        )
+    wrong = [s for s in sources if not isinstance(s, str) or not s]
+    if wrong:
+        raise DataError(
+            f"{kind}.sources must be non-empty strings (a patient or study "
+            f"id per image). Received: {wrong[0]!r}"
+        )
+
+
 Examples = FileExamples | ArrayExamples
+
+
+def source_ids(examples: Examples) -> list[int]:
+    """An int per image, equal for images of one source (numbered in
+    order of first appearance); each image its own when `sources` is
+    None."""
+    if examples.sources is None:
+        return list(range(len(examples)))
+    numbers: dict[str, int] = {}
+    return [numbers.setdefault(s, len(numbers)) for s in examples.sources]
 
 
 class Dataset(abc.ABC):

@@ -30,6 +30,7 @@ from matl_keras.data.dataset import ArrayExamples
 from matl_keras.data.dataset import Dataset
 from matl_keras.data.dataset import FileExamples
 from matl_keras.data.dataset import examples_of
+from matl_keras.data.dataset import source_ids
 from matl_keras.errors import ConfigError
 from matl_keras.errors import DataError
 from matl_keras.errors import PluginError
@@ -82,14 +83,19 @@ def _take(examples, keep):
     import numpy as np
 
     labels = examples.labels
+    sources = examples.sources
+    if sources is not None:
+        sources = tuple(sources[i] for i in keep)
     if isinstance(examples, FileExamples):
         return FileExamples(
             tuple(examples.paths[i] for i in keep),
             None if labels is None else tuple(labels[i] for i in keep),
+            sources,
         )
     return ArrayExamples(
         examples.images[keep],
         None if labels is None else np.asarray(labels)[keep],
+        sources,
     )
 
 
@@ -150,7 +156,7 @@ _CLASS_SHUFFLE = 1000
 # order independent of TensorFlow's global seed.
 _GRAPH_SEED = 0x5EED
 _SHUFFLE_BUFFER = 16384
-TARGETS = ("labels", "indices")
+TARGETS = ("labels", "indices", "sources")
 
 
 def epoch_seed(seed: int, epoch) -> tf.Tensor:
@@ -231,10 +237,14 @@ def _check_prepare(prepare, context: str) -> None:
             )
 
 
-def _source(examples, size: int, on_bad_image: str, context: str, prepare):
-    """(cached image, label, index) triples and the labels kept. The cached
-    image is the uint8 load-size image, or with `prepare` the dict
-    `{"image": that, **prepare(full-resolution image)}` in uint8."""
+def _source(
+    examples, size: int, on_bad_image: str, context: str, prepare, by_source
+):
+    """(cached image, label, identity) triples and the labels kept. The
+    cached image is the uint8 load-size image, or with `prepare` the dict
+    `{"image": that, **prepare(full-resolution image)}` in uint8; the
+    identity is the example's index, or with `by_source` its source's
+    number (`dataset.source_ids`)."""
 
     def cached_form(image):
         load = to_load_uint8(image, size)
@@ -251,10 +261,9 @@ def _source(examples, size: int, on_bad_image: str, context: str, prepare):
             examples.paths, on_bad_image, context
         )
         skipped = len(bad)
-        paths = [examples.paths[i] for i in keep]
-        labels = None
-        if examples.labels is not None:
-            labels = [examples.labels[i] for i in keep]
+        examples = _take(examples, keep)
+        paths = list(examples.paths)
+        labels = None if examples.labels is None else list(examples.labels)
         images = tf.data.Dataset.from_tensor_slices(paths).map(
             lambda p: cached_form(decode.decode_file_image(tf.io.read_file(p))),
             num_parallel_calls=AUTOTUNE,
@@ -280,7 +289,10 @@ def _source(examples, size: int, on_bad_image: str, context: str, prepare):
     else:
         labels_ds = tf.data.Dataset.from_tensors(tf.constant(-1, tf.int32))
         labels_ds = labels_ds.repeat(n)
-    index_ds = tf.data.Dataset.range(n).map(lambda i: tf.cast(i, tf.int32))
+    identities = source_ids(examples) if by_source else list(range(n))
+    index_ds = tf.data.Dataset.from_tensor_slices(
+        tf.constant(identities, tf.int32, shape=[n])
+    )
     data = tf.data.Dataset.zip((images, labels_ds, index_ds))
     return data, labels, skipped
 
@@ -384,7 +396,10 @@ def build_split(
         targets: str. `"labels"`: elements are `(x, label)`; `"indices"`:
             `(x, index)`, the int32 position of the example in
             `dataset.examples(split)` (after `max_examples`), the image's
-            identity (SSL queues use it).
+            identity; `"sources"`: `(x, source)`, the int32 number of the
+            example's source (`Examples.sources`; its index when the
+            dataset gives none): SSL methods never take an image of the
+            query's identity as a negative.
 
     Returns:
         `Split` yielding `(float32 images (b, s, s, 3) in [0, 1], int32
@@ -431,7 +446,12 @@ def build_split(
     if labelled_fraction < 1.0:
         examples = _labelled_subset(examples, labelled_fraction, seed, context)
     data, labels, skipped = _source(
-        examples, size, on_bad_image, context, prepare if training else None
+        examples,
+        size,
+        on_bad_image,
+        context,
+        prepare if training else None,
+        by_source=targets == "sources",
     )
     if (
         labels is not None
@@ -461,7 +481,7 @@ def build_split(
         data = data.cache(cache)
 
     def target(label, index):
-        return index if targets == "indices" else label
+        return label if targets == "labels" else index
 
     steps = n // batch_size if training else -(-n // batch_size)
     if training:

@@ -39,8 +39,9 @@ Small datasets (COVID19-CT has 425 training images) need two things MoCo
 on ImageNet does not: the queue holds about the images of one epoch
 minus a batch (`queue_size="auto"`; one larger than the dataset is
 refused: it would hold several keys of each image), and every key carries
-its image's identity, so a query's own earlier keys are never its
-negatives. The
+its image's identity (or its source's: the patient, where the dataset
+gives sources), so a query's own earlier keys, and those of its patient's
+other slices, are never its negatives. The
 key-encoder momentum may follow a cosine schedule (BYOL, MoCo v3) from
 `momentum` to 1 over the run, which suits runs of a few hundred steps.
 """
@@ -299,7 +300,8 @@ class ContrastiveModel(SSLMethod):
                 name="queue",
                 **replicated,
             )
-            # The dataset index of each key's image (-1: empty slot).
+            # The identity of each key's image (its dataset index, or its
+            # source's number; -1: empty slot).
             self.queue_ids = self.add_weight(
                 shape=(self.queue_size,),
                 dtype="int32",
@@ -430,8 +432,8 @@ class ContrastiveModel(SSLMethod):
 
     def queue_mask(self, ids: tf.Tensor) -> tf.Tensor:
         """(b, K) True where a queue slot is a negative of the query with
-        dataset index `ids[i]`: written at least once and not a key of the
-        query's own image."""
+        identity `ids[i]`: written at least once and not a key of an image
+        of the query's identity (its own image, or its source's)."""
         valid = tf.range(self.queue_size) < self.queue_filled
         own = tf.equal(self.queue_ids[None, :], tf.cast(ids, tf.int32)[:, None])
         return valid[None, :] & ~own

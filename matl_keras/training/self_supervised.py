@@ -22,6 +22,7 @@ from matl_keras import runs
 from matl_keras.data import decode
 from matl_keras.data import pipeline
 from matl_keras.data.dataset import Dataset
+from matl_keras.data.dataset import examples_of
 from matl_keras.errors import ConfigError
 from matl_keras.models.backbone_weights import load_backbone
 from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
@@ -74,6 +75,22 @@ def resolve_batchnorm_groups(
             f"replica(s). Received: batchnorm_groups={setting!r}"
         )
     return setting
+
+
+NEGATIVES = ("image", "source")
+
+
+def _describe_negatives(negatives: str, dataset, split: str) -> str:
+    """What `run.json` says of the negatives, with the source count."""
+    if negatives == "image":
+        return "all but the query's own image"
+    sources = examples_of(dataset, split).sources
+    if sources is None:
+        return "all but the query's own image (the dataset gives no sources)"
+    return (
+        "all but images of the query's source "
+        f"({len(set(sources))} sources in {split!r})"
+    )
 
 
 def build_method(
@@ -152,6 +169,7 @@ def pretrain(
     monitor_bank_split: str = "train",
     knn_k: int = 20,
     monitor_dataset: Dataset | str | None = None,
+    negatives: str = "source",
 ) -> dict[str, Any]:
     """Pretrains a backbone with an SSL method; writes the run's files.
 
@@ -200,10 +218,20 @@ def pretrain(
             monitor and the final linear probe read `monitor_bank_split`
             and `monitor_split` from (e.g. `@labelled/image_folder()`
             beside unlabelled pretraining images). None: `dataset`.
+        negatives: str. Which images a query never has as a negative (in
+            MoCo's queue, in SimCLR's batch): `"image"`, only its own;
+            `"source"`, also every image of its source (patient, study)
+            when the dataset gives `sources` (COVID19-CT does: slices of
+            one patient or paper figure are not negatives of each other).
 
     Returns:
         The content of `metrics.json`.
     """
+    if negatives not in NEGATIVES:
+        raise ConfigError(
+            f"`negatives` must be one of {NEGATIVES}. Received: "
+            f"negatives={negatives!r}"
+        )
     run = StageRun.begin(
         workdir,
         init_backbone,
@@ -251,7 +279,7 @@ def pretrain(
         training=True,
         augment=model.views,
         prepare=model.prepare,
-        targets="indices",
+        targets="sources" if negatives == "source" else "indices",
         start_epoch=run.start_epoch,
         epochs=epochs,
         **common,
@@ -290,6 +318,7 @@ def pretrain(
             else ("synchronized" if sync_batchnorm else "per replica")
         ),
         **model.run_record(),
+        negatives=_describe_negatives(negatives, dataset, train_split),
         precision=policy,
         architecture=describe_backbone(model.transfer_backbone),
         num_examples={train_split: train_data.num_examples},

@@ -66,10 +66,12 @@ def nt_xent(
     z1_all: tf.Tensor | None = None,
     z2_all: tf.Tensor | None = None,
     offset: tf.Tensor | int = 0,
+    ids: tf.Tensor | None = None,
+    ids_all: tf.Tensor | None = None,
 ) -> tf.Tensor:
     """SimCLR's NT-Xent (Chen et al. 2020): each view's positive is the other
     view of its image; the negatives are both views of every other image of
-    the *global* batch.
+    the *global* batch (of every image of another identity, with `ids`).
 
     Args:
         z1, z2: (b, D) projections of this replica's two views.
@@ -77,6 +79,10 @@ def nt_xent(
         z1_all, z2_all: (B, D) projections of the global batch (from
             `all_gather`, which passes gradients); default: z1, z2.
         offset: index of this replica's first example in the global batch.
+        ids, ids_all: (b,) and (B,) int identities (e.g. the patient) of
+            this replica's and the global batch's images, or None: the
+            views of an image with the query's identity are not its
+            negatives (the positive stays).
 
     Returns:
         (2b,) loss per view: the first b for `z1`, then `z2`.
@@ -94,6 +100,15 @@ def nt_xent(
     own = tf.where(rows < b, offset + rows, n + offset + rows - b)
     positive = tf.where(rows < b, n + offset + rows, offset + rows - b)
     self_mask = tf.one_hot(own, 2 * n, on_value=True, off_value=False)
+    if ids is not None:
+        ids_all = ids if ids_all is None else ids_all
+        row_ids = tf.concat([ids, ids], axis=0)
+        candidate_ids = tf.concat([ids_all, ids_all], axis=0)
+        same = tf.equal(row_ids[:, None], candidate_ids[None, :])
+        positive_mask = tf.one_hot(
+            positive, 2 * n, on_value=True, off_value=False
+        )
+        self_mask = self_mask | (same & ~positive_mask)
     logits = tf.where(self_mask, _MASKED, logits)
     log_probs = tf.nn.log_softmax(logits, axis=1)
     return -tf.gather(log_probs, positive, axis=1, batch_dims=1)

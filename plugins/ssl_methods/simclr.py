@@ -3,7 +3,8 @@
 Both views go through the same encoder; NT-Xent takes the other view of
 the same image as the positive and both views of every other image of the
 *global* batch as negatives (the projections are `all_gather`ed across
-replicas; `all_gather` passes gradients).
+replicas; `all_gather` passes gradients), except images of the query's
+source (patient) where the dataset gives sources.
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ class SimCLR(ContrastiveModel):
         return {"view1": view1, "view2": view2}
 
     def per_example_loss(self, views, ids):
-        del ids  # the negatives are the other images of the batch
+        # The negatives: the other images of the batch whose identity (image
+        # or source, `pretrain.negatives`) is not the query's.
+        ids = tf.cast(ids, tf.int32)
         b = tf.shape(views["view1"])[0]
         # One forward pass over both views.
         z = self.encode(
@@ -56,13 +59,16 @@ class SimCLR(ContrastiveModel):
         )
         z1, z2 = z[:b], z[b:]
         context = tf.distribute.get_replica_context()
-        z1_all, z2_all, offset = z1, z2, 0
+        z1_all, z2_all, ids_all, offset = z1, z2, ids, 0
         if context.num_replicas_in_sync > 1:
             z1_all = context.all_gather(z1, axis=0)
             z2_all = context.all_gather(z2, axis=0)
+            # (identity: an op on this replica's device, which
+            # all_gather needs under MultiWorkerMirroredStrategy)
+            ids_all = context.all_gather(tf.identity(ids), axis=0)
             offset = context.replica_id_in_sync_group * b
         loss = ssl_losses.nt_xent(
-            z1, z2, self.temperature, z1_all, z2_all, offset
+            z1, z2, self.temperature, z1_all, z2_all, offset, ids, ids_all
         )
         # One value per image: the mean over its two views.
         return (loss[:b] + loss[b:]) / 2.0, {}

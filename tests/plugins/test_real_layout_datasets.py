@@ -21,7 +21,7 @@ JPEG = tf.io.encode_jpeg(np.full((9, 11, 3), 200, np.uint8)).numpy()
 
 def _covid_ct_tree(root, with_test=False):
     for folder, names in (
-        ("CT_COVID", ["a.png", "b.png"]),
+        ("CT_COVID", ["2020.02.25.20021568-p23-108%0.png", "b.png"]),
         ("CT_NonCOVID", ["c.jpg", "1%0.jpg"]),
     ):
         os.makedirs(root / "Images-processed" / folder, exist_ok=True)
@@ -34,13 +34,13 @@ def _covid_ct_tree(root, with_test=False):
     (split / "COVID").mkdir(parents=True)
     (split / "NonCOVID").mkdir(parents=True)
     (split / "COVID" / "trainCT_COVID.txt").write_bytes(
-        b"a.png\nb.png"
+        b"2020.02.25.20021568-p23-108%0.png\nb.png"
     )  # no final newline
     (split / "NonCOVID" / "trainCT_NonCOVID.txt").write_bytes(
         b"c.jpg\r\n1%0.jpg\r\n\r\n"
     )  # CRLF
     (split / "COVID" / "valCT_COVID.txt").write_bytes(
-        b"\xef\xbb\xbfa.png\n"
+        b"\xef\xbb\xbfb.png\n"
     )  # BOM
     (split / "NonCOVID" / "valCT_NonCOVID.txt").write_bytes(b"c.jpg\n")
     if with_test:
@@ -56,10 +56,31 @@ def test_covid_ct_layout_with_quirks(tmp_path):
     assert [os.path.basename(p) for p in train.paths] == [
         "c.jpg",
         "1%0.jpg",
-        "a.png",
+        "2020.02.25.20021568-p23-108%0.png",
         "b.png",
     ]
     assert train.labels == (0, 0, 1, 1)
+    # No NonCOVID-CT-MetaInfo.csv: a NonCOVID image is its own source; a
+    # COVID one's is its paper (a name without the paper pattern: itself).
+    assert train.sources == (
+        "image:c.jpg",
+        "image:1%0.jpg",
+        "paper:2020.02.25.20021568",
+        "image:b.png",
+    )
+    (tmp_path / "NonCOVID-CT-MetaInfo.csv").write_text(
+        ",image name,patient id\n0,c.jpg,crawled_patient_0\n"
+        "1,1%0.jpg,crawled_patient_0\n"
+    )
+    assert (
+        ds.examples("train").sources[:2] == ("patient:crawled_patient_0",) * 2
+    )
+    (tmp_path / "NonCOVID-CT-MetaInfo.csv").write_text(
+        "name,patient\nc.jpg,1\n"
+    )
+    with pytest.raises(DataError, match="MetaInfo.csv.*'image name'"):
+        ds.examples("train")
+    (tmp_path / "NonCOVID-CT-MetaInfo.csv").unlink()
     assert ds.class_counts("val") == {"NonCOVID": 1, "COVID": 1}
     split = pipeline.build_split(
         ds, "train", image_size=8, batch_size=2, training=True
@@ -144,6 +165,11 @@ def test_real_covid_ct():
     assert ds.splits() == ("train", "val")
     assert ds.class_counts("train") == {"NonCOVID": 234, "COVID": 191}
     assert ds.class_counts("val") == {"NonCOVID": 58, "COVID": 60}
+    # 425 slices of 137 sources (32 papers, 105 patients).
+    sources = ds.examples("train").sources
+    assert len(set(sources)) == 137
+    assert sum(s.startswith("paper:") for s in set(sources)) == 32
+    assert not any(s.startswith("image:") for s in sources)
     paths = ds.examples("train").paths + ds.examples("val").paths
     assert decode.find_bad_images(paths) == []
     with pytest.raises(DataError, match="testCT_"):

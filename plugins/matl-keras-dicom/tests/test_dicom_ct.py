@@ -87,6 +87,11 @@ def test_labels_splits_and_slice_choice(installed, tmp_path):
     assert data.report["patients"] == 6
     # Patient-disjoint: each patient's 6 slices are in one split.
     assert len(train) % 6 == 0
+    # Each slice's source is its patient (SSL masks a patient's slices).
+    assert len(train.sources) == len(train)
+    assert all(s.startswith("patient:") for s in train.sources)
+    assert len(set(train.sources) | set(val.sources)) == 6
+    assert all(train.sources.count(s) == 6 for s in set(train.sources))
     # The same labels keyed by study (PatientID column renamed away).
     text = open(csv).read().replace("PatientID,", "patient,")
     (tmp_path / "by_study.csv").write_text(text)

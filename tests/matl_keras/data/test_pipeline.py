@@ -180,6 +180,78 @@ def test_indices_are_positions_in_the_examples():
         )
 
 
+class Patients(Tiny):
+    """12 images of 4 patients (sources), listed out of order."""
+
+    SOURCES = ("p7", "p3", "p7", "p9", "p3", "p7", "p1", "p9", "p1", "p3")
+
+    def examples(self, split):
+        return ArrayExamples(self.images, self.labels, self.SOURCES)
+
+
+def test_sources_are_numbered_per_source_and_follow_every_subset():
+    ds = Patients(n=10)
+    ds.images[:, 0, 0, 0] = np.arange(10) * 20  # the index in a pixel
+    number = {"p7": 0, "p3": 1, "p9": 2, "p1": 3}  # first appearance
+    expected = np.array([number[s] for s in Patients.SOURCES])
+    split = pipeline.build_split(
+        ds,
+        "train",
+        image_size=40,
+        crop_fraction=1.0,
+        batch_size=5,
+        training=True,
+        augment="none",
+        targets="sources",
+        epochs=2,
+    )
+    seen = 0
+    for images, source in split.data:
+        index = np.round(images.numpy()[:, 0, 0, 0] * 255 / 20).astype(int)
+        assert source.numpy().tolist() == expected[index].tolist()
+        seen += len(index)
+    assert seen == 20
+    # A seeded subset keeps each image's source.
+    subset = pipeline.build_split(
+        ds,
+        "val",
+        image_size=40,
+        crop_fraction=1.0,
+        batch_size=10,
+        training=False,
+        targets="sources",
+        max_examples=6,
+        seed=3,
+    )
+    images, source = next(iter(subset.data))
+    index = np.round(images.numpy()[:, 0, 0, 0] * 255 / 20).astype(int)
+    kept = [Patients.SOURCES[i] for i in index]
+    renumbered = {}
+    for s in kept:
+        renumbered.setdefault(s, len(renumbered))
+    assert source.numpy().tolist() == [renumbered[s] for s in kept]
+    # Without sources, an image is its own.
+    plain = pipeline.build_split(
+        Tiny(n=10),
+        "val",
+        image_size=32,
+        batch_size=10,
+        training=False,
+        targets="sources",
+    )
+    assert next(iter(plain.data))[1].numpy().tolist() == list(range(10))
+
+
+def test_sources_are_checked():
+    images = np.zeros((3, 8, 8, 1), np.uint8)
+    with pytest.raises(DataError, match="3 images but 2 sources"):
+        ArrayExamples(images, None, ("a", "b"))
+    with pytest.raises(DataError, match="non-empty strings.*Received: 7"):
+        ArrayExamples(images, None, ("a", "b", 7))
+    with pytest.raises(DataError, match="2 paths but 1 sources"):
+        FileExamples(("x.png", "y.png"), None, ("a",))
+
+
 def test_prepare_runs_on_the_full_resolution_image_before_the_cache():
     ds = Tiny(n=8, channels=3)
     seen = {}
@@ -326,7 +398,11 @@ class Files(Dataset):
         return ("val",)
 
     def examples(self, split):
-        return FileExamples(tuple(self.paths), tuple(self.labels))
+        return FileExamples(
+            tuple(self.paths),
+            tuple(self.labels),
+            tuple(f"patient-{i}" for i in range(len(self.paths))),
+        )
 
 
 def test_file_split_skips_bad_files_when_asked(tmp_path):
@@ -353,6 +429,22 @@ def test_file_split_skips_bad_files_when_asked(tmp_path):
     images, labels = next(iter(split.data))
     assert labels.numpy().tolist() == [0]
     np.testing.assert_allclose(images.numpy(), 200 / 255, atol=1e-2)
+    # The sources stay aligned with the files kept (bad first: shifted).
+    ds = Files([str(bad), str(good), str(good)], [1, 0, 1])
+    ds.examples = lambda split: FileExamples(
+        tuple(ds.paths), tuple(ds.labels), ("p1", "p2", "p1")
+    )
+    split = pipeline.build_split(
+        ds,
+        "val",
+        image_size=32,
+        batch_size=4,
+        training=False,
+        on_bad_image="skip",
+        targets="sources",
+    )
+    # Kept: (good, p2), (good, p1) -> numbered 0, 1; labels were 0, 1.
+    assert next(iter(split.data))[1].numpy().tolist() == [0, 1]
 
 
 def test_crop_fraction_is_checked():

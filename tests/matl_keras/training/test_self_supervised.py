@@ -6,7 +6,10 @@ import os
 import numpy as np
 import pytest
 
+from matl_keras import registry as registry_lib
 from matl_keras import runs
+from matl_keras.data.dataset import ArrayExamples
+from matl_keras.data.dataset import Dataset
 from matl_keras.errors import ConfigError
 from matl_keras.training import checkpoints as checkpoints_lib
 from matl_keras.training import self_supervised
@@ -224,6 +227,62 @@ def test_resume_restores_queue_and_key_encoder(tmp_path, monkeypatch):
         for r in open(tmp_path / "history.csv").read().splitlines()[1:]
     ]
     assert epochs == [0, 1, 2]
+
+
+class _Patients(Dataset):
+    """synthetic_ct whose 16 train images are 4 patients' slices."""
+
+    def __init__(self):
+        self.base = registry_lib.default_registry().create(
+            "datasets", "synthetic_ct", image_size=40, num_train=16, num_val=8
+        )
+        self.class_names = self.base.class_names
+        self.positive_class = self.base.positive_class
+
+    def splits(self):
+        return self.base.splits()
+
+    def examples(self, split):
+        examples = self.base.examples(split)
+        sources = tuple(f"patient-{i % 4}" for i in range(len(examples)))
+        return ArrayExamples(examples.images, examples.labels, sources)
+
+
+@pytest.mark.parametrize("negatives", ["source", "image"])
+def test_the_queue_holds_sources_and_masks_a_patients_slices(
+    tmp_path, monkeypatch, negatives
+):
+    queues = []
+    save = checkpoints_lib.ResumableBackup.on_epoch_end
+
+    def saving(self, epoch, logs=None):
+        save(self, epoch, logs)
+        queues.append(self.model.queue_ids.numpy().copy())
+
+    monkeypatch.setattr(checkpoints_lib.ResumableBackup, "on_epoch_end", saving)
+    pretrain(
+        tmp_path,
+        dataset=_Patients(),
+        epochs=1,
+        negatives=negatives,
+        monitor_split=None,
+    )
+    record = json.load(open(tmp_path / "run.json"))
+    if negatives == "source":
+        # The queue's identities are the 4 patients' numbers.
+        assert set(queues[-1].tolist()) <= {0, 1, 2, 3}
+        assert record["negatives"] == (
+            "all but images of the query's source (4 sources in 'train')"
+        )
+    else:
+        assert len(set(queues[-1].tolist())) == 8  # 8 distinct images
+        assert record["negatives"] == "all but the query's own image"
+
+
+def test_negatives_are_checked_before_anything_is_written(tmp_path):
+    with pytest.raises(ConfigError, match="negatives.*Received: negatives='x'"):
+        pretrain(tmp_path / "run", negatives="x")
+    assert not os.path.exists(tmp_path / "run" / "run.json")
 
 
 def test_method_is_checked(tmp_path):

@@ -45,12 +45,18 @@ def test_info_nce_ignores_unwritten_queue_slots():
     np.testing.assert_allclose(empty, 0.0, atol=1e-6)  # only the positive
 
 
-def _nt_xent_numpy(z1, z2, tau):
+def _nt_xent_numpy(z1, z2, tau, ids=None):
     z = _normalize(np.concatenate([z1, z2]))
     n = len(z1)
     sim = z @ z.T / tau
-    np.fill_diagonal(sim, -np.inf)
     positives = np.concatenate([np.arange(n, 2 * n), np.arange(n)])
+    ids = np.arange(n) if ids is None else np.asarray(ids)
+    both = np.concatenate([ids, ids])
+    # Not a negative: any view of an image of the row's identity (its own
+    # view included), except the row's positive.
+    masked = both[:, None] == both[None, :]
+    masked[np.arange(2 * n), positives] = False
+    sim[masked] = -np.inf
     return -_log_softmax(sim)[np.arange(2 * n), positives]
 
 
@@ -69,6 +75,30 @@ def test_nt_xent_of_a_replica_slice_equals_the_global_rows():
     got = ssl_losses.nt_xent(z1[3:], z2[3:], 0.1, z1, z2, offset=3).numpy()
     np.testing.assert_allclose(got[:3], full[3:6], rtol=1e-4)
     np.testing.assert_allclose(got[3:], full[9:12], rtol=1e-4)
+
+
+def test_nt_xent_never_takes_an_image_of_the_query_source_as_a_negative():
+    rng = np.random.default_rng(5)
+    z1, z2 = rng.normal(size=(6, 8)), rng.normal(size=(6, 8))
+    # Images 0, 1, 2 are slices of one patient; 3, 4, 5 of three others.
+    ids = np.array([7, 7, 7, 1, 2, 3], np.int32)
+    got = ssl_losses.nt_xent(z1, z2, 0.2, ids=ids).numpy()
+    np.testing.assert_allclose(got, _nt_xent_numpy(z1, z2, 0.2, ids), rtol=1e-4)
+    plain = ssl_losses.nt_xent(z1, z2, 0.2).numpy()
+    # Fewer negatives for the patient's rows only; the others are unchanged.
+    assert (got[[0, 1, 2, 6, 7, 8]] < plain[[0, 1, 2, 6, 7, 8]]).all()
+    np.testing.assert_allclose(got[3:6], plain[3:6], rtol=1e-5)
+    # A batch of one patient: only the positive is left, the loss is 0.
+    one = ssl_losses.nt_xent(z1, z2, 0.2, ids=np.zeros(6, np.int32)).numpy()
+    np.testing.assert_allclose(one, 0.0, atol=1e-6)
+    # Per replica (examples 3..5 of the gathered batch), the same rows.
+    part = ssl_losses.nt_xent(
+        z1[3:], z2[3:], 0.2, z1, z2, offset=3, ids=ids[3:], ids_all=ids
+    ).numpy()
+    np.testing.assert_allclose(part, got[[3, 4, 5, 9, 10, 11]], rtol=1e-4)
+    # Distinct ids are exactly the plain loss.
+    distinct = ssl_losses.nt_xent(z1, z2, 0.2, ids=np.arange(6)).numpy()
+    np.testing.assert_allclose(distinct, plain, rtol=1e-6)
 
 
 def test_region_aware_is_the_sum_of_five_cross_entropies():

@@ -426,7 +426,13 @@ class DicomCT(Dataset):
                     ],
                     np.int64,
                 )
-            out[split] = ArrayExamples(images, split_labels)
+            # The patient of each slice: contrastive SSL never takes a
+            # slice of the query's patient as its negative.
+            sources = tuple(
+                f"patient:{s.patient}" if s.patient else f"series:{s.series}"
+                for s in members
+            )
+            out[split] = ArrayExamples(images, split_labels, sources)
         self.report = {
             "files_bad": len(bad),
             "not_axial": not_axial,
