@@ -26,6 +26,7 @@ from absl import app
 from absl import flags
 
 from matl_keras.data.pipeline import eval_transform
+from matl_keras.models.backbone_weights import load_backbone
 from matl_keras.models.resnet.attention_maps import attention_maps
 from matl_keras.models.resnet.attention_maps import nonlocal_blocks
 from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
@@ -98,13 +99,13 @@ def main(_):
     for block in nonlocal_blocks(backbone):
         block.score = FLAGS.score
     if FLAGS.weights:
-        backbone.load_weights(FLAGS.weights)
+        load_backbone(backbone, FLAGS.weights)
     val_x, _ = _split("val")
     val_x = val_x[: FLAGS.max_val]
     result = {"init": block_stats(backbone, val_x)}
     for item in FLAGS.stage_weights:
         label, path = item.split("=", 1)
-        backbone.load_weights(path)
+        load_backbone(backbone, path)
         result[label] = block_stats(backbone, val_x)
     if FLAGS.epochs:
         train_x, train_y = _split("train")

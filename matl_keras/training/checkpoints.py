@@ -175,7 +175,17 @@ class ResumableBackup(keras.callbacks.Callback):
                 getattr(self.model, "optimized_variables", None)
                 or self.model.trainable_variables
             )
-        self.model.load_weights(os.path.join(path, _WEIGHTS))
+        try:
+            self.model.load_weights(os.path.join(path, _WEIGHTS))
+        except ValueError as e:
+            # E.g. a backup of an earlier version's model (ResNets had conv
+            # biases): resuming must not half-load it.
+            raise ConfigError(
+                f"cannot resume from the backup {path!r}: its weights do not "
+                f"fit this model ({str(e).splitlines()[0]}). It was written "
+                "by another version or configuration; move "
+                f"{self.backup_dir!r} away to train from the start."
+            ) from e
         if step:
             with np.load(os.path.join(path, _STATE)) as saved:
                 self._pending_seeds = _arrays(saved, "seed")

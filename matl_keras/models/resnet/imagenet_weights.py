@@ -7,7 +7,10 @@ depth layer by layer, by layer name and weight shapes: the two graphs share
 names exactly (see `resnet_backbone`). The non-local blocks and any head are
 not in the source and stay at their initialization (blocks start as the
 identity), so an attentive variant computes the same features as the
-baseline right after loading.
+baseline right after loading. The backbones' convolutions have no bias
+(see `resnet_backbone`): each keras.applications bias is folded into the
+moving mean of the BatchNormalization after it, which computes the same
+function.
 
 keras-hub's ResNet presets (`resnet_50_imagenet`, ...) do not share this
 topology, so they are refused with the reason rather than loaded into the
@@ -26,6 +29,7 @@ import os
 import keras
 
 from matl_keras.errors import ConfigError
+from matl_keras.models.backbone_weights import bn_after
 
 APPLICATIONS = {
     50: "ResNet50",
@@ -123,7 +127,8 @@ def load_imagenet_weights(backbone: keras.Model, source) -> LoadReport:
         source_model = source
     source_layers = {l.name: l for l in source_model.layers if l.weights}
     target_layers = [l for l in backbone.layers if l.weights]
-    plan, kept = [], []
+    by_name = {l.name: l for l in target_layers}
+    plan, kept, folds = [], [], []
     for layer in target_layers:
         # A head is task-specific: never taken from ImageNet's 1000 classes.
         if layer.name not in source_layers or layer.name == "predictions":
@@ -131,13 +136,26 @@ def load_imagenet_weights(backbone: keras.Model, source) -> LoadReport:
             continue
         ours = [tuple(w.shape) for w in layer.weights]
         theirs = [tuple(w.shape) for w in source_layers[layer.name].weights]
+        if (
+            isinstance(layer, keras.layers.Conv2D)
+            and not layer.use_bias
+            and len(theirs) == 2
+            and theirs[:1] == ours
+            and bn_after(layer.name) in by_name
+        ):
+            # keras.applications' conv bias, folded into the moving mean of
+            # the BatchNorm that follows (the same function).
+            kernel, bias = source_layers[layer.name].get_weights()
+            plan.append((layer, [kernel]))
+            folds.append((by_name[bn_after(layer.name)], bias))
+            continue
         if ours != theirs:
             raise ConfigError(
                 f"cannot load {source_name!r}: layer {layer.name!r} has "
                 f"weight shapes {ours} here but {theirs} in the source "
                 "(different depth or width_multiplier?). Nothing was loaded."
             )
-        plan.append((layer, source_layers[layer.name]))
+        plan.append((layer, source_layers[layer.name].get_weights()))
     backbone_names = {l.name for l in target_layers}
     missing = [
         n
@@ -150,7 +168,10 @@ def load_imagenet_weights(backbone: keras.Model, source) -> LoadReport:
             f"{missing[:5]}{'...' if len(missing) > 5 else ''} (different "
             "depth?). Nothing was loaded."
         )
-    for layer, source_layer in plan:
-        layer.set_weights(source_layer.get_weights())
+    for layer, weights in plan:
+        layer.set_weights(weights)
+    # After the BatchNorms' own weights are set.
+    for bn, bias in folds:
+        bn.moving_mean.assign(bn.moving_mean - bias)
     unused = [n for n in source_layers if n not in backbone_names]
     return LoadReport(source_name, [l.name for l, _ in plan], kept, unused)

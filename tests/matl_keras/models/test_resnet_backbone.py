@@ -4,7 +4,9 @@ import keras
 import numpy as np
 import pytest
 
+from matl_keras.errors import ConfigError
 from matl_keras.layers.input_normalization import InputNormalization
+from matl_keras.models import backbone_weights
 from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
 from matl_keras.models.resnet.resnet_image_classifier import (
     build_image_classifier,
@@ -16,40 +18,110 @@ from matl_keras.models.resnet.resnet_image_classifier import (
     [(50, keras.applications.ResNet50), (101, keras.applications.ResNet101)],
 )
 def test_matches_keras_applications_layer_by_layer(depth, application):
-    ours = ResNetBackbone(depth=depth, image_size=64)
     theirs = application(
         weights=None, include_top=False, input_shape=(64, 64, 3)
     )
-    assert ours.count_params() == theirs.count_params()
-    ours_layers = [
-        (l.name, [w.shape for w in l.weights]) for l in ours.layers if l.weights
-    ]
     theirs_layers = [
         (l.name, [w.shape for w in l.weights])
         for l in theirs.layers
         if l.weights
     ]
-    assert ours_layers == theirs_layers
+    # conv_bias=True: keras.applications' layout exactly.
+    biased = ResNetBackbone(depth=depth, image_size=64, conv_bias=True)
+    assert biased.count_params() == theirs.count_params()
+    assert [
+        (l.name, [w.shape for w in l.weights])
+        for l in biased.layers
+        if l.weights
+    ] == theirs_layers
+    # The default: the same layers, the convolutions without their bias.
+    ours = ResNetBackbone(depth=depth, image_size=64)
+    without_bias = [
+        (n, shapes[:1] if n.endswith("_conv") else shapes)
+        for n, shapes in theirs_layers
+    ]
+    assert [
+        (l.name, [w.shape for w in l.weights]) for l in ours.layers if l.weights
+    ] == without_bias
 
 
-def test_same_weights_give_keras_applications_features():
-    ours = ResNetBackbone(depth=50, image_size=64)
+def _perturbed_applications_resnet50(rng):
     theirs = keras.applications.ResNet50(
         weights=None, include_top=False, input_shape=(64, 64, 3)
     )
-    # Make BN statistics non-trivial so that the check means something.
-    rng = np.random.default_rng(0)
-    weights = [
-        w + rng.normal(0, 0.01, w.shape).astype(w.dtype)
-        for w in theirs.get_weights()
-    ]
-    theirs.set_weights(weights)
-    ours.set_weights(weights)
-    images = rng.uniform(0, 1, (2, 64, 64, 3)).astype("float32")
-    expected = theirs(
-        keras.applications.resnet.preprocess_input(images * 255.0)
+    # Non-trivial BN statistics and conv biases, so the check means
+    # something.
+    theirs.set_weights(
+        [
+            w + rng.normal(0, 0.01, w.shape).astype(w.dtype)
+            for w in theirs.get_weights()
+        ]
     )
+    return theirs
+
+
+def test_same_weights_give_keras_applications_features():
+    rng = np.random.default_rng(0)
+    theirs = _perturbed_applications_resnet50(rng)
+    images = rng.uniform(0, 1, (2, 64, 64, 3)).astype("float32")
+    inputs = keras.applications.resnet.preprocess_input(images * 255.0)
+    expected = theirs(inputs)
+    biased = ResNetBackbone(depth=50, image_size=64, conv_bias=True)
+    biased.set_weights(theirs.get_weights())
+    np.testing.assert_allclose(biased(images), expected, rtol=1e-4, atol=1e-4)
+    # Bias-free: each bias folded into its BatchNorm's moving mean gives
+    # the same features in inference, and in training (batch statistics).
+    ours = ResNetBackbone(depth=50, image_size=64)
+    backbone_weights.copy_folding_conv_biases(theirs, ours)
     np.testing.assert_allclose(ours(images), expected, rtol=1e-4, atol=1e-4)
+    # (Relative to the features' scale: at 2 x 2 positions x 2 images the
+    # last stages' batch variances are tiny, and 50 layers of them amplify
+    # float rounding to ~1e-3 of the largest feature, bias or not.)
+    trained = ours(images, training=True).numpy()
+    reference = biased(images, training=True).numpy()
+    scale = np.abs(reference).max()
+    assert np.abs(trained - reference).max() < 2e-3 * scale
+    # Without the fold, inference would differ: the check can fail.
+    unfolded = ResNetBackbone(depth=50, image_size=64)
+    unfolded.set_weights(
+        [
+            w
+            for w, v in zip(theirs.get_weights(), theirs.weights)
+            if not (v.path.endswith("bias") and "_conv" in v.path)
+        ]
+    )
+    assert np.abs(unfolded(images) - expected).max() > 1e-2
+
+
+def test_a_file_with_conv_biases_loads_into_a_bias_free_backbone(tmp_path):
+    """Weights files of earlier versions (conv biases) keep loading, folded:
+    an R-18's stem bias, a R-50's every bias."""
+    rng = np.random.default_rng(1)
+    images = rng.uniform(0, 1, (2, 64, 64, 3)).astype("float32")
+    for depth in (18, 50):
+        old = ResNetBackbone(
+            depth=depth, width_multiplier=0.25, image_size=64, conv_bias=True
+        )
+        old.set_weights(
+            [
+                w + rng.normal(0, 0.05, w.shape).astype(w.dtype)
+                for w in old.get_weights()
+            ]
+        )
+        path = str(tmp_path / f"old{depth}.weights.h5")
+        old.save_weights(path)
+        new = ResNetBackbone(depth=depth, width_multiplier=0.25, image_size=64)
+        assert new.count_params() < old.count_params()
+        backbone_weights.load_backbone(new, path)
+        expected = old(images).numpy()
+        np.testing.assert_allclose(
+            new(images), expected, atol=1e-5 * np.abs(expected).max()
+        )
+        # And the other way round is refused, naming the file.
+        path = str(tmp_path / f"new{depth}.weights.h5")
+        new.save_weights(path)
+        with pytest.raises(ConfigError, match=f"new{depth}.weights.h5"):
+            backbone_weights.load_backbone(old, path)
 
 
 @pytest.mark.parametrize(
@@ -89,6 +161,11 @@ def test_config_round_trip():
     clone = ResNetBackbone.from_config(backbone.get_config())
     assert clone.get_config() == backbone.get_config()
     assert clone.count_params() == backbone.count_params()
+    assert clone.conv_bias is False
+    # A config saved before `conv_bias` existed is the layout with biases.
+    config = backbone.get_config()
+    del config["conv_bias"]
+    assert ResNetBackbone.from_config(config).conv_bias is True
 
 
 def test_classifier_is_flat_and_saves(tmp_path):

@@ -5,13 +5,17 @@ import os
 
 import keras
 import numpy as np
+import pytest
 
+from matl_keras.errors import ConfigError
 from matl_keras.training import checkpoints
 
 
-def _tiny_model():
+def _tiny_model(use_bias=True):
     inputs = keras.Input((3,))
-    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    model = keras.Model(
+        inputs, keras.layers.Dense(2, use_bias=use_bias)(inputs)
+    )
     model.compile(optimizer="sgd", loss="mse")
     return model
 
@@ -36,6 +40,20 @@ def test_backup_ignores_a_half_written_one_and_keeps_the_last(tmp_path):
     assert restore.restored_epoch == 2 and fresh._initial_epoch == 2
     for a, b in zip(fresh.get_weights(), saved):
         np.testing.assert_array_equal(a, b + 1)
+
+
+def test_a_backup_of_another_model_is_refused_and_kept(tmp_path):
+    """E.g. a run started before the ResNets lost their conv biases."""
+    backup = checkpoints.ResumableBackup(str(tmp_path))
+    backup.set_model(_tiny_model(use_bias=True))
+    backup.on_epoch_end(0, {"loss": 1.0})
+    restore = checkpoints.ResumableBackup(str(tmp_path))
+    restore.set_model(_tiny_model(use_bias=False))
+    with pytest.raises(
+        ConfigError, match="cannot resume from the backup.*epoch-1.*move"
+    ):
+        restore.on_train_begin()
+    assert os.listdir(tmp_path / "epoch-1")  # nothing deleted
 
 
 def test_best_checkpoint_survives_a_resume(tmp_path):
