@@ -216,7 +216,13 @@ def parse(
     seen: set[str] = set()
     for path in gin_files:
         texts += _read_gin_texts(path, seen, "--gin_file")
-    texts += [_strip_comments(b) for b in gin_bindings]
+    for binding in gin_bindings:
+        text = _strip_comments(binding)
+        texts.append(text)
+        # `--gin_param="include 'stages/stl_m.gin'"`: its macros count too.
+        for include in _INCLUDE.findall(text):
+            if _resolve(include) is not None:
+                texts += _read_gin_texts(include, seen, "--gin_param")
     load_plugins_named_in(texts, registry)
     try:
         gin.parse_config_files_and_bindings(

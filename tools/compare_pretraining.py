@@ -120,7 +120,10 @@ def _command(stages, method, variant, fraction, seed, workdir):
     gin_files = ["gin/sstl_m.gin"]
     if FLAGS.ct_root:
         gin_files.append("gin/datasets/covid_ct.gin")
-    if FLAGS.cxr_root:
+    # The CXR data only where STL-M reads it: gin refuses a macro that no
+    # binding uses (CXR_DATA without stages/stl_m.gin).
+    cxr = FLAGS.cxr_root and "stl_m" in stages
+    if cxr:
         gin_files.append("gin/datasets/covidx.gin")
     if variant != "default":
         gin_files.append(f"gin/variants/{variant}.gin")
@@ -131,7 +134,7 @@ def _command(stages, method, variant, fraction, seed, workdir):
         params.append("include 'stages/stl_n.gin'")
     if FLAGS.ct_root:
         params.append(f"covid_ct.root = {os.path.abspath(FLAGS.ct_root)!r}")
-    if FLAGS.cxr_root:
+    if cxr:
         params.append(f"covidx.root = {os.path.abspath(FLAGS.cxr_root)!r}")
     if method:
         params.append(f"SSL_METHOD = @{method}")

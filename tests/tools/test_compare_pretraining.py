@@ -93,3 +93,38 @@ def test_summary_pairs_each_seed_with_its_scratch_run():
 def test_embedded_dataset_arguments_are_read_from_its_gin_file():
     arguments = tool._synthetic_ct_arguments()
     assert arguments["image_size"] > 0 and arguments["num_train"] > 0
+
+
+@pytest.mark.parametrize(
+    "name", ["scratch", "stl_m", "sstl_m:moco", "stl_m+sstl_m:simclr"]
+)
+def test_every_command_parses_with_both_real_roots(monkeypatch, name):
+    """The CXR set is configured only where STL-M reads it: gin refuses a
+    macro no binding uses (a scratch cell failed so on real data)."""
+    import gin
+
+    from matl_keras import config
+    from matl_keras import registry as registry_lib
+
+    monkeypatch.setattr(
+        tool,
+        "FLAGS",
+        type(
+            "Flags",
+            (),
+            {"ct_root": "/data/ct", "cxr_root": "/data/cxr", "gin_param": []},
+        ),
+    )
+    stages, method = tool.parse_pretraining(name)
+    command = tool._command(stages, method, "attn5", "1.0", 0, "/tmp/w")
+    files = [a.split("=", 1)[1] for a in command if a.startswith("--gin_file")]
+    params = [
+        a.split("=", 1)[1] for a in command if a.startswith("--gin_param")
+    ]
+    assert ("gin/datasets/covidx.gin" in files) == ("stl_m" in stages)
+    monkeypatch.chdir(os.path.join(os.path.dirname(PATH), ".."))
+    gin.clear_config()
+    try:
+        config.parse(files, params, registry_lib.default_registry())
+    finally:
+        gin.clear_config()
