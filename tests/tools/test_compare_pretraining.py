@@ -102,7 +102,6 @@ def test_every_command_parses_with_both_real_roots(monkeypatch, name):
     """The CXR set is configured only where STL-M reads it: gin refuses a
     macro no binding uses (a scratch cell failed so on real data)."""
     import gin
-
     from matl_keras import config
     from matl_keras import registry as registry_lib
 
