@@ -176,7 +176,7 @@ def conv_functions(x, w):
 
 
 def supervised_model(
-    depth: int, size: int, attention="none", jit_compile=False
+    depth: int, size: int, attention="none", jit_compile=False, conv_bias=False
 ):
     """The timed supervised model: a ResNet classifier (2 classes), SGD
     with momentum 0.9, sparse cross-entropy (also what
@@ -188,7 +188,9 @@ def supervised_model(
         build_image_classifier,
     )
 
-    features = ResNetBackbone(depth, 1.0, size, attention=attention)
+    features = ResNetBackbone(
+        depth, 1.0, size, attention=attention, conv_bias=conv_bias
+    )
     model = build_image_classifier(features, 2)
     model.compile(
         optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
