@@ -248,7 +248,10 @@ class _Patients(Dataset):
         return ArrayExamples(examples.images, examples.labels, sources)
 
 
-@pytest.mark.parametrize("negatives", ["source", "image"])
+# 'image' (the older behaviour, ~14 s) in the slow tier.
+@pytest.mark.parametrize(
+    "negatives", ["source", pytest.param("image", marks=pytest.mark.slow)]
+)
 def test_the_queue_holds_sources_and_masks_a_patients_slices(
     tmp_path, monkeypatch, negatives
 ):
