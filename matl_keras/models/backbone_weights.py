@@ -35,6 +35,34 @@ def bn_after(conv_name: str) -> str:
     return conv_name[: -len("_conv")] + "_bn"
 
 
+def bias_to_fold(layer, source_layer, targets: dict):
+    """`(kernel, (batchnorm, bias))` when `layer` is a bias-free
+    convolution, `source_layer` the same convolution with a bias, and the
+    BatchNorm after it is among `targets` (name -> layer); else None."""
+    ours = [tuple(w.shape) for w in layer.weights]
+    theirs = [tuple(w.shape) for w in source_layer.weights]
+    if (
+        isinstance(layer, keras.layers.Conv2D)
+        and not layer.use_bias
+        and len(theirs) == 2
+        and theirs[:1] == ours
+        and bn_after(layer.name) in targets
+    ):
+        kernel, bias = source_layer.get_weights()
+        return kernel, (targets[bn_after(layer.name)], bias)
+    return None
+
+
+def apply_plan(plan: list, folds: list) -> None:
+    """Sets each `(layer, weights)` of `plan`, then folds each
+    `(batchnorm, bias)` into the moving mean (after the BatchNorms' own
+    weights are set)."""
+    for layer, weights in plan:
+        layer.set_weights(weights)
+    for bn, bias in folds:
+        bn.moving_mean.assign(bn.moving_mean - bias)
+
+
 def copy_folding_conv_biases(source: keras.Model, target: keras.Model) -> None:
     """Copies `source`'s weights into `target`, layer by layer name, where
     `target`'s convolutions have no bias and `source`'s may.
@@ -56,19 +84,14 @@ def copy_folding_conv_biases(source: keras.Model, target: keras.Model) -> None:
         shapes = (
             None if theirs is None else [tuple(w.shape) for w in theirs.weights]
         )
+        folded = (
+            None if theirs is None else bias_to_fold(layer, theirs, targets)
+        )
         if shapes == ours:
             plan.append((layer, theirs.get_weights()))
-        elif (
-            isinstance(layer, keras.layers.Conv2D)
-            and not layer.use_bias
-            and shapes is not None
-            and shapes[:1] == ours
-            and len(shapes) == 2
-            and bn_after(name) in targets
-        ):
-            kernel, bias = theirs.get_weights()
-            plan.append((layer, [kernel]))
-            folds.append((targets[bn_after(name)], bias))
+        elif folded is not None:
+            plan.append((layer, [folded[0]]))
+            folds.append(folded[1])
         else:
             raise ConfigError(
                 f"layer {name!r} has weight shapes {ours} here but "
@@ -80,10 +103,7 @@ def copy_folding_conv_biases(source: keras.Model, target: keras.Model) -> None:
             f"{source.name!r} has layers {extra[:5]} that {target.name!r} "
             "lacks. Nothing was loaded."
         )
-    for layer, weights in plan:
-        layer.set_weights(weights)
-    for bn, bias in folds:
-        bn.moving_mean.assign(bn.moving_mean - bias)
+    apply_plan(plan, folds)
 
 
 def _with_conv_biases(features: keras.Model) -> keras.Model | None:

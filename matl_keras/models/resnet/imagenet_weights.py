@@ -29,7 +29,8 @@ import os
 import keras
 
 from matl_keras.errors import ConfigError
-from matl_keras.models.backbone_weights import bn_after
+from matl_keras.models.backbone_weights import apply_plan
+from matl_keras.models.backbone_weights import bias_to_fold
 
 APPLICATIONS = {
     50: "ResNet50",
@@ -136,18 +137,12 @@ def load_imagenet_weights(backbone: keras.Model, source) -> LoadReport:
             continue
         ours = [tuple(w.shape) for w in layer.weights]
         theirs = [tuple(w.shape) for w in source_layers[layer.name].weights]
-        if (
-            isinstance(layer, keras.layers.Conv2D)
-            and not layer.use_bias
-            and len(theirs) == 2
-            and theirs[:1] == ours
-            and bn_after(layer.name) in by_name
-        ):
-            # keras.applications' conv bias, folded into the moving mean of
-            # the BatchNorm that follows (the same function).
-            kernel, bias = source_layers[layer.name].get_weights()
-            plan.append((layer, [kernel]))
-            folds.append((by_name[bn_after(layer.name)], bias))
+        # keras.applications' conv bias, folded into the moving mean of the
+        # BatchNorm that follows (the same function).
+        folded = bias_to_fold(layer, source_layers[layer.name], by_name)
+        if folded is not None:
+            plan.append((layer, [folded[0]]))
+            folds.append(folded[1])
             continue
         if ours != theirs:
             raise ConfigError(
@@ -168,10 +163,6 @@ def load_imagenet_weights(backbone: keras.Model, source) -> LoadReport:
             f"{missing[:5]}{'...' if len(missing) > 5 else ''} (different "
             "depth?). Nothing was loaded."
         )
-    for layer, weights in plan:
-        layer.set_weights(weights)
-    # After the BatchNorms' own weights are set.
-    for bn, bias in folds:
-        bn.moving_mean.assign(bn.moving_mean - bias)
+    apply_plan(plan, folds)
     unused = [n for n in source_layers if n not in backbone_names]
     return LoadReport(source_name, [l.name for l, _ in plan], kept, unused)
