@@ -5,6 +5,8 @@ import importlib.util
 import os
 import sys
 
+import pytest
+
 TOOLS = os.path.join(os.path.dirname(__file__), "..", "..", "tools")
 sys.path.insert(0, TOOLS)
 spec = importlib.util.spec_from_file_location(
@@ -14,6 +16,8 @@ tool = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(tool)
 
 
+# slow: builds and profiles a ResNet (~6 s) for a tool's arithmetic.
+@pytest.mark.slow
 def test_rounds_interleave_and_give_a_median_ratio():
     result = tool.measure(
         depth=18,
