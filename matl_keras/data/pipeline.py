@@ -141,6 +141,9 @@ class Split:
     steps: int
     class_counts: dict[str, int]
     skipped: int = 0
+    # Distinct sources (patients) among the examples used; None when the
+    # dataset gives no sources.
+    num_sources: int | None = None
 
 
 # --- seeds --------------------------------------------------------------------
@@ -240,7 +243,8 @@ def _check_prepare(prepare, context: str) -> None:
 def _source(
     examples, size: int, on_bad_image: str, context: str, prepare, by_source
 ):
-    """(cached image, label, identity) triples and the labels kept. The
+    """(cached image, label, identity) triples, the labels kept, the
+    number of images skipped and of sources among those kept. The
     cached image is the uint8 load-size image, or with `prepare` the dict
     `{"image": that, **prepare(full-resolution image)}` in uint8; the
     identity is the example's index, or with `by_source` its source's
@@ -294,7 +298,10 @@ def _source(
         tf.constant(identities, tf.int32, shape=[n])
     )
     data = tf.data.Dataset.zip((images, labels_ds, index_ds))
-    return data, labels, skipped
+    num_sources = (
+        None if examples.sources is None else len(set(examples.sources))
+    )
+    return data, labels, skipped, num_sources
 
 
 # --- training order -----------------------------------------------------------
@@ -445,7 +452,7 @@ def build_split(
         examples = _subset(examples, max_examples, seed)
     if labelled_fraction < 1.0:
         examples = _labelled_subset(examples, labelled_fraction, seed, context)
-    data, labels, skipped = _source(
+    data, labels, skipped, num_sources = _source(
         examples,
         size,
         on_bad_image,
@@ -545,4 +552,4 @@ def build_split(
         for index in labels:
             name = dataset.class_names[index]
             counts[name] = counts.get(name, 0) + 1
-    return Split(data, n, steps, counts, skipped)
+    return Split(data, n, steps, counts, skipped, num_sources)

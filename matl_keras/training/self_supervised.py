@@ -22,7 +22,6 @@ from matl_keras import runs
 from matl_keras.data import decode
 from matl_keras.data import pipeline
 from matl_keras.data.dataset import Dataset
-from matl_keras.data.dataset import examples_of
 from matl_keras.errors import ConfigError
 from matl_keras.models.backbone_weights import load_backbone
 from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
@@ -80,16 +79,18 @@ def resolve_batchnorm_groups(
 NEGATIVES = ("image", "source")
 
 
-def _describe_negatives(negatives: str, dataset, split: str) -> str:
-    """What `run.json` says of the negatives, with the source count."""
+def _describe_negatives(
+    negatives: str, data: pipeline.Split, split: str
+) -> str:
+    """What `run.json` says of the negatives, with the source count of the
+    images actually used (after any skipped files)."""
     if negatives == "image":
         return "all but the query's own image"
-    sources = examples_of(dataset, split).sources
-    if sources is None:
+    if data.num_sources is None:
         return "all but the query's own image (the dataset gives no sources)"
     return (
         "all but images of the query's source "
-        f"({len(set(sources))} sources in {split!r})"
+        f"({data.num_sources} sources in {split!r})"
     )
 
 
@@ -320,7 +321,7 @@ def pretrain(
             else ("synchronized" if sync_batchnorm else "per replica")
         ),
         **model.run_record(),
-        negatives=_describe_negatives(negatives, dataset, train_split),
+        negatives=_describe_negatives(negatives, train_data, train_split),
         precision=policy,
         architecture=describe_backbone(model.transfer_backbone),
         num_examples={train_split: train_data.num_examples},

@@ -211,6 +211,7 @@ def test_sources_are_numbered_per_source_and_follow_every_subset():
         assert source.numpy().tolist() == expected[index].tolist()
         seen += len(index)
     assert seen == 20
+    assert split.num_sources == 4
     # A seeded subset keeps each image's source.
     subset = pipeline.build_split(
         ds,
@@ -240,6 +241,7 @@ def test_sources_are_numbered_per_source_and_follow_every_subset():
         targets="sources",
     )
     assert next(iter(plain.data))[1].numpy().tolist() == list(range(10))
+    assert plain.num_sources is None
 
 
 def test_sources_are_checked():
@@ -445,6 +447,20 @@ def test_file_split_skips_bad_files_when_asked(tmp_path):
     )
     # Kept: (good, p2), (good, p1) -> numbered 0, 1; labels were 0, 1.
     assert next(iter(split.data))[1].numpy().tolist() == [0, 1]
+    # Skipping counts the sources of the images kept: p2 alone is left.
+    ds.examples = lambda split: FileExamples(
+        tuple(ds.paths), tuple(ds.labels), ("p1", "p2", "p2")
+    )
+    split = pipeline.build_split(
+        ds,
+        "val",
+        image_size=32,
+        batch_size=4,
+        training=False,
+        on_bad_image="skip",
+        targets="sources",
+    )
+    assert split.num_sources == 1
 
 
 def test_crop_fraction_is_checked():
