@@ -88,7 +88,7 @@ def _replica_context() -> tuple[Any, int, Any]:
     )
 
 
-def _on_replica_device(tensor: tf.Tensor) -> tf.Tensor:
+def on_replica_device(tensor: tf.Tensor) -> tf.Tensor:
     """`tensor` as an op of this replica's device. Input batches carry no
     device, and MultiWorkerMirroredStrategy's all_gather of such a tensor
     fails ("destinations can not be empty"); an identity made inside the
@@ -410,7 +410,7 @@ class ContrastiveModel(SSLMethod):
         context, replicas, replica = _replica_context()
         local = tf.shape(images)[0]
         gathered = (
-            context.all_gather(_on_replica_device(images), axis=0)
+            context.all_gather(on_replica_device(images), axis=0)
             if replicas > 1
             else images
         )
@@ -463,7 +463,7 @@ class ContrastiveModel(SSLMethod):
         ids = tf.cast(ids, tf.int32)
         if replicas > 1:
             keys = context.all_gather(keys, axis=0)
-            ids = context.all_gather(_on_replica_device(ids), axis=0)
+            ids = context.all_gather(on_replica_device(ids), axis=0)
         n = tf.shape(keys)[0]
         tf.debugging.assert_less_equal(
             n,

@@ -15,6 +15,7 @@ import keras
 import tensorflow as tf
 
 from matl_keras.data import augment as augment_lib
+from matl_keras.training import contrastive
 from matl_keras.training import ssl_losses
 from matl_keras.training.contrastive import ContrastiveModel
 
@@ -63,9 +64,9 @@ class SimCLR(ContrastiveModel):
         if context.num_replicas_in_sync > 1:
             z1_all = context.all_gather(z1, axis=0)
             z2_all = context.all_gather(z2, axis=0)
-            # (identity: an op on this replica's device, which
-            # all_gather needs under MultiWorkerMirroredStrategy)
-            ids_all = context.all_gather(tf.identity(ids), axis=0)
+            ids_all = context.all_gather(
+                contrastive.on_replica_device(ids), axis=0
+            )
             offset = context.replica_id_in_sync_group * b
         loss = ssl_losses.nt_xent(
             z1, z2, self.temperature, z1_all, z2_all, offset, ids, ids_all
