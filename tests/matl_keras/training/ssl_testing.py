@@ -14,6 +14,11 @@ from matl_keras.training import optimizers
 from matl_keras.training import self_supervised
 
 SIZE = 32
+# Float32 spacings of a weight allowed between two runs that round
+# differently (one device vs two replicas): each SGD step with momentum
+# rounds the stored weight twice (velocity, then weight), so two steps may
+# leave it a couple of ulps apart whatever the arithmetic before.
+ULPS = 2
 # Shuffle-BN groups of the tiny methods with a key encoder (global batch 8:
 # two groups of 4, one per replica under a 2-replica strategy).
 GROUPS = 2
@@ -125,3 +130,24 @@ def tiny_moco(**kwargs):
 
 tiny_moco.needs_key_encoder = True
 tiny_moco.shuffle_batchnorm = True
+
+
+def update_mismatch(initial, reference, other):
+    """max |update(other) - update(reference)| / max |update(reference)|,
+    less `ULPS` float32 spacings of each element.
+
+    The slack is the weight's own representation: a BatchNorm gamma near
+    1.0 moved by 54 ulps in two steps differs by one ulp between one
+    device and two replicas on an AVX2 host (1.9% of its update, all of it
+    rounding of the stored value). Kernels (small magnitudes, fine
+    spacing) keep almost no slack, so a wrong reduction still reads as a
+    mismatch of its full size. None where the update is at the float32
+    noise floor (e.g. a weight whose gradient is ~0).
+    """
+    reference = np.asarray(reference)
+    update = np.abs(reference - initial).max()
+    if update < 1e-7:
+        return None
+    spacing = np.spacing(np.abs(reference).astype(np.float32))
+    excess = np.abs(np.asarray(other) - reference) - ULPS * spacing
+    return float(np.maximum(excess, 0.0).max() / update)

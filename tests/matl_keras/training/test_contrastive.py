@@ -19,6 +19,7 @@ from matl_keras.training.ssl_method import RunSchedule
 from tests.matl_keras.training.ssl_testing import SIZE
 from tests.matl_keras.training.ssl_testing import build as _build
 from tests.matl_keras.training.ssl_testing import data as _data
+from tests.matl_keras.training.ssl_testing import update_mismatch
 
 
 def test_key_encoder_starts_equal_and_momentum_update_is_eq_3():
@@ -277,7 +278,7 @@ def _fit(cls, strategy_name, weights, **kwargs):
 
 
 def _update_mismatch(one, two, initial):
-    """Per weight: max |update(two) - update(one)| / max |update(one)|.
+    """Per weight: `ssl_testing.update_mismatch` of the two runs' updates.
 
     Weights whose update is at the float32 noise floor (e.g. the bias of a
     convolution followed by BatchNorm, whose gradient is ~0) are skipped.
@@ -288,10 +289,9 @@ def _update_mismatch(one, two, initial):
     ):
         if not np.issubdtype(a.dtype, np.floating):
             continue
-        update = np.abs(a - w0).max()
-        if update < 1e-7:
-            continue
-        mismatch[w.path] = float(np.abs((b - w0) - (a - w0)).max() / update)
+        value = update_mismatch(w0, a, b)
+        if value is not None:
+            mismatch[w.path] = value
     return mismatch
 
 

@@ -17,6 +17,7 @@ from matl_keras.errors import ConfigError
 from matl_keras.training import strategies
 from tests.cli_testing import CLI
 from tests.conftest import REPO
+from tests.matl_keras.training.ssl_testing import update_mismatch
 
 JOB = "tests.matl_keras.training.multi_worker_job"
 
@@ -76,7 +77,7 @@ def _run_workers(args_of, env_of, timeout=600):
 
 
 def _mismatch(reference, other, name, paths):
-    """Per weight: max |update(other) - update(reference)| / max |update|."""
+    """Per weight: `ssl_testing.update_mismatch` of the two runs."""
     worst = {}
     for i, path in enumerate(paths):
         w0 = reference[f"{name}/initial/{i}"]
@@ -84,9 +85,9 @@ def _mismatch(reference, other, name, paths):
         if not np.issubdtype(a.dtype, np.floating):
             np.testing.assert_array_equal(a, b, err_msg=path)
             continue
-        update = np.abs(a - w0).max()
-        if update >= 1e-7:
-            worst[path] = float(np.abs((b - w0) - (a - w0)).max() / update)
+        value = update_mismatch(w0, a, b)
+        if value is not None:
+            worst[path] = value
     return worst
 
 
