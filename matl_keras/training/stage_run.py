@@ -289,6 +289,7 @@ class StageRun:
             steps,
             self.strategy.num_replicas_in_sync,
         )
+        build_before_fit(model, data, self.strategy)
         fit_resuming(
             model,
             data,
@@ -343,6 +344,40 @@ class StageRun:
             self.tracker.finish()
         workdir_lib.finish(self.start, self.strategy)
         return results
+
+
+def build_before_fit(model: keras.Model, data: Any, strategy: Any) -> None:
+    """Creates the optimizer's and the compiled metrics' variables before
+    `fit` traces its step.
+
+    Without a strategy scope Keras defers them to the trace of the first
+    train step (`TensorFlowTrainer._maybe_symbolic_build`), and a
+    `tf.function` that creates variables on its first call is traced a
+    second time. Measured on the tests' tiny MoCo (2 epochs, AVX2 host):
+    the first pretraining in a process 19.5 s -> 13.6 s, a second one
+    11.3 s -> 8.1 s; supervised stages trace their step once instead of
+    twice too.
+    Built here, each step function is traced once; the values are the
+    same (zeros), so the run is bitwise unchanged.
+
+    The optimizer gets `optimized_variables` where the model has them (an
+    SSL model's key encoder moves by momentum only: no optimizer slots),
+    the same list under every strategy.
+    """
+    optimizer = model.optimizer
+    with strategy.scope():
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(
+                getattr(model, "optimized_variables", None)
+                or model.trainable_variables
+            )
+        # Compiled metrics and losses (supervised stages), from the data's
+        # element spec: nothing is read from the pipeline. The private
+        # method is what `fit` itself calls under a strategy.
+        spec = getattr(data, "element_spec", None)
+        symbolic_build = getattr(model, "_symbolic_build", None)
+        if spec is not None and symbolic_build is not None:
+            symbolic_build(data_batch=spec)
 
 
 def fit_resuming(

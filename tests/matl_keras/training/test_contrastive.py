@@ -16,6 +16,7 @@ from matl_keras.training import contrastive
 from matl_keras.training import ssl_losses
 from matl_keras.training import strategies
 from matl_keras.training.ssl_method import RunSchedule
+from matl_keras.training.stage_run import build_before_fit
 from tests.matl_keras.training.ssl_testing import SIZE
 from tests.matl_keras.training.ssl_testing import build as _build
 from tests.matl_keras.training.ssl_testing import data as _data
@@ -273,6 +274,8 @@ def _fit(cls, strategy_name, weights, **kwargs):
     # Two steps: the second uses the queue filled by the first and the
     # momentum-updated key encoder.
     data = _data(cls, region_size=kwargs.get("region_size") or SIZE)
+    # As a stage does: the step is traced once (optimizer built first).
+    build_before_fit(model, data, strategy)
     history = model.fit(data, epochs=1, verbose=0, shuffle=False)
     return model, initial, history.history
 

@@ -23,6 +23,7 @@ from matl_keras.models.resnet.resnet_image_classifier import (
 from matl_keras.training import determinism
 from matl_keras.training import precision
 from matl_keras.training import strategies
+from matl_keras.training.stage_run import build_before_fit
 from tests.matl_keras.training.ssl_testing import SIZE
 from tests.matl_keras.training.ssl_testing import build as _build
 from tests.matl_keras.training.ssl_testing import data as _data
@@ -99,6 +100,7 @@ def _two_steps(
     initial = [w.numpy().copy() for w in model.backbone.trainable_weights]
     # Two steps: MoCo's first step has an empty queue (no negatives, loss 0).
     data = _data(cls)
+    build_before_fit(model, data, distribution)
     history = model.fit(data, epochs=1, verbose=0)
     update = np.concatenate(
         [

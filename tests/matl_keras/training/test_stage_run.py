@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from matl_keras import runs
 from matl_keras.training.stage_run import StageRun
+from matl_keras.training.stage_run import build_before_fit
 from tests.matl_keras.training.stage_testing import Bright
 
 
@@ -68,3 +69,51 @@ def test_the_shared_steps_of_a_stage(tmp_path):
     }
     assert runs.read_json(str(tmp_path / runs.RUN_FILE))["status"] == "complete"
     assert _begin(tmp_path).complete
+
+
+def _traces_of_fit(tmp_path, prebuild):
+    """How often `fit` runs the Python of `train_step` (once per trace) for
+    a compiled model with a metric, with or without `build_before_fit`."""
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    traces = []
+    original = model.train_step
+
+    def counted(data):
+        traces.append(1)
+        return original(data)
+
+    model.train_step = counted
+    data = tf.data.Dataset.from_tensor_slices(
+        (np.ones((8, 2), np.float32), np.ones((8,), np.int32))
+    ).batch(4)
+    if prebuild:
+        build_before_fit(model, data, tf.distribute.get_strategy())
+    model.fit(data, epochs=1, verbose=0, shuffle=False)
+    return len(traces)
+
+
+def test_the_train_step_is_traced_once():
+    # Keras builds the optimizer and the compiled metric inside the first
+    # trace when no strategy scope is active; a tf.function that creates
+    # variables is traced twice (the case this guards against).
+    assert _traces_of_fit(None, prebuild=False) == 2
+    assert _traces_of_fit(None, prebuild=True) == 1
+
+
+def test_an_ssl_model_gets_no_optimizer_slots_for_its_key_encoder():
+    from matl_keras_plugins.ssl_methods.moco import MoCo
+
+    from tests.matl_keras.training import ssl_testing
+
+    model = ssl_testing.build(MoCo)
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    data = ssl_testing.data(MoCo, n=8)
+    build_before_fit(model, data, tf.distribute.get_strategy())
+    slots = model.optimizer.variables[2:]  # after iterations, learning rate
+    assert len(slots) == len(model.optimized_variables) > 0
+    assert len(model.optimized_variables) < len(model.trainable_variables)
