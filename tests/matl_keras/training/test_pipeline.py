@@ -66,7 +66,9 @@ def _fresh_backbone_from(path):
 
 def test_three_stage_chain_through_the_cli(tmp_path):
     workdir = str(tmp_path / "chain")
-    result = matl(*TINY_CHAIN, f"--workdir={workdir}")
+    # In this process (`matl_here`): the finetune job, SIGTERM and kill -9
+    # tests run the real console script.
+    result = matl_here(*TINY_CHAIN, f"--workdir={workdir}")
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.load(open(os.path.join(workdir, "summary.json")))
     assert summary["status"] == "complete"
@@ -141,7 +143,7 @@ def test_three_stage_chain_through_the_cli(tmp_path):
     mtime = os.path.getmtime(
         os.path.join(workdir, "stl_m", "backbone.weights.h5")
     )
-    again = matl(
+    again = matl_here(
         *TINY_CHAIN,
         "--gin_param=STAGES = ['stl_n', 'stl_m']",
         f"--workdir={workdir}",
