@@ -4,6 +4,9 @@ and the `slow` marker (skipped unless --run_slow)."""
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# As the CLI and `import matl_keras` do (`tf_startup.prefer_onednn`): the
+# tests import TensorFlow first, so they set it here.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -19,11 +19,14 @@ finetune=runs/a1/finetune/backbone.weights.h5 --out=/tmp/attn_chain_a1
 import json
 import os
 
-import keras
-import numpy as np
-import tensorflow as tf
-from absl import app
-from absl import flags
+# oneDNN kernels, as the CLI runs them (`tf_startup.prefer_onednn`).
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
 
 from matl_keras.data.pipeline import eval_transform
 from matl_keras.models.backbone_weights import load_backbone

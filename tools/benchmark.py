@@ -37,6 +37,8 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# oneDNN kernels, as the CLI runs them (`tf_startup.prefer_onednn`).
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402

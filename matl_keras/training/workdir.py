@@ -172,6 +172,7 @@ def versions() -> dict[str, str]:
 
     import gin
     import matl_keras
+    from matl_keras import tf_startup
 
     return {
         "matl_keras": matl_keras.__version__,
@@ -179,4 +180,6 @@ def versions() -> dict[str, str]:
         "keras": keras.__version__,
         "gin": getattr(gin, "__version__", "0.5.0"),
         "python": platform.python_version(),
+        # oneDNN or Eigen kernels: the same run differs in rounding.
+        "onednn": tf_startup.onednn_enabled(),
     }

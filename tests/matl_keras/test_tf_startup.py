@@ -82,3 +82,20 @@ def test_import_in_a_fresh_process_drops_the_noise_only():
     if not tf_startup.gpu_driver_present():
         assert shown == ["after"], shown
     assert not [l for l in shown if "cudart_stub" in l or "InitializeLog" in l]
+
+
+def test_onednn_is_preferred_unless_the_user_chose(monkeypatch):
+    monkeypatch.delenv(tf_startup.ONEDNN_VARIABLE, raising=False)
+    assert tf_startup.prefer_onednn() == "1"
+    assert os.environ[tf_startup.ONEDNN_VARIABLE] == "1"
+    monkeypatch.setenv(tf_startup.ONEDNN_VARIABLE, "0")
+    assert tf_startup.prefer_onednn() == "0"  # the user's choice stands
+
+
+def test_this_process_runs_the_onednn_kernels():
+    # conftest sets the variable before TensorFlow starts, as the CLI and
+    # `import matl_keras` do; run.json records it.
+    from matl_keras.training import workdir
+
+    assert tf_startup.onednn_enabled() is True
+    assert workdir.versions()["onednn"] is True

@@ -16,7 +16,6 @@ from matl_keras import registry as registry_lib
 from matl_keras.errors import ConfigError
 from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
 from tests.cli_testing import CLI
-from tests.cli_testing import matl
 from tests.cli_testing import matl_here
 from tests.conftest import REPO
 
