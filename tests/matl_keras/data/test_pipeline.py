@@ -431,36 +431,28 @@ def test_file_split_skips_bad_files_when_asked(tmp_path):
     images, labels = next(iter(split.data))
     assert labels.numpy().tolist() == [0]
     np.testing.assert_allclose(images.numpy(), 200 / 255, atol=1e-2)
+
     # The sources stay aligned with the files kept (bad first: shifted).
-    ds = Files([str(bad), str(good), str(good)], [1, 0, 1])
-    ds.examples = lambda split: FileExamples(
-        tuple(ds.paths), tuple(ds.labels), ("p1", "p2", "p1")
-    )
-    split = pipeline.build_split(
-        ds,
-        "val",
-        image_size=32,
-        batch_size=4,
-        training=False,
-        on_bad_image="skip",
-        targets="sources",
-    )
+    def by_source(sources):
+        ds = Files([str(bad), str(good), str(good)], [1, 0, 1])
+        ds.examples = lambda split: FileExamples(
+            tuple(ds.paths), tuple(ds.labels), sources
+        )
+        return pipeline.build_split(
+            ds,
+            "val",
+            image_size=32,
+            batch_size=4,
+            training=False,
+            on_bad_image="skip",
+            targets="sources",
+        )
+
+    split = by_source(("p1", "p2", "p1"))
     # Kept: (good, p2), (good, p1) -> numbered 0, 1; labels were 0, 1.
     assert next(iter(split.data))[1].numpy().tolist() == [0, 1]
     # Skipping counts the sources of the images kept: p2 alone is left.
-    ds.examples = lambda split: FileExamples(
-        tuple(ds.paths), tuple(ds.labels), ("p1", "p2", "p2")
-    )
-    split = pipeline.build_split(
-        ds,
-        "val",
-        image_size=32,
-        batch_size=4,
-        training=False,
-        on_bad_image="skip",
-        targets="sources",
-    )
-    assert split.num_sources == 1
+    assert by_source(("p1", "p2", "p2")).num_sources == 1
 
 
 def test_crop_fraction_is_checked():

@@ -71,7 +71,7 @@ def test_the_shared_steps_of_a_stage(tmp_path):
     assert _begin(tmp_path).complete
 
 
-def _traces_of_fit(tmp_path, prebuild):
+def _traces_of_fit(prebuild):
     """How often `fit` runs the Python of `train_step` (once per trace) for
     a compiled model with a metric, with or without `build_before_fit`."""
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
@@ -101,8 +101,8 @@ def test_the_train_step_is_traced_once():
     # Keras builds the optimizer and the compiled metric inside the first
     # trace when no strategy scope is active; a tf.function that creates
     # variables is traced twice (the case this guards against).
-    assert _traces_of_fit(None, prebuild=False) == 2
-    assert _traces_of_fit(None, prebuild=True) == 1
+    assert _traces_of_fit(prebuild=False) == 2
+    assert _traces_of_fit(prebuild=True) == 1
 
 
 def test_an_ssl_model_gets_no_optimizer_slots_for_its_key_encoder():
@@ -114,6 +114,8 @@ def test_an_ssl_model_gets_no_optimizer_slots_for_its_key_encoder():
     model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
     data = ssl_testing.data(MoCo, n=8)
     build_before_fit(model, data, tf.distribute.get_strategy())
-    slots = model.optimizer.variables[2:]  # after iterations, learning rate
+    # SGD with momentum: iterations, learning rate, then one slot per
+    # optimized variable.
+    slots = model.optimizer.variables[2:]
     assert len(slots) == len(model.optimized_variables) > 0
     assert len(model.optimized_variables) < len(model.trainable_variables)
