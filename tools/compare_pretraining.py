@@ -36,6 +36,9 @@ fractions, `label_efficiency.png`.
 
 Resumable: killed, it is run again with the same flags; finished runs are
 skipped (the pipeline skips finished stages; a finished cell is read back).
+A chain starting with supervised stages that another pretraining of the
+same variant and seed already finished (`stl_m` before `stl_m+sstl_m`)
+starts from a copy of them, here or in the `--reuse_from` workdirs.
 """
 
 from __future__ import annotations
@@ -89,6 +92,13 @@ def define_flags() -> None:
     flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
     flags.DEFINE_multi_string("gin_param", [], "Extra bindings for every run.")
     flags.DEFINE_integer("knn_k", 20, "k of the kNN transferability score.")
+    flags.DEFINE_list(
+        "reuse_from",
+        [],
+        "Other workdirs of this tool whose finished supervised stages "
+        "(e.g. `stl_m` of seed 0) a chain here may start from, as it does "
+        "from this workdir's (Table 3 beside the Table 4/5 grid).",
+    )
 
 
 FLAGS = flags.FLAGS
@@ -243,9 +253,35 @@ def _synthetic_ct_arguments():
     return arguments
 
 
+def _cell_name(pretraining, variant):
+    return f"{pretraining.replace(':', '-').replace('+', '_')}/{variant}"
+
+
+def shared_prefix(stages, variant, seed, workdirs):
+    """A finished pretraining whose chain starts `stages`: `(folder, prefix)`
+    or `(None, [])`.
+
+    Only supervised stages are shared (an SSL stage depends on its method):
+    `stl_m+sstl_m:moco` of seed 0 starts from the `stl_m` run that the
+    `stl_m` pretraining of seed 0 finished, instead of training the same
+    stage again (the same config and seed give the same weights; the
+    pipeline checks the copied stage's config hash and refuses another).
+    """
+    supervised = 0
+    while supervised < len(stages) - 1 and stages[supervised] in SUPERVISED:
+        supervised += 1
+    for n in range(supervised, 0, -1):
+        name = _cell_name("+".join(stages[:n]), variant)
+        for workdir in workdirs:
+            folder = os.path.join(workdir, name, "pretrained", f"seed-{seed}")
+            if os.path.exists(os.path.join(folder, "done")):
+                return folder, stages[:n]
+    return None, []
+
+
 def _cell(pretraining, variant, fraction, seed, workdir):
     stages, method = parse_pretraining(pretraining)
-    name = f"{pretraining.replace(':', '-').replace('+', '_')}/{variant}"
+    name = _cell_name(pretraining, variant)
     cell_dir = os.path.join(
         workdir, name, f"fraction-{fraction}", f"seed-{seed}"
     )
@@ -260,6 +296,19 @@ def _cell(pretraining, variant, fraction, seed, workdir):
         # fractions: its stages' configs do not depend on the fraction.
         pre_dir = os.path.join(workdir, name, "pretrained", f"seed-{seed}")
         if not os.path.exists(os.path.join(pre_dir, "done")):
+            source, prefix = shared_prefix(
+                stages,
+                variant,
+                seed,
+                [workdir] + [os.path.abspath(w) for w in FLAGS.reuse_from],
+            )
+            for stage in prefix:
+                if not os.path.exists(os.path.join(pre_dir, stage)):
+                    print(f"== reuse {stage} of {source}", flush=True)
+                    shutil.copytree(
+                        os.path.join(source, stage),
+                        os.path.join(pre_dir, stage),
+                    )
             print(f"== pretrain {name} seed {seed}", flush=True)
             seconds["pretrain"] = _run(
                 _command(stages, method, variant, fraction, seed, pre_dir),

@@ -127,3 +127,46 @@ def test_every_command_parses_with_both_real_roots(monkeypatch, name):
         config.parse(files, params, registry_lib.default_registry())
     finally:
         gin.clear_config()
+
+
+def test_chains_start_from_a_finished_supervised_prefix(tmp_path):
+    def finished(workdir, pretraining, seed, done=True):
+        folder = os.path.join(
+            workdir,
+            tool._cell_name(pretraining, "baseline"),
+            "pretrained",
+            f"seed-{seed}",
+        )
+        os.makedirs(folder)
+        if done:
+            open(os.path.join(folder, "done"), "w").close()
+        return folder
+
+    here, there = str(tmp_path / "here"), str(tmp_path / "there")
+    stl_m = finished(there, "stl_m", 0)
+    finished(here, "stl_m", 1, done=False)
+    chain = ["stl_m", "sstl_m"]
+    assert tool.shared_prefix(chain, "baseline", 0, [here, there]) == (
+        stl_m,
+        ["stl_m"],
+    )
+    # Not another seed's, nor another variant's, nor an unfinished run.
+    assert tool.shared_prefix(chain, "baseline", 1, [here, there]) == (None, [])
+    assert tool.shared_prefix(chain, "attn5", 0, [here, there]) == (None, [])
+    # The longest supervised prefix wins; the chain itself is never a
+    # prefix of itself, and an SSL stage is never shared.
+    both = finished(here, "stl_n+stl_m", 0)
+    long_chain = ["stl_n", "stl_m", "sstl_m"]
+    assert tool.shared_prefix(long_chain, "baseline", 0, [here, there]) == (
+        both,
+        ["stl_n", "stl_m"],
+    )
+    assert tool.shared_prefix(["stl_m"], "baseline", 0, [here, there]) == (
+        None,
+        [],
+    )
+    finished(here, "sstl_m", 0)
+    assert tool.shared_prefix(["sstl_m", "stl_m"], "baseline", 0, [here]) == (
+        None,
+        [],
+    )
