@@ -352,6 +352,35 @@ def check_macros(texts: Sequence[str], gin_bindings: Sequence[str]) -> None:
                 f"gin: macro {name} = {value!r} (bound in {origin}) is not "
                 f"accepted: expected {accepted}."
             )
+    _check_placement_fits_depth(where)
+
+
+def _check_placement_fits_depth(where: dict[str, str]) -> None:
+    """ATTENTION and DEPTH each valid can still not fit together (the 5-ATTN
+    preset needs two blocks in res3 and res4, which ResNet-10 has not):
+    refused here, naming both macros, not as a traceback from the model."""
+    if "ATTENTION" not in where and "DEPTH" not in where:
+        return
+    from matl_keras.models.resnet import attention_placement
+    from matl_keras.models.resnet.resnet_backbone import DEPTHS
+    from matl_keras.models.resnet.resnet_backbone import STAGES
+
+    try:
+        depth = gin.query_parameter("%DEPTH")
+        attention = gin.query_parameter("%ATTENTION")
+    except ValueError:  # a job without a backbone macro
+        return
+    if depth not in DEPTHS:
+        return
+    try:
+        attention_placement.resolve(
+            attention, dict(zip(STAGES, DEPTHS[depth][1]))
+        )
+    except ValueError as e:
+        raise ConfigError(
+            f"gin: ATTENTION = {attention!r} does not fit DEPTH = {depth} "
+            f"(bound in {where.get('ATTENTION') or where['DEPTH']}): {e}"
+        ) from None
 
 
 def _gin_message(error: Exception, registry: Any) -> str:

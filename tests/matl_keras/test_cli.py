@@ -47,7 +47,7 @@ def test_finetune_job_end_to_end_then_skip_then_refuse(tmp_path):
     assert run["class_counts"]["train"] == {"NonCOVID": 8, "COVID": 8}
     assert run["dataset"] == "SyntheticCT" and run["dataset_root"] is None
     operative = open(os.path.join(workdir, "operative_config.gin")).read()
-    assert "DEPTH = 18" in operative
+    assert "DEPTH = 10" in operative
     assert "resnet_backbone.depth = %DEPTH" in operative
     history = open(os.path.join(workdir, "history.csv")).read().splitlines()
     assert len(history) == 3 and "val_auc" in history[0]

@@ -110,8 +110,12 @@ def test_stage_config_changes_only_where_a_binding_reaches():
     [
         ('FINETUNE_EPOCHS = "one"', "expected an integer >= 0"),
         ("IMAGE_SIZE = 32.5", "expected an integer >= 1"),
-        ("DEPTH = 19", "expected one of [18, 34, 50, 101]"),
+        ("DEPTH = 19", "expected one of [10, 18, 34, 50, 101]"),
         ("ATTENTION = '6'", "expected one of ['1', '5', 'none']"),
+        (
+            "DEPTH = 10\nATTENTION = '5'",
+            "ATTENTION = '5' does not fit DEPTH = 10 (bound in",
+        ),
         ("BATCH_SIZE = 0", "expected an integer >= 1"),
         ("SEED = -1", "expected an integer >= 0"),
         ("WIDTH = 0", "expected a number > 0"),

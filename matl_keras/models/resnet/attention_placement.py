@@ -91,6 +91,13 @@ def resolve(
         stage = STAGE_ALIASES[stage]
         count = blocks[stage]
         if indices == _EVERY_OTHER_LAST_TWO:
+            if count < 2:
+                raise ValueError(
+                    f"`attention='5'` puts two non-local blocks in {stage}, "
+                    f"which has {count} residual block (ResNet-10); use '1' "
+                    "or a placement such as {'conv3': [1], 'conv4': [1], "
+                    "'conv5': [1]}"
+                )
             indices = (-3, -1) if count >= 3 else (-2, -1)
         if isinstance(indices, int):
             indices = (indices,)

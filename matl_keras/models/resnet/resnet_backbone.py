@@ -1,10 +1,16 @@
-"""Functional ResNets (He et al. 2016) for depths 18, 34, 50 and 101.
+"""Functional ResNets (He et al. 2016) for depths 10, 18, 34, 50 and 101.
 
 ResNet-50/101 follow `keras.applications.ResNet50/101`: the same layers,
 layer names (`conv1_conv`, `conv2_block1_1_conv`, ...) and BatchNormalization
 epsilon, so their weights files map onto these models layer by layer.
-ResNet-18/34 use basic blocks with the same naming scheme. Stages are called
-`conv2`..`conv5` as in keras.applications; the paper calls them res2..res5.
+ResNet-18/34 use basic blocks with the same naming scheme; ResNet-10 is
+ResNet-18 with one basic block per stage (the smallest of MedicalNet's
+medical-imaging ResNets, Chen et al. 2019, arXiv:1904.00625): a model for
+CPU experiments and for tests, whose step traces in about half of
+ResNet-18's time. The paper's 5-ATTN placement needs two blocks in res3
+and res4, so ResNet-10 takes "none", "1" or an explicit placement.
+Stages are called `conv2`..`conv5` as in keras.applications; the paper
+calls them res2..res5.
 
 One difference by default: no convolution has a bias (`conv_bias=False`).
 Every convolution here feeds a BatchNormalization, which subtracts the
@@ -33,6 +39,7 @@ from matl_keras.models.resnet import attention_placement
 
 # depth -> (block type, blocks per stage conv2..conv5)
 DEPTHS = {
+    10: ("basic", (1, 1, 1, 1)),
     18: ("basic", (2, 2, 2, 2)),
     34: ("basic", (3, 4, 6, 3)),
     50: ("bottleneck", (3, 4, 6, 3)),
@@ -162,7 +169,7 @@ class ResNetBackbone(keras.Model):
     `f"{stage}_block{i}_nonlocal"` and start as the identity.
 
     Args:
-        depth: int. 18, 34, 50 or 101.
+        depth: int. 10, 18, 34, 50 or 101.
         width_multiplier: float. Scales every channel count (1.0 is the
             standard ResNet; 0.25 makes a CPU-sized model).
         image_size: int or None. Input side; None accepts any size.

@@ -107,6 +107,25 @@ def test_bad_placements_say_why(attention, message):
         ResNetBackbone(18, 0.25, 32, attention=attention)
 
 
+def test_resnet10_has_one_block_per_stage_and_refuses_five_attns():
+    """ResNet-10 (one basic block per stage): the 1-ATTN preset and any
+    explicit placement fit it; the 5-ATTN preset, which needs two blocks
+    in res3 and res4, is refused with what to use instead."""
+    plain = ResNetBackbone(10, 0.25, 32)
+    blocks = sorted(
+        l.name[: -len("_out")]
+        for l in plain.layers
+        if l.name.endswith("_out") and "_block" in l.name
+    )
+    assert blocks == [f"conv{s}_block1" for s in (2, 3, 4, 5)]
+    assert plain.output.shape == (None, 1, 1, 128)
+    assert _blocks(ResNetBackbone(10, 0.25, 32, attention="1")) == [
+        "conv3_block1_nonlocal"
+    ]
+    with pytest.raises(ValueError, match=r"conv3, which has 1 residual"):
+        ResNetBackbone(10, 0.25, 32, attention="5")
+
+
 def test_placement_presets_resolve():
     blocks = {"conv2": 3, "conv3": 4, "conv4": 6, "conv5": 3}
     assert attention_placement.resolve("5", blocks) == {

@@ -27,14 +27,14 @@ GROUPS = 2
 def backbone(name="resnet", groups=1):
     if groups > 1:
         return ResNetBackbone(
-            depth=18,
+            depth=10,
             width_multiplier=0.25,
             image_size=SIZE,
             batchnorm_groups=groups,
             name=name,
         )
     return ResNetBackbone(
-        depth=18,
+        depth=10,
         width_multiplier=0.25,
         image_size=SIZE,
         sync_batchnorm=True,
@@ -108,7 +108,7 @@ def pretrain(workdir, **kwargs):
         dataset=dataset,
         method=tiny_moco,
         backbone=lambda **kw: ResNetBackbone(
-            depth=18, width_multiplier=0.25, **kw
+            depth=10, width_multiplier=0.25, **kw
         ),
         image_size=32,
         batch_size=8,

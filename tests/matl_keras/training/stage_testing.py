@@ -41,7 +41,7 @@ class Count(Evaluator):
 
 def tiny_backbone(image_size):
     return ResNetBackbone(
-        depth=18, width_multiplier=0.25, image_size=image_size
+        depth=10, width_multiplier=0.25, image_size=image_size
     )
 
 
@@ -67,7 +67,7 @@ def reproducible_train(workdir, **kwargs):
             image_size=40, num_train=24, num_val=8, num_test=8, seed=0
         ),
         "backbone": lambda image_size: ResNetBackbone(
-            depth=18, width_multiplier=0.25, image_size=image_size
+            depth=10, width_multiplier=0.25, image_size=image_size
         ),
         "image_size": 32,
         "batch_size": 8,

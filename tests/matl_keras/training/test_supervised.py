@@ -172,7 +172,7 @@ def test_training_starts_from_init_backbone(tmp_path, monkeypatch):
     record = json.load(open(tmp_path / "run" / "run.json"))
     assert record["init_backbone"]["path"] == path
     # Another starting file is another config.
-    other = ResNetBackbone(depth=18, width_multiplier=0.25, image_size=32)
+    other = ResNetBackbone(depth=10, width_multiplier=0.25, image_size=32)
     other.set_weights([w + 1.0 for w in source.get_weights()])
     other.save_weights(path)
     with pytest.raises(ConfigError, match="different config"):
