@@ -26,9 +26,12 @@ Everything is scored on val (never on a test split).
 
 Per cell it reads the fine-tuned `metrics.json` (val AUC and its stratified
 bootstrap CI) and the transferability scores at the fine-tuning boundary:
-LEEP where the source has a classifier (`transferability.json`) and a kNN
-score every backbone has (leave-one-out 20-NN accuracy of the pretrained
-backbone's pooled features on the labelled train subset; no val labels).
+LEEP where the source has a classifier (`transferability.json`), and two
+scores every backbone has, both of the pretrained backbone's pooled
+features on the labelled train subset (no val labels): kNN (leave-one-out
+20-NN accuracy) and LogME (`matl_keras.evaluation.logme`). A finished cell
+written before LogME was scored gets it added when its pretrained
+backbone is still in the workdir.
 It writes `report.json`, `report.md` (mean +- std over seeds; the paired
 difference to `scratch` per seed; Spearman correlation of each
 transferability score with the fine-tuned AUC) and, with several
@@ -189,9 +192,10 @@ def knn_loo_accuracy(features, labels, k):
     return float((predicted == labels).mean())
 
 
-def _knn_score(finetune_dir, fraction, seed):
-    """kNN score of the backbone the fine-tuning started from (the previous
-    stage's weights; for `scratch`, the untrained backbone of the seed)."""
+def _feature_scores(finetune_dir, seed):
+    """kNN and LogME scores of the backbone the fine-tuning started from
+    (the previous stage's weights; for `scratch`, the untrained backbone of
+    the seed), or None when that backbone file is gone."""
     import keras
     import numpy as np
 
@@ -200,9 +204,12 @@ def _knn_score(finetune_dir, fraction, seed):
     from matl_keras.commands.probe import backbone_spec
     from matl_keras.data import pipeline
     from matl_keras.evaluation.evaluator import pooled_features
+    from matl_keras.evaluation.logme import logme
     from matl_keras.models.backbone_weights import load_backbone
     from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
 
+    if not os.path.exists(os.path.join(finetune_dir, runs.RUN_FILE)):
+        return None  # a cell copied without its runs (results/)
     run = runs.read_json(os.path.join(finetune_dir, runs.RUN_FILE))
     # The architecture as the stage was configured (`matl-keras probe`'s
     # reading of run.json and config.gin).
@@ -210,6 +217,8 @@ def _knn_score(finetune_dir, fraction, seed):
     keras.utils.set_random_seed(seed)
     backbone = ResNetBackbone(image_size=spec["image_size"], **spec["backbone"])
     if run.get("init_backbone"):
+        if not os.path.exists(run["init_backbone"]["path"]):
+            return None
         load_backbone(backbone, run["init_backbone"]["path"])
     split = pipeline.build_split(
         _dataset(run),
@@ -222,7 +231,11 @@ def _knn_score(finetune_dir, fraction, seed):
         labelled_fraction=run.get("labelled_fraction", 1.0),
     )
     features, labels = pooled_features(backbone, split.data)
-    return knn_loo_accuracy(features, np.asarray(labels), FLAGS.knn_k)
+    labels = np.asarray(labels)
+    return {
+        "knn": knn_loo_accuracy(features, labels, FLAGS.knn_k),
+        "logme": logme(features, labels, len(run["class_names"])),
+    }
 
 
 def _dataset(run):
@@ -288,7 +301,13 @@ def _cell(pretraining, variant, fraction, seed, workdir):
     result_path = os.path.join(cell_dir, "cell.json")
     if os.path.exists(result_path):
         with open(result_path) as f:
-            return json.load(f)
+            cell = json.load(f)
+        if "logme" not in cell:
+            scores = _feature_scores(os.path.join(cell_dir, "finetune"), seed)
+            cell["logme"] = scores and scores["logme"]
+            if scores is not None:
+                _write_cell(cell, result_path)
+        return cell
     os.makedirs(cell_dir, exist_ok=True)
     seconds = {}
     if stages:
@@ -344,14 +363,18 @@ def _cell(pretraining, variant, fraction, seed, workdir):
         "val_auc_ci": val.get("auc_ci"),
         "val_accuracy": val["accuracy"],
         "leep": transfer.get(source, {}).get("leep"),
-        "knn": _knn_score(finetune_dir, fraction, seed),
+        **_feature_scores(finetune_dir, seed),
         "seconds": seconds,
     }
     print(json.dumps(cell), flush=True)
-    with open(result_path + ".tmp", "w") as f:
-        json.dump(cell, f, indent=2)
-    os.replace(result_path + ".tmp", result_path)
+    _write_cell(cell, result_path)
     return cell
+
+
+def _write_cell(cell, path):
+    with open(path + ".tmp", "w") as f:
+        json.dump(cell, f, indent=2)
+    os.replace(path + ".tmp", path)
 
 
 def _spearman(a, b):
@@ -371,6 +394,13 @@ def _spearman(a, b):
     if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return None
     return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
+
+
+def _mean_of_known(values):
+    """Mean of the values that are not None (cells written before a score
+    existed lack it), or None."""
+    known = [v for v in values if v is not None]
+    return float(sum(known) / len(known)) if known else None
 
 
 def summarize(cells):
@@ -416,10 +446,11 @@ def summarize(cells):
                     else None
                 ),
                 "knn_mean": float(np.mean([m["knn"] for m in members])),
+                "logme_mean": _mean_of_known([m.get("logme") for m in members]),
             }
         )
     correlation = {}
-    for score in ("knn", "leep"):
+    for score in ("knn", "logme", "leep"):
         scored = [c for c in cells if c.get(score) is not None]
         # A ranking of pretrainings needs scores of several of them (LEEP
         # exists only where the source has a classifier: within one
@@ -446,12 +477,13 @@ def markdown(rows, correlation, cells, minutes):
     lines = [
         "Fine-tuned val AUC, mean +- std over seeds; gain = paired "
         "difference to `scratch` with the same seed (same labelled subset); "
-        "kNN = leave-one-out 20-NN accuracy of the pretrained features on "
-        "the labelled subset.",
+        "kNN = leave-one-out 20-NN accuracy and LogME of the pretrained "
+        "features on the labelled subset (LogME: mean of the seeds that "
+        "have it).",
         "",
         "| pretraining | variant | labelled | seeds | val AUC | gain over "
-        "scratch | kNN score |",
-        "|---|---|---|---|---|---|---|",
+        "scratch | kNN score | LogME |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(
         rows,
@@ -468,7 +500,7 @@ def markdown(rows, correlation, cells, minutes):
             f"({r['fraction']}) | {r['seeds']} | "
             f"{r['val_auc_mean']:.3f} +- {r['val_auc_std']:.3f} | "
             f"{fmt(r['gain_over_scratch_mean'], r['gain_over_scratch_std'])} "
-            f"| {r['knn_mean']:.3f} |"
+            f"| {r['knn_mean']:.3f} | {fmt(r.get('logme_mean'))} |"
         )
     lines += [
         "",
@@ -479,15 +511,16 @@ def markdown(rows, correlation, cells, minutes):
         "Per seed (val AUC with its 95% stratified bootstrap CI):",
         "",
         "| pretraining | variant | fraction | seed | val AUC | CI "
-        "| LEEP | kNN |",
-        "|---|---|---|---|---|---|---|---|",
+        "| LEEP | kNN | LogME |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in cells:
         ci = c.get("val_auc_ci") or [float("nan")] * 2
         lines.append(
             f"| {c['pretraining']} | {c['variant']} | {c['fraction']} | "
             f"{c['seed']} | {c['val_auc']:.3f} | {ci[0]:.3f}-{ci[1]:.3f} | "
-            f"{fmt(c.get('leep'))} | {c['knn']:.3f} |"
+            f"{fmt(c.get('leep'))} | {c['knn']:.3f} | "
+            f"{fmt(c.get('logme'))} |"
         )
     lines += ["", f"Wall time of this invocation: {minutes:.1f} min."]
     return "\n".join(lines) + "\n"

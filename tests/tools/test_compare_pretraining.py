@@ -86,8 +86,25 @@ def test_summary_pairs_each_seed_with_its_scratch_run():
     text = tool.markdown(rows, correlation, cells, minutes=1.0)
     assert (
         "| ssl | default | 4 (0.1) | 2 | 0.775 +- 0.075 | +0.075 +- 0.025"
-        in text
+        " | 0.750 | - |" in text
     )
+    assert correlation["logme"] is None  # no cell has it
+    # Cells written before LogME was scored lack it: means and the rank
+    # correlation use the cells that have it.
+    scored = [dict(c, logme=-0.1 * c["val_auc"]) for c in cells[:3]] + [
+        cells[3]
+    ]
+    rows, correlation = tool.summarize(scored)
+    ssl = next(r for r in rows if r["pretraining"] == "ssl")
+    assert ssl["logme_mean"] == pytest.approx(-0.07)  # seed 0 only
+    assert correlation["logme"] == pytest.approx(-1.0)
+    assert "| 0.750 | -0.070 |" in tool.markdown(rows, correlation, scored, 1.0)
+
+
+def test_feature_scores_of_a_cell_copied_without_its_runs(tmp_path):
+    """A cell kept as cell.json alone (results/) has no backbone to score:
+    None, and the caller leaves the cell as it is."""
+    assert tool._feature_scores(str(tmp_path / "finetune"), 0) is None
 
 
 def test_embedded_dataset_arguments_are_read_from_its_gin_file():
@@ -170,3 +187,41 @@ def test_chains_start_from_a_finished_supervised_prefix(tmp_path):
         None,
         [],
     )
+
+
+def test_feature_scores_of_the_backbone_a_fine_tuning_started_from(
+    tmp_path, monkeypatch
+):
+    """kNN and LogME of the init backbone's pooled features on the labelled
+    subset of the embedded data; None once that backbone file is gone."""
+    import json
+
+    from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
+
+    monkeypatch.setattr(
+        tool,
+        "FLAGS",
+        type("Flags", (), {"ct_root": None, "knn_k": 5}),
+    )
+    start = str(tmp_path / "start.weights.h5")
+    ResNetBackbone(10, 0.25, 32).save_weights(start)
+    finetune = tmp_path / "finetune"
+    finetune.mkdir()
+    (finetune / "run.json").write_text(
+        json.dumps(
+            {
+                "status": "complete",
+                "class_names": ["NonCOVID", "COVID"],
+                "architecture": {"depth": 10, "width_multiplier": 0.25},
+                "preprocessing": {"image_size": 32, "crop_fraction": 0.875},
+                "init_backbone": {"path": start},
+                "labelled_fraction": 0.1,
+            }
+        )
+    )
+    scores = tool._feature_scores(str(finetune), 0)
+    assert set(scores) == {"knn", "logme"}
+    assert 0.0 <= scores["knn"] <= 1.0
+    assert np.isfinite(scores["logme"]) and scores["logme"] < 0.5
+    os.remove(start)
+    assert tool._feature_scores(str(finetune), 0) is None

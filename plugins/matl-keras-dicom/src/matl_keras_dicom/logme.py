@@ -11,7 +11,7 @@ from typing import Any
 
 from matl_keras.evaluation.evaluator import EvalContext
 from matl_keras.evaluation.evaluator import Evaluator
-from matl_keras_dicom.logme_math import logme
+from matl_keras.evaluation.logme import logme
 
 
 class LogME(Evaluator):

@@ -13,6 +13,10 @@ every quantity is a sum over singular values: O(n D min(n, D)) once, then
 O(min(n, D)) per iteration, for n < D as well as n > D. The stopping rule
 is the reference implementation's (at most 11 steps; stop when
 alpha / beta changes by less than 1%).
+
+The core's, not a plugin's: `tools/compare_pretraining.py` scores each
+pretraining with it, and the `logme` evaluator of the example third-party
+package (`plugins/matl-keras-dicom`) wraps it for stage boundaries.
 """
 
 from __future__ import annotations

@@ -43,8 +43,8 @@ def _direct(f, y, iterations=11, tolerance=0.01):
 @pytest.mark.parametrize(
     "n, d, classes", [(200, 16, 2), (40, 64, 3), (120, 32, 5)]
 )
-def test_matches_the_direct_fixed_point_iteration(installed, n, d, classes):
-    from matl_keras_dicom.logme_math import logme
+def test_matches_the_direct_fixed_point_iteration(n, d, classes):
+    from matl_keras.evaluation.logme import logme
 
     rng = np.random.default_rng(n + d)
     y = rng.integers(0, classes, n)
@@ -52,8 +52,8 @@ def test_matches_the_direct_fixed_point_iteration(installed, n, d, classes):
     assert logme(f, y) == pytest.approx(_direct(f, y), rel=1e-6)
 
 
-def test_separable_features_score_higher(installed):
-    from matl_keras_dicom.logme_math import logme
+def test_separable_features_score_higher():
+    from matl_keras.evaluation.logme import logme
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 300)
