@@ -11,7 +11,7 @@ CLI = os.path.join(os.path.dirname(sys.executable), "matl-keras")
 TINY = [
     "--gin_file=gin/finetune.gin",
     "--gin_file=gin/models/tiny.gin",
-    "--gin_param=DEPTH = 10",  # ResNet-10: traces in half the time
+    "--gin_param=DEPTH = 10",  # ResNet-10: a third less test time
     "--gin_param=FINETUNE_EPOCHS = 2",
     "--gin_param=IMAGE_SIZE = 32",
     "--gin_param=BATCH_SIZE = 8",

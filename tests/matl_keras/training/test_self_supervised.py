@@ -19,7 +19,7 @@ from tests.matl_keras.training.ssl_testing import pretrain
 TINY_SSL = [
     "--gin_file=gin/sstl_m.gin",
     "--gin_file=gin/models/tiny.gin",
-    "--gin_param=DEPTH = 10",  # ResNet-10: traces in half the time
+    "--gin_param=DEPTH = 10",  # ResNet-10: a third less test time
     "--gin_param=IMAGE_SIZE = 32",
     "--gin_param=BATCH_SIZE = 8",
     "--gin_param=SSTL_M_EPOCHS = 1",
