@@ -378,8 +378,8 @@ def _check_placement_fits_depth(where: dict[str, str]) -> None:
         )
     except ValueError as e:
         raise ConfigError(
-            f"gin: ATTENTION = {attention!r} does not fit DEPTH = {depth} "
-            f"(bound in {where.get('ATTENTION') or where['DEPTH']}): {e}"
+            f"gin: ATTENTION = {attention!r} with DEPTH = {depth} (bound "
+            f"in {where.get('ATTENTION') or where['DEPTH']}): {e}"
         ) from None
 
 

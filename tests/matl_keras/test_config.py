@@ -114,7 +114,12 @@ def test_stage_config_changes_only_where_a_binding_reaches():
         ("ATTENTION = '6'", "expected one of ['1', '5', 'none']"),
         (
             "DEPTH = 10\nATTENTION = '5'",
-            "ATTENTION = '5' does not fit DEPTH = 10 (bound in",
+            "ATTENTION = '5' with DEPTH = 10 (bound in",
+        ),
+        (
+            "ATTENTION = {'conv6': [1]}",
+            "DEPTH = 18 (bound in --gin_param=\"ATTENTION = {'conv6': [1]}\"):"
+            " `attention` names an unknown stage 'conv6'",
         ),
         ("BATCH_SIZE = 0", "expected an integer >= 1"),
         ("SEED = -1", "expected an integer >= 0"),

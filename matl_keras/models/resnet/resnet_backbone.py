@@ -7,8 +7,9 @@ ResNet-18/34 use basic blocks with the same naming scheme; ResNet-10 is
 ResNet-18 with one basic block per stage (the smallest of MedicalNet's
 medical-imaging ResNets, Chen et al. 2019, arXiv:1904.00625): a model for
 CPU experiments and for tests (the SSL tests' tiny steps trace and run
-in about 35% less time than ResNet-18's at width 0.25). The paper's 5-ATTN placement needs two blocks in res3
-and res4, so ResNet-10 takes "none", "1" or an explicit placement.
+in about 35% less time than ResNet-18's at width 0.25). The paper's
+5-ATTN placement needs two blocks in res3 and res4, so ResNet-10 takes
+"none", "1" or an explicit placement.
 Stages are called `conv2`..`conv5` as in keras.applications; the paper
 calls them res2..res5.
 
