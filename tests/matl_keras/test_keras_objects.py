@@ -30,7 +30,7 @@ print(sorted(n for n in names if n in {
 
 
 def test_load_model_after_import_matl_keras_only(tmp_path):
-    backbone = ResNetBackbone(18, 0.25, 32, attention="1")
+    backbone = ResNetBackbone(10, 0.25, 32, attention="1")
     classifier = build_image_classifier(backbone, num_classes=2)
     assert any(isinstance(l, InputNormalization) for l in classifier.layers)
     paths = [

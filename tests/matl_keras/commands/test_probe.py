@@ -26,11 +26,11 @@ def _stage(folder):
     run.json it was written with (image size through a macro, as the
     shipped jobs write it; no `preprocessing`, as pretrain writes none)."""
     folder.mkdir()
-    backbone = ResNetBackbone(depth=18, width_multiplier=0.25, image_size=32)
+    backbone = ResNetBackbone(depth=10, width_multiplier=0.25, image_size=32)
     checkpoints.save_weights(backbone, str(folder / "backbone.weights.h5"))
     (folder / "config.gin").write_text(
         "IMAGE_SIZE = 32\nWIDTH = 0.25\n"
-        "resnet_backbone.depth = 18\n"
+        "resnet_backbone.depth = 10\n"
         "resnet_backbone.width_multiplier = %WIDTH\n"
         "sstl_m/pretrain.image_size = %IMAGE_SIZE\n"
     )
@@ -39,7 +39,7 @@ def _stage(folder):
             {
                 "status": "complete",
                 "architecture": {
-                    "depth": 18,
+                    "depth": 10,
                     "width_multiplier": 0.25,
                     "attention": "none",
                     "name": "resnet",
@@ -87,7 +87,7 @@ def test_backbone_spec_and_missing_weights(tmp_path):
     spec = probe.backbone_spec(str(stage))
     assert spec == {
         "backbone": {
-            "depth": 18,
+            "depth": 10,
             "width_multiplier": 0.25,
             "attention": "none",
         },

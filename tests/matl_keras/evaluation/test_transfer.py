@@ -15,7 +15,7 @@ from matl_keras.models.resnet.resnet_image_classifier import (
 
 
 def _backbone(size=32):
-    return ResNetBackbone(depth=18, width_multiplier=0.25, image_size=size)
+    return ResNetBackbone(depth=10, width_multiplier=0.25, image_size=size)
 
 
 def _target(n=24, size=32):
