@@ -42,6 +42,8 @@ skipped (the pipeline skips finished stages; a finished cell is read back).
 A chain starting with supervised stages that another pretraining of the
 same variant and seed already finished (`stl_m` before `stl_m+sstl_m`)
 starts from a copy of them, here or in the `--reuse_from` workdirs.
+`--report_only` trains nothing: it reports the finished cells of a grid
+stopped part-way (or still running in another process) and lists the rest.
 """
 
 from __future__ import annotations
@@ -95,6 +97,13 @@ def define_flags() -> None:
     flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
     flags.DEFINE_multi_string("gin_param", [], "Extra bindings for every run.")
     flags.DEFINE_integer("knn_k", 20, "k of the kNN transferability score.")
+    flags.DEFINE_bool(
+        "report_only",
+        False,
+        "Train nothing: report the finished cells of the grid these flags "
+        "name (one stopped part-way, or still running in another process) "
+        "and list the cells not finished.",
+    )
     flags.DEFINE_list(
         "reuse_from",
         [],
@@ -292,12 +301,15 @@ def shared_prefix(stages, variant, seed, workdirs):
     return None, []
 
 
+def _cell_dir(pretraining, variant, fraction, seed, workdir):
+    name = _cell_name(pretraining, variant)
+    return os.path.join(workdir, name, f"fraction-{fraction}", f"seed-{seed}")
+
+
 def _cell(pretraining, variant, fraction, seed, workdir):
     stages, method = parse_pretraining(pretraining)
     name = _cell_name(pretraining, variant)
-    cell_dir = os.path.join(
-        workdir, name, f"fraction-{fraction}", f"seed-{seed}"
-    )
+    cell_dir = _cell_dir(pretraining, variant, fraction, seed, workdir)
     result_path = os.path.join(cell_dir, "cell.json")
     if os.path.exists(result_path):
         with open(result_path) as f:
@@ -372,9 +384,12 @@ def _cell(pretraining, variant, fraction, seed, workdir):
 
 
 def _write_cell(cell, path):
-    with open(path + ".tmp", "w") as f:
+    # Per process: a `--report_only` run may add LogME to a cell while the
+    # grid runs in another process.
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
         json.dump(cell, f, indent=2)
-    os.replace(path + ".tmp", path)
+    os.replace(tmp, path)
 
 
 def _spearman(a, b):
@@ -466,7 +481,7 @@ def summarize(cells):
     return rows, correlation
 
 
-def markdown(rows, correlation, cells, minutes):
+def markdown(rows, correlation, cells, minutes, missing=()):
     def fmt(value, std=None):
         if value is None:
             return "-"
@@ -522,6 +537,13 @@ def markdown(rows, correlation, cells, minutes):
             f"{fmt(c.get('leep'))} | {c['knn']:.3f} | "
             f"{fmt(c.get('logme'))} |"
         )
+    if missing:
+        lines += [
+            "",
+            f"Not finished ({len(missing)}; `--report_only`): "
+            + "; ".join(missing)
+            + ".",
+        ]
     lines += ["", f"Wall time of this invocation: {minutes:.1f} min."]
     return "\n".join(lines) + "\n"
 
@@ -568,13 +590,31 @@ def main(argv):
     workdir = os.path.abspath(FLAGS.workdir)
     os.makedirs(workdir, exist_ok=True)
     start = time.perf_counter()
-    cells = [
-        _cell(pretraining, variant, fraction, int(seed), workdir)
-        for variant in FLAGS.variants
-        for fraction in FLAGS.fractions
-        for seed in FLAGS.seeds
-        for pretraining in FLAGS.pretrainings
-    ]
+    cells, missing = [], []
+    for variant in FLAGS.variants:
+        for fraction in FLAGS.fractions:
+            for seed in FLAGS.seeds:
+                for pretraining in FLAGS.pretrainings:
+                    where = _cell_dir(
+                        pretraining, variant, fraction, seed, workdir
+                    )
+                    if FLAGS.report_only and not os.path.exists(
+                        os.path.join(where, "cell.json")
+                    ):
+                        missing.append(
+                            f"{pretraining} / {variant} / fraction {fraction}"
+                            f" / seed {seed}"
+                        )
+                        continue
+                    cells.append(
+                        _cell(
+                            pretraining, variant, fraction, int(seed), workdir
+                        )
+                    )
+    if not cells:
+        raise app.UsageError(
+            f"--report_only: no finished cell in {workdir!r} for these flags"
+        )
     rows, correlation = summarize(cells)
     minutes = (time.perf_counter() - start) / 60
     with open(os.path.join(workdir, "report.json"), "w") as f:
@@ -584,12 +624,13 @@ def main(argv):
                 "rows": rows,
                 "correlation": correlation,
                 "cells": cells,
+                "not_finished": missing,
             },
             f,
             indent=2,
             default=str,
         )
-    text = markdown(rows, correlation, cells, minutes)
+    text = markdown(rows, correlation, cells, minutes, missing)
     with open(os.path.join(workdir, "report.md"), "w") as f:
         f.write(text)
     if len([f for f in FLAGS.fractions if f != "default"]) > 1:

@@ -225,3 +225,65 @@ def test_feature_scores_of_the_backbone_a_fine_tuning_started_from(
     assert np.isfinite(scores["logme"]) and scores["logme"] < 0.5
     os.remove(start)
     assert tool._feature_scores(str(finetune), 0) is None
+
+
+def test_report_only_reports_the_finished_cells_and_lists_the_rest(
+    tmp_path, monkeypatch
+):
+    """`--report_only` trains nothing: a grid stopped part-way (or running
+    elsewhere) is reported from its finished cells, the others listed."""
+    import json
+
+    workdir = tmp_path / "grid"
+    flags_ = dict(
+        workdir=str(workdir),
+        pretrainings=["scratch", "sstl_m"],
+        variants=["baseline"],
+        fractions=["1.0"],
+        seeds=["0", "1"],
+        report_only=True,
+    )
+    monkeypatch.setattr(
+        tool,
+        "FLAGS",
+        type("Flags", (), dict(flags_, flag_values_dict=lambda self: flags_))(),
+    )
+    with pytest.raises(app.UsageError, match="no finished cell"):
+        tool.main([])
+    for pretraining, seed, auc in (("scratch", 0, 0.7), ("sstl_m", 0, 0.75)):
+        where = tool._cell_dir(pretraining, "baseline", "1.0", seed, workdir)
+        os.makedirs(where)
+        with open(os.path.join(where, "cell.json"), "w") as f:
+            json.dump(
+                {
+                    "pretraining": pretraining,
+                    "variant": "baseline",
+                    "fraction": "1.0",
+                    "seed": seed,
+                    "labelled": {"a": 5, "b": 5},
+                    "val_auc": auc,
+                    "val_auc_ci": [auc - 0.1, auc + 0.1],
+                    "leep": None,
+                    "knn": 0.6,
+                    "logme": -0.6,
+                },
+                f,
+            )
+    tool.main([])
+    report = json.load(open(workdir / "report.json"))
+    assert len(report["cells"]) == 2
+    assert report["not_finished"] == [
+        "scratch / baseline / fraction 1.0 / seed 1",
+        "sstl_m / baseline / fraction 1.0 / seed 1",
+    ]
+    text = open(workdir / "report.md").read()
+    assert "Not finished (2; `--report_only`): scratch / baseline" in text
+    row = "| sstl_m | baseline | 10 (1.0) | 1 | 0.750 +- 0.000 | +0.050"
+    assert row in text
+    # Nothing trained: no pretraining, no cell folder of seed 1.
+    name = tool._cell_name("sstl_m", "baseline")
+    assert os.path.isdir(os.path.join(workdir, name))
+    assert not os.path.exists(os.path.join(workdir, name, "pretrained"))
+    assert not os.path.exists(
+        tool._cell_dir("sstl_m", "baseline", "1.0", 1, workdir)
+    )
