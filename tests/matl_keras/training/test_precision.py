@@ -174,9 +174,10 @@ def test_xla_ssl_step_equals_the_plain_step(cls):
     # Shuffle-BN's groups run on the fused kernel: oneDNN's without XLA,
     # XLA's own expansion of it with; region_aware's five crops through
     # the grouped BN then move 0.02% of its update's elements by up to
-    # 0.3% of the largest (1e-3 with the `tf.nn.moments` form). A wrong
-    # gradient under XLA would differ by the size of the update.
-    tolerance = 5e-3 if cls is RegionAware else 1e-3
+    # 0.3% of the largest on ResNet-18 (1e-3 with the `tf.nn.moments`
+    # form), and 4 of its 309,456 elements by 0.55% on the tests' ResNet-10.
+    # A wrong gradient under XLA would differ by the size of the update.
+    tolerance = 1e-2 if cls is RegionAware else 1e-3
     np.testing.assert_allclose(
         xla_update, update, atol=tolerance * np.abs(update).max()
     )
