@@ -223,6 +223,9 @@ def test_feature_scores_of_the_backbone_a_fine_tuning_started_from(
     assert set(scores) == {"knn", "logme"}
     assert 0.0 <= scores["knn"] <= 1.0
     assert np.isfinite(scores["logme"]) and scores["logme"] < 0.5
+    # The scores of a cell are a function of its run: a rerun (a report
+    # made later, a backfill) gives the same numbers.
+    assert tool._feature_scores(str(finetune), 0) == scores
     os.remove(start)
     assert tool._feature_scores(str(finetune), 0) is None
 
@@ -287,3 +290,45 @@ def test_report_only_reports_the_finished_cells_and_lists_the_rest(
     assert not os.path.exists(
         tool._cell_dir("sstl_m", "baseline", "1.0", 1, workdir)
     )
+
+
+def test_a_finished_cell_without_logme_gets_it_once_its_backbone_is_here(
+    tmp_path, monkeypatch
+):
+    """A cell written before LogME was scored is read back with LogME added
+    (and written, so it is computed once) when its backbone can be scored;
+    one that cannot be (a cell copied alone) is returned unchanged."""
+    import json
+
+    where = tool._cell_dir("stl_m", "baseline", "1.0", 0, tmp_path)
+    os.makedirs(where)
+    path = os.path.join(where, "cell.json")
+    old = {"pretraining": "stl_m", "seed": 0, "val_auc": 0.7, "knn": 0.6}
+    with open(path, "w") as f:
+        json.dump(old, f)
+    calls = []
+
+    def scores(finetune_dir, seed):
+        calls.append((finetune_dir, seed))
+        return None
+
+    monkeypatch.setattr(tool, "_feature_scores", scores)
+    assert tool._cell("stl_m", "baseline", "1.0", 0, tmp_path) == dict(
+        old, logme=None
+    )
+    assert json.load(open(path)) == old  # nothing to add: left as it was
+    monkeypatch.setattr(
+        tool,
+        "_feature_scores",
+        lambda finetune_dir, seed: (
+            calls.append((finetune_dir, seed)) or {"knn": 0.9, "logme": -0.61}
+        ),
+    )
+    cell = tool._cell("stl_m", "baseline", "1.0", 0, tmp_path)
+    # Only LogME is added: the kNN score the cell was reported with stays.
+    assert cell == dict(old, logme=-0.61)
+    assert json.load(open(path)) == cell
+    assert calls == [(os.path.join(where, "finetune"), 0)] * 2
+    tool._cell("stl_m", "baseline", "1.0", 0, tmp_path)
+    assert len(calls) == 2  # written once, read back after
+    assert [n for n in os.listdir(where) if n.endswith(".tmp")] == []
