@@ -16,6 +16,7 @@ from matl_keras import registry as registry_lib
 from matl_keras.errors import ConfigError
 from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
 from tests.cli_testing import CLI
+from tests.cli_testing import TINY_MODEL
 from tests.cli_testing import matl_here
 from tests.conftest import REPO
 
@@ -23,8 +24,7 @@ TINY_CHAIN = (
     [
         "--gin_file=gin/pipeline.gin",
         "--gin_file=gin/ablations/supervised.gin",
-        "--gin_file=gin/models/tiny.gin",
-        "--gin_param=DEPTH = 10",  # ResNet-10: a third less test time
+        *TINY_MODEL,
         "--gin_param=IMAGE_SIZE = 32",
         "--gin_param=BATCH_SIZE = 8",
         "--gin_param=STL_N_EPOCHS = 1",
@@ -160,8 +160,7 @@ def test_kill_9_mid_run_then_rerun_resumes(tmp_path):
     workdir = str(tmp_path / "run")
     args = [
         "--gin_file=gin/finetune.gin",
-        "--gin_file=gin/models/tiny.gin",
-        "--gin_param=DEPTH = 10",  # ResNet-10: a third less test time
+        *TINY_MODEL,
         "--gin_param=IMAGE_SIZE = 32",
         "--gin_param=BATCH_SIZE = 8",
         "--gin_param=FINETUNE_EPOCHS = 5",

@@ -13,13 +13,13 @@ from matl_keras.data.dataset import Dataset
 from matl_keras.errors import ConfigError
 from matl_keras.training import checkpoints as checkpoints_lib
 from matl_keras.training import self_supervised
+from tests.cli_testing import TINY_MODEL
 from tests.cli_testing import matl
 from tests.matl_keras.training.ssl_testing import pretrain
 
 TINY_SSL = [
     "--gin_file=gin/sstl_m.gin",
-    "--gin_file=gin/models/tiny.gin",
-    "--gin_param=DEPTH = 10",  # ResNet-10: a third less test time
+    *TINY_MODEL,
     "--gin_param=IMAGE_SIZE = 32",
     "--gin_param=BATCH_SIZE = 8",
     "--gin_param=SSTL_M_EPOCHS = 1",
