@@ -32,6 +32,8 @@ Recipes and their sources:
 - `ct_intensity`: for gray CT slices: resized crop, window/level and gamma
   jitter on the gray values, blur, flip; no hue, saturation or grayscale,
   which do nothing on a gray image.
+- `crop_blur`: MoCo v2's geometry and blur without any intensity change
+  (the gray values a CT diagnosis reads stay as they are in both views).
 """
 
 from __future__ import annotations
@@ -505,6 +507,15 @@ def _ct_intensity(size: int, use_flip: bool) -> Augment:
     )
 
 
+def _crop_blur(size: int, use_flip: bool) -> Augment:
+    """MoCo v2's geometry (RandomResizedCrop scale 0.2-1, blur p=0.5,
+    flip) and nothing that changes the gray values: the control that
+    measures what the intensity jitter of `moco_v2` and `ct_intensity`
+    costs or buys on CT, where attenuation (how bright a region is) is
+    itself a finding."""
+    return _resized_crop_recipe(size, use_flip)
+
+
 RECIPES: dict[str, Callable[[int, bool], Augment]] = {
     "none": _none,
     "crop_flip": _crop_flip,
@@ -512,6 +523,7 @@ RECIPES: dict[str, Callable[[int, bool], Augment]] = {
     "moco_v2": _moco_v2,
     "sstl_m_paper": _sstl_m_paper,
     "ct_intensity": _ct_intensity,
+    "crop_blur": _crop_blur,
 }
 
 

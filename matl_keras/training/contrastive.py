@@ -49,6 +49,7 @@ key-encoder momentum may follow a cosine schedule (BYOL, MoCo v3) from
 from __future__ import annotations
 
 from typing import Any
+from typing import Callable
 
 import keras
 import tensorflow as tf
@@ -190,6 +191,9 @@ class ContrastiveModel(SSLMethod):
             65536 and the number of images). A queue larger than the
             number of training images is refused.
         image_size: int. Side of the views.
+        head_factory: callable `(hidden_dim, output_dim, name) -> Model`
+            building the projection head(s) (default: `projection_head`,
+            MoCo v2's).
     """
 
     needs_key_encoder = False
@@ -205,9 +209,11 @@ class ContrastiveModel(SSLMethod):
         momentum_schedule: str = "constant",
         queue_size: int | str = 0,
         image_size: int = 224,
+        head_factory: Callable[[int, int, str], keras.Model] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(backbone, **kwargs)
+        head_factory = head_factory or projection_head
         if not temperature > 0:
             raise ConfigError(
                 f"`temperature` must be positive. Received: {temperature}"
@@ -232,6 +238,7 @@ class ContrastiveModel(SSLMethod):
         if self.needs_key_encoder and key_backbone is None:
             raise ConfigError(f"{type(self).__name__} needs a `key_backbone`")
         self.projection_dim = projection_dim
+        self.hidden_dim = hidden_dim
         self.temperature = temperature
         self.momentum = momentum
         self.momentum_schedule = momentum_schedule
@@ -240,12 +247,10 @@ class ContrastiveModel(SSLMethod):
         self.image_size = image_size
         self.total_steps = 0
         self.seed = 0
-        self.projector = projection_head(
-            hidden_dim, projection_dim, "projector"
-        )
+        self.projector = head_factory(hidden_dim, projection_dim, "projector")
         self.key_backbone = key_backbone
         self.key_projector = (
-            projection_head(hidden_dim, projection_dim, "key_projector")
+            head_factory(hidden_dim, projection_dim, "key_projector")
             if key_backbone is not None
             else None
         )

@@ -207,6 +207,16 @@ def test_ct_intensity_keeps_gray_images_gray_and_varies_them():
     assert means.std() > 0.03
 
 
+def test_crop_blur_changes_no_gray_value():
+    # A flat image stays flat (no brightness, contrast, gamma or window),
+    # while moco_v2's jitter moves it.
+    flat = tf.fill([40, 40, 3], 0.37)
+    kept = _many(augment.get_augment("crop_blur", 32), flat, 50)
+    np.testing.assert_allclose(kept, 0.37, atol=1e-5)
+    moved = _many(augment.get_augment("moco_v2", 32), flat, 50)
+    assert np.abs(moved.mean(axis=(1, 2, 3)) - 0.37).max() > 0.05
+
+
 def test_window_level_and_gamma_magnitudes():
     x = tf.constant(np.linspace(0.0, 1.0, 101, dtype=np.float32))
     image = tf.stack([x, x, x], axis=-1)[None]

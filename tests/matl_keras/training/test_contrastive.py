@@ -12,11 +12,13 @@ from matl_keras_plugins.ssl_methods.simsiam import SimSiam
 
 from matl_keras.errors import ConfigError
 from matl_keras.layers.fused_batch_norm import FusedBatchNormalization
+from matl_keras.models.resnet.resnet_backbone import ResNetBackbone
 from matl_keras.training import contrastive
 from matl_keras.training import ssl_losses
 from matl_keras.training import strategies
 from matl_keras.training.ssl_method import RunSchedule
 from matl_keras.training.stage_run import build_before_fit
+from tests.matl_keras.training import ssl_testing
 from tests.matl_keras.training.ssl_testing import SIZE
 from tests.matl_keras.training.ssl_testing import build as _build
 from tests.matl_keras.training.ssl_testing import data as _data
@@ -103,6 +105,80 @@ def test_a_query_never_has_a_key_of_its_own_image_as_a_negative():
     np.testing.assert_allclose(got[0], expected, rtol=1e-5)
     unmasked = ssl_losses.info_nce(query, key, model.queue, 0.2).numpy()
     assert unmasked[0] > got[0] + 1.0  # what the mask prevents
+
+
+def test_symmetric_moco_averages_both_directions_and_enqueues_the_same_keys():
+    model = _build(MoCo, symmetric=True)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=False)
+    model.optimizer.build(model.optimized_variables)
+    views = {k: tf.constant(v) for k, v in ssl_testing.views(MoCo, 8).items()}
+    negatives = np.random.default_rng(1).normal(size=(16, 8))
+    model.enqueue(
+        ssl_losses.l2_normalize(tf.constant(negatives, tf.float32)),
+        _ids(100, 16),
+    )
+    ids = _ids(0, 8)
+    both, extras = model.per_example_loss(views, ids)
+    model.symmetric = False
+    forward, forward_extras = model.per_example_loss(views, ids)
+    swapped = {"query": views["key"], "key": views["query"]}
+    backward, _ = model.per_example_loss(swapped, ids)
+    np.testing.assert_allclose(both, (forward + backward) / 2, rtol=1e-5)
+    assert np.abs(both.numpy() - forward.numpy()).max() > 1e-3
+    # The queue takes the second view's keys, as without `symmetric`.
+    np.testing.assert_allclose(
+        extras["keys"], forward_extras["keys"], atol=1e-6
+    )
+    assert MoCo(**_moco_args(symmetric=True)).run_record()["symmetric"]
+    with pytest.raises(ConfigError, match="symmetric='yes'"):
+        MoCo(**_moco_args(symmetric="yes"))
+
+
+def _moco_args(**kwargs):
+    return dict(
+        backbone=ssl_testing.backbone(groups=2),
+        key_backbone=ssl_testing.backbone("key_resnet", 2),
+        image_size=SIZE,
+        hidden_dim=16,
+        projection_dim=8,
+        queue_size=16,
+        **kwargs,
+    )
+
+
+def test_simclr_head_is_simclrs_with_batchnorm_over_the_global_batch():
+    model = _build(SimCLR)
+    norms = [
+        layer
+        for layer in model.projector.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    # Dense-BN-ReLU-Dense-BN; the output BatchNorm has no shift, its Dense
+    # no bias (google-research/simclr's ProjectionHead).
+    assert [n.center for n in norms] == [True, False]
+    assert all(n.synchronized for n in norms)
+    assert not model.projector.layers[-2].use_bias
+    assert model.run_record()["head_batchnorm"] is True
+    plain = _build(SimCLR, head_batchnorm=False)
+    assert not any(
+        isinstance(layer, keras.layers.BatchNormalization)
+        for layer in plain.projector.layers
+    )
+    # Per-replica BatchNorm backbone: per-replica head.
+    local = SimCLR(
+        backbone=ResNetBackbone(
+            depth=10, width_multiplier=0.25, image_size=SIZE
+        ),
+        image_size=SIZE,
+        hidden_dim=16,
+        projection_dim=8,
+    )
+    assert not any(
+        getattr(layer, "synchronized", False)
+        for layer in local.projector.layers
+    )
+    with pytest.raises(ConfigError, match="head_batchnorm=1"):
+        _build(SimCLR, head_batchnorm=1)
 
 
 def _schedule(num_examples, batch=8, epochs=3, seed=0):
@@ -311,6 +387,12 @@ def test_mirrored_over_two_cpus_equals_one_device(cls):
 @pytest.mark.slow
 def test_mirrored_equals_one_device_with_half_size_region_crops():
     _check_mirrored_equals_one_device(RegionAware, region_size=SIZE // 2)
+
+
+# slow: the equality above for MoCo's symmetric loss (~15 s).
+@pytest.mark.slow
+def test_mirrored_equals_one_device_with_symmetric_moco():
+    _check_mirrored_equals_one_device(MoCo, symmetric=True)
 
 
 def _check_mirrored_equals_one_device(cls, **kwargs):
