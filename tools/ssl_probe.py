@@ -133,21 +133,44 @@ def _score(backbone_path, seed):
     }
 
 
-def _markdown(cells):
+def paired_gains(cells, baseline="none"):
+    """Per method other than `baseline`: its probe AUC minus the
+    `baseline`'s of the same seed, for the seeds both have
+    ({method: {seed: gain}})."""
+    reference = {
+        c["seed"]: c["probe_auc"] for c in cells if c["method"] == baseline
+    }
+    gains = {}
+    for c in cells:
+        if c["method"] != baseline and c["seed"] in reference:
+            gains.setdefault(c["method"], {})[c["seed"]] = (
+                c["probe_auc"] - reference[c["seed"]]
+            )
+    return gains
+
+
+def _markdown(cells, methods, bindings=()):
     import numpy as np
 
     keys = ("knn_accuracy", "probe_accuracy", "probe_auc")
+    gains = paired_gains(cells)
     lines = [
         f"R-{FLAGS.depth} x{FLAGS.width}, {FLAGS.image_size} px, attention "
         f"{FLAGS.attention}, SSTL-M {FLAGS.epochs} epochs at batch "
         f"{FLAGS.batch_size} on COVID19-CT train (labels unused); scored on "
         "val (kNN k=20 bank train; linear probe fitted on train, penalty by "
-        "5-fold CV on train). Mean +- std over seeds.",
-        "",
-        "| method | seeds | kNN acc | probe acc | probe AUC | SSL min/run |",
-        "|---|---|---|---|---|---|",
+        "5-fold CV on train). Mean +- std over seeds; the gain is the probe "
+        "AUC minus random init's (`none`) of the same seed.",
     ]
-    for method in FLAGS.methods:
+    if bindings:
+        lines += ["", "Bindings: " + "; ".join(f"`{b}`" for b in bindings)]
+    lines += [
+        "",
+        "| method | seeds | kNN acc | probe acc | probe AUC | "
+        "paired gain over none | SSL min/run |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method in methods:
         rows = [c for c in cells if c["method"] == method]
         if not rows:
             continue
@@ -155,6 +178,12 @@ def _markdown(cells):
         for key in keys:
             values = np.array([r[key] for r in rows], float)
             stats.append(f"{values.mean():.3f} +- {values.std():.3f}")
+        gain = np.array(list(gains.get(method, {}).values()), float)
+        stats.append(
+            f"{gain.mean():+.3f} +- {gain.std():.3f} ({len(gain)})"
+            if len(gain)
+            else "-"
+        )
         minutes = np.mean([r.get("pretrain_seconds") or 0.0 for r in rows]) / 60
         lines.append(
             f"| {method} | {len(rows)} | "
@@ -163,13 +192,16 @@ def _markdown(cells):
         )
     lines += [
         "",
-        "| method | seed | kNN acc | probe acc | probe AUC |",
-        "|---|---|---|---|---|",
+        "| method | seed | kNN acc | probe acc | probe AUC | gain |",
+        "|---|---|---|---|---|---|",
     ]
     for c in cells:
+        gain = gains.get(c["method"], {}).get(c["seed"])
         lines.append(
             f"| {c['method']} | {c['seed']} | {c['knn_accuracy']:.3f} | "
-            f"{c['probe_accuracy']:.3f} | {c['probe_auc']:.3f} |"
+            f"{c['probe_accuracy']:.3f} | {c['probe_auc']:.3f} | "
+            + ("-" if gain is None else f"{gain:+.3f}")
+            + " |"
         )
     return "\n".join(lines) + "\n"
 
@@ -209,12 +241,16 @@ def main(argv):
             cells.append(cell)
     with open(os.path.join(workdir, "report.json"), "w") as f:
         json.dump(
-            {"flags": FLAGS.flag_values_dict(), "cells": cells},
+            {
+                "flags": FLAGS.flag_values_dict(),
+                "cells": cells,
+                "paired_gains": paired_gains(cells),
+            },
             f,
             indent=2,
             default=str,
         )
-    text = _markdown(cells)
+    text = _markdown(cells, FLAGS.methods, FLAGS.gin_param)
     with open(os.path.join(workdir, "report.md"), "w") as f:
         f.write(text)
     print(text)
