@@ -32,27 +32,34 @@ from absl import app
 from absl import flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-flags.DEFINE_string("ct_root", None, "COVID19-CT root (upstream layout).")
-flags.DEFINE_string("workdir", "runs/ssl_probe", "Output folder.")
-flags.DEFINE_list(
-    "methods",
-    ["none", "moco", "simclr", "region_aware"],
-    "SSL methods ('none': random init).",
-)
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
-flags.DEFINE_integer("image_size", 96, "Model input side.")
-flags.DEFINE_integer("batch_size", 32, "SSL batch size.")
-flags.DEFINE_integer("epochs", 30, "SSTL-M epochs.")
-flags.DEFINE_integer("depth", 18, "ResNet depth.")
-flags.DEFINE_float("width", 0.5, "ResNet width multiplier.")
-flags.DEFINE_string("attention", "none", "ATTENTION placement.")
-flags.DEFINE_multi_string(
-    "gin_param",
-    [],
-    "Extra bindings for every SSTL-M run (e.g. "
-    "'moco.augment = \"ct_intensity\"').",
-)
-flags.mark_flags_as_required(["ct_root"])
+
+
+def define_flags() -> None:
+    """The tool's flags (defined when it runs, not on import: the tests
+    import the report functions beside other absl programs' flags)."""
+    flags.DEFINE_string("ct_root", None, "COVID19-CT root (upstream layout).")
+    flags.DEFINE_string("workdir", "runs/ssl_probe", "Output folder.")
+    flags.DEFINE_list(
+        "methods",
+        ["none", "moco", "simclr", "region_aware"],
+        "SSL methods ('none': random init).",
+    )
+    flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
+    flags.DEFINE_integer("image_size", 96, "Model input side.")
+    flags.DEFINE_integer("batch_size", 32, "SSL batch size.")
+    flags.DEFINE_integer("epochs", 30, "SSTL-M epochs.")
+    flags.DEFINE_integer("depth", 18, "ResNet depth.")
+    flags.DEFINE_float("width", 0.5, "ResNet width multiplier.")
+    flags.DEFINE_string("attention", "none", "ATTENTION placement.")
+    flags.DEFINE_multi_string(
+        "gin_param",
+        [],
+        "Extra bindings for every SSTL-M run (e.g. "
+        "'moco.augment = \"ct_intensity\"').",
+    )
+    flags.mark_flags_as_required(["ct_root"])
+
+
 FLAGS = flags.FLAGS
 
 
@@ -149,15 +156,21 @@ def paired_gains(cells, baseline="none"):
     return gains
 
 
-def _markdown(cells, methods, bindings=()):
+def _setting() -> str:
+    return (
+        f"R-{FLAGS.depth} x{FLAGS.width}, {FLAGS.image_size} px, attention "
+        f"{FLAGS.attention}, SSTL-M {FLAGS.epochs} epochs at batch "
+        f"{FLAGS.batch_size}"
+    )
+
+
+def _markdown(cells, methods, setting, bindings=()):
     import numpy as np
 
     keys = ("knn_accuracy", "probe_accuracy", "probe_auc")
     gains = paired_gains(cells)
     lines = [
-        f"R-{FLAGS.depth} x{FLAGS.width}, {FLAGS.image_size} px, attention "
-        f"{FLAGS.attention}, SSTL-M {FLAGS.epochs} epochs at batch "
-        f"{FLAGS.batch_size} on COVID19-CT train (labels unused); scored on "
+        f"{setting} on COVID19-CT train (labels unused); scored on "
         "val (kNN k=20 bank train; linear probe fitted on train, penalty by "
         "5-fold CV on train). Mean +- std over seeds; the gain is the probe "
         "AUC minus random init's (`none`) of the same seed.",
@@ -250,11 +263,12 @@ def main(argv):
             indent=2,
             default=str,
         )
-    text = _markdown(cells, FLAGS.methods, FLAGS.gin_param)
+    text = _markdown(cells, FLAGS.methods, _setting(), FLAGS.gin_param)
     with open(os.path.join(workdir, "report.md"), "w") as f:
         f.write(text)
     print(text)
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -38,10 +38,10 @@ def test_paired_gains_pair_seeds_and_skip_unpaired_ones():
 
 
 def test_report_shows_gains_and_bindings():
-    ssl_probe.FLAGS(["ssl_probe", "--ct_root=x"])
     text = ssl_probe._markdown(
-        CELLS, ["none", "moco"], ["moco.symmetric = True"]
+        CELLS, ["none", "moco"], "R-18 x0.5", ["moco.symmetric = True"]
     )
+    assert text.startswith("R-18 x0.5 on COVID19-CT train")
     assert "Bindings: `moco.symmetric = True`" in text
     assert "| moco | 3 |" in text and "+0.075 +- 0.025 (2)" in text
     assert "| moco | 0 | 0.500 | 0.600 | 0.700 | +0.100 |" in text
