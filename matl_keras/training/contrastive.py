@@ -238,7 +238,6 @@ class ContrastiveModel(SSLMethod):
         if self.needs_key_encoder and key_backbone is None:
             raise ConfigError(f"{type(self).__name__} needs a `key_backbone`")
         self.projection_dim = projection_dim
-        self.hidden_dim = hidden_dim
         self.temperature = temperature
         self.momentum = momentum
         self.momentum_schedule = momentum_schedule

@@ -34,8 +34,10 @@ def projection_head(
 ) -> keras.Model:
     """SimCLR's 2-layer head: pooled features -> Dense-BN-ReLU -> Dense-BN.
 
-    As google-research/simclr's `ProjectionHead` (v1's two layers): the
-    output layer has no bias and its BatchNorm no shift (`center=False`);
+    As google-research/simclr's `ProjectionHead` (v1's two layers): no
+    Dense has a bias (its BatchNorm follows: its `LinearLayer` drops the
+    bias where it normalises), the output BatchNorm has no shift
+    (`center=False`);
     epsilon 1e-5 and momentum 0.9 as its `BatchNormRelu`. `sync`: the
     statistics over the global batch (SimCLR's global BN), else per
     replica.
@@ -53,7 +55,9 @@ def projection_head(
     return keras.Sequential(
         [
             keras.layers.GlobalAveragePooling2D(name=f"{name}_pool"),
-            keras.layers.Dense(hidden_dim, name=f"{name}_hidden"),
+            keras.layers.Dense(
+                hidden_dim, use_bias=False, name=f"{name}_hidden"
+            ),
             batchnorm("hidden_bn"),
             keras.layers.ReLU(name=f"{name}_relu"),
             keras.layers.Dense(output_dim, use_bias=False, name=f"{name}_out"),
@@ -98,6 +102,12 @@ class SimCLR(ContrastiveModel):
         if sync_batchnorm is None:
             sync_batchnorm = bool(getattr(backbone, "sync_batchnorm", True))
         if head_batchnorm:
+            if kwargs.get("head_factory") is not None:
+                raise ConfigError(
+                    "`head_factory` and `head_batchnorm=True` (SimCLR's "
+                    "head) exclude each other; pass head_batchnorm=False "
+                    "to use your own head."
+                )
             kwargs["head_factory"] = functools.partial(
                 projection_head, sync=sync_batchnorm
             )

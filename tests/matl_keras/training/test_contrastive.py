@@ -157,7 +157,12 @@ def test_simclr_head_is_simclrs_with_batchnorm_over_the_global_batch():
     # no bias (google-research/simclr's ProjectionHead).
     assert [n.center for n in norms] == [True, False]
     assert all(n.synchronized for n in norms)
-    assert not model.projector.layers[-2].use_bias
+    dense = [
+        layer
+        for layer in model.projector.layers
+        if isinstance(layer, keras.layers.Dense)
+    ]
+    assert [d.use_bias for d in dense] == [False, False]
     assert model.run_record()["head_batchnorm"] is True
     plain = _build(SimCLR, head_batchnorm=False)
     assert not any(
@@ -179,6 +184,12 @@ def test_simclr_head_is_simclrs_with_batchnorm_over_the_global_batch():
     )
     with pytest.raises(ConfigError, match="head_batchnorm=1"):
         _build(SimCLR, head_batchnorm=1)
+    with pytest.raises(ConfigError, match="head_factory"):
+        _build(SimCLR, head_factory=contrastive.projection_head)
+    own = _build(
+        SimCLR, head_batchnorm=False, head_factory=contrastive.projection_head
+    )
+    assert own.projector.name == "projector"
 
 
 def _schedule(num_examples, batch=8, epochs=3, seed=0):
