@@ -33,5 +33,6 @@ if "matl_keras_cli" not in _sys.modules:
 
         _tf_startup.prefer_onednn()
     from matl_keras import keras_objects  # noqa: E402,F401
+    from matl_keras.training import lars  # noqa: E402,F401
     from matl_keras.training import sgd  # noqa: E402,F401
     from matl_keras.training import warmup  # noqa: E402,F401

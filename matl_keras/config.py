@@ -72,6 +72,7 @@ def register_core() -> None:
         supervised.train,
         self_supervised.pretrain,
         optimizers.sgd,
+        optimizers.lars,
         mlflow_tracking.mlflow_tracking,
     ):
         _CORE[fn.__name__] = gin.get_configurable(fn)

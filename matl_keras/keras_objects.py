@@ -6,7 +6,8 @@ Each class carries `@keras.saving.register_keras_serializable(package=
 `keras.saving.load_model("model.keras", safe_mode=True)` finds
 `matl_keras>InputNormalization` and the others (keras-hub's convention).
 The training's learning-rate schedule (`training.warmup.LinearWarmup`) and
-optimizer (`training.sgd.SGD`), in a saved model's optimizer, are
+optimizers (`training.sgd.SGD`, `training.lars.LARS`), in a saved model's
+optimizer, are
 registered by the package's `__init__` beside this module: a model-level
 module does not import training.
 """

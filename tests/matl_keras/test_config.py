@@ -193,3 +193,28 @@ def test_each_ssl_method_gets_its_papers_temperature(files, region_tau):
     region = gin.query_parameter("region_aware.temperature")
     assert str(region) == "%SSL_TEMPERATURE"
     assert region.scoped_configurable_fn() == region_tau
+
+
+@pytest.mark.parametrize(
+    "files, mode",
+    [
+        (["gin/sstl_m.gin"], "decoupled"),
+        (["gin/pipeline.gin", "gin/scale/paper.gin"], "l2"),
+    ],
+)
+def test_paper_scale_takes_the_papers_coupled_weight_decay(files, mode):
+    """The paper's "weight decay 1e-4" is SGD's L2 term (PyTorch, TF1);
+    the CPU scale keeps Keras' decoupled decay (no better for MoCo on
+    COVID19-CT val)."""
+    from matl_keras.training.sgd import SGD
+
+    _parse(files)
+    with gin.config_scope("sstl_m"):
+        optimizer = config.configured("sgd")(
+            batch_size=32, epochs=2, steps_per_epoch=3
+        )
+    assert isinstance(optimizer, SGD)
+    if mode == "l2":
+        assert (optimizer.l2, optimizer.weight_decay) == (1e-4, None)
+    else:
+        assert (optimizer.l2, optimizer.weight_decay) == (None, 1e-4)

@@ -13,6 +13,7 @@ import tensorflow as tf
 from matl_keras.training import checkpoints
 from matl_keras.training import determinism
 from matl_keras.training import monitors
+from matl_keras.training import optimizers
 from tests.matl_keras.training import ssl_testing
 from tests.matl_keras.training.stage_testing import reproducible_train as _train
 from tests.matl_keras.training.stage_testing import weights_of as _weights
@@ -248,3 +249,20 @@ def test_pretrain_killed_mid_epoch_resumes_at_its_step_and_equals_uninterrupted(
     monkeypatch.undo()
     _pretrain(tmp_path / "resumed", backup_every_steps=1)
     _assert_same_pretrain(straight_pretrain, tmp_path / "resumed")
+
+
+def test_lars_pretrain_resumes_to_the_uninterrupted_bits(tmp_path, monkeypatch):
+    """SimCLR's optimizer: its momentum slots and cosine rate are restored
+    from the backup like SGD's (a kill after epoch 0, then the rest)."""
+
+    def lars(**kw):
+        return optimizers.lars(learning_rate=1.0, warmup_epochs=1, **kw)
+
+    _pretrain(tmp_path / "straight", optimizer=lars)
+    _kill(monkeypatch, epoch=1)
+    with pytest.raises(KeyboardInterrupt):
+        _pretrain(tmp_path / "resumed", optimizer=lars)
+    monkeypatch.undo()
+    _pretrain(tmp_path / "resumed", optimizer=lars)
+    assert json.load(open(tmp_path / "resumed" / "run.json"))["resumed"] is True
+    _assert_same_pretrain(tmp_path / "straight", tmp_path / "resumed")

@@ -3,6 +3,8 @@ step in its weight decay: the same weights bit for bit, on one device and
 under MirroredStrategy, and a schedule traced twice a step instead of
 once per variable."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -77,3 +79,114 @@ def test_the_stage_optimizer_is_ours_and_saves():
     )
     assert type(restored) is SGD
     assert restored.get_config() == optimizer.get_config()
+
+
+def _torch_sgd_reference(w0, grads, lr, momentum, l2):
+    """torch.optim.SGD's update (dampening 0, no Nesterov), written out:
+    d = g + l2 * w; buf = momentum * buf + d (buf = d at the first step);
+    w -= lr * buf."""
+    w, buf = w0.copy(), None
+    for g in grads:
+        d = g + l2 * w
+        buf = d if buf is None else momentum * buf + d
+        w = w - lr * buf
+    return w
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_l2_mode_is_pytorchs_coupled_weight_decay(replicas):
+    # The L2 term goes through the momentum buffer, as torch.optim.SGD's
+    # weight_decay (MoCo's); under MirroredStrategy it is counted once,
+    # not once per replica.
+    strategy = (
+        strategies.get_strategy("mirrored")
+        if replicas == 2
+        else tf.distribute.get_strategy()
+    )
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(size=(5, 1)).astype("float32")
+    x = rng.normal(size=(8, 5)).astype("float32")
+    lr, momentum, l2 = 0.1, 0.9, 0.5
+    with strategy.scope():
+        model = keras.Sequential(
+            [
+                keras.Input((5,)),
+                keras.layers.Dense(
+                    1,
+                    use_bias=False,
+                    kernel_initializer=keras.initializers.Constant(w0),
+                ),
+            ]
+        )
+        model.compile(
+            optimizer=optimizers.sgd(
+                batch_size=256,
+                epochs=1,
+                steps_per_epoch=4,
+                learning_rate=lr,
+                momentum=momentum,
+                weight_decay=l2,
+                decay_at=(),
+                weight_decay_mode="l2",
+            ),
+            loss="mse",
+        )
+    grads_seen = []
+    for _ in range(4):
+        # mean((x w)^2) over the global batch of 8.
+        current = model.get_weights()[0]
+        grads_seen.append(2 / 8 * x.T @ (x @ current))
+        model.fit(x, np.zeros((8, 1)), batch_size=8, shuffle=False, verbose=0)
+    w = model.get_weights()[0]
+    expected = _torch_sgd_reference(w0, grads_seen, lr, momentum, l2)
+    np.testing.assert_allclose(w, expected, rtol=1e-4, atol=1e-5)
+    # Not the decoupled form: that shrinks by lr * wd only.
+    decoupled = w0.copy()
+    velocity = np.zeros_like(w0)
+    for g in grads_seen:
+        decoupled = decoupled - decoupled * l2 * lr
+        velocity = momentum * velocity - lr * g
+        decoupled = decoupled + velocity
+    assert np.abs(decoupled - expected).max() > 1e-2
+
+
+def test_cosine_schedule_is_moco_v2s():
+    optimizer = optimizers.sgd(
+        batch_size=32,
+        epochs=2,
+        steps_per_epoch=5,
+        learning_rate=0.256,
+        schedule="cosine",
+    )
+    base = 0.256 * 32 / 256
+    rates = [float(optimizer._learning_rate(s)) for s in range(11)]
+    expected = [base * (1 + np.cos(np.pi * s / 10)) / 2 for s in range(11)]
+    np.testing.assert_allclose(rates, expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "kwargs, named",
+    [
+        ({"schedule": "linear"}, "schedule='linear'"),
+        ({"weight_decay_mode": "adamw"}, "weight_decay_mode='adamw'"),
+        ({"weight_decay": -1.0}, "weight_decay"),
+    ],
+)
+def test_bad_schedule_or_decay_mode_is_named(kwargs, named):
+    from matl_keras.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        optimizers.sgd(batch_size=32, epochs=2, steps_per_epoch=5, **kwargs)
+
+
+def test_l2_optimizer_saves_and_refuses_both_decays():
+    optimizer = optimizers.sgd(
+        batch_size=32, epochs=2, steps_per_epoch=5, weight_decay_mode="l2"
+    )
+    assert optimizer.l2 == 1e-4 and optimizer.weight_decay is None
+    restored = keras.optimizers.deserialize(
+        keras.optimizers.serialize(optimizer)
+    )
+    assert restored.l2 == 1e-4
+    with pytest.raises(ValueError, match="l2=0.1, weight_decay=0.1"):
+        SGD(learning_rate=0.1, l2=0.1, weight_decay=0.1)
