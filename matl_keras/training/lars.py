@@ -11,13 +11,16 @@ rate `lr`, L2 coefficient `l2` and trust coefficient `eta`:
     v <- m * v + lr * r * g
     w <- w - v
 
-"Adapted" variables are the kernels (rank >= 2); the rank-1 ones, the
+"Adapted" variables are the kernels (rank >= 2); the others, the
 BatchNorm scales and offsets and the biases, get neither the trust ratio
 nor the weight decay, as SimCLR's `exclude_from_weight_decay` (which names
 `batch_normalization` and `bias`) and solo-learn's `exclude_bias_n_norm`
-(by rank). `update_step` runs once per variable on the gradient already
-summed over replicas, so the norms are the global batch's under
-MirroredStrategy.
+(by rank). The two rules agree on the ResNets; they differ on a rank-1 or
+scalar variable that is neither, such as the learnable temperature of the
+non-local blocks (`score='cosine'`), which SimCLR's rule would adapt and
+decay and this class does not. Keras' `exclude_from_weight_decay` is not read.
+`update_step` runs once per variable on the gradient already summed over
+replicas, so the norms are the global batch's under MirroredStrategy.
 """
 
 from __future__ import annotations
@@ -77,13 +80,12 @@ class LARS(keras.optimizers.Optimizer):
             return
         super().build(variables)
         self.momentums = self.add_optimizer_variables(variables, "momentum")
-        self._adapted = [len(v.shape) >= 2 for v in variables]
 
     def update_step(self, gradient, variable, learning_rate):
         index = self._get_variable_index(variable)
         lr = tf.cast(learning_rate, variable.dtype)
         gradient = tf.cast(gradient, variable.dtype)
-        if self._adapted[index]:
+        if len(variable.shape) >= 2:  # kernels (static)
             weights = tf.convert_to_tensor(variable)
             if self.l2:
                 gradient = gradient + tf.cast(self.l2, variable.dtype) * weights

@@ -43,7 +43,10 @@ def sgd(
     PyTorch's L2 term that also passes through momentum; with momentum 0.9
     the coupled form is about 10x stronger for the same coefficient.
     `weight_decay_mode="l2"` gives PyTorch's (`torch.optim.SGD`, which
-    MoCo's and the paper's code use).
+    MoCo's code uses). Keras keeps the rate inside the velocity (`v = m v -
+    lr g`), torch outside (`w -= lr buf`): the updates are equal at a
+    constant rate and differ for ~1/(1 - momentum) steps after the rate
+    changes.
 
     Args:
         batch_size: int. Global batch size.
@@ -62,15 +65,16 @@ def sgd(
         warmup_steps: int. The warm-up in optimizer steps instead.
         schedule: str. `"step"`: multiply by `decay_rate` at `decay_at`
             (the paper's). `"cosine"`: half a cosine from the base rate to
-            0 over the training (MoCo v2's `--cos`, per step; `decay_at`
-            and `decay_rate` unused).
+            0 over the training, per step (MoCo v2's `--cos` sets it once
+            an epoch; `decay_at` and `decay_rate` unused).
         weight_decay_mode: str. `"decoupled"` (Keras') or `"l2"`
             (PyTorch's SGD: `weight_decay * w` added to the gradient before
             momentum; `training.sgd.SGD(l2=...)`).
     """
     if learning_rate <= 0:
         raise ConfigError(
-            f"`learning_rate` must be positive. Received: {learning_rate}"
+            "`learning_rate` must be positive. Received: "
+            f"learning_rate={learning_rate}"
         )
     _check(schedule, weight_decay_mode, weight_decay, decay_at)
     base = learning_rate * batch_size / reference_batch_size
@@ -111,7 +115,9 @@ def lars(
     (`lr * batch / 256`) for large batches; for small ones (section B.1 of
     its paper) 0.075 with square-root scaling (`lr * sqrt(batch)`), the
     default here; weight decay 1e-6 (L2, on the kernels only); trust
-    coefficient 0.001; 10 warm-up epochs of 100 and cosine decay.
+    coefficient 0.001; cosine decay after a linear warm-up from 0 (its
+    `WarmUpAndCosineDecay`: 10 epochs of 100). No warm-up unless
+    `warmup_epochs` or `warmup_steps` is bound.
 
     Args:
         batch_size: int. Global batch size.
@@ -130,7 +136,8 @@ def lars(
     """
     if learning_rate <= 0:
         raise ConfigError(
-            f"`learning_rate` must be positive. Received: {learning_rate}"
+            "`learning_rate` must be positive. Received: "
+            f"learning_rate={learning_rate}"
         )
     if learning_rate_scaling not in ("sqrt", "linear"):
         raise ConfigError(
@@ -142,16 +149,29 @@ def lars(
         base = learning_rate * math.sqrt(batch_size)
     else:
         base = learning_rate * batch_size / 256
-    rate = _rate(
-        base,
-        epochs,
-        steps_per_epoch,
-        schedule,
-        (0.6, 0.8),
-        0.1,
-        warmup_epochs,
-        warmup_steps,
+    total = epochs * steps_per_epoch
+    ramp = warmup.warmup_steps_of(
+        warmup_epochs, warmup_steps, steps_per_epoch, total
     )
+    if schedule == "cosine" and ramp:
+        # SimCLR's WarmUpAndCosineDecay: linear from 0 to the base rate
+        # over the warm-up, then the cosine over the remaining steps (not
+        # the warm-up multiplied onto a cosine that started at step 0, as
+        # `sgd`'s warm-up is applied to its schedule).
+        rate = keras.optimizers.schedules.CosineDecay(
+            0.0, total - ramp, warmup_target=base, warmup_steps=ramp
+        )
+    else:
+        rate = _rate(
+            base,
+            epochs,
+            steps_per_epoch,
+            schedule,
+            (0.6, 0.8),
+            0.1,
+            warmup_epochs,
+            warmup_steps,
+        )
     try:
         return lars_lib.LARS(
             learning_rate=rate,
@@ -174,9 +194,10 @@ def _check(schedule, weight_decay_mode, weight_decay, decay_at):
             f"`weight_decay_mode` must be one of {WEIGHT_DECAY_MODES}. "
             f"Received: weight_decay_mode={weight_decay_mode!r}"
         )
-    if weight_decay < 0:
+    if weight_decay is None or not weight_decay >= 0:
         raise ConfigError(
-            f"`weight_decay` must be >= 0. Received: {weight_decay}"
+            "`weight_decay` must be a float >= 0 (0: none). Received: "
+            f"weight_decay={weight_decay}"
         )
     if any(not 0.0 < f < 1.0 for f in decay_at) or list(decay_at) != sorted(
         decay_at

@@ -14,7 +14,7 @@ that is 1-5% of its CPU time (measured back to back), on each of the
 hundreds of stage runs the tests make.
 
 `l2` is the weight decay of `torch.optim.SGD`, which the reference
-implementations (facebookresearch/moco, the paper's) use: `wd * w` is
+implementation (facebookresearch/moco) uses: `wd * w` is
 added to the gradient before the momentum buffer, so with momentum 0.9 it
 shrinks the weights about 10x as much as Keras' decoupled
 `weight_decay` of the same coefficient. Keras has no such option; it is
@@ -43,10 +43,15 @@ class SGD(keras.optimizers.SGD):
 
     def __init__(self, *args, l2=None, **kwargs):
         super().__init__(*args, **kwargs)
-        if l2 is not None and (not l2 > 0 or self.weight_decay is not None):
+        if l2 is not None and not l2 > 0:
             raise ValueError(
-                "`l2` must be a positive float and excludes `weight_decay`. "
-                f"Received: l2={l2}, weight_decay={self.weight_decay}"
+                f"`l2` must be a positive float or None. Received: l2={l2}"
+            )
+        if l2 is not None and self.weight_decay is not None:
+            raise ValueError(
+                "`l2` and `weight_decay` exclude each other (coupled or "
+                f"decoupled decay). Received: l2={l2}, "
+                f"weight_decay={self.weight_decay}"
             )
         self.l2 = l2
 

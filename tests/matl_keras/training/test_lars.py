@@ -89,7 +89,7 @@ def test_lars_is_simclrs_update(replicas):
     assert np.abs(plain[0] - expected[0]).max() > 1e-2
 
 
-def test_zero_weights_or_gradients_take_the_plain_rate():
+def test_zero_weights_take_the_plain_rate():
     optimizer = LARS(learning_rate=0.1, momentum=0.0, l2=0.0)
     zero = keras.Variable(np.zeros((2, 2), "float32"))
     optimizer.apply([tf.ones((2, 2))], [zero])
@@ -108,12 +108,13 @@ def test_lars_factory_scales_warms_up_and_decays():
     assert optimizer.l2 == 1e-6 and optimizer.trust_coefficient == 1e-3
     rate = optimizer._learning_rate
     base = 0.075 * 8.0  # sqrt(64)
-    assert float(rate(0)) < 0.2 * base
-    # Cosine from the end of the warm-up at step 10 is already under way.
-    assert float(rate(10)) == pytest.approx(
-        base * (1 + np.cos(np.pi * 10 / 100)) / 2, rel=1e-5
-    )
-    assert float(rate(100)) == pytest.approx(0.0, abs=1e-7)
+    # SimCLR's WarmUpAndCosineDecay: step / 10 * base over the 10 warm-up
+    # steps, then the cosine over the other 90 from the full base rate.
+    for step in (0, 5):
+        assert float(rate(step)) == pytest.approx(base * step / 10, abs=1e-7)
+    for step in (10, 55, 100):
+        expected = base * (1 + np.cos(np.pi * (step - 10) / 90)) / 2
+        assert float(rate(step)) == pytest.approx(expected, rel=1e-5, abs=1e-7)
     linear = optimizers.lars(
         batch_size=512,
         epochs=1,
@@ -141,3 +142,22 @@ def test_lars_factory_scales_warms_up_and_decays():
 def test_bad_lars_arguments_are_named(kwargs, named):
     with pytest.raises(ConfigError, match=named):
         optimizers.lars(batch_size=32, epochs=2, steps_per_epoch=5, **kwargs)
+
+
+def test_lars_under_loss_scaling_sees_unscaled_gradients():
+    """Mixed precision wraps the optimizer in a LossScaleOptimizer: the
+    trust ratio and the L2 term are computed after unscaling."""
+    kernel = np.arange(1.0, 7.0, dtype="float32").reshape(2, 3)
+    grad = np.full((2, 3), 0.5, "float32")
+    plain = keras.Variable(kernel)
+    LARS(learning_rate=0.1, l2=0.01, trust_coefficient=0.1).apply(
+        [tf.constant(grad)], [plain]
+    )
+    scaled = keras.Variable(kernel)
+    optimizer = keras.optimizers.LossScaleOptimizer(
+        LARS(learning_rate=0.1, l2=0.01, trust_coefficient=0.1),
+        initial_scale=1024.0,
+    )
+    optimizer.apply([tf.constant(grad * 1024.0)], [scaled])
+    np.testing.assert_allclose(scaled.numpy(), plain.numpy(), rtol=1e-6)
+    assert not np.allclose(plain.numpy(), kernel)

@@ -169,7 +169,9 @@ def test_cosine_schedule_is_moco_v2s():
     [
         ({"schedule": "linear"}, "schedule='linear'"),
         ({"weight_decay_mode": "adamw"}, "weight_decay_mode='adamw'"),
-        ({"weight_decay": -1.0}, "weight_decay"),
+        ({"weight_decay": -1.0}, "weight_decay=-1.0"),
+        ({"weight_decay": None}, "weight_decay=None"),
+        ({"learning_rate": 0.0}, "learning_rate=0.0"),
     ],
 )
 def test_bad_schedule_or_decay_mode_is_named(kwargs, named):
@@ -190,3 +192,22 @@ def test_l2_optimizer_saves_and_refuses_both_decays():
     assert restored.l2 == 1e-4
     with pytest.raises(ValueError, match="l2=0.1, weight_decay=0.1"):
         SGD(learning_rate=0.1, l2=0.1, weight_decay=0.1)
+    with pytest.raises(ValueError, match="l2=0.0"):
+        SGD(learning_rate=0.1, l2=0.0)
+
+
+def test_l2_under_loss_scaling_sees_unscaled_gradients():
+    w0 = np.array([1.0, -2.0, 3.0], "float32")
+    grad = np.array([0.5, 0.25, -1.0], "float32")
+    plain = keras.Variable(w0)
+    SGD(learning_rate=0.1, momentum=0.9, l2=0.5).apply(
+        [tf.constant(grad)], [plain]
+    )
+    scaled = keras.Variable(w0)
+    keras.optimizers.LossScaleOptimizer(
+        SGD(learning_rate=0.1, momentum=0.9, l2=0.5), initial_scale=512.0
+    ).apply([tf.constant(grad * 512.0)], [scaled])
+    # torch: w - lr * (g + l2 * w) at the first step.
+    expected = w0 - 0.1 * (grad + 0.5 * w0)
+    np.testing.assert_allclose(plain.numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(scaled.numpy(), expected, rtol=1e-6)
