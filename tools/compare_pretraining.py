@@ -319,6 +319,13 @@ def _cell(pretraining, variant, fraction, seed, workdir):
             cell["logme"] = scores and scores["logme"]
             if scores is not None:
                 _write_cell(cell, result_path)
+        metrics_path = os.path.join(cell_dir, "finetune", "metrics.json")
+        if "val_operating_point" not in cell and os.path.exists(metrics_path):
+            with open(metrics_path) as f:
+                cell["val_operating_point"] = operating_point(
+                    json.load(f)["val"]
+                )
+            _write_cell(cell, result_path)
         return cell
     os.makedirs(cell_dir, exist_ok=True)
     seconds = {}
@@ -374,6 +381,7 @@ def _cell(pretraining, variant, fraction, seed, workdir):
         "val_auc": val["auc"],
         "val_auc_ci": val.get("auc_ci"),
         "val_accuracy": val["accuracy"],
+        "val_operating_point": operating_point(val),
         "leep": transfer.get(source, {}).get("leep"),
         **_feature_scores(finetune_dir, seed),
         "seconds": seconds,
@@ -381,6 +389,19 @@ def _cell(pretraining, variant, fraction, seed, workdir):
     print(json.dumps(cell), flush=True)
     _write_cell(cell, result_path)
     return cell
+
+
+def operating_point(val_metrics):
+    """The fine-tuning's decision threshold, chosen on val (its
+    `operating_point`: rule, threshold) with val's accuracy, sensitivity
+    and specificity there, or None for a run without one. Chosen and
+    scored on the same 118 images: optimistic, beside the threshold-free
+    AUC that ranks the cells."""
+    point = val_metrics.get("operating_point")
+    if not point:
+        return None
+    keys = ("rule", "threshold", "accuracy", "sensitivity", "specificity")
+    return {k: point.get(k) for k in keys}
 
 
 def _write_cell(cell, path):
@@ -523,18 +544,27 @@ def markdown(rows, correlation, cells, minutes, missing=()):
         "with the fine-tuned val AUC over all cells: "
         + ", ".join(f"{k} {fmt(v)}" for k, v in correlation.items()),
         "",
-        "Per seed (val AUC with its 95% stratified bootstrap CI):",
+        "Per seed (val AUC with its 95% stratified bootstrap CI; "
+        "sensitivity / specificity at the fine-tuning's operating point, "
+        "its threshold chosen on val, so optimistic):",
         "",
         "| pretraining | variant | fraction | seed | val AUC | CI "
-        "| LEEP | kNN | LogME |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| sens / spec (threshold) | LEEP | kNN | LogME |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in cells:
         ci = c.get("val_auc_ci") or [float("nan")] * 2
+        point = c.get("val_operating_point")
+        at_point = (
+            f"{point['sensitivity']:.3f} / {point['specificity']:.3f} "
+            f"({point['threshold']:.3f})"
+            if point
+            else "-"
+        )
         lines.append(
             f"| {c['pretraining']} | {c['variant']} | {c['fraction']} | "
             f"{c['seed']} | {c['val_auc']:.3f} | {ci[0]:.3f}-{ci[1]:.3f} | "
-            f"{fmt(c.get('leep'))} | {c['knn']:.3f} | "
+            f"{at_point} | {fmt(c.get('leep'))} | {c['knn']:.3f} | "
             f"{fmt(c.get('logme'))} |"
         )
     if missing:

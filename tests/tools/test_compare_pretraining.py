@@ -99,6 +99,35 @@ def test_summary_pairs_each_seed_with_its_scratch_run():
     assert ssl["logme_mean"] == pytest.approx(-0.07)  # seed 0 only
     assert correlation["logme"] == pytest.approx(-1.0)
     assert "| 0.750 | -0.070 |" in tool.markdown(rows, correlation, scored, 1.0)
+    # The operating point chosen on val, per seed; "-" for a cell without.
+    point = tool.operating_point(
+        {
+            "auc": 0.7,
+            "operating_point": {
+                "rule": "youden",
+                "threshold": 0.38,
+                "accuracy": 0.73,
+                "sensitivity": 0.8167,
+                "specificity": 0.6379,
+                "calibration": {},
+            },
+        }
+    )
+    assert point == {
+        "rule": "youden",
+        "threshold": 0.38,
+        "accuracy": 0.73,
+        "sensitivity": 0.8167,
+        "specificity": 0.6379,
+    }
+    assert tool.operating_point({"auc": 0.7}) is None
+    text = tool.markdown(
+        rows, correlation, [dict(cells[0], val_operating_point=point)], 1.0
+    )
+    assert "| 0.817 / 0.638 (0.380) |" in text
+    assert "| 0.600 | 0.500-0.700 | - |" in tool.markdown(
+        rows, correlation, cells[:1], 1.0
+    )
 
 
 def test_feature_scores_of_a_cell_copied_without_its_runs(tmp_path):
@@ -332,3 +361,24 @@ def test_a_finished_cell_without_logme_gets_it_once_its_backbone_is_here(
     tool._cell("stl_m", "baseline", "1.0", 0, tmp_path)
     assert len(calls) == 2  # written once, read back after
     assert [n for n in os.listdir(where) if n.endswith(".tmp")] == []
+    # The operating point of a cell written before it was recorded: read
+    # from its fine-tuning's metrics once they are here, and written.
+    os.makedirs(os.path.join(where, "finetune"))
+    with open(os.path.join(where, "finetune", "metrics.json"), "w") as f:
+        json.dump(
+            {
+                "val": {
+                    "operating_point": {
+                        "rule": "youden",
+                        "threshold": 0.4,
+                        "accuracy": 0.7,
+                        "sensitivity": 0.8,
+                        "specificity": 0.6,
+                    }
+                }
+            },
+            f,
+        )
+    cell = tool._cell("stl_m", "baseline", "1.0", 0, tmp_path)
+    assert cell["val_operating_point"]["threshold"] == 0.4
+    assert json.load(open(path))["val_operating_point"]["sensitivity"] == 0.8
