@@ -25,7 +25,9 @@ by the run's seed, so a seed's subset is the same for every pretraining).
 Everything is scored on val (never on a test split).
 
 Per cell it reads the fine-tuned `metrics.json` (val AUC and its stratified
-bootstrap CI) and the transferability scores at the fine-tuning boundary:
+bootstrap CI; sensitivity and specificity at the operating point the
+fine-tuning chose on val, optimistic as it is scored where it was chosen)
+and the transferability scores at the fine-tuning boundary:
 LEEP where the source has a classifier (`transferability.json`), and two
 scores every backbone has, both of the pretrained backbone's pooled
 features on the labelled train subset (no val labels): kNN (leave-one-out
