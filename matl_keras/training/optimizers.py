@@ -66,17 +66,13 @@ def sgd(
         schedule: str. `"step"`: multiply by `decay_rate` at `decay_at`
             (the paper's). `"cosine"`: half a cosine from the base rate to
             0 over the training, per step (MoCo v2's `--cos` sets it once
-            an epoch; `decay_at` and `decay_rate` unused).
+            an epoch; `decay_at` and `decay_rate` unused); with a warm-up,
+            the cosine starts after it (SimCLR's, MoCo v3's).
         weight_decay_mode: str. `"decoupled"` (Keras') or `"l2"`
             (PyTorch's SGD: `weight_decay * w` added to the gradient before
             momentum; `training.sgd.SGD(l2=...)`).
     """
-    if learning_rate <= 0:
-        raise ConfigError(
-            "`learning_rate` must be positive. Received: "
-            f"learning_rate={learning_rate}"
-        )
-    _check(schedule, weight_decay_mode, weight_decay, decay_at)
+    _check(learning_rate, schedule, weight_decay, decay_at, weight_decay_mode)
     base = learning_rate * batch_size / reference_batch_size
     rate = _rate(
         base,
@@ -134,44 +130,26 @@ def lars(
         schedule: str. `"cosine"` (SimCLR's) or `"step"` (x0.1 at 60% and
             80%).
     """
-    if learning_rate <= 0:
-        raise ConfigError(
-            "`learning_rate` must be positive. Received: "
-            f"learning_rate={learning_rate}"
-        )
+    _check(learning_rate, schedule, weight_decay, (0.6, 0.8))
     if learning_rate_scaling not in ("sqrt", "linear"):
         raise ConfigError(
             "`learning_rate_scaling` must be 'sqrt' or 'linear'. Received: "
             f"learning_rate_scaling={learning_rate_scaling!r}"
         )
-    _check(schedule, "decoupled", weight_decay, (0.6, 0.8))
     if learning_rate_scaling == "sqrt":
         base = learning_rate * math.sqrt(batch_size)
     else:
         base = learning_rate * batch_size / 256
-    total = epochs * steps_per_epoch
-    ramp = warmup.warmup_steps_of(
-        warmup_epochs, warmup_steps, steps_per_epoch, total
+    rate = _rate(
+        base,
+        epochs,
+        steps_per_epoch,
+        schedule,
+        (0.6, 0.8),
+        0.1,
+        warmup_epochs,
+        warmup_steps,
     )
-    if schedule == "cosine" and ramp:
-        # SimCLR's WarmUpAndCosineDecay: linear from 0 to the base rate
-        # over the warm-up, then the cosine over the remaining steps (not
-        # the warm-up multiplied onto a cosine that started at step 0, as
-        # `sgd`'s warm-up is applied to its schedule).
-        rate = keras.optimizers.schedules.CosineDecay(
-            0.0, total - ramp, warmup_target=base, warmup_steps=ramp
-        )
-    else:
-        rate = _rate(
-            base,
-            epochs,
-            steps_per_epoch,
-            schedule,
-            (0.6, 0.8),
-            0.1,
-            warmup_epochs,
-            warmup_steps,
-        )
     try:
         return lars_lib.LARS(
             learning_rate=rate,
@@ -183,7 +161,15 @@ def lars(
         raise ConfigError(f"lars: {error}") from None
 
 
-def _check(schedule, weight_decay_mode, weight_decay, decay_at):
+def _check(
+    learning_rate, schedule, weight_decay, decay_at, weight_decay_mode="l2"
+):
+    """The arguments `sgd` and `lars` share, each error naming its value."""
+    if not learning_rate > 0:
+        raise ConfigError(
+            "`learning_rate` must be positive. Received: "
+            f"learning_rate={learning_rate}"
+        )
     if schedule not in SCHEDULES:
         raise ConfigError(
             f"`schedule` must be one of {SCHEDULES}. Received: "
@@ -218,28 +204,34 @@ def _rate(
     warmup_epochs,
     warmup_steps,
 ):
-    """The learning-rate schedule: step or cosine decay, then warm-up."""
+    """The learning-rate schedule: step decay under a warm-up, or a cosine
+    after it."""
     total = epochs * steps_per_epoch
-    if schedule == "cosine":
-        # Keras' CosineDecay: base * (1 + cos(pi * step / total)) / 2.
-        rate = keras.optimizers.schedules.CosineDecay(base, max(total, 1))
-    else:
-        boundaries = [int(round(f * total)) for f in decay_at]
-        # Drop decay points that collapse onto each other or onto step 0 in
-        # very short runs (PiecewiseConstantDecay needs increasing
-        # boundaries).
-        boundaries = sorted({b for b in boundaries if 0 < b < total})
-        if boundaries:
-            values = [base * decay_rate**i for i in range(len(boundaries) + 1)]
-            rate = keras.optimizers.schedules.PiecewiseConstantDecay(
-                boundaries, values
-            )
-        else:
-            rate = base
-    # --- warm-up (issue 20)
     ramp = warmup.warmup_steps_of(
         warmup_epochs, warmup_steps, steps_per_epoch, total
     )
+    if schedule == "cosine":
+        # Keras' CosineDecay: base * (1 + cos(pi * step / total)) / 2. With
+        # a warm-up, SimCLR's WarmUpAndCosineDecay (and MoCo v3's): linear
+        # from 0 to the base rate, then the cosine over the remaining
+        # steps, not the ramp multiplied onto a cosine begun at step 0.
+        if ramp:
+            return keras.optimizers.schedules.CosineDecay(
+                0.0, total - ramp, warmup_target=base, warmup_steps=ramp
+            )
+        return keras.optimizers.schedules.CosineDecay(base, max(total, 1))
+    boundaries = [int(round(f * total)) for f in decay_at]
+    # Drop decay points that collapse onto each other or onto step 0 in very
+    # short runs (PiecewiseConstantDecay needs increasing boundaries).
+    boundaries = sorted({b for b in boundaries if 0 < b < total})
+    if boundaries:
+        values = [base * decay_rate**i for i in range(len(boundaries) + 1)]
+        rate = keras.optimizers.schedules.PiecewiseConstantDecay(
+            boundaries, values
+        )
+    else:
+        rate = base
+    # --- warm-up (issue 20)
     if ramp:
         rate = warmup.LinearWarmup(rate, ramp)
     # --- end warm-up

@@ -211,3 +211,21 @@ def test_l2_under_loss_scaling_sees_unscaled_gradients():
     expected = w0 - 0.1 * (grad + 0.5 * w0)
     np.testing.assert_allclose(plain.numpy(), expected, rtol=1e-6)
     np.testing.assert_allclose(scaled.numpy(), expected, rtol=1e-6)
+
+
+def test_cosine_after_a_warm_up_starts_from_the_full_rate():
+    """With a warm-up the cosine runs over the steps after it (SimCLR's
+    and MoCo v3's shape), for `sgd` as for `lars`."""
+    optimizer = optimizers.sgd(
+        batch_size=256,
+        epochs=10,
+        steps_per_epoch=10,
+        learning_rate=0.1,
+        schedule="cosine",
+        warmup_steps=20,
+    )
+    rate = optimizer._learning_rate
+    assert float(rate(10)) == pytest.approx(0.05, rel=1e-5)
+    assert float(rate(20)) == pytest.approx(0.1, rel=1e-5)
+    assert float(rate(60)) == pytest.approx(0.05, rel=1e-5)
+    assert float(rate(100)) == pytest.approx(0.0, abs=1e-7)
